@@ -1,0 +1,130 @@
+"""The one IR verifier, run after every pass in tests (``verify_each``).
+
+Graph functions: every value is defined before use (params, constants, earlier node results), each var is
+defined once, registered operators' inferred types match the recorded result types, ``call_tensor`` targets
+exist with matching parameter counts and shapes. Tensor functions: every loop variable is bound by an
+enclosing loop, every buffer used is a parameter or allocated, index counts match buffer ranks, constant indices
+are in bounds.
+"""
+
+from __future__ import annotations
+
+from .graph import Constant, GraphFunction, Var
+from .module import Module
+from .tensor import (
+    Allocate,
+    Buffer,
+    For,
+    IfThenElse,
+    IntImm,
+    Load,
+    LoopVar,
+    Seq,
+    Stmt,
+    Store,
+    TensorFunction,
+    stmt_exprs,
+    walk_exprs,
+)
+
+
+class VerifyError(ValueError):
+    pass
+
+
+def verify(mod: Module) -> None:
+    errors: list[str] = []
+    for f in mod.functions.values():
+        if isinstance(f, GraphFunction):
+            errors += _verify_graph(f, mod)
+        else:
+            errors += _verify_tensor(f)
+    if errors:
+        raise VerifyError("IR verification failed:\n  " + "\n  ".join(errors[:20]))
+
+
+def _verify_graph(f: GraphFunction, mod: Module) -> list[str]:
+    from ..ops import get_op, has_op
+
+    errs: list[str] = []
+    defined: set[int] = {p.uid for p in f.params}
+    for n in f.nodes:
+        where = f"{f.name}: node {n.name or n.op}"
+        for v in n.inputs:
+            if isinstance(v, Var) and v.uid not in defined:
+                errs.append(f"{where}: input %{v.name} used before definition")
+        for o in n.outputs:
+            if o.uid in defined:
+                errs.append(f"{where}: %{o.name} defined twice")
+            defined.add(o.uid)
+        if n.op == "call_tensor":
+            tf = mod.functions.get(n.attrs.get("func", ""))
+            if not isinstance(tf, TensorFunction):
+                errs.append(f"{where}: call_tensor target {n.attrs.get('func')!r} is not a tensor function")
+                continue
+            vals = [*n.inputs, *n.outputs]
+            if len(vals) != len(tf.params):
+                errs.append(f"{where}: {tf.name} takes {len(tf.params)} buffers, called with {len(vals)}")
+                continue
+            for v, b in zip(vals, tf.params, strict=True):
+                t = v.type
+                if t.is_static and (t.numel != b.numel or t.dtype != b.dtype):
+                    errs.append(f"{where}: {v.name} {t} does not fit buffer {b!r} of {tf.name}")
+        elif n.op in ("call_extern", "view"):
+            continue
+        elif has_op(n.op):
+            try:
+                types = get_op(n.op).infer([v.type for v in n.inputs], n.attrs)
+            except Exception as e:  # noqa: BLE001 - report, don't crash the verifier
+                errs.append(f"{where}: {n.op} type inference failed: {e}")
+                continue
+            got = [o.type for o in n.outputs]
+            if list(types) != got:
+                errs.append(f"{where}: recorded types {[str(t) for t in got]} != inferred {[str(t) for t in types]}")
+        else:
+            errs.append(f"{where}: unknown operator {n.op!r}")
+    for v in f.outputs:
+        if isinstance(v, Var) and v.uid not in defined:
+            errs.append(f"{f.name}: output %{v.name} is never defined")
+        elif not isinstance(v, Var | Constant):
+            errs.append(f"{f.name}: output {v!r} is not a value")
+    return errs
+
+
+def _verify_tensor(f: TensorFunction) -> list[str]:
+    errs: list[str] = []
+    bufs: set[int] = {b.uid for b in f.params}
+
+    def check_load(b: Buffer, idx: tuple, bound: set[int], what: str) -> None:
+        if b.uid not in bufs:
+            errs.append(f"{f.name}: {what} of unknown buffer {b.name}")
+        if len(idx) != b.ndim:
+            errs.append(f"{f.name}: {what} of {b.name} with {len(idx)} indices, rank {b.ndim}")
+        for d, i in enumerate(idx):
+            if isinstance(i, IntImm) and not 0 <= i.value < b.shape[d]:
+                errs.append(f"{f.name}: {what} of {b.name} index {i.value} out of bounds in dim {d}")
+
+    def visit(s: Stmt, bound: set[int]) -> None:
+        for e in stmt_exprs(s):
+            for x in walk_exprs(e):
+                if isinstance(x, LoopVar) and x.uid not in bound:
+                    errs.append(f"{f.name}: loop variable {x.name} used outside its loop")
+                elif isinstance(x, Load):
+                    check_load(x.buffer, x.indices, bound, "load")
+        if isinstance(s, Store):
+            check_load(s.buffer, s.indices, bound, "store")
+        if isinstance(s, For):
+            visit(s.body, bound | {s.var.uid})
+        elif isinstance(s, Seq):
+            for x in s.stmts:
+                visit(x, bound)
+        elif isinstance(s, IfThenElse):
+            visit(s.then, bound)
+            if s.else_ is not None:
+                visit(s.else_, bound)
+        elif isinstance(s, Allocate):
+            bufs.add(s.buffer.uid)
+            visit(s.body, bound)
+
+    visit(f.body, set())
+    return errs

@@ -1,0 +1,6 @@
+"""Operator registry: per operator one place with shape inference, a NumPy reference, its fusion kind and its
+lowering to a tensor function. See :mod:`kiln.ops.base`."""
+
+from .base import Elementwise, LowerContext, OpDef, OpError, all_ops, get_op, has_op, register
+
+__all__ = ["Elementwise", "LowerContext", "OpDef", "OpError", "all_ops", "get_op", "has_op", "register"]

@@ -1,0 +1,206 @@
+"""The operator registry and what every operator definition provides.
+
+An operator is one :class:`OpDef` subclass instance registered under a name. It gives, in one place:
+
+* ``infer(input_types, attrs) -> output types`` (shape inference; symbolic dims pass through where they can);
+* ``reference(inputs, attrs) -> outputs``: the NumPy definition of its meaning, the oracle for tests and the
+  implementation of constant folding;
+* ``kind``: how fusion treats it: ``elementwise`` (output[i] depends on input[i] after broadcasting; can be
+  fused into a producer's epilogue), ``complex`` (conv/matmul-like: accepts an elementwise epilogue),
+  ``injective``, ``reduce``, ``view`` (a reshape: no data moves) or ``opaque``;
+* ``lower(ctx, ins, outs, attrs) -> Stmt``: its loop nest over buffers. Operators that accept an epilogue
+  apply ``ctx.epilogue(value, out_indices)`` to every value they store.
+
+Elementwise operators subclass :class:`Elementwise` and only give ``scalar`` (the per-element expression) and
+``numpy``; their loop nest and broadcasting are shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..ir import tensor as T
+from ..ir.types import Dim, Sym, TensorType, dtype_of, np_dtype
+from ..targets import Target
+
+# epilogue(value, out_index, flat_offset) -> value to store. ``flat_offset`` is the row-major element offset
+# of ``out_index`` in the output (lowerings pass it when they have it cheaply, so fused same-shape operands are
+# read without div/mod).
+Epilogue = Callable[[T.Expr, tuple[T.Expr, ...], T.Expr | None], T.Expr]
+
+_REGISTRY: dict[str, OpDef] = {}
+
+
+class OpError(ValueError):
+    """An operator got inputs or attributes it cannot handle; the message names the op and the problem."""
+
+
+@dataclass
+class LowerContext:
+    """What a lowering may read: the target (vector width), the epilogue to apply to stored values, and a
+    name prefix for buffers it allocates."""
+
+    target: Target | None = None
+    epilogue: Epilogue | None = None
+    name: str = "k"
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def apply_epilogue(self, value: T.Expr, idx: tuple[T.Expr, ...], flat: T.Expr | None = None) -> T.Expr:
+        return self.epilogue(value, idx, flat) if self.epilogue is not None else value
+
+    @property
+    def lanes(self) -> int:
+        return self.target.vector_lanes_f32 if self.target is not None else 4
+
+
+class OpDef:
+    name: str = ""
+    kind: str = "opaque"
+    num_outputs: int = 1
+
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        raise NotImplementedError
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
+              attrs: dict[str, Any]) -> T.Stmt:
+        raise OpError(f"operator {self.name} has no lowering to tensor code")
+
+    def flops(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+        return sum(t.numel for t in outputs if t.is_static)
+
+    def error(self, msg: str) -> OpError:
+        return OpError(f"{self.name}: {msg}")
+
+
+def register(op: OpDef) -> OpDef:
+    if not op.name:
+        raise ValueError("an operator needs a name")
+    if op.name in _REGISTRY:
+        raise ValueError(f"operator {op.name!r} is registered twice")
+    _REGISTRY[op.name] = op
+    return op
+
+
+def get_op(name: str) -> OpDef:
+    _load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise OpError(f"unknown operator {name!r}") from None
+
+
+def has_op(name: str) -> bool:
+    _load_all()
+    return name in _REGISTRY
+
+
+def all_ops() -> dict[str, OpDef]:
+    _load_all()
+    return dict(_REGISTRY)
+
+
+def _load_all() -> None:
+    from . import _all  # noqa: F401  (imports every operator file, which registers itself)
+
+
+# --------------------------------------------------------------------------------------------- shared shape rules
+def broadcast_shapes(*shapes: Sequence[Dim]) -> tuple[Dim, ...]:
+    """NumPy broadcasting of (possibly symbolic) shapes."""
+    nd = max(len(s) for s in shapes)
+    out: list[Dim] = []
+    for d in range(nd):
+        dims = [s[d - (nd - len(s))] for s in shapes if d - (nd - len(s)) >= 0]
+        non1 = {x for x in dims if x != 1}
+        if len(non1) > 1:
+            raise OpError(f"shapes {[tuple(s) for s in shapes]} cannot be broadcast together")
+        out.append(non1.pop() if non1 else 1)
+    return tuple(out)
+
+
+def broadcast_index(buf: T.Buffer, out_idx: Sequence[T.Expr], out_ndim: int) -> tuple[T.Expr, ...]:
+    """Indices into ``buf`` for the output element at ``out_idx`` under NumPy broadcasting."""
+    off = out_ndim - buf.ndim
+    return tuple(T.IntImm(0) if buf.shape[d] == 1 else out_idx[d + off] for d in range(buf.ndim))
+
+
+def normalize_axis(axis: int, ndim: int, op: str = "") -> int:
+    if not -ndim <= axis < max(ndim, 1):
+        raise OpError(f"{op}: axis {axis} out of range for rank {ndim}")
+    return axis % ndim if ndim else 0
+
+
+def ref_cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    return np.asarray(x).astype(np_dtype(dtype), copy=False)
+
+
+# --------------------------------------------------------------------------------------------------- elementwise
+class Elementwise(OpDef):
+    """``out = f(*inputs)`` per element with NumPy broadcasting. Subclasses give ``scalar`` and ``numpy``."""
+
+    kind = "elementwise"
+    out_dtype: str | None = None  # None: same as the first input
+
+    def scalar(self, attrs: dict[str, Any], *args: T.Expr) -> T.Expr:
+        raise NotImplementedError
+
+    def numpy(self, attrs: dict[str, Any], *args: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        shape = broadcast_shapes(*(t.shape for t in inputs))
+        return [TensorType(shape, self.out_dtype or inputs[0].dtype)]
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
+        out_t = self.infer([TensorType(tuple(x.shape), dtype_of(np.asarray(x))) for x in inputs], attrs)[0]
+        r = self.numpy(attrs, *inputs)
+        return [ref_cast(np.broadcast_to(r, out_t.static_shape), out_t.dtype)]
+
+    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
+              attrs: dict[str, Any]) -> T.Stmt:
+        out = outs[0]
+
+        def body(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
+            args = [b[broadcast_index(b, idx, out.ndim)] for b in ins]
+            return T.Store(out, idx, ctx.apply_epilogue(self.scalar(attrs, *args), idx))
+
+        return T.loop_nest(out.shape, body, prefix=ctx.name + "_i", innermost="vectorized")
+
+
+def elementwise_copy(ctx: LowerContext, src: T.Buffer, dst: T.Buffer) -> T.Stmt:
+    """dst[...] = epilogue(src[...]) over identical element counts, viewing both as flat arrays."""
+    flat_src = src.with_(shape=(src.numel,), strides=())
+    flat_dst = dst.with_(shape=(dst.numel,), strides=())
+    return T.loop(dst.numel, lambda i: T.Store(flat_dst, (i,), ctx.apply_epilogue(flat_src[i], unflatten(i, dst.shape), i)),
+                  name=ctx.name + "_c", kind="vectorized")
+
+
+def unflatten(flat: T.Expr, shape: Sequence[int]) -> tuple[T.Expr, ...]:
+    """The row-major multi-index of element ``flat`` of a tensor of ``shape``."""
+    idx: list[T.Expr] = []
+    for d in reversed(shape):
+        idx.append(flat % d if d != 1 else T.IntImm(0))
+        flat = flat // d
+    return tuple(reversed(idx))
+
+
+def flat_index(idx: Sequence[T.Expr], shape: Sequence[int]) -> T.Expr:
+    out: T.Expr = T.IntImm(0)
+    stride = 1
+    for d in reversed(range(len(shape))):
+        out = idx[d] * stride + out if stride != 1 else idx[d] + out
+        stride *= shape[d]
+    return out
+
+
+def static_dims(t: TensorType, op: str) -> tuple[int, ...]:
+    if not t.is_static:
+        raise OpError(f"{op}: needs static shapes, got {t} (bind symbolic dims such as "
+                      f"{', '.join(str(d) for d in t.shape if isinstance(d, Sym))} before compiling)")
+    return t.static_shape

@@ -1,0 +1,144 @@
+"""conv2d: NCHW input, OIHW weights, optional bias; strides, explicit pads, dilations and groups.
+
+``attrs``: ``strides=(sh, sw)``, ``pads=(top, left, bottom, right)``, ``dilations=(dh, dw)``, ``groups``.
+Lowered per image and group as a GEMM ``W[OCg, Cg*KH*KW] @ col[Cg*KH*KW, OH*OW]`` (1x1/stride-1/unpadded
+convolutions use the input itself as ``col``; others build it in workspace scratch, zero-padded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..ir import tensor as T
+from ..ir.types import TensorType
+from .base import LowerContext, OpDef, register, static_dims
+from .gemm_kernel import gemm
+
+
+def conv_out_size(size: int, k: int, stride: int, pad_total: int, dilation: int) -> int:
+    return (size + pad_total - dilation * (k - 1) - 1) // stride + 1
+
+
+def _attrs(attrs: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int], int]:
+    s = tuple(attrs.get("strides", (1, 1)))
+    p = tuple(attrs.get("pads", (0, 0, 0, 0)))
+    d = tuple(attrs.get("dilations", (1, 1)))
+    return (s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1]), int(attrs.get("groups", 1))
+
+
+class Conv2D(OpDef):
+    name = "conv2d"
+    kind = "complex"
+
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        x, w = inputs[0], inputs[1]
+        if x.ndim != 4 or w.ndim != 4:
+            raise self.error(f"expects 4-D input and weights (NCHW, OIHW), got {x} and {w}")
+        (sh, sw), (pt, pl, pb, pr), (dh, dw), g = _attrs(attrs)
+        n, c, h, wd = x.shape
+        oc, cg, kh, kw = static_dims(w, self.name)
+        if isinstance(c, int) and c != cg * g:
+            raise self.error(f"input has {c} channels but weights expect {cg} x {g} groups")
+        if oc % g:
+            raise self.error(f"{oc} output channels do not divide into {g} groups")
+        if len(inputs) > 2 and inputs[2].shape != (oc,):
+            raise self.error(f"bias must have shape ({oc},), got {inputs[2]}")
+        oh = conv_out_size(h, kh, sh, pt + pb, dh) if isinstance(h, int) else h
+        ow = conv_out_size(wd, kw, sw, pl + pr, dw) if isinstance(wd, int) else wd
+        if isinstance(oh, int) and isinstance(ow, int) and (oh <= 0 or ow <= 0):
+            raise self.error(f"kernel {kh}x{kw} does not fit input {h}x{wd} with pads {attrs.get('pads')}")
+        return [TensorType((n, oc, oh, ow), x.dtype)]
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
+        x, w = inputs[0], inputs[1]
+        (sh, sw), (pt, pl, pb, pr), (dh, dw), g = _attrs(attrs)
+        n, c, h, wd = x.shape
+        oc, cg, kh, kw = w.shape
+        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        oh = conv_out_size(h, kh, sh, pt + pb, dh)
+        ow = conv_out_size(wd, kw, sw, pl + pr, dw)
+        out = np.zeros((n, oc, oh, ow), dtype=np.float64)
+        ocg = oc // g
+        for gi in range(g):
+            xs = xp[:, gi * cg:(gi + 1) * cg]
+            ws = w[gi * ocg:(gi + 1) * ocg].astype(np.float64)
+            for i in range(kh):
+                for j in range(kw):
+                    patch = xs[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+                    out[:, gi * ocg:(gi + 1) * ocg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+        if len(inputs) > 2:
+            out += inputs[2].reshape(1, -1, 1, 1)
+        return [out.astype(x.dtype)]
+
+    def flops(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+        _, cg, kh, kw = inputs[1].static_shape
+        return 2 * outputs[0].numel * cg * kh * kw
+
+    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
+              attrs: dict[str, Any]) -> T.Stmt:
+        x, w = ins[0], ins[1]
+        bias = ins[2] if len(ins) > 2 else None
+        out = outs[0]
+        (sh, sw), (pt, pl, pb, pr), (dh, dw), g = _attrs(attrs)
+        n, c, h, wd = x.shape
+        oc, cg, kh, kw = w.shape
+        _, _, oh, ow = out.shape
+        ocg, kdim, ohw = oc // g, cg * kh * kw, oh * ow
+        wf = w.with_(shape=(oc, kdim))
+        of = out.with_(shape=(n, oc, ohw))
+        direct = kh == kw == sh == sw == 1 and pt == pl == pb == pr == 0
+        col = x.with_(shape=(n, c, h * wd)) if direct else T.Buffer(f"{ctx.name}_col", (kdim, ohw), x.dtype,
+                                                                     scope="workspace")
+
+        def per_image_group(ni: T.LoopVar, gi: T.LoopVar) -> T.Stmt:
+            c0 = gi * cg if g > 1 else T.IntImm(0)
+            oc0 = gi * ocg if g > 1 else T.IntImm(0)
+
+            def b_load(k: T.Expr, j: T.Expr) -> T.Expr:
+                return col[ni, c0 + k, j] if direct else col[k, j]
+
+            def store(i: T.Expr, j: T.Expr, acc: T.Expr) -> T.Stmt:
+                ch = oc0 + i
+                v = acc + bias[ch] if bias is not None else acc
+                idx = (ni, ch, j // ow, j % ow) if ow > 1 else (ni, ch, j, T.IntImm(0))
+                flat = (ni * oc + ch) * ohw + j
+                return T.Store(of, (ni, ch, j), ctx.apply_epilogue(v, idx, flat))
+
+            mm = gemm(ctx.name, ocg, ohw, kdim, lambda i, k: wf[oc0 + i, k], b_load, store, ctx.lanes, x.dtype)
+            return T.seq(None if direct else self._im2col(ctx, x, col, ni, c0, attrs, (kh, kw), (oh, ow)), mm)
+
+        body = T.loop(n, lambda ni: T.loop(g, lambda gi: per_image_group(ni, gi), name=f"{ctx.name}_g"),
+                      name=f"{ctx.name}_n")
+        return body if direct else T.Allocate(col, body)
+
+    @staticmethod
+    def _im2col(ctx: LowerContext, x: T.Buffer, col: T.Buffer, ni: T.Expr, c0: T.Expr, attrs: dict[str, Any],
+                ksize: tuple[int, int], osize: tuple[int, int]) -> T.Stmt:
+        (sh, sw), (pt, pl, _, _), (dh, dw), _ = _attrs(attrs)
+        _, _, h, wd = x.shape
+        kh, kw = ksize
+        oh, ow = osize
+        cg = col.shape[0] // (kh * kw)
+        zero = T.const(0.0, x.dtype)
+
+        def row(c: T.LoopVar, i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
+            k = (c * kh + i) * kw + j
+
+            def pixel(y: T.LoopVar, z: T.LoopVar) -> T.Stmt:
+                iy = y * sh + (i * dh - pt)
+                ix = z * sw + (j * dw - pl)
+                inside = T.logical_and(iy >= 0, iy < h, ix >= 0, ix < wd)
+                val = x[ni, c0 + c, T.minimum(T.maximum(iy, 0), h - 1), T.minimum(T.maximum(ix, 0), wd - 1)]
+                return T.Store(col, (k, y * ow + z), T.select(inside, val, zero))
+
+            return T.loop(oh, lambda y: T.loop(ow, lambda z: pixel(y, z), name=f"{ctx.name}_ox",
+                                               kind="vectorized"), name=f"{ctx.name}_oy")
+
+        return T.loop(cg, lambda c: T.loop(kh, lambda i: T.loop(kw, lambda j: row(c, i, j), name=f"{ctx.name}_kx"),
+                                           name=f"{ctx.name}_ky"), name=f"{ctx.name}_c")
+
+
+register(Conv2D())

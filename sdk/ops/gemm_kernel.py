@@ -1,0 +1,84 @@
+"""The register-tiled GEMM loop nest shared by conv2d and matmul (not an operator itself).
+
+``C[m, n] = epilogue(sum_k A(m, k) * B(k, n))`` over static ``M, N, K``. The output is computed in tiles of
+``MR`` rows by ``NC`` columns held in a local accumulator; the column loop is contiguous in ``B`` and ``C`` and
+is marked ``vectorized``, the row loop ``unrolled``, so each step of the ``k`` loop is ``MR`` broadcasts and
+``MR * NC / lanes`` fused multiply-adds. Edge tiles get their own loop nests with constant extents (``M`` and
+``N`` are static), so every loop has a compile-time trip count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..ir import tensor as T
+
+Load2 = Callable[[T.Expr, T.Expr], T.Expr]
+Store2 = Callable[[T.Expr, T.Expr, T.Expr], T.Stmt]
+
+
+def tile_sizes(lanes: int, n: int) -> tuple[int, int]:
+    """Rows per tile and columns per tile for a target with ``lanes`` float32 lanes."""
+    nc = max(lanes, 4) * 4
+    if n < nc:
+        nc = n
+    return 4, nc
+
+
+def gemm(name: str, m: int, n: int, k: int, a: Load2, b: Load2, store: Store2, lanes: int,
+         dtype: str = "float32", init: Load2 | None = None) -> T.Stmt:
+    """Loop nest computing ``store(i, j, sum_k a(i, k) * b(k, j) [+ init(i, j)])`` for all i < m, j < n."""
+    mr, nc = tile_sizes(lanes, n)
+    parts: list[T.Stmt] = []
+    m_full, m_tail = divmod(m, mr)
+    n_full, n_tail = divmod(n, nc)
+    for m_count, m_size, m_base in ((m_full, mr, 0), (1 if m_tail else 0, m_tail, m_full * mr)):
+        for n_count, n_size, n_base in ((n_full, nc, 0), (1 if n_tail else 0, n_tail, n_full * nc)):
+            if m_count == 0 or n_count == 0:
+                continue
+            parts.append(_tiles(name, m_count, m_size, m_base, n_count, n_size, n_base, k, a, b, store, dtype,
+                                init))
+    return T.seq(*parts)
+
+
+def _tiles(name: str, m_count: int, mr: int, m_base: int, n_count: int, nc: int, n_base: int, k: int,
+           a: Load2, b: Load2, store: Store2, dtype: str, init: Load2 | None) -> T.Stmt:
+    acc = T.Buffer(f"{name}_acc", (mr, nc), dtype, scope="local")
+    zero = T.const(0.0, dtype)
+
+    def tile(mo: T.LoopVar, no: T.LoopVar) -> T.Stmt:
+        row0 = mo * mr + m_base if m_count > 1 else T.const(m_base)
+        col0 = no * nc + n_base if n_count > 1 else T.const(n_base)
+
+        def init_tile(i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
+            v = init(row0 + i, col0 + j) if init is not None else zero
+            return T.Store(acc, (i, j), v)
+
+        def update(kk: T.LoopVar) -> T.Stmt:
+            return T.loop(mr, lambda i: T.loop(
+                nc, lambda j: T.Store(acc, (i, j), acc[i, j] + a(row0 + i, kk) * b(kk, col0 + j)),
+                name=f"{name}_j", kind="vectorized"), name=f"{name}_i", kind="unrolled")
+
+        def write(i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
+            return store(row0 + i, col0 + j, acc[i, j])
+
+        body = T.seq(
+            _nest2(mr, nc, init_tile, name),
+            T.loop(k, update, name=f"{name}_k"),
+            _nest2(mr, nc, write, name),
+        )
+        return T.Allocate(acc, body)
+
+    if m_count > 1 and n_count > 1:
+        return T.loop(n_count, lambda no: T.loop(m_count, lambda mo: tile(mo, no), name=f"{name}_mo"),
+                      name=f"{name}_no")
+    if m_count > 1:
+        return T.loop(m_count, lambda mo: tile(mo, T.LoopVar("unused")), name=f"{name}_mo")
+    if n_count > 1:
+        return T.loop(n_count, lambda no: tile(T.LoopVar("unused"), no), name=f"{name}_no")
+    return tile(T.LoopVar("unused"), T.LoopVar("unused"))
+
+
+def _nest2(r: int, c: int, body: Callable[[T.LoopVar, T.LoopVar], T.Stmt], name: str) -> T.Stmt:
+    return T.loop(r, lambda i: T.loop(c, lambda j: body(i, j), name=f"{name}_j", kind="vectorized"),
+                  name=f"{name}_i", kind="unrolled")

@@ -1,0 +1,91 @@
+"""matmul: NumPy ``a @ b`` semantics (batch dimensions broadcast; 1-D operands are promoted and squeezed).
+
+Lowered per batch index to the shared register-tiled GEMM; ONNX Gemm becomes matmul plus transposes and an
+elementwise bias add, which fusion folds into this kernel's epilogue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..ir import tensor as T
+from ..ir.types import Dim, TensorType
+from .base import LowerContext, OpDef, broadcast_shapes, register
+from .gemm_kernel import gemm
+
+
+def _promote(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[tuple[Dim, ...], tuple[Dim, ...]]:
+    return (a if len(a) > 1 else (1, *a)), (b if len(b) > 1 else (*b, 1))
+
+
+class MatMul(OpDef):
+    name = "matmul"
+    kind = "complex"
+
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        a, b = inputs
+        if a.ndim == 0 or b.ndim == 0:
+            raise self.error("operands must have at least one dimension")
+        pa, pb = _promote(a.shape, b.shape)
+        if isinstance(pa[-1], int) and isinstance(pb[-2], int) and pa[-1] != pb[-2]:
+            raise self.error(f"inner dimensions differ: {a} @ {b}")
+        batch = broadcast_shapes(pa[:-2], pb[:-2])
+        shape = [*batch, pa[-2], pb[-1]]
+        if a.ndim == 1:
+            del shape[-2]
+        if b.ndim == 1:
+            del shape[-1]
+        return [TensorType(tuple(shape), a.dtype)]
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
+        a, b = inputs
+        return [np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)]
+
+    def flops(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+        return 2 * outputs[0].numel * int(inputs[0].static_shape[-1])
+
+    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
+              attrs: dict[str, Any]) -> T.Stmt:
+        a0, b0 = ins
+        out0 = outs[0]
+        sa, sb = _promote(a0.shape, b0.shape)
+        a = a0.with_(shape=tuple(int(d) for d in sa), strides=())
+        b = b0.with_(shape=tuple(int(d) for d in sb), strides=())
+        batch = tuple(int(d) for d in broadcast_shapes(sa[:-2], sb[:-2]))
+        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+        out = out0.with_(shape=(*batch, m, n), strides=())
+        nb = len(batch)
+
+        def for_batch(bi: tuple[T.LoopVar, ...]) -> T.Stmt:
+            def bidx(buf: T.Buffer) -> tuple[T.Expr, ...]:
+                off = nb - (buf.ndim - 2)
+                return tuple(T.IntImm(0) if buf.shape[d] == 1 else bi[d + off] for d in range(buf.ndim - 2))
+
+            ab, bb = bidx(a), bidx(b)
+
+            def store(i: T.Expr, j: T.Expr, acc: T.Expr) -> T.Stmt:
+                idx = (*bi, i, j)
+                flat = _flat(bi, batch) * (m * n) + i * n + j
+                # The epilogue sees the operator's real output index (1-D operands squeezed away).
+                real = idx[:-2] + ((i,) if a0.ndim > 1 else ()) + ((j,) if b0.ndim > 1 else ())
+                return T.Store(out, idx, ctx.apply_epilogue(acc, real, flat))
+
+            return gemm(ctx.name, m, n, k, lambda i, kk: a[(*ab, i, kk)], lambda kk, j: b[(*bb, kk, j)], store,
+                        ctx.lanes, a.dtype)
+
+        if nb == 0:
+            return for_batch(())
+        return T.loop_nest(batch, for_batch, prefix=f"{ctx.name}_b")
+
+
+def _flat(idx: tuple[T.Expr, ...], shape: tuple[int, ...]) -> T.Expr:
+    out: T.Expr = T.IntImm(0)
+    for i, d in zip(idx, shape, strict=True):
+        out = out * d + i
+    return out
+
+
+register(MatMul())

@@ -1,0 +1,218 @@
+"""Targets: one TOML file per target or board, validated at load time.
+
+A target says what the code generator and the toolchain need to know about a device: the LLVM triple, CPU and
+features, the vector width generic passes schedule for, the OS (``linux`` or ``none`` for bare metal), the zig
+target used to build the C runtime, and how to emulate it. Users add their own targets by dropping TOML files
+into a directory named in ``KILN_TARGET_PATH`` (``os.pathsep``-separated); no SDK change is needed.
+
+Hooks (principle 4 of DESIGN.md): ``Target.hooks`` maps a phase name (``after_import``, ``graph_opt``,
+``legalize``, ``tensor_opt``, ``before_codegen``) to passes that the default pipeline inserts at that phase.
+A TOML file names them as ``hooks = { tensor_opt = ["my_pkg.my_module:my_pass"] }``; Python code may also
+register them with :func:`register_hook`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import shutil
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PHASES = ("after_import", "graph_opt", "legalize", "tensor_opt", "before_codegen")
+
+_REQUIRED = {
+    "name": str,
+    "triple": str,
+    "cpu": str,
+    "features": str,
+    "vector_bits": int,
+    "os": str,
+    "zig_target": str,
+}
+_OPTIONAL: dict[str, tuple[type, Any]] = {
+    "description": (str, ""),
+    "float_abi": (str, "hard"),
+    "zig_cpu": (str, ""),
+    "emulator": (list, []),
+    "emulator_package": (str, ""),
+    "flash_bytes": (int, 0),
+    "ram_bytes": (int, 0),
+    "linker_script": (str, ""),
+    "hooks": (dict, {}),
+}
+
+
+class TargetError(ValueError):
+    """A target name is unknown or a target file is invalid."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    triple: str
+    cpu: str
+    features: str
+    vector_bits: int
+    os: str
+    zig_target: str
+    description: str = ""
+    float_abi: str = "hard"
+    zig_cpu: str = ""
+    emulator: tuple[str, ...] = ()
+    emulator_package: str = ""
+    flash_bytes: int = 0
+    ram_bytes: int = 0
+    linker_script: str = ""
+    hook_specs: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def arch(self) -> str:
+        return self.triple.split("-", 1)[0]
+
+    @property
+    def is_bare_metal(self) -> bool:
+        return self.os == "none"
+
+    @property
+    def vector_lanes_f32(self) -> int:
+        """How many float32 lanes one vector register holds (1 when the target has no vector unit)."""
+        return max(1, self.vector_bits // 32)
+
+    def runs_natively(self) -> bool:
+        """True when the host can execute this target's Linux runner without an emulator."""
+        host = platform.machine().lower()
+        host = {"amd64": "x86_64", "arm64": "aarch64"}.get(host, host)
+        if self.os != "linux" or platform.system() != "Linux" or self.arch != host:
+            return False
+        if self.arch == "x86_64":
+            return _host_supports_x86_level(self.cpu)
+        return True
+
+    def hooks(self) -> dict[str, list[Callable[..., Any]]]:
+        """Passes this target contributes per phase: TOML-declared ones first, then registered ones."""
+        out: dict[str, list[Callable[..., Any]]] = {p: [] for p in PHASES}
+        for phase, specs in self.hook_specs:
+            for spec in specs:
+                out[phase].append(_load_callable(spec, self.name))
+        for phase, fns in _REGISTERED_HOOKS.get(self.name, {}).items():
+            out[phase].extend(fns)
+        return out
+
+
+_REGISTERED_HOOKS: dict[str, dict[str, list[Callable[..., Any]]]] = {}
+
+
+def register_hook(target: str, phase: str, pass_: Callable[..., Any]) -> None:
+    """Make ``pass_`` run at ``phase`` whenever the default pipeline is built for ``target``."""
+    if phase not in PHASES:
+        raise TargetError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
+    _REGISTERED_HOOKS.setdefault(target, {}).setdefault(phase, []).append(pass_)
+
+
+def _load_callable(spec: str, target: str) -> Callable[..., Any]:
+    mod, _, attr = spec.partition(":")
+    if not attr:
+        raise TargetError(f"target {target}: hook {spec!r} must look like 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise TargetError(f"target {target}: cannot load hook {spec!r}: {e}") from e
+    return fn  # type: ignore[no-any-return]
+
+
+def _host_supports_x86_level(cpu: str) -> bool:
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
+    except (OSError, IndexError):
+        return False
+    need = {"x86-64-v4": {"avx512f", "avx512bw", "avx512vl", "avx2", "fma"}, "x86-64-v3": {"avx2", "fma"}}
+    return need.get(cpu, set()) <= flags
+
+
+def _search_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("KILN_TARGET_PATH", "").split(os.pathsep) if p]
+    return [*dirs, Path(__file__).parent]
+
+
+def parse_target(data: dict[str, Any], source: str = "<dict>") -> Target:
+    """Validate one target table and build a :class:`Target`; errors name the file and the field."""
+    kwargs: dict[str, Any] = {}
+    for key, typ in _REQUIRED.items():
+        if key not in data:
+            raise TargetError(f"{source}: missing required field {key!r}")
+        if not isinstance(data[key], typ):
+            raise TargetError(f"{source}: field {key!r} must be a {typ.__name__}, got {data[key]!r}")
+        kwargs[key] = data[key]
+    for key, (typ, default) in _OPTIONAL.items():
+        val = data.get(key, default)
+        if not isinstance(val, typ):
+            raise TargetError(f"{source}: field {key!r} must be a {typ.__name__}, got {val!r}")
+        kwargs[key] = val
+    if kwargs["os"] not in ("linux", "none"):
+        raise TargetError(f"{source}: os must be 'linux' or 'none', got {kwargs['os']!r}")
+    if kwargs["vector_bits"] < 0 or kwargs["vector_bits"] % 32:
+        raise TargetError(f"{source}: vector_bits must be a non-negative multiple of 32")
+    hooks = kwargs.pop("hooks")
+    for phase, specs in hooks.items():
+        if phase not in PHASES:
+            raise TargetError(f"{source}: unknown hook phase {phase!r}; phases are {', '.join(PHASES)}")
+        if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+            raise TargetError(f"{source}: hooks.{phase} must be a list of 'module:function' strings")
+    kwargs["hook_specs"] = tuple((p, tuple(s)) for p, s in sorted(hooks.items()))
+    kwargs["emulator"] = tuple(str(x) for x in kwargs["emulator"])
+    known = set(_REQUIRED) | set(_OPTIONAL)
+    extra = {k: v for k, v in data.items() if k not in known}
+    return Target(**kwargs, source=source, extra=extra)
+
+
+def _load_all() -> dict[str, Target]:
+    found: dict[str, Target] = {}
+    for d in _search_dirs():
+        for f in sorted(d.glob("*.toml")):
+            try:
+                data = tomllib.loads(f.read_text())
+            except tomllib.TOMLDecodeError as e:
+                raise TargetError(f"{f}: invalid TOML: {e}") from e
+            t = parse_target(data, str(f))
+            found.setdefault(t.name, t)  # earlier directories (user ones) win
+    return found
+
+
+def list_targets() -> list[Target]:
+    return sorted(_load_all().values(), key=lambda t: t.name)
+
+
+def get_target(target: str | Target) -> Target:
+    """Look a target up by name (or pass a Target through); unknown names list the known ones."""
+    if isinstance(target, Target):
+        return target
+    targets = _load_all()
+    if target not in targets:
+        raise TargetError(
+            f"unknown target {target!r}; known targets: {', '.join(sorted(targets))} "
+            "(add your own TOML file to a directory in KILN_TARGET_PATH)"
+        )
+    return targets[target]
+
+
+def emulator_available(t: Target) -> bool:
+    return bool(t.emulator) and shutil.which(t.emulator[0]) is not None
+
+
+__all__ = [
+    "PHASES",
+    "Target",
+    "TargetError",
+    "emulator_available",
+    "get_target",
+    "list_targets",
+    "parse_target",
+    "register_hook",
+]
