@@ -1,0 +1,1 @@
+"""kiln.rpc: the device protocol, launchers, and the tracker/device gRPC services."""
