@@ -1,0 +1,416 @@
+"""Client API of the device farm.
+
+    import kiln.rpc
+    with kiln.rpc.connect("HOST:9190").request("qemu-aarch64", timeout=60) as dev:
+        m = dev.load(pkg)                 # uploads only if the device does not have it yet
+        outputs = m.run({"data": x})
+        seconds = m.time(number=20, repeat=5)
+        prof = m.profile()
+
+``kiln.rpc.connect_device("HOST:PORT")`` talks to one device server without a tracker. Every failure surfaces
+as :class:`RemoteError`, whose ``code`` is the gRPC status and whose message names the device and what went
+wrong there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from kiln.rpc import device_pb2, device_pb2_grpc, tracker_pb2, tracker_pb2_grpc, wire
+from kiln.rpc.auth import TLSConfig, load_token, open_channel
+from kiln.rpc.tracker import Capabilities
+
+log = logging.getLogger("kiln.rpc.client")
+
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+_DEADLINE_MARGIN_S = 10.0  # the server's own timeout answers first, with a clearer message
+
+
+class RemoteError(RuntimeError):
+    """A tracker or device RPC failed. ``code`` is the gRPC status code."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _translate(e: grpc.RpcError, where: str) -> RemoteError:
+    code = e.code() if hasattr(e, "code") else None
+    details = e.details() if hasattr(e, "details") else str(e)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        msg = f"{where} is unreachable: {details}"
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        msg = f"{where} rejected the call ({details}); set KILN_RPC_TOKEN or pass --token-file"
+    else:
+        msg = f"{where}: {details}"
+    return RemoteError(msg, code)
+
+
+def _options() -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", wire.MAX_DEVICE_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", wire.MAX_DEVICE_MESSAGE_BYTES),
+    ]
+
+
+def _package_file(pkg: Any) -> tuple[Path | None, bytes | None]:
+    """A package given as Package object, path or archive bytes -> (file, None) or (None, bytes)."""
+    if isinstance(pkg, (bytes, bytearray, memoryview)):
+        return None, bytes(pkg)
+    if isinstance(pkg, (str, os.PathLike)):
+        return Path(pkg), None
+    path = getattr(pkg, "path", None)
+    if path is not None and Path(path).is_file():
+        return Path(path), None
+    if hasattr(pkg, "to_bytes"):
+        return None, pkg.to_bytes()
+    raise TypeError(f"cannot upload a {type(pkg).__name__}: pass a kiln Package, a .kpkg path or its bytes")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -------------------------------------------------------------------------------------------------- device
+
+
+class RemoteModule:
+    """A package loaded on a remote device: the same run/time/profile interface as a local session."""
+
+    def __init__(self, device: RemoteDevice, sha256: str, manifest: dict[str, Any], info: dict[str, Any]):
+        self.device = device
+        self.sha256 = sha256
+        self.manifest = manifest
+        self.info = info
+        self.name = str(manifest.get("name", sha256[:12]))
+
+    def _deadline(self, timeout: float | None) -> tuple[int, float | None]:
+        if timeout is None:
+            return 0, None
+        return max(1, int(timeout * 1000)), timeout + _DEADLINE_MARGIN_S
+
+    def run(
+        self, inputs: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run once on ``inputs`` (name -> array); returns the outputs by name."""
+        ms, deadline = self._deadline(timeout)
+        req = device_pb2.RunRequest(sha256=self.sha256, inputs=wire.pack(inputs), timeout_ms=ms)
+        reply = self.device._call("Run", req, deadline)
+        return wire.unpack(reply.outputs)
+
+    def time(
+        self,
+        number: int = 10,
+        repeat: int = 3,
+        min_repeat_ms: int = 0,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> list[float]:
+        """Seconds per run, one figure per repeat, measured by the runtime's clock on the device."""
+        ms, deadline = self._deadline(timeout)
+        req = device_pb2.TimeRequest(
+            sha256=self.sha256,
+            inputs=wire.pack(inputs),
+            number=number,
+            repeat=repeat,
+            min_repeat_ms=min_repeat_ms,
+            timeout_ms=ms,
+        )
+        return list(self.device._call("Time", req, deadline).seconds)
+
+    def profile(self, inputs: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+        """Per-kernel timings of one run (a :class:`kiln.rpc.protocol.Profile`)."""
+        from kiln.rpc.protocol import Profile
+
+        ms, deadline = self._deadline(timeout)
+        req = device_pb2.ProfileRequest(sha256=self.sha256, inputs=wire.pack(inputs), timeout_ms=ms)
+        data = json.loads(self.device._call("Profile", req, deadline).profile_json)
+        return Profile.from_dict(data)
+
+    def unload(self) -> None:
+        self.device._call("Unload", device_pb2.PackageRef(sha256=self.sha256), 30.0)
+
+    def close(self) -> None:
+        """Nothing to free locally; the device keeps the runner warm until it is evicted or unloaded."""
+
+    def __enter__(self) -> RemoteModule:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteModule({self.name!r} on {self.device.address})"
+
+
+class RemoteDevice:
+    """A connection to one device server."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        tls: TLSConfig | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.address = address
+        self._channel = open_channel(address, token=token, tls=tls, options=_options())
+        self._stub = device_pb2_grpc.DeviceStub(self._channel)
+        self._metadata = metadata or None
+        self.label = f"device server {address}"
+
+    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise _translate(e, self.label) from None
+
+    def info(self) -> dict[str, Any]:
+        r = self._call("Info", device_pb2.InfoRequest(), 30.0)
+        return {
+            "caps": Capabilities.from_proto(r.caps),
+            "runs_served": r.runs_served,
+            "packages_cached": r.packages_cached,
+            "cache_bytes": r.cache_bytes,
+            "cache_limit_bytes": r.cache_limit_bytes,
+            "max_upload_bytes": r.max_upload_bytes,
+            "loaded": list(r.loaded),
+        }
+
+    def health(self, timeout: float = 5.0) -> bool:
+        return bool(self._call("Health", device_pb2.HealthRequest(), timeout).serving)
+
+    def upload(self, pkg: Any, *, force: bool = False) -> str:
+        """Send a package unless the device has it; returns its sha256."""
+        path, data = _package_file(pkg)
+        if path is not None:
+            sha, size = _sha256_file(path), path.stat().st_size
+        else:
+            assert data is not None
+            sha, size = hashlib.sha256(data).hexdigest(), len(data)
+        if not force and self._call("HasPackage", device_pb2.PackageRef(sha256=sha), 30.0).cached:
+            return sha
+
+        def chunks() -> Iterator[device_pb2.UploadChunk]:
+            first = True
+            if path is not None:
+                with path.open("rb") as f:
+                    while block := f.read(UPLOAD_CHUNK_BYTES):
+                        yield device_pb2.UploadChunk(
+                            sha256=sha if first else "", size=size if first else 0, data=block
+                        )
+                        first = False
+            else:
+                assert data is not None
+                view = memoryview(data)
+                for off in range(0, len(data), UPLOAD_CHUNK_BYTES):
+                    yield device_pb2.UploadChunk(
+                        sha256=sha if first else "",
+                        size=size if first else 0,
+                        data=bytes(view[off : off + UPLOAD_CHUNK_BYTES]),
+                    )
+                    first = False
+            if first:  # empty archive: still announce it
+                yield device_pb2.UploadChunk(sha256=sha, size=0)
+
+        self._call("Upload", chunks(), None)
+        return sha
+
+    def load(self, pkg: Any) -> RemoteModule:
+        """Upload ``pkg`` if needed and start its runner; returns the remote module."""
+        sha = self.upload(pkg)
+        r = self._call("Load", device_pb2.PackageRef(sha256=sha), None)
+        return RemoteModule(self, sha, json.loads(r.manifest_json), json.loads(r.info_json or "{}"))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RemoteDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LeasedDevice(RemoteDevice):
+    """A device leased from a tracker. The lease is renewed in the background until :meth:`release`
+    (or leaving the ``with`` block)."""
+
+    def __init__(self, tracker: TrackerClient, lease: tracker_pb2.Lease) -> None:
+        super().__init__(
+            lease.device.address,
+            token=tracker._token,
+            tls=tracker._tls,
+            metadata=(("kiln-lease", lease.lease_id),),
+        )
+        self.tracker = tracker
+        self.lease_id = lease.lease_id
+        self.device_id = lease.device_id
+        self.caps = Capabilities.from_proto(lease.device)
+        self.key = self.caps.key
+        self.ttl = lease.ttl_ms / 1000.0
+        self.queued_s = lease.queued_s
+        self.label = f"device {self.key!r} at {self.address}"
+        self.lost = threading.Event()
+        self._released = threading.Event()
+        self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-{self.lease_id}", daemon=True)
+        self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        while not self._released.wait(self.ttl / 3):
+            try:
+                self.tracker._stub.RenewLease(
+                    tracker_pb2.LeaseRef(lease_id=self.lease_id), timeout=self.ttl / 3
+                )
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.NOT_FOUND:
+                    log.warning("lease %s on %s was lost: %s", self.lease_id, self.label, e.details())
+                    self.lost.set()
+                    return
+                log.warning("cannot renew lease %s: %s", self.lease_id, e.details())
+
+    def release(self) -> None:
+        if self._released.is_set():
+            return
+        self._released.set()
+        self._renewer.join(timeout=5)
+        if not self.lost.is_set():
+            with contextlib.suppress(grpc.RpcError):
+                self.tracker._stub.ReleaseLease(tracker_pb2.LeaseRef(lease_id=self.lease_id), timeout=10)
+        self.close()
+
+    def __enter__(self) -> LeasedDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"LeasedDevice({self.key!r} at {self.address}, lease {self.lease_id})"
+
+
+# ------------------------------------------------------------------------------------------------- tracker
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    device_id: str
+    key: str
+    target: str
+    launcher: str
+    runtime_version: str
+    address: str
+    state: str
+    lease_holder: str
+    last_seen_s: float
+    runs_served: int
+    queue: int
+
+
+class TrackerClient:
+    """A connection to a tracker: lease devices, list them, read statistics."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        tls: TLSConfig | None = None,
+        client: str | None = None,
+    ) -> None:
+        self.address = address
+        self._token = token
+        self._tls = tls
+        self.client = client or f"{os.environ.get('USER', 'user')}@{os.uname().nodename}:{os.getpid()}"
+        self._channel = open_channel(address, token=token, tls=tls)
+        self._stub = tracker_pb2_grpc.TrackerStub(self._channel)
+
+    def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout)
+        except grpc.RpcError as e:
+            raise _translate(e, f"tracker {self.address}") from None
+
+    def request(self, key: str, *, timeout: float = 60.0, priority: int = 0) -> LeasedDevice:
+        """Wait up to ``timeout`` seconds in the queue of ``key`` and lease a device (higher priority first)."""
+        req = tracker_pb2.DeviceRequest(
+            key=key, priority=priority, timeout_ms=max(1, int(timeout * 1000)), client=self.client
+        )
+        lease = self._call("RequestDevice", req, timeout + _DEADLINE_MARGIN_S)
+        return LeasedDevice(self, lease)
+
+    def devices(self) -> list[DeviceStatus]:
+        r = self._call("ListDevices", tracker_pb2.ListDevicesRequest(), 30.0)
+        queues = {q.key: q.waiting for q in r.queues}
+        return [
+            DeviceStatus(
+                d.device_id,
+                d.caps.key,
+                d.caps.target,
+                d.caps.launcher,
+                d.caps.runtime_version,
+                d.caps.address,
+                d.state,
+                d.lease_holder,
+                d.last_seen_s,
+                d.runs_served,
+                queues.get(d.caps.key, 0),
+            )
+            for d in r.devices
+        ]
+
+    def queues(self) -> dict[str, int]:
+        r = self._call("ListDevices", tracker_pb2.ListDevicesRequest(), 30.0)
+        return {q.key: q.waiting for q in r.queues}
+
+    def stats(self) -> tracker_pb2.Stats:
+        return self._call("GetStats", tracker_pb2.StatsRequest(), 30.0)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> TrackerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    address: str,
+    *,
+    token: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    tls: TLSConfig | None = None,
+    client: str | None = None,
+) -> TrackerClient:
+    """Connect to a tracker. The token defaults to $KILN_RPC_TOKEN / $KILN_RPC_TOKEN_FILE."""
+    return TrackerClient(address, token=load_token(token, token_file), tls=tls, client=client)
+
+
+def connect_device(
+    address: str,
+    *,
+    token: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    tls: TLSConfig | None = None,
+) -> RemoteDevice:
+    """Connect to one device server directly, without a tracker."""
+    return RemoteDevice(address, token=load_token(token, token_file), tls=tls)
