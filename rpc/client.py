@@ -349,7 +349,7 @@ class TrackerClient:
             raise _translate(e, f"tracker {self.address}") from None
 
     def request(self, key: str, *, timeout: float = 60.0, priority: int = 0) -> LeasedDevice:
-        """Wait up to ``timeout`` seconds in the queue of ``key`` and lease a device (higher priority first)."""
+        """Wait up to ``timeout`` s in the queue of ``key`` and lease a device (higher priority first)."""
         req = tracker_pb2.DeviceRequest(
             key=key, priority=priority, timeout_ms=max(1, int(timeout * 1000)), client=self.client
         )

@@ -31,8 +31,8 @@ Timeouts and crashes
 
 Tracker
     With a tracker address, the server registers its capabilities and heartbeats at the interval the tracker
-    asks for. A ``NOT_FOUND`` heartbeat (tracker restarted, or the device was dropped) or a failed one makes it
-    register again, retrying every ``retry_interval`` until the tracker answers.
+    asks for. A heartbeat answered ``NOT_FOUND`` (the tracker restarted, or dropped the device) makes it
+    register again at once; while the tracker is unreachable it retries every ``retry_interval``.
 
 Message size bounds
     One message is at most :data:`kiln.rpc.wire.MAX_DEVICE_MESSAGE_BYTES` (64 MiB of tensors plus framing);
@@ -581,8 +581,20 @@ class TrackerAgent:
         self.device_id: str | None = None
         self.registrations = 0
         self.registered = threading.Event()
-        self._channel = open_channel(tracker_address, token=token, tls=tls)
+        # Reconnect quickly after a tracker restart instead of gRPC's default backoff of up to two minutes.
+        backoff_ms = max(100, int(retry_interval * 1000))
+        self._channel = open_channel(
+            tracker_address,
+            token=token,
+            tls=tls,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", backoff_ms),
+                ("grpc.min_reconnect_backoff_ms", backoff_ms),
+                ("grpc.max_reconnect_backoff_ms", max(backoff_ms, 2000)),
+            ],
+        )
         self._stub = tracker_pb2_grpc.TrackerStub(self._channel)
+        self._outage = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"agent-{caps.key}", daemon=True)
 
@@ -602,6 +614,7 @@ class TrackerAgent:
                     self.registrations += 1
                     interval = reply.heartbeat_interval_ms / 1000.0
                     self.registered.set()
+                    self._outage = False
                     log.info("registered with tracker %s as %s", self.tracker_address, self.device_id)
                 else:
                     self._stub.Heartbeat(
@@ -621,12 +634,14 @@ class TrackerAgent:
                     continue
                 if code == grpc.StatusCode.UNAUTHENTICATED:
                     log.error("tracker %s rejected this device: %s", self.tracker_address, e.details())
-                else:
+                elif not self._outage:
                     log.warning(
-                        "tracker %s unreachable (%s); retrying",
+                        "tracker %s unreachable (%s); retrying every %.1f s",
                         self.tracker_address,
                         code.name if code else e,
+                        self.retry_interval,
                     )
+                self._outage = True
                 if self.device_id is None:
                     self._stop.wait(self.retry_interval)
                     continue
