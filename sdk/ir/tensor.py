@@ -38,9 +38,10 @@ class Expr:
 
     dtype: str
 
-    def _bin(self, op: str, other: ExprLike, rev: bool = False) -> BinOp:
+    def _bin(self, op: str, other: ExprLike, rev: bool = False) -> Expr:
         o = const(other, self.dtype if not isinstance(other, Expr) else other.dtype)
-        return BinOp(op, o, self) if rev else BinOp(op, self, o)
+        a, b = (o, self) if rev else (self, o)
+        return _fold_int(op, a, b) or BinOp(op, a, b)
 
     def __add__(self, o: ExprLike) -> Expr:
         return self._bin("+", o)
@@ -98,6 +99,35 @@ class Expr:
 
 
 ExprLike = Union[Expr, int, float, bool]
+
+
+def _fold_int(op: str, a: Expr, b: Expr) -> Expr | None:
+    """Integer identities (x+0, x*1, x*0, const op const), so index arithmetic stays small and readable."""
+    if a.dtype != "int64" or b.dtype != "int64":
+        return None
+    ai = a.value if isinstance(a, IntImm) else None
+    bi = b.value if isinstance(b, IntImm) else None
+    if ai is not None and bi is not None:
+        fold = {"+": ai + bi, "-": ai - bi, "*": ai * bi}
+        if op in fold:
+            return IntImm(fold[op])
+        if op == "//" and bi > 0 and ai >= 0:
+            return IntImm(ai // bi)
+        if op == "%" and bi > 0 and ai >= 0:
+            return IntImm(ai % bi)
+    if op in ("+", "-") and bi == 0:
+        return a
+    if op == "+" and ai == 0:
+        return b
+    if op == "*" and (ai == 0 or bi == 0):
+        return IntImm(0)
+    if op in ("*", "//") and bi == 1:
+        return a
+    if op == "*" and ai == 1:
+        return b
+    if op == "%" and bi == 1:
+        return IntImm(0)
+    return None
 
 
 @dataclass(frozen=True, eq=False)

@@ -70,7 +70,7 @@ def _verify_graph(f: GraphFunction, mod: Module) -> list[str]:
                 t = v.type
                 if t.is_static and (t.numel != b.numel or t.dtype != b.dtype):
                     errs.append(f"{where}: {v.name} {t} does not fit buffer {b!r} of {tf.name}")
-        elif n.op in ("call_extern", "view"):
+        elif n.op in ("call_extern", "view", "fused"):
             continue
         elif has_op(n.op):
             try:

@@ -1,0 +1,108 @@
+"""The AOT entry ``kiln_model_entry`` (see docs/topics/runtime-abi.md) and the weights blob layout."""
+
+from __future__ import annotations
+
+import llvmlite.ir as ir
+import numpy as np
+
+from ..ir import Constant, Module, Value, Var
+from .tensor_codegen import workspace_bytes
+
+PTR = ir.PointerType()
+I8 = ir.IntType(8)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+WEIGHT_ALIGN = 64
+
+
+def layout_constants(mod: Module) -> tuple[bytes, dict[int, int]]:
+    """Pack every constant used by ``main`` into one blob (64-byte aligned entries, first-use order)."""
+    parts: list[bytes] = []
+    offsets: dict[int, int] = {}
+    size = 0
+    for c in mod.main.constants():
+        if c.uid in offsets:
+            continue
+        data = np.ascontiguousarray(c.data).tobytes()
+        pad = (-size) % WEIGHT_ALIGN
+        parts.append(b"\0" * pad)
+        size += pad
+        offsets[c.uid] = size
+        parts.append(data)
+        size += len(data)
+    return b"".join(parts), offsets
+
+
+def emit_entry(llmod: ir.Module, mod: Module, funcs: dict[str, ir.Function],
+               const_offsets: dict[int, int]) -> list[str]:
+    """Define ``kiln_model_entry``; returns the kernel names in kernel-index order."""
+    main = mod.main
+    plan = mod.attrs["memory_plan"]
+    storage: dict[int, tuple[str, int]] = plan["storage"]
+    weights = ir.GlobalVariable(llmod, ir.ArrayType(I8, 0), "kiln_model_weights")
+    weights.linkage = "external"
+    weights.global_constant = True
+    begin = ir.Function(llmod, ir.FunctionType(ir.VoidType(), [PTR, I32]), "kiln_profile_begin")
+    end = ir.Function(llmod, ir.FunctionType(ir.VoidType(), [PTR, I32]), "kiln_profile_end")
+    fn = ir.Function(llmod, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]), "kiln_model_entry")
+    fn.attributes.add("nounwind")
+    inputs, outputs, ws, prof = fn.args
+    for a, n in zip(fn.args, ("inputs", "outputs", "workspace", "prof"), strict=True):
+        a.name = n
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    profiling = b.icmp_unsigned("!=", prof, ir.Constant(PTR, None))
+
+    def slot(array: ir.Value, i: int) -> ir.Value:
+        return b.load(b.gep(array, [ir.Constant(I64, i)], source_etype=PTR), typ=PTR)
+
+    in_ptrs = [slot(inputs, i) for i in range(len(main.params))]
+    out_ptrs = [slot(outputs, j) for j in range(len(main.outputs))]
+
+    def byte_ptr(base: ir.Value, off: int) -> ir.Value:
+        return b.gep(base, [ir.Constant(I64, off)], inbounds=True, source_etype=I8) if off else base
+
+    def pointer(v: Value) -> ir.Value:
+        if isinstance(v, Constant):
+            return byte_ptr(weights, const_offsets[v.uid])
+        kind, where = storage[v.uid]
+        if kind == "input":
+            return in_ptrs[where]
+        if kind == "output":
+            return out_ptrs[where]
+        if kind == "const":
+            return byte_ptr(weights, const_offsets[where])
+        return byte_ptr(ws, where)
+
+    kernels: list[str] = []
+    scratch = byte_ptr(ws, int(plan["scratch_offset"]))
+    for node in main.nodes:
+        if node.op == "view":
+            continue
+        if node.op == "call_tensor":
+            name = node.attrs["func"]
+            callee = funcs[name]
+            tf = mod.tensor_functions()[name]
+        elif node.op == "call_extern":
+            name = node.attrs["symbol"]
+            callee = llmod.globals.get(name) or ir.Function(
+                llmod, ir.FunctionType(ir.VoidType(), [PTR] * (len(node.inputs) + len(node.outputs))), name)
+            tf = None
+        else:
+            raise ValueError(f"codegen: main still has graph operator {node.op!r}; run legalize first")
+        if name not in kernels:
+            kernels.append(name)
+        kid = ir.Constant(I32, kernels.index(name))
+        args = [pointer(v) for v in (*node.inputs, *node.outputs)]
+        if tf is not None and workspace_bytes(tf):
+            args.append(scratch)
+        with b.if_then(profiling, likely=False):
+            b.call(begin, [prof, kid])
+        b.call(callee, args)
+        with b.if_then(profiling, likely=False):
+            b.call(end, [prof, kid])
+    b.ret(ir.Constant(I32, 0))
+    return kernels
+
+
+def is_var(v: Value) -> bool:
+    return isinstance(v, Var)

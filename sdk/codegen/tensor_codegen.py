@@ -1,0 +1,290 @@
+"""Tensor function -> LLVM IR function (llvmlite.ir).
+
+Signature: ``void name(ptr noalias p0, ..., ptr noalias pN [, ptr scratch])``; buffers are addressed as flat
+arrays with their element strides, loops become counted loops with phi nodes (``unrolled`` loops with a
+constant trip count are replicated here), ``local`` allocations become entry-block allocas (so SROA can keep
+accumulator tiles in registers) and ``workspace`` allocations are carved from the trailing ``scratch`` pointer.
+Vectorization of ``vectorized`` loops is left to LLVM's loop and SLP vectorizers, which the code is shaped for
+(unit-stride inner loops, noalias parameters, constant trip counts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import llvmlite.ir as ir
+
+from ..ir import tensor as T
+from ..ir.types import is_float
+from .mathlib import MathLib
+
+PTR = ir.PointerType()
+I64 = ir.IntType(64)
+I1 = ir.IntType(1)
+
+_LL_TYPES: dict[str, ir.Type] = {
+    "float32": ir.FloatType(),
+    "float64": ir.DoubleType(),
+    "float16": ir.HalfType(),
+    "int8": ir.IntType(8),
+    "uint8": ir.IntType(8),
+    "int16": ir.IntType(16),
+    "int32": ir.IntType(32),
+    "int64": I64,
+    "bool": I1,
+}
+_MEM_TYPES = {**_LL_TYPES, "bool": ir.IntType(8)}
+MAX_UNROLL = 64
+SCRATCH_ALIGN = 64
+
+
+def ll_type(dtype: str) -> ir.Type:
+    return _LL_TYPES[dtype]
+
+
+def workspace_bytes(fn: T.TensorFunction) -> int:
+    """Scratch bytes a tensor function needs (all its workspace allocations, each 64-byte aligned)."""
+    total = 0
+    for s in T.walk_stmts(fn.body):
+        if isinstance(s, T.Allocate) and s.buffer.scope == "workspace":
+            total += _align(s.buffer.numel * _itemsize(s.buffer.dtype))
+    return total
+
+
+def _align(n: int, a: int = SCRATCH_ALIGN) -> int:
+    return (n + a - 1) // a * a
+
+
+def _itemsize(dtype: str) -> int:
+    from ..ir.types import itemsize
+
+    return itemsize(dtype)
+
+
+@dataclass
+class _Ctx:
+    b: ir.IRBuilder
+    fn: ir.Function
+    entry: ir.Block
+    ptrs: dict[int, ir.Value] = field(default_factory=dict)  # buffer uid -> base pointer
+    vars: dict[int, ir.Value] = field(default_factory=dict)  # loop var uid -> i64 value
+    scratch: ir.Value | None = None
+    scratch_off: int = 0
+
+
+class TensorCodegen:
+    def __init__(self, module: ir.Module, math: MathLib) -> None:
+        self.module = module
+        self.math = math
+
+    def emit(self, f: T.TensorFunction) -> ir.Function:
+        ws = workspace_bytes(f)
+        nparams = len(f.params) + (1 if ws else 0)
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * nparams), f.name)
+        fn.attributes.add("nounwind")
+        for i, arg in enumerate(fn.args):
+            arg.add_attribute("noalias")
+            arg.name = f.params[i].name if i < len(f.params) else "scratch"
+        entry = fn.append_basic_block("entry")
+        body = fn.append_basic_block("body")
+        ctx = _Ctx(ir.IRBuilder(body), fn, entry)
+        for p, arg in zip(f.params, fn.args, strict=False):
+            ctx.ptrs[p.uid] = arg
+        if ws:
+            ctx.scratch = fn.args[-1]
+        self._stmt(ctx, f.body)
+        ctx.b.ret_void()
+        ir.IRBuilder(entry).branch(body)
+        return fn
+
+    # ----------------------------------------------------------------------------------------- statements
+    def _stmt(self, c: _Ctx, s: T.Stmt) -> None:
+        if isinstance(s, T.Seq):
+            for x in s.stmts:
+                self._stmt(c, x)
+        elif isinstance(s, T.For):
+            self._for(c, s)
+        elif isinstance(s, T.Store):
+            ptr = self._addr(c, s.buffer, s.indices)
+            val = self._expr(c, s.value)
+            if s.buffer.dtype == "bool":
+                val = c.b.zext(val, _MEM_TYPES["bool"])
+            elif s.value.dtype != s.buffer.dtype:
+                val = self._convert(c, val, s.value.dtype, s.buffer.dtype)
+            c.b.store(val, ptr)
+        elif isinstance(s, T.IfThenElse):
+            cond = self._expr(c, s.cond)
+            if s.else_ is None:
+                with c.b.if_then(cond):
+                    self._stmt(c, s.then)
+            else:
+                with c.b.if_else(cond) as (then, otherwise):
+                    with then:
+                        self._stmt(c, s.then)
+                    with otherwise:
+                        self._stmt(c, s.else_)
+        elif isinstance(s, T.Allocate):
+            self._allocate(c, s)
+        else:
+            raise TypeError(f"codegen: unknown statement {s!r}")
+
+    def _allocate(self, c: _Ctx, s: T.Allocate) -> None:
+        buf = s.buffer
+        if buf.scope == "local":
+            eb = ir.IRBuilder(c.entry)
+            ty = ir.ArrayType(_MEM_TYPES[buf.dtype], buf.numel)
+            slot = eb.alloca(ty, name=buf.name)
+            slot.align = 64
+            slot.type = PTR  # llvmlite types allocas as typed pointers; LLVM 22 IR only has opaque ones
+            c.ptrs[buf.uid] = slot
+            self._stmt(c, s.body)
+        elif buf.scope == "workspace":
+            if c.scratch is None:
+                raise ValueError("workspace allocation without a scratch parameter")
+            off = c.scratch_off
+            c.ptrs[buf.uid] = c.b.gep(c.scratch, [ir.Constant(I64, off)], source_etype=ir.IntType(8))
+            c.scratch_off += _align(buf.numel * _itemsize(buf.dtype))
+            self._stmt(c, s.body)
+            c.scratch_off = off
+        else:
+            raise ValueError(f"cannot allocate buffer {buf.name} in scope {buf.scope!r}")
+
+    def _for(self, c: _Ctx, s: T.For) -> None:
+        start, extent = s.start, s.extent
+        if (s.kind == "unrolled" and isinstance(extent, T.IntImm) and isinstance(start, T.IntImm)
+                and extent.value <= MAX_UNROLL):
+            for i in range(extent.value):
+                c.vars[s.var.uid] = ir.Constant(I64, start.value + i)
+                self._stmt(c, s.body)
+            return
+        if isinstance(extent, T.IntImm) and extent.value <= 0:
+            return
+        b = c.b
+        lo = self._expr(c, start)
+        hi = b.add(lo, self._expr(c, extent))
+        pre = b.block
+        header = b.append_basic_block(f"{s.var.name}.loop")
+        after = b.append_basic_block(f"{s.var.name}.end")
+        if not (isinstance(extent, T.IntImm) and extent.value > 0):
+            b.cbranch(b.icmp_signed("<", lo, hi), header, after)
+        else:
+            b.branch(header)
+        b.position_at_end(header)
+        iv = b.phi(I64, name=s.var.name)
+        iv.add_incoming(lo, pre)
+        c.vars[s.var.uid] = iv
+        self._stmt(c, s.body)
+        nxt = b.add(iv, ir.Constant(I64, 1), flags=["nsw", "nuw"])
+        iv.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, hi), header, after)
+        b.position_at_end(after)
+
+    # ----------------------------------------------------------------------------------------- expressions
+    def _addr(self, c: _Ctx, buf: T.Buffer, indices: tuple[T.Expr, ...]) -> ir.Value:
+        try:
+            base = c.ptrs[buf.uid]
+        except KeyError:
+            raise ValueError(f"codegen: buffer {buf.name} is not a parameter or allocation") from None
+        off: ir.Value | None = None
+        const_off = 0
+        for idx, stride in zip(indices, buf.elem_strides, strict=True):
+            if isinstance(idx, T.IntImm):
+                const_off += idx.value * stride
+                continue
+            v = self._expr(c, idx)
+            if stride != 1:
+                v = c.b.mul(v, ir.Constant(I64, stride), flags=["nsw"])
+            off = v if off is None else c.b.add(off, v, flags=["nsw"])
+        if off is None:
+            off = ir.Constant(I64, const_off)
+        elif const_off:
+            off = c.b.add(off, ir.Constant(I64, const_off), flags=["nsw"])
+        return c.b.gep(base, [off], inbounds=True, source_etype=_MEM_TYPES[buf.dtype])
+
+    def _expr(self, c: _Ctx, e: T.Expr) -> ir.Value:
+        b = c.b
+        if isinstance(e, T.IntImm):
+            return ir.Constant(ll_type(e.dtype), e.value)
+        if isinstance(e, T.FloatImm):
+            return ir.Constant(ll_type(e.dtype), e.value)
+        if isinstance(e, T.LoopVar):
+            try:
+                return c.vars[e.uid]
+            except KeyError:
+                raise ValueError(f"codegen: loop variable {e.name} used outside its loop") from None
+        if isinstance(e, T.Load):
+            v = b.load(self._addr(c, e.buffer, e.indices), typ=_MEM_TYPES[e.buffer.dtype])
+            return b.trunc(v, I1) if e.buffer.dtype == "bool" else v
+        if isinstance(e, T.BinOp):
+            return self._binop(c, e)
+        if isinstance(e, T.Select):
+            return b.select(self._expr(c, e.cond), self._expr(c, e.t), self._expr(c, e.f))
+        if isinstance(e, T.Cast):
+            return self._convert(c, self._expr(c, e.value), e.value.dtype, e.dtype)
+        if isinstance(e, T.Call):
+            args = [self._expr(c, a) for a in e.args]
+            if e.fn == "neg":
+                return b.fneg(args[0]) if is_float(e.dtype) else b.neg(args[0])
+            if e.dtype != "float32":
+                if e.fn == "abs" and not is_float(e.dtype):
+                    x = args[0]
+                    return b.select(b.icmp_signed("<", x, ir.Constant(x.type, 0)), b.neg(x), x)
+                args = [self._convert(c, a, x.dtype, "float32") for a, x in zip(args, e.args, strict=True)]
+                return self._convert(c, self.math.call(b, e.fn, args), "float32", e.dtype)
+            return self.math.call(b, e.fn, args)
+        raise TypeError(f"codegen: unknown expression {e!r}")
+
+    def _binop(self, c: _Ctx, e: T.BinOp) -> ir.Value:
+        b = c.b
+        a, y = self._expr(c, e.a), self._expr(c, e.b)
+        dt = e.a.dtype
+        if e.b.dtype != dt:
+            y = self._convert(c, y, e.b.dtype, dt)
+        op = e.op
+        if op in ("and", "or"):
+            return b.and_(a, y) if op == "and" else b.or_(a, y)
+        if is_float(dt):
+            if op in T.CMP_OPS:
+                return b.fcmp_ordered(op, a, y)
+            if op == "min":
+                return b.select(b.fcmp_ordered("<", a, y), a, y)
+            if op == "max":
+                return b.select(b.fcmp_ordered(">", a, y), a, y)
+            if op == "//":
+                return self.math.call(b, "floor", [b.fdiv(a, y)])
+            fop = {"+": b.fadd, "-": b.fsub, "*": b.fmul, "/": b.fdiv, "%": b.frem}[op]
+            return fop(a, y)
+        unsigned = dt in ("uint8", "bool")
+        if op in T.CMP_OPS:
+            return b.icmp_unsigned(op, a, y) if unsigned else b.icmp_signed(op, a, y)
+        if op in ("min", "max"):
+            cmp = (b.icmp_unsigned if unsigned else b.icmp_signed)("<" if op == "min" else ">", a, y)
+            return b.select(cmp, a, y)
+        if op in ("/", "//"):
+            return b.udiv(a, y) if unsigned else b.sdiv(a, y)
+        if op == "%":
+            return b.urem(a, y) if unsigned else b.srem(a, y)
+        iop = {"+": b.add, "-": b.sub, "*": b.mul}[op]
+        return iop(a, y)
+
+    def _convert(self, c: _Ctx, v: ir.Value, src: str, dst: str) -> ir.Value:
+        if src == dst:
+            return v
+        b = c.b
+        st, dt = ll_type(src), ll_type(dst)
+        if is_float(src) and is_float(dst):
+            return b.fpext(v, dt) if _itemsize(dst) > _itemsize(src) else b.fptrunc(v, dt)
+        if is_float(src):
+            if dst == "bool":
+                return b.fcmp_unordered("!=", v, ir.Constant(st, 0.0))
+            return b.fptoui(v, dt) if dst == "uint8" else b.fptosi(v, dt)
+        if is_float(dst):
+            return b.uitofp(v, dt) if src in ("uint8", "bool") else b.sitofp(v, dt)
+        if dst == "bool":
+            return b.icmp_unsigned("!=", v, ir.Constant(st, 0))
+        sw, dw = st.width, dt.width  # type: ignore[attr-defined]
+        if dw == sw:
+            return v
+        if dw < sw:
+            return b.trunc(v, dt)
+        return b.zext(v, dt) if src in ("uint8", "bool") else b.sext(v, dt)

@@ -1,0 +1,165 @@
+"""Passes, pipelines and instruments.
+
+A pass is a pure ``Module -> Module`` function registered under a name with :func:`register_pass`; the
+module's ``target`` attribute tells target-dependent passes what to schedule for. A pipeline is a list of
+passes, printable as ``"fold-constants,fuse-ops,legalize"`` and parsed back from that string, so a user can
+edit it on the command line (``kiln compile --pipeline ...``) and a crash report can record it.
+
+:func:`default_pipeline` builds the standard flow per phase (DESIGN.md "Data flow") and splices in the
+target's hook passes at each phase (``after_import``, ``graph_opt``, ``legalize``, ``tensor_opt``,
+``before_codegen``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ir import Module, print_module, verify
+from ..targets import PHASES, Target
+
+PassFn = Callable[[Module], Module]
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    fn: PassFn
+    phase: str = "graph_opt"
+
+    def __call__(self, mod: Module) -> Module:
+        return self.fn(mod)
+
+
+_PASSES: dict[str, Pass] = {}
+
+
+def register_pass(name: str, phase: str) -> Callable[[PassFn], PassFn]:
+    """Decorator: register a ``Module -> Module`` function as a named pass of ``phase``."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}")
+
+    def deco(fn: PassFn) -> PassFn:
+        if name in _PASSES:
+            raise ValueError(f"pass {name!r} registered twice")
+        _PASSES[name] = Pass(name, fn, phase)
+        return fn
+
+    return deco
+
+
+def get_pass(name: str) -> Pass:
+    _load_all()
+    if name not in _PASSES:
+        raise ValueError(f"unknown pass {name!r}; known passes: {', '.join(sorted(_PASSES))}")
+    return _PASSES[name]
+
+
+def all_passes() -> dict[str, Pass]:
+    _load_all()
+    return dict(_PASSES)
+
+
+def _load_all() -> None:
+    from . import _all  # noqa: F401
+
+
+def as_pass(p: Pass | PassFn | str) -> Pass:
+    if isinstance(p, Pass):
+        return p
+    if isinstance(p, str):
+        return get_pass(p)
+    return Pass(getattr(p, "__name__", "custom"), p, "graph_opt")
+
+
+@dataclass
+class PassContext:
+    """How to run a pipeline: verify the IR after each pass, time passes, print IR after changes."""
+
+    verify_each: bool = False
+    print_after_change: bool = False
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    printer: Callable[[str], None] = print
+
+
+class Pipeline:
+    def __init__(self, passes: Iterable[Pass | PassFn | str] = ()) -> None:
+        self.passes: list[Pass] = [as_pass(p) for p in passes]
+
+    @classmethod
+    def parse(cls, text: str) -> Pipeline:
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        return cls(names)
+
+    def __str__(self) -> str:
+        return ",".join(p.name for p in self.passes)
+
+    def __len__(self) -> int:
+        return len(self.passes)
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]
+
+    def insert_after(self, name: str, *passes: Pass | PassFn | str) -> Pipeline:
+        i = self.names().index(name) + 1
+        return Pipeline([*self.passes[:i], *passes, *self.passes[i:]])
+
+    def insert_before(self, name: str, *passes: Pass | PassFn | str) -> Pipeline:
+        i = self.names().index(name)
+        return Pipeline([*self.passes[:i], *passes, *self.passes[i:]])
+
+    def remove(self, name: str) -> Pipeline:
+        return Pipeline([p for p in self.passes if p.name != name])
+
+    def replace(self, name: str, new: Pass | PassFn | str) -> Pipeline:
+        return Pipeline([as_pass(new) if p.name == name else p for p in self.passes])
+
+    def __call__(self, mod: Module, ctx: PassContext | None = None) -> Module:
+        ctx = ctx or PassContext()
+        for p in self.passes:
+            t0 = time.perf_counter()
+            before = print_module(mod) if ctx.print_after_change else ""
+            try:
+                new = p(mod)
+            except Exception as e:
+                e.add_note(f"in pass {p.name!r} of pipeline {self}")
+                raise
+            ctx.timings.append((p.name, time.perf_counter() - t0))
+            if ctx.verify_each:
+                try:
+                    verify(new)
+                except Exception as e:
+                    e.add_note(f"after pass {p.name!r}")
+                    raise
+            if ctx.print_after_change:
+                after = print_module(new)
+                if after != before:
+                    ctx.printer(f"// ----- after {p.name}\n{after}")
+            mod = new
+        return mod
+
+
+# The standard flow, phase by phase. Target hooks run after a phase's own passes, except in tensor_opt, where
+# memory planning must see the final tensor code and so runs after the hooks.
+DEFAULT_PHASES: dict[str, Sequence[str]] = {
+    "after_import": ("fold-constants", "simplify"),
+    "graph_opt": ("fold-batch-norm", "fold-constants", "eliminate-dead-code", "fuse-ops"),
+    "legalize": ("legalize",),
+    "tensor_opt": (),
+    "before_codegen": (),
+}
+LAST_IN_PHASE = {"tensor_opt": ("plan-memory",)}
+
+
+def default_pipeline(target: Target | str | None = None) -> Pipeline:
+    from ..targets import get_target
+
+    hooks: dict[str, list[Any]] = get_target(target).hooks() if target is not None else {}
+    passes: list[Pass | PassFn | str] = []
+    for phase in PHASES:
+        passes.extend(DEFAULT_PHASES[phase])
+        passes.extend(hooks.get(phase, []))
+        passes.extend(LAST_IN_PHASE.get(phase, ()))
+    return Pipeline(passes)
