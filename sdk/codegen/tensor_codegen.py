@@ -35,6 +35,8 @@ _LL_TYPES: dict[str, ir.Type] = {
 }
 _MEM_TYPES = {**_LL_TYPES, "bool": ir.IntType(8)}
 MAX_UNROLL = 64
+# Allow a*b+c to become one fused multiply-add (like C's -ffp-contract=fast); nothing else is relaxed.
+FP_FLAGS = ("contract",)
 SCRATCH_ALIGN = 64
 
 
@@ -253,7 +255,7 @@ class TensorCodegen:
             if op == "//":
                 return self.math.call(b, "floor", [b.fdiv(a, y)])
             fop = {"+": b.fadd, "-": b.fsub, "*": b.fmul, "/": b.fdiv, "%": b.frem}[op]
-            return fop(a, y)
+            return fop(a, y, flags=FP_FLAGS)
         unsigned = dt in ("uint8", "bool")
         if op in T.CMP_OPS:
             return b.icmp_unsigned(op, a, y) if unsigned else b.icmp_signed(op, a, y)

@@ -1,0 +1,313 @@
+"""Linking: generated object + weights + descriptor + runtime -> runner executable, ``libmodel.a``, ``model.h``.
+
+Inputs (docs/topics/runtime-abi.md): the code generator's object defines ``kiln_model_entry`` and references
+``kiln_model_weights``; :class:`ModelInfo` describes the model. :func:`link_model` writes, in a temporary
+directory with fixed file names:
+
+- ``model_desc.c``: the ``kiln_model_t`` descriptor (symbol ``kiln_model``) built from the ModelInfo;
+- ``weights.S``: ``.incbin`` of the weights blob as the 64-byte-aligned symbol ``kiln_model_weights`` in
+  ``.rodata`` (works for blobs of hundreds of MB on every target; the blob is never parsed);
+- ``libmodel.a``: generated object, extra objects, descriptor, weights, runtime (core + platform defaults);
+- for Linux targets ``runner``: ``kiln_runner_main.o`` + ``libmodel.a``, static (musl), stripped,
+  ``--gc-sections``, ``--build-id=none``.
+
+Deterministic: objects carry no debug info or absolute paths, archives are built in deterministic mode and
+the executable has no build id, so the same inputs give byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kiln import runtime_c
+from kiln.build import toolchain
+from kiln.targets import Target
+
+TensorSpec = tuple[str, str, tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the build needs to know about a compiled model.
+
+    ``inputs``/``outputs`` are ``(name, dtype, shape)`` in the order of ``kiln_model_entry``'s arguments;
+    dtype is a name from ``kiln.runtime_c.DTYPES`` (``"float32"``, ``"int64"``, ...), shape a tuple of
+    non-negative ints. ``kernel_names[i]`` is the kernel that the generated code profiles as index ``i``.
+    ``operators`` (operator types in the model) only goes into the package manifest.
+    """
+
+    name: str
+    inputs: Sequence[TensorSpec]
+    outputs: Sequence[TensorSpec]
+    workspace_bytes: int
+    kernel_names: Sequence[str] = ()
+    operators: Sequence[str] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        norm = {
+            "inputs": tuple((str(n), str(d), tuple(int(x) for x in s)) for n, d, s in self.inputs),
+            "outputs": tuple((str(n), str(d), tuple(int(x) for x in s)) for n, d, s in self.outputs),
+            "kernel_names": tuple(str(k) for k in self.kernel_names),
+            "operators": tuple(str(o) for o in self.operators),
+        }
+        for key, value in norm.items():
+            object.__setattr__(self, key, value)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError naming the offending tensor/field if the info cannot describe a runtime model."""
+        if not self.name:
+            raise ValueError("ModelInfo.name must not be empty")
+        if self.workspace_bytes < 0:
+            raise ValueError(f"model {self.name!r}: workspace_bytes must be >= 0, got {self.workspace_bytes}")
+        for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
+            names = [t[0] for t in tensors]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"model {self.name!r}: duplicate {kind} names {dupes}")
+            for name, dtype, shape in tensors:
+                if dtype not in runtime_c.DTYPES:
+                    raise ValueError(
+                        f"model {self.name!r}: {kind} {name!r} has dtype {dtype!r}; supported dtypes are "
+                        f"{', '.join(runtime_c.DTYPES)}"
+                    )
+                if any(d < 0 for d in shape):
+                    raise ValueError(
+                        f"model {self.name!r}: {kind} {name!r} has shape {shape}; the runtime needs static "
+                        "non-negative extents (bind symbolic dimensions before linking)"
+                    )
+
+    @staticmethod
+    def nbytes(spec: TensorSpec) -> int:
+        """Byte size of a dense tensor ``(name, dtype, shape)``."""
+        count = 1
+        for d in spec[2]:
+            count *= d
+        return count * runtime_c.DTYPES[spec[1]][1] // 8
+
+
+@dataclass(frozen=True)
+class LinkedModel:
+    """Outputs of :func:`link_model` (``runner`` is None for bare-metal targets)."""
+
+    runner: bytes | None
+    libmodel: bytes
+    model_h: bytes
+    code_size: int
+    weight_bytes: int
+
+
+def link_model(
+    target: Target,
+    model_object: bytes,
+    weights: bytes | Path,
+    info: ModelInfo,
+    *,
+    extra_objects: Sequence[bytes] = (),
+) -> LinkedModel:
+    """Links a generated model for ``target``.
+
+    ``model_object`` is the generated ELF object (defines ``kiln_model_entry``); ``weights`` the constants blob
+    (bytes, or a path to a file, which avoids copying large blobs); ``extra_objects`` further objects for the
+    target (library kernels for ``call_extern``). Raises :class:`toolchain.ToolchainError` if a step fails.
+    """
+    runtime = toolchain.runtime_build(target)
+    with tempfile.TemporaryDirectory(prefix="kiln-link-") as tmp_name:
+        tmp = Path(tmp_name)
+        weight_bytes = _place_weights(weights, tmp / "weights.bin")
+        (tmp / "model_entry.o").write_bytes(model_object)
+        extras = []
+        for i, obj in enumerate(extra_objects):
+            extras.append(tmp / f"model_extern{i}.o")
+            extras[-1].write_bytes(obj)
+        (tmp / "model_weights.S").write_text(weights_asm("weights.bin"))
+        (tmp / "model_desc.c").write_text(descriptor_c(info, weight_bytes))
+        weights_o = toolchain.compile_c(target, tmp / "model_weights.S", tmp / "model_weights.o")
+        desc_o = toolchain.compile_c(target, tmp / "model_desc.c", tmp / "model_desc.o")
+        lib = toolchain.archive(
+            [tmp / "model_entry.o", *extras, desc_o, weights_o, *runtime.objects], tmp / "libmodel.a"
+        )
+        runner = None
+        if runtime.runner_main is not None:
+            toolchain.run_tool(
+                [*toolchain.zig(), "cc", *toolchain.target_flags(target), "-static", "-s", "-o", "runner",
+                 str(runtime.runner_main), "libmodel.a", "-Wl,--gc-sections", "-Wl,--build-id=none"],
+                cwd=tmp,
+            )
+            runner = (tmp / "runner").read_bytes()
+        return LinkedModel(
+            runner=runner,
+            libmodel=lib.read_bytes(),
+            model_h=model_header(info, target, weight_bytes).encode(),
+            code_size=elf_code_size(model_object) + sum(elf_code_size(o) for o in extra_objects),
+            weight_bytes=weight_bytes,
+        )
+
+
+def _place_weights(weights: bytes | Path, dest: Path) -> int:
+    if isinstance(weights, (bytes, bytearray, memoryview)):
+        dest.write_bytes(weights)
+        return len(weights)
+    src = Path(weights).resolve()
+    os.symlink(src, dest)
+    return src.stat().st_size
+
+
+def weights_asm(blob_name: str) -> str:
+    """Assembly defining ``kiln_model_weights`` from a blob file (``%`` syntax works on every ELF target)."""
+    return f"""/* Generated by kiln: the model's constants, one 64-byte-aligned blob. */
+  .section .rodata.kiln_model_weights,"a",%progbits
+  .balign {runtime_c.ALIGNMENT}
+  .globl kiln_model_weights
+  .type kiln_model_weights, %object
+kiln_model_weights:
+  .incbin "{blob_name}"
+  .size kiln_model_weights, . - kiln_model_weights
+"""
+
+
+def c_string(text: str) -> str:
+    """A C string literal for ``text`` (UTF-8; anything but plain printable ASCII is octal-escaped)."""
+    out = []
+    for byte in text.encode():
+        ch = chr(byte)
+        if ch in '"\\?':
+            out.append("\\" + ch)
+        elif 0x20 <= byte < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def _tensor_table(kind: str, tensors: Sequence[TensorSpec]) -> tuple[str, str]:
+    """C definitions for one tensor table and the expression that points to it."""
+    if not tensors:
+        return "", "NULL"
+    lines = []
+    rows = []
+    for i, spec in enumerate(tensors):
+        name, dtype, shape = spec
+        code, bits = runtime_c.DTYPES[dtype]
+        shape_ref = "NULL"
+        if shape:
+            lines.append(f"static const int64_t k_{kind}_shape{i}[{len(shape)}] = {{{', '.join(map(str, shape))}}};")
+            shape_ref = f"k_{kind}_shape{i}"
+        rows.append(
+            f"    {{{c_string(name)}, {{{code}u, {bits}u, 1u}}, {len(shape)}, {shape_ref}, "
+            f"{ModelInfo.nbytes(spec)}ull}},"
+        )
+    lines += [f"static const kiln_tensor_info_t k_{kind}[{len(tensors)}] = {{", *rows, "};"]
+    return "\n".join(lines) + "\n", f"k_{kind}"
+
+
+def descriptor_c(info: ModelInfo, weight_bytes: int) -> str:
+    """``model_desc.c``: the descriptor ``kiln_model`` for ``info`` (see runtime_c/include/kiln/model.h)."""
+    inputs_c, inputs_ref = _tensor_table("inputs", info.inputs)
+    outputs_c, outputs_ref = _tensor_table("outputs", info.outputs)
+    kernels_c, kernels_ref = "", "NULL"
+    if info.kernel_names:
+        names = ", ".join(c_string(k) for k in info.kernel_names)
+        kernels_c = f"static const char *const k_kernels[{len(info.kernel_names)}] = {{{names}}};\n"
+        kernels_ref = "k_kernels"
+    return f"""/* Generated by kiln: the descriptor of model {c_string(info.name)[1:-1]}. Do not edit. */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kiln/model.h"
+
+int32_t kiln_model_entry(void *const *inputs, void *const *outputs, uint8_t *workspace, void *prof);
+
+{inputs_c}{outputs_c}{kernels_c}
+const kiln_model_t kiln_model = {{
+    .abi_version = {runtime_c.ABI_VERSION}u,
+    .name = {c_string(info.name)},
+    .num_inputs = {len(info.inputs)}u,
+    .inputs = {inputs_ref},
+    .num_outputs = {len(info.outputs)}u,
+    .outputs = {outputs_ref},
+    .workspace_bytes = {info.workspace_bytes}ull,
+    .weights = kiln_model_weights,
+    .weights_bytes = {weight_bytes}ull,
+    .num_kernels = {len(info.kernel_names)}u,
+    .kernel_names = {kernels_ref},
+    .entry = kiln_model_entry,
+}};
+"""
+
+
+def model_header(info: ModelInfo, target: Target, weight_bytes: int) -> str:
+    """``model.h``: the header for embedding ``libmodel.a`` in another program."""
+
+    def comment(text: str) -> str:
+        return c_string(text).replace("*/", "*\\/")
+
+    def describe(kind: str, tensors: Sequence[TensorSpec]) -> list[str]:
+        return [
+            f" *   {kind} {i} {comment(n)}: {d} [{', '.join(map(str, s))}], {ModelInfo.nbytes((n, d, s))} bytes"
+            for i, (n, d, s) in enumerate(tensors)
+        ]
+
+    macros = [
+        f"#define KILN_MODEL_NAME {c_string(info.name)}",
+        f"#define KILN_MODEL_NUM_INPUTS {len(info.inputs)}u",
+        f"#define KILN_MODEL_NUM_OUTPUTS {len(info.outputs)}u",
+        f"#define KILN_MODEL_WORKSPACE_BYTES {info.workspace_bytes}ull",
+        f"#define KILN_MODEL_WEIGHTS_BYTES {weight_bytes}ull",
+    ]
+    for kind, tensors in (("INPUT", info.inputs), ("OUTPUT", info.outputs)):
+        macros += [f"#define KILN_MODEL_{kind}_{i}_NBYTES {ModelInfo.nbytes(t)}ull" for i, t in enumerate(tensors)]
+    lines = [
+        f"/* Generated by kiln for model {comment(info.name)}, target {target.name} ({target.triple}).",
+        " * Do not edit.",
+        " *",
+        " * Link with libmodel.a (generated code, weights, descriptor, kiln runtime) and run the model with",
+        " *   kiln_model_run(&kiln_model, inputs, outputs, workspace, NULL);",
+        f" * Every buffer is {runtime_c.ALIGNMENT}-byte aligned; the workspace has KILN_MODEL_WORKSPACE_BYTES.",
+        " *",
+        *describe("input", info.inputs),
+        *describe("output", info.outputs),
+        " */",
+        "#ifndef KILN_GENERATED_MODEL_H_",
+        "#define KILN_GENERATED_MODEL_H_",
+        "",
+        '#include "kiln/model.h"',
+        "",
+        *macros,
+        "",
+        "#endif /* KILN_GENERATED_MODEL_H_ */",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def elf_code_size(obj: bytes) -> int:
+    """Total size of the allocated, executable sections of an ELF object (0 if ``obj`` is not ELF)."""
+    if obj[:4] != b"\x7fELF" or len(obj) < 52:
+        return 0
+    is64 = obj[4] == 2
+    end = "<" if obj[5] == 1 else ">"
+    if is64:
+        shoff, = struct.unpack_from(end + "Q", obj, 0x28)
+        shentsize, shnum = struct.unpack_from(end + "HH", obj, 0x3A)
+    else:
+        shoff, = struct.unpack_from(end + "I", obj, 0x20)
+        shentsize, shnum = struct.unpack_from(end + "HH", obj, 0x2E)
+    shf_alloc_exec = 0x2 | 0x4
+    total = 0
+    for i in range(shnum):
+        base = shoff + i * shentsize
+        if is64:
+            sh_type, flags = struct.unpack_from(end + "IQ", obj, base + 4)
+            size, = struct.unpack_from(end + "Q", obj, base + 0x20)
+        else:
+            sh_type, flags = struct.unpack_from(end + "II", obj, base + 4)
+            size, = struct.unpack_from(end + "I", obj, base + 0x14)
+        if sh_type != 8 and flags & shf_alloc_exec == shf_alloc_exec:  # 8 = SHT_NOBITS
+            total += size
+    return total

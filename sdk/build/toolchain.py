@@ -1,0 +1,169 @@
+"""The C toolchain: ``zig cc`` / ``zig ar`` from the ``ziglang`` wheel, for every target, no system compiler.
+
+Contracts:
+
+- Every command runs as ``sys.executable -m ziglang ...`` with the target's ``zig_target`` and ``zig_cpu``.
+  A failing command raises :class:`ToolchainError` showing the command line and the compiler's stderr.
+- Objects are built without debug info (``-g0``) and with relative file names, and archives in
+  deterministic mode (``zig ar rcD``), so the same inputs give byte-identical outputs in any directory.
+- :func:`runtime_build` compiles ``kiln.runtime_c`` once per (target, runtime sources, flags, zig version)
+  into ``$KILN_CACHE_DIR`` (default ``~/.cache/kiln``). A build appears there atomically (built in a
+  temporary directory, then renamed), so parallel processes (pytest-xdist) can race safely: the first
+  rename wins and the others use its result.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln import runtime_c
+from kiln.targets import Target
+
+#: Flags for every C file kiln compiles (runtime, descriptor, test models). The runtime must build cleanly
+#: with them on every target.
+CFLAGS: tuple[str, ...] = (
+    "-std=c11",
+    "-O2",
+    "-g0",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-Wpedantic",
+    "-Wshadow",
+    "-Wstrict-prototypes",
+    "-ffunction-sections",
+    "-fdata-sections",
+)
+
+
+class ToolchainError(RuntimeError):
+    """A compiler, assembler or archiver command failed; the message holds the command and its output."""
+
+
+def zig() -> list[str]:
+    """The command prefix that runs the bundled zig."""
+    return [sys.executable, "-m", "ziglang"]
+
+
+@functools.cache
+def zig_version() -> str:
+    return run_tool([*zig(), "version"]).strip()
+
+
+def target_flags(target: Target) -> list[str]:
+    """``-target``/``-mcpu`` (and ``-ffreestanding`` for bare metal) for ``zig cc``."""
+    flags = ["-target", target.zig_target]
+    if target.zig_cpu:
+        flags.append(f"-mcpu={target.zig_cpu}")
+    if target.is_bare_metal:
+        flags.append("-ffreestanding")
+    return flags
+
+
+def run_tool(args: Sequence[str], cwd: Path | None = None) -> str:
+    """Runs a toolchain command and returns its stdout; raises :class:`ToolchainError` on failure."""
+    try:
+        proc = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise ToolchainError(f"cannot run {shlex.join(args)}: {e}") from e
+    if proc.returncode != 0:
+        where = f" (in {cwd})" if cwd else ""
+        raise ToolchainError(
+            f"command failed with exit status {proc.returncode}{where}:\n  {shlex.join(args)}\n"
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    return proc.stdout
+
+
+def compile_c(
+    target: Target,
+    source: Path,
+    output: Path,
+    *,
+    include_dirs: Sequence[Path] = (),
+    flags: Sequence[str] = (),
+) -> Path:
+    """Compiles one C or assembly (``.S``) file to an object for ``target``, with :data:`CFLAGS` + ``flags``.
+
+    The compiler runs in the source's directory with the source's base name, so no absolute path reaches the
+    object."""
+    includes = [f"-I{d}" for d in (runtime_c.INCLUDE_DIR, *include_dirs)]
+    cflags = CFLAGS if source.suffix == ".c" else ("-g0",)
+    run_tool(
+        [*zig(), "cc", *target_flags(target), *cflags, *includes, *flags, "-c", source.name,
+         "-o", str(output.resolve())],
+        cwd=source.parent,
+    )
+    return output
+
+
+def compile_source(target: Target, source: Path, *, flags: Sequence[str] = ()) -> bytes:
+    """Compiles one C file for ``target`` and returns the object's bytes (e.g. a library kernel for
+    ``call_extern``, or a hand-written test model)."""
+    with tempfile.TemporaryDirectory(prefix="kiln-cc-") as tmp:
+        return compile_c(target, source, Path(tmp) / "out.o", flags=flags).read_bytes()
+
+
+def archive(objects: Sequence[Path], output: Path) -> Path:
+    """Creates a static library from ``objects`` (members named by base name, in the given order)."""
+    output.unlink(missing_ok=True)
+    run_tool([*zig(), "ar", "rcsD", str(output), *(str(o) for o in objects)])
+    return output
+
+
+@dataclass(frozen=True)
+class RuntimeBuild:
+    """The runtime compiled for one target: core + platform objects, their archive, and (Linux) the runner
+    main object. Files live in the cache and must not be modified."""
+
+    directory: Path
+    objects: tuple[Path, ...]
+    library: Path
+    runner_main: Path | None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KILN_CACHE_DIR") or Path.home() / ".cache" / "kiln")
+
+
+def runtime_key(target: Target) -> str:
+    """Cache key: everything that changes the compiled runtime."""
+    parts = [target.name, target.zig_target, target.zig_cpu, target.os, runtime_c.runtime_hash(),
+             shlex.join(CFLAGS), zig_version()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def runtime_build(target: Target) -> RuntimeBuild:
+    """Returns the runtime compiled for ``target``, building it into the cache on first use."""
+    final = cache_dir() / "runtime" / f"{target.name}-{runtime_key(target)}"
+    if not final.is_dir():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        try:
+            _build_runtime(target, tmp)
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # not lost a race: a real failure
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    objects = tuple(final / f"kiln_{src.stem}.o" for src in runtime_c.sources(target.os))
+    main = final / "kiln_runner_main.o"
+    return RuntimeBuild(final, objects, final / "libkiln_runtime.a", main if main.exists() else None)
+
+
+def _build_runtime(target: Target, out: Path) -> None:
+    objects = [compile_c(target, src, out / f"kiln_{src.stem}.o") for src in runtime_c.sources(target.os)]
+    archive(objects, out / "libkiln_runtime.a")
+    if target.os == "linux":
+        compile_c(target, runtime_c.SOURCE_DIR / runtime_c.RUNNER_MAIN, out / "kiln_runner_main.o")
