@@ -128,7 +128,7 @@ def register(subparsers: Any) -> None:
 
 _TRACKER_DOC = """Run a tracker that pools device servers and leases them to clients by key. Protocol rules
 (heartbeats, liveness, lease TTL, queue policy): see kiln.rpc.tracker."""
-_SERVE_DOC = """Serve one device (this machine, or an emulator on it) over gRPC and register it with a tracker.
+_SERVE_DOC = """Serve one device (this machine, or an emulator on it) over gRPC; register it with a tracker.
 The server runs only the runners of uploaded packages that pass verification."""
 
 
