@@ -1,0 +1,66 @@
+"""The kiln C runtime: sources and headers shipped as package data, compiled per target by ``kiln.build``.
+
+This module also holds the Python view of the runtime's ABI constants (the C headers in ``include/kiln/`` are
+the definition; ``tests/runtime/test_runtime_c.py`` checks that both agree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+INCLUDE_DIR = ROOT / "include"
+SOURCE_DIR = ROOT / "src"
+
+#: Sources of the runtime core: no OS calls, no allocation; the same on every target.
+CORE_SOURCES = ("status.c", "model.c", "profiler.c", "crc32.c", "endpoint.c")
+#: Weak default platform hooks, by target ``os``.
+PLATFORM_SOURCES = {"linux": "platform_posix.c", "none": "platform_none.c"}
+#: The Linux runner's ``main`` (platform glue: serves the device protocol on stdin/stdout).
+RUNNER_MAIN = "runner_main.c"
+
+#: ``KILN_ABI_VERSION`` (model.h): the version of the descriptor the build generates.
+ABI_VERSION = 1
+#: ``KILN_ALIGNMENT`` (config.h): alignment of the workspace, inputs, outputs and weights.
+ALIGNMENT = 64
+
+#: dtype name -> DLPack (type code, bits); lanes are always 1. ``bfloat16`` has no NumPy dtype and is
+#: exchanged as raw ``uint16``.
+DTYPES: dict[str, tuple[int, int]] = {
+    "bool": (6, 8),
+    "int8": (0, 8),
+    "int16": (0, 16),
+    "int32": (0, 32),
+    "int64": (0, 64),
+    "uint8": (1, 8),
+    "uint16": (1, 16),
+    "uint32": (1, 32),
+    "uint64": (1, 64),
+    "float16": (2, 16),
+    "float32": (2, 32),
+    "float64": (2, 64),
+    "bfloat16": (4, 16),
+}
+
+
+def sources(os_name: str) -> list[Path]:
+    """The runtime library's sources for a target OS (``linux`` or ``none``), core first."""
+    if os_name not in PLATFORM_SOURCES:
+        raise ValueError(f"no runtime platform for os {os_name!r}; known: {', '.join(PLATFORM_SOURCES)}")
+    return [SOURCE_DIR / name for name in (*CORE_SOURCES, PLATFORM_SOURCES[os_name])]
+
+
+def headers() -> list[Path]:
+    """The public headers, ``include/kiln/*.h``, sorted by name."""
+    return sorted((INCLUDE_DIR / "kiln").glob("*.h"))
+
+
+def runtime_hash() -> str:
+    """sha256 (hex) over every runtime source and header: relative path and contents, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in ROOT.rglob("*") if p.suffix in (".c", ".h", ".S")):
+        rel = path.relative_to(ROOT).as_posix().encode()
+        data = path.read_bytes()
+        h.update(len(rel).to_bytes(8, "little") + rel + len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()

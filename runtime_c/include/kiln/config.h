@@ -1,0 +1,34 @@
+/* kiln runtime: compile-time limits.
+ *
+ * Every limit the runtime enforces is defined here, once. Override any #ifndef-guarded value with -D on the
+ * compiler command line when porting to a device with less memory; the others are protocol constants that
+ * host and device must agree on.
+ */
+#ifndef KILN_CONFIG_H_
+#define KILN_CONFIG_H_
+
+/* Alignment in bytes of the workspace and of every input and output buffer (cache line, widest vector). */
+#define KILN_ALIGNMENT 64u
+
+/* Largest frame payload, in bytes, that the device protocol allows in either direction. A device may serve
+ * with a smaller frame buffer (>= KILN_ENDPOINT_MIN_PAYLOAD) and reports its size in the INFO reply; the host
+ * splits tensors into chunks that fit. The Linux runner uses exactly this size. */
+#ifndef KILN_ENDPOINT_MAX_PAYLOAD
+#define KILN_ENDPOINT_MAX_PAYLOAD (1u << 20)
+#endif
+
+/* Smallest frame buffer an endpoint accepts: every fixed-size request and reply fits in it. */
+#define KILN_ENDPOINT_MIN_PAYLOAD 256u
+
+/* Number of kernel-call records the runner's profiler buffer holds (16 bytes each). Calls beyond it are
+ * counted as dropped, never written. */
+#ifndef KILN_PROFILE_MAX_RECORDS
+#define KILN_PROFILE_MAX_RECORDS 16384u
+#endif
+
+/* Upper bounds of the TIME request: runs per repeat (the endpoint never grows `number` past it) and the
+ * minimum repeat duration a host may ask for (one hour). */
+#define KILN_TIME_MAX_NUMBER (1u << 30)
+#define KILN_TIME_MAX_MIN_REPEAT_MS 3600000u
+
+#endif /* KILN_CONFIG_H_ */

@@ -1,0 +1,119 @@
+/* kiln runtime: descriptor checks and the run call. */
+#include "kiln/model.h"
+
+#include "kiln/config.h"
+
+static int is_aligned(const void *p) { return ((uintptr_t)p % KILN_ALIGNMENT) == 0; }
+
+static int names_equal(const char *a, const char *b) {
+  while (*a != '\0' && *a == *b) {
+    ++a;
+    ++b;
+  }
+  return *a == *b;
+}
+
+static kiln_status_t check_tensor(const kiln_tensor_info_t *t) {
+  if (t->name == NULL || t->ndim < 0 || (t->ndim > 0 && t->shape == NULL)) {
+    return KILN_ERR_MODEL_INVALID;
+  }
+  if (t->dtype.bits == 0 || t->dtype.bits % 8 != 0 || t->dtype.lanes == 0) {
+    return KILN_ERR_MODEL_INVALID;
+  }
+  uint64_t nbytes = (uint64_t)(t->dtype.bits / 8) * t->dtype.lanes;
+  for (int32_t d = 0; d < t->ndim; ++d) {
+    int64_t extent = t->shape[d];
+    if (extent < 0) {
+      return KILN_ERR_MODEL_INVALID;
+    }
+    if (extent != 0 && nbytes > UINT64_MAX / (uint64_t)extent) {
+      return KILN_ERR_MODEL_INVALID;
+    }
+    nbytes *= (uint64_t)extent;
+  }
+  return nbytes == t->nbytes ? KILN_OK : KILN_ERR_MODEL_INVALID;
+}
+
+static kiln_status_t check_tensors(const kiln_tensor_info_t *tensors, uint32_t count) {
+  if (count > 0 && tensors == NULL) {
+    return KILN_ERR_MODEL_INVALID;
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    kiln_status_t status = check_tensor(&tensors[i]);
+    if (status != KILN_OK) {
+      return status;
+    }
+  }
+  return KILN_OK;
+}
+
+kiln_status_t kiln_model_check(const kiln_model_t *model) {
+  if (model == NULL) {
+    return KILN_ERR_ARG_NULL;
+  }
+  if (model->abi_version != KILN_ABI_VERSION) {
+    return KILN_ERR_MODEL_ABI;
+  }
+  if (model->name == NULL || model->entry == NULL || (model->weights_bytes > 0 && model->weights == NULL)) {
+    return KILN_ERR_MODEL_INVALID;
+  }
+  if (model->num_kernels > 0 && model->kernel_names == NULL) {
+    return KILN_ERR_MODEL_INVALID;
+  }
+  for (uint32_t k = 0; k < model->num_kernels; ++k) {
+    if (model->kernel_names[k] == NULL) {
+      return KILN_ERR_MODEL_INVALID;
+    }
+  }
+  kiln_status_t status = check_tensors(model->inputs, model->num_inputs);
+  return status != KILN_OK ? status : check_tensors(model->outputs, model->num_outputs);
+}
+
+static kiln_status_t check_buffers(void *const *buffers, uint32_t count) {
+  if (count > 0 && buffers == NULL) {
+    return KILN_ERR_ARG_NULL;
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    if (buffers[i] == NULL) {
+      return KILN_ERR_ARG_NULL;
+    }
+    if (!is_aligned(buffers[i])) {
+      return KILN_ERR_ARG_ALIGNMENT;
+    }
+  }
+  return KILN_OK;
+}
+
+kiln_status_t kiln_model_run(const kiln_model_t *model, void *const *inputs, void *const *outputs,
+                             uint8_t *workspace, kiln_profiler_t *prof) {
+  if (model == NULL || (model->workspace_bytes > 0 && workspace == NULL)) {
+    return KILN_ERR_ARG_NULL;
+  }
+  if (!is_aligned(workspace)) {
+    return KILN_ERR_ARG_ALIGNMENT;
+  }
+  kiln_status_t status = check_buffers(inputs, model->num_inputs);
+  if (status == KILN_OK) {
+    status = check_buffers(outputs, model->num_outputs);
+  }
+  if (status != KILN_OK) {
+    return status;
+  }
+  return model->entry(inputs, outputs, workspace, prof) == 0 ? KILN_OK : KILN_ERR_MODEL_ENTRY;
+}
+
+kiln_status_t kiln_model_find_tensor(const kiln_model_t *model, int is_output, const char *name,
+                                     uint32_t *out_index) {
+  if (model == NULL || name == NULL || out_index == NULL) {
+    return KILN_ERR_ARG_NULL;
+  }
+  const kiln_tensor_info_t *tensors = is_output ? model->outputs : model->inputs;
+  uint32_t count = is_output ? model->num_outputs : model->num_inputs;
+  for (uint32_t i = 0; i < count; ++i) {
+    if (names_equal(tensors[i].name, name)) {
+      *out_index = i;
+      return KILN_OK;
+    }
+  }
+  return KILN_ERR_ARG_RANGE;
+}
