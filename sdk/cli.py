@@ -1,0 +1,304 @@
+"""``kiln`` command line: targets, compile, inspect, run, bench, profile (+ tracker, serve, devices).
+
+Every failure a user can cause prints one line ``kiln: error: ...`` and exits with status 1; ``--debug``
+shows the traceback instead. Nothing half-written is left behind: packages and output files are written to a
+temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class CLIError(Exception):
+    """A user error detected by the CLI itself."""
+
+
+def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name:
+        raise CLIError(f"--shape expects NAME=DxDxD, got {text!r}")
+    try:
+        return name, tuple(int(d) for d in dims.lower().split("x") if d)
+    except ValueError:
+        raise CLIError(f"--shape {text!r}: dimensions must be integers like 1x3x224x224") from None
+
+
+# ------------------------------------------------------------------------------------------------------ commands
+def cmd_targets(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .targets import emulator_available, list_targets
+
+    table = Table(title="kiln targets")
+    for col in ("name", "triple", "cpu / features", "vector bits", "OS", "runs via"):
+        table.add_column(col)
+    for t in list_targets():
+        if t.runs_natively():
+            via = "native"
+        elif t.emulator:
+            via = " ".join(t.emulator[:1]) + ("" if emulator_available(t) else f" (install {t.emulator_package})")
+        else:
+            via = "-"
+        table.add_row(t.name, t.triple, f"{t.cpu} {t.features}".strip(), str(t.vector_bits), t.os, via)
+    Console().print(table)
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import kiln
+
+    shapes = dict(_parse_shape(s) for s in args.shape)
+    model = Path(args.model)
+    if not model.is_file():
+        raise CLIError(f"model file {model} does not exist")
+    pkg = kiln.compile(str(model), args.target, shapes=shapes or None, pipeline=args.pipeline,
+                       name=args.name or model.stem)
+    out = Path(args.output or model.with_suffix(".kpkg").name)
+    pkg.save(out)
+    m = pkg.manifest
+    print(f"wrote {out} ({out.stat().st_size} bytes): target {m['target']['name']}, "
+          f"arena {m['arena_bytes']} B, weights {m['weight_bytes']} B, code {m['code_bytes']} B")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .build.package import Package
+
+    pkg = Package.load(args.package)
+    m = pkg.manifest
+    if args.json:
+        print(json.dumps(m, indent=2, sort_keys=True))
+        return 0
+    con = Console()
+    con.print(f"[bold]{m['name']}[/bold]  target {m['target']['name']} ({m['target']['triple']})  "
+              f"compiler {m.get('compiler', '?')}")
+    con.print(f"arena {m['arena_bytes']} B   weights {m['weight_bytes']} B   code {m['code_bytes']} B   "
+              f"package sha256 {pkg.sha256[:16]}...")
+    io = Table("", "name", "dtype", "shape")
+    for kind in ("inputs", "outputs"):
+        for t in m[kind]:
+            io.add_row(kind[:-1], t["name"], t["dtype"], "x".join(str(d) for d in t["shape"]))
+    con.print(io)
+    con.print("operators: " + ", ".join(m.get("operators", [])))
+    con.print(f"kernels ({len(m.get('kernels', []))}): " + ", ".join(m.get("kernels", [])[:12])
+              + (" ..." if len(m.get("kernels", [])) > 12 else ""))
+    files = Table("file", "bytes", "sha256")
+    for f, meta in sorted(m["files"].items()):
+        files.add_row(f, str(meta["size"]), meta["sha256"][:16] + "...")
+    con.print(files)
+    return 0
+
+
+def _load_inputs(args: argparse.Namespace, spec: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    from .ir.types import np_dtype
+
+    given: dict[str, np.ndarray] = {}
+    for item in args.input:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if len(spec) != 1:
+                raise CLIError(f"--input {item!r}: use NAME=FILE.npy (the model has {len(spec)} inputs)")
+            name, path = spec[0]["name"], item
+        try:
+            given[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CLIError(f"--input {name}: cannot read {path}: {e}") from None
+    names = [t["name"] for t in spec]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise CLIError(f"unknown input(s) {', '.join(unknown)}; the model's inputs are {', '.join(names)}")
+    rng = np.random.default_rng(args.seed)
+    for t in spec:
+        if t["name"] in given:
+            continue
+        if not args.random_inputs:
+            raise CLIError(f"missing input {t['name']!r} ({t['dtype']} {tuple(t['shape'])}); pass "
+                           f"--input {t['name']}=FILE.npy or --random-inputs")
+        dt = np_dtype(t["dtype"])
+        if dt.kind == "f":
+            given[t["name"]] = rng.standard_normal(t["shape"]).astype(dt)
+        else:
+            given[t["name"]] = rng.integers(0, 2, size=t["shape"]).astype(dt)
+    return given
+
+
+@contextlib.contextmanager
+def _session(args: argparse.Namespace, pkg: Any) -> Iterator[Any]:
+    """A session on the package: remote when --tracker/--device is given, else local (native or QEMU)."""
+    if getattr(args, "tracker", None) or getattr(args, "device", None):
+        from .rpc.cli import open_remote
+
+        with open_remote(args, pkg) as remote:
+            yield remote
+    else:
+        with pkg.open_session() as sess:
+            yield sess
+
+
+def _write_outputs(outdir: Path, outputs: dict[str, np.ndarray]) -> list[Path]:
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, arr in outputs.items():
+        dest = outdir / (name.replace("/", "_").replace("\\", "_") + ".npy")
+        fd, tmp = tempfile.mkstemp(dir=outdir, prefix=".tmp-", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(dest)
+    return written
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .build.package import Package
+
+    pkg = Package.load(args.package)
+    inputs = _load_inputs(args, pkg.manifest["inputs"])
+    with _session(args, pkg) as sess:
+        outputs = sess.run(inputs)
+    if args.output:
+        for p in _write_outputs(Path(args.output), outputs):
+            print(f"wrote {p}")
+    for name, arr in outputs.items():
+        flat = arr.reshape(-1)
+        head = np.array2string(flat[:6], precision=5, separator=", ")
+        print(f"{name}: {arr.dtype} {tuple(arr.shape)} {head}{' ...' if flat.size > 6 else ''}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .build.package import Package
+
+    pkg = Package.load(args.package)
+    inputs = _load_inputs(args, pkg.manifest["inputs"])
+    with _session(args, pkg) as sess:
+        sess.run(inputs)
+        times = np.asarray(sess.time(number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms))
+    ms = times * 1e3
+    print(f"{pkg.manifest['name']} on {pkg.manifest['target']['name']}: median {np.median(ms):.3f} ms, "
+          f"min {ms.min():.3f} ms, max {ms.max():.3f} ms ({args.repeat} repeats of {args.number} runs)")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .build.package import Package
+
+    pkg = Package.load(args.package)
+    inputs = _load_inputs(args, pkg.manifest["inputs"])
+    with _session(args, pkg) as sess:
+        sess.run(inputs)
+        prof = sess.profile()
+    print(prof.table())
+    if args.trace:
+        prof.write_chrome_trace(args.trace)
+        print(f"wrote Chrome trace {args.trace} (open it in https://ui.perfetto.dev)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- the parser
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("package", help="a .kpkg file made by kiln compile")
+    p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy")
+    p.add_argument("--random-inputs", action="store_true", help="fill inputs not given with seeded random data")
+    p.add_argument("--seed", type=int, default=0)
+    with contextlib.suppress(ImportError):
+        from .rpc.cli import add_remote_args
+
+        add_remote_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kiln", description="Compile ML models for CPUs and microcontrollers.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("targets", help="list targets").set_defaults(fn=cmd_targets)
+
+    c = sub.add_parser("compile", help="compile a model into a package")
+    c.add_argument("model", help="an .onnx file")
+    c.add_argument("--target", "-t", required=True)
+    c.add_argument("--output", "-o", help="package path (default: MODEL.kpkg)")
+    c.add_argument("--shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="bind an input's symbolic dimensions")
+    c.add_argument("--pipeline", help="comma-separated pass list (default: the target's default pipeline)")
+    c.add_argument("--name", help="model name (default: the file name)")
+    c.set_defaults(fn=cmd_compile)
+
+    i = sub.add_parser("inspect", help="show a package's manifest")
+    i.add_argument("package")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_inspect)
+
+    r = sub.add_parser("run", help="run a package once")
+    _add_run_args(r)
+    r.add_argument("--output", "-o", metavar="DIR", help="write DIR/<output name>.npy for each output")
+    r.set_defaults(fn=cmd_run)
+
+    b = sub.add_parser("bench", help="time a package on its device")
+    _add_run_args(b)
+    b.add_argument("--number", type=int, default=10, help="runs per repeat")
+    b.add_argument("--repeat", type=int, default=5)
+    b.add_argument("--min-repeat-ms", type=int, default=0)
+    b.set_defaults(fn=cmd_bench)
+
+    pr = sub.add_parser("profile", help="per-kernel times and a Chrome trace")
+    _add_run_args(pr)
+    pr.add_argument("--trace", help="write a Chrome trace JSON (opens in Perfetto)")
+    pr.set_defaults(fn=cmd_profile)
+
+    with contextlib.suppress(ImportError):
+        from .rpc.cli import register
+
+        register(sub)
+    return p
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [CLIError, ValueError, OSError, KeyError, TypeError]
+    with contextlib.suppress(ImportError):
+        import grpc
+
+        errs.append(grpc.RpcError)
+    with contextlib.suppress(ImportError):
+        from .rpc.protocol import DeviceError
+
+        errs.append(DeviceError)
+    return tuple(errs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.debug:
+        return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except _user_errors() as e:
+        msg = " ".join(line.strip() for line in str(e).strip().splitlines() if line.strip())
+        print(f"kiln: error: {msg or type(e).__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
