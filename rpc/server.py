@@ -440,6 +440,15 @@ class DeviceService:
         shutil.rmtree(self._workroot, ignore_errors=True)
 
 
+def runtime_version() -> str:
+    """The device-protocol version this server's runners speak (reported to the tracker)."""
+    try:
+        from kiln.rpc import protocol
+    except ImportError:
+        return "unknown"
+    return str(getattr(protocol, "PROTOCOL_VERSION", "unknown"))
+
+
 def _kill(session: Any) -> None:
     if hasattr(session, "kill"):
         session.kill()
@@ -683,8 +692,6 @@ class DeviceServer:
         retry_interval: float = 1.0,
         max_workers: int = 16,
     ) -> None:
-        from kiln.rpc.protocol import PROTOCOL_VERSION
-
         self.host = host
         self._own_cache = cache_dir is None
         root = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="kiln-cache-"))
@@ -704,7 +711,7 @@ class DeviceServer:
             key=key,
             target=target,
             launcher=str(launcher_name),
-            runtime_version=str(PROTOCOL_VERSION),
+            runtime_version=runtime_version(),
             address=advertise or f"{host}:{self.port}",
         )
         self.service = DeviceService(
