@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Generate the gRPC/protobuf Python code of kiln.rpc from rpc/*.proto.
 
     python scripts/gen_proto.py          # rewrite rpc/*_pb2.py, *_pb2_grpc.py, *_pb2.pyi
