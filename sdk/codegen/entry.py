@@ -59,7 +59,7 @@ def emit_entry(llmod: ir.Module, mod: Module, funcs: dict[str, ir.Function],
     out_ptrs = [slot(outputs, j) for j in range(len(main.outputs))]
 
     def byte_ptr(base: ir.Value, off: int) -> ir.Value:
-        return b.gep(base, [ir.Constant(I64, off)], inbounds=True, source_etype=I8) if off else base
+        return b.gep(base, [ir.Constant(I64, off)], source_etype=I8) if off else base
 
     def pointer(v: Value) -> ir.Value:
         if isinstance(v, Constant):

@@ -84,6 +84,7 @@ class TensorCodegen:
         nparams = len(f.params) + (1 if ws else 0)
         fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [PTR] * nparams), f.name)
         fn.attributes.add("nounwind")
+        fn.linkage = "internal"  # only kiln_model_entry is exported from the object
         for i, arg in enumerate(fn.args):
             arg.add_attribute("noalias")
             arg.name = f.params[i].name if i < len(f.params) else "scratch"

@@ -2,7 +2,7 @@
 
 Drops ``identity`` nodes, ``reshape`` to the input's own shape and ``transpose`` with the identity
 permutation, and merges chains of reshapes. Expects: types inferred on every value. Guarantees: none of those
-patterns remain; outputs keep their names (an output that was such a no-op becomes the earlier value).
+patterns remain, except where the no-op names a graph output (outputs keep their names).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ def simplify(mod: Module) -> Module:
     mapping: dict[Value, Value] = {}
     producer: dict[Value, Node] = {}
     nodes: list[Node] = []
+    graph_outputs = {id(v) for v in main.outputs}
     for n in main.nodes:
         n = n.with_(inputs=tuple(mapping.get(v, v) for v in n.inputs))
-        if _is_noop(n):
+        if _is_noop(n) and id(n.outputs[0]) not in graph_outputs:
             mapping[n.outputs[0]] = n.inputs[0]
             continue
         src = producer.get(n.inputs[0]) if n.inputs else None

@@ -1,0 +1,8 @@
+"""Shared fixtures. Test helpers live in tests/ (importable as plain modules)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
