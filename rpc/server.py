@@ -42,6 +42,7 @@ Message size bounds
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -238,27 +239,6 @@ def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
 # ------------------------------------------------------------------------------------------------ runners
 
 
-class _Watchdog:
-    """Calls ``on_expire`` once if not cancelled within ``timeout`` seconds."""
-
-    def __init__(self, timeout: float, on_expire: Callable[[], None]) -> None:
-        self.fired = False
-        self._timer = threading.Timer(timeout, self._fire, args=(on_expire,))
-        self._timer.daemon = True
-
-    def _fire(self, on_expire: Callable[[], None]) -> None:
-        self.fired = True
-        with contextlib.suppress(Exception):
-            on_expire()
-
-    def __enter__(self) -> _Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-
 @dataclass
 class Runner:
     """A live runner process for one loaded package."""
@@ -270,14 +250,6 @@ class Runner:
     workdir: Path
     lock: threading.Lock
     info_json: str = "{}"
-
-
-def _profile_json(profile: Any) -> str:
-    if hasattr(profile, "to_json"):
-        return str(profile.to_json())
-    if hasattr(profile, "to_dict"):
-        return json.dumps(profile.to_dict())
-    raise TypeError(f"cannot serialize a {type(profile).__name__}")
 
 
 class DeviceService:
@@ -377,7 +349,7 @@ class DeviceService:
         try:
             info = session.info()
             r.info_json = json.dumps(
-                info if isinstance(info, dict) else getattr(info, "__dict__", {}), default=str
+                dataclasses.asdict(info) if dataclasses.is_dataclass(info) else {}, default=str
             )
         except Exception as e:
             self._close(r)
@@ -403,30 +375,36 @@ class DeviceService:
         self._close(r)
 
     def call(self, sha: str, fn: Callable[[Any], Any], timeout_ms: int = 0, what: str = "run") -> Any:
-        """Call ``fn(session)`` on the package's runner under its lock, with a timeout and crash isolation."""
-        from kiln.rpc.protocol import DeviceError
+        """Call ``fn(session)`` on the package's runner under its lock, with a timeout and crash isolation.
+        Returns ``(result, seconds spent)``."""
+        from kiln.rpc.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError
 
         timeout = timeout_ms / 1000.0 if timeout_ms else self.call_timeout
         r = self.load(sha)
         with r.lock:
-            if self._runners.get(sha) is not r:  # discarded while we waited for the lock
-                r = self.load(sha)
+            if self._runners.get(sha) is not r:  # discarded (crashed) while we waited for the lock
+                return self.call(sha, fn, timeout_ms, what)
+            r.session.timeout = timeout
             t0 = time.perf_counter()
-            with _Watchdog(timeout, lambda: _kill(r.session)) as dog:
-                try:
-                    out = fn(r.session)
-                except DeviceError as e:
-                    if dog.fired:
-                        self._discard(r)
-                        raise RunnerTimeout(
-                            f"{what} of {r.name!r} did not finish within {timeout:g} s; the runner was killed"
-                        ) from e
-                    if _alive(r.session):
-                        raise BadRequest(f"{what} of {r.name!r} failed: {e}") from e
+            try:
+                out = fn(r.session)
+            except DeviceTimeout as e:
+                self._discard(r)
+                raise RunnerTimeout(
+                    f"{what} of {r.name!r} did not finish within {timeout:g} s; the runner was killed "
+                    "and the next call starts a new one"
+                ) from e
+            except DeviceLost as e:
+                self._discard(r)
+                raise RunnerFailed(f"runner of {r.name!r} died during {what}: {e}") from e
+            except InputError as e:
+                raise BadRequest(f"{what} of {r.name!r}: {e}") from e
+            except DeviceError as e:
+                if not r.session.alive:  # protocol error: the session cannot be trusted any more
                     self._discard(r)
-                    raise RunnerFailed(f"runner of {r.name!r} died during {what}: {e}") from e
-                except (ValueError, KeyError, TypeError) as e:  # inputs that do not match the model
-                    raise BadRequest(f"{what} of {r.name!r}: {e}") from e
+                raise RunnerFailed(f"{what} of {r.name!r} failed on the device: {e}") from e
+            except ValueError as e:
+                raise BadRequest(f"{what} of {r.name!r}: {e}") from e
             with self._lock:
                 self.runs_served += 1
             return out, time.perf_counter() - t0
@@ -447,22 +425,6 @@ def runtime_version() -> str:
     except ImportError:
         return "unknown"
     return str(getattr(protocol, "PROTOCOL_VERSION", "unknown"))
-
-
-def _kill(session: Any) -> None:
-    if hasattr(session, "kill"):
-        session.kill()
-    else:
-        session.close()
-
-
-def _alive(session: Any) -> bool:
-    alive = getattr(session, "alive", None)
-    if callable(alive):
-        return bool(alive())
-    if alive is not None:
-        return bool(alive)
-    return True
 
 
 # ------------------------------------------------------------------------------------------------ servicer
@@ -528,7 +490,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
     def Time(self, request, context):
         def fn(sess: Any) -> Any:
             if inputs:
-                sess.set_inputs(inputs) if hasattr(sess, "set_inputs") else _set_inputs(sess, inputs)
+                sess.set_inputs(inputs)
             return sess.time(
                 number=request.number or 1, repeat=request.repeat or 1, min_repeat_ms=request.min_repeat_ms
             )
@@ -543,7 +505,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
     def Profile(self, request, context):
         def fn(sess: Any) -> Any:
             if inputs:
-                _set_inputs(sess, inputs)
+                sess.set_inputs(inputs)
             return sess.profile()
 
         try:
@@ -551,7 +513,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
             prof, _ = self.s.call(request.sha256, fn, request.timeout_ms, what="profile")
         except DeviceServerError as e:
             _abort(context, e)
-        return device_pb2.ProfileReply(profile_json=_profile_json(prof))
+        return device_pb2.ProfileReply(profile_json=prof.to_json())
 
 
 def _inputs(tensors: Any) -> dict[str, Any]:
@@ -559,11 +521,6 @@ def _inputs(tensors: Any) -> dict[str, Any]:
         return wire.unpack(tensors)
     except wire.TensorError as e:
         raise BadRequest(str(e)) from e
-
-
-def _set_inputs(sess: Any, inputs: dict[str, Any]) -> None:
-    for name, value in inputs.items():
-        sess.set_input(name, value)
 
 
 # ------------------------------------------------------------------------------------------------ tracker
