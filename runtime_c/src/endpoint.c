@@ -499,7 +499,7 @@ static kiln_status_t on_profile(kiln_endpoint_t *ep, size_t len, size_t *out_rep
     msg_str(ep, " records)");
     return KILN_ERR_PROTO_INDEX;
   }
-  size_t room = (ep->config.frame_bytes - 28) / 20;
+  size_t room = (ep->config.frame_bytes - 24) / 20;
   size_t n = prof->count - first < room ? prof->count - first : room;
   put_u64(p, ep->ticks_per_second);
   put_u32(p + 8, prof->count);
@@ -508,12 +508,12 @@ static kiln_status_t on_profile(kiln_endpoint_t *ep, size_t len, size_t *out_rep
   put_u32(p + 20, (uint32_t)n);
   for (size_t i = 0; i < n; ++i) {
     const kiln_profile_record_t *r = &prof->records[first + i];
-    uint8_t *q = p + 28 + 20 * i;
+    uint8_t *q = p + 24 + 20 * i;
     put_u32(q, r->kernel);
     put_u64(q + 4, r->start);
     put_u64(q + 12, (r->flags & KILN_PROFILE_OPEN) != 0 ? r->start : r->end);
   }
-  *out_reply = 28 + 20 * n;
+  *out_reply = 24 + 20 * n;
   return KILN_OK;
 }
 

@@ -1,0 +1,366 @@
+"""Packages (``.kpkg``): a compiled model with everything needed to run or embed it, as one archive.
+
+Format (version :data:`FORMAT_VERSION`): an uncompressed POSIX (ustar) tar archive. ``manifest.json`` comes
+first, then every other file sorted by path; every member is a regular file with mtime 0, uid/gid 0, no
+user/group names and mode 0755 (``bin/*``) or 0644. So the same inputs always give byte-identical packages.
+
+Members: ``manifest.json``; ``bin/runner`` (Linux targets: the static runner serving the device protocol on
+stdin/stdout); ``lib/libmodel.a`` + ``include/model.h`` + ``include/kiln/*.h`` (for embedding).
+
+``manifest.json`` (JSON, sorted keys): ``format_version``; ``name``; ``target`` {name, triple, cpu,
+features, os}; ``inputs``/``outputs`` [{name, dtype, shape}]; ``arena_bytes`` (workspace); ``weight_bytes``;
+``code_bytes`` (executable sections of the generated code); ``operators``; ``kernels`` (kernel names in
+profiler index order); ``runnable`` (path of the runnable or null); ``runtime`` {abi_version,
+protocol_version, sha256 of the runtime sources}; ``compiler`` ("kiln X.Y.Z"); ``files`` {path: {sha256,
+size}} for every other member. Extra keys may be added by the compile driver.
+
+:meth:`Package.load` trusts nothing: it rejects members that are not regular files or whose paths are
+absolute, contain ``..`` or are not normalized (path traversal), unknown format versions, and files whose
+sha256 or size differs from the manifest, or that the manifest does not list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import IO, Any
+
+import numpy as np
+
+from kiln import runtime_c
+from kiln.build.link import LinkedModel, ModelInfo
+from kiln.rpc.launchers import Launcher, launcher_for
+from kiln.rpc.protocol import PROTOCOL_VERSION, Profile, Session
+from kiln.targets import Target, get_target
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+RUNNER = "bin/runner"
+SUFFIX = ".kpkg"
+_RESERVED = {"format_version", "files", "name", "target", "inputs", "outputs", "runnable", "runtime"}
+
+
+class PackageError(ValueError):
+    """A package archive is invalid, corrupted or unsafe; the message says what and what to do."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _kiln_version() -> str:
+    from kiln import __version__
+
+    return str(__version__)
+
+
+class Package:
+    """A compiled model: ``manifest`` (dict) and ``files`` (path -> bytes, every member but the manifest).
+
+    Build one with :meth:`create` (the compile driver does), read one with :meth:`load`/:meth:`from_bytes`.
+    Packages are immutable values; ``path`` is the file it was last loaded from or saved to.
+    """
+
+    def __init__(self, manifest: dict[str, Any], files: Mapping[str, bytes], *, path: Path | None = None):
+        self._manifest = manifest
+        self._files = dict(sorted(files.items()))
+        self.path = path
+        self._sha256: str | None = None
+
+    # ---- construction
+
+    @classmethod
+    def create(
+        cls,
+        target: Target | str,
+        info: ModelInfo,
+        linked: LinkedModel,
+        *,
+        extra_manifest: Mapping[str, Any] | None = None,
+    ) -> Package:
+        """A package from the outputs of :func:`kiln.build.link.link_model`. ``extra_manifest`` adds keys to
+        the manifest (it may not replace the structural ones: files, target, inputs, ...)."""
+        t = get_target(target)
+        files: dict[str, bytes] = {"lib/libmodel.a": linked.libmodel, "include/model.h": linked.model_h}
+        files.update({f"include/kiln/{h.name}": h.read_bytes() for h in runtime_c.headers()})
+        if linked.runner is not None:
+            files[RUNNER] = linked.runner
+
+        def tensors(specs: Any) -> list[dict[str, Any]]:
+            return [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in specs]
+
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "name": info.name,
+            "target": {"name": t.name, "triple": t.triple, "cpu": t.cpu, "features": t.features, "os": t.os},
+            "inputs": tensors(info.inputs),
+            "outputs": tensors(info.outputs),
+            "arena_bytes": info.workspace_bytes,
+            "weight_bytes": linked.weight_bytes,
+            "code_bytes": linked.code_size,
+            "operators": list(info.operators),
+            "kernels": list(info.kernel_names),
+            "runnable": RUNNER if linked.runner is not None else None,
+            "runtime": {
+                "abi_version": runtime_c.ABI_VERSION,
+                "protocol_version": PROTOCOL_VERSION,
+                "sha256": runtime_c.runtime_hash(),
+            },
+            "compiler": f"kiln {_kiln_version()}",
+        }
+        for key, value in (extra_manifest or {}).items():
+            if key in _RESERVED:
+                raise ValueError(f"extra_manifest may not set {key!r}: the package build owns it")
+            manifest[key] = value
+        manifest["files"] = {name: {"sha256": _sha256(data), "size": len(data)} for name, data in sorted(files.items())}
+        return cls(manifest, files)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Package:
+        """Reads and verifies a ``.kpkg`` file (see the module docstring for what is rejected)."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise PackageError(f"cannot read package {path}: {e.strerror or e}") from e
+        pkg = cls.from_bytes(data, source=str(path))
+        pkg.path = path
+        return pkg
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "<bytes>") -> Package:
+        """Parses and verifies a package archive held in memory."""
+        try:
+            tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+            members = tar.getmembers()
+        except tarfile.TarError as e:
+            raise PackageError(f"{source} is not a kiln package (not a readable tar archive: {e})") from e
+        contents: dict[str, bytes] = {}
+        for m in members:
+            _check_member(m, source)
+            if m.name in contents:
+                raise PackageError(f"{source}: member {m.name!r} appears twice; the archive was tampered with")
+            f = tar.extractfile(m)
+            assert f is not None  # regular file, checked above
+            contents[m.name] = f.read()
+        if MANIFEST not in contents:
+            raise PackageError(f"{source} is not a kiln package: it has no {MANIFEST}")
+        manifest = _parse_manifest(contents.pop(MANIFEST), source)
+        _verify_files(manifest, contents, source)
+        return cls(manifest, contents)
+
+    # ---- contents
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest (a copy: packages are immutable)."""
+        return json.loads(json.dumps(self._manifest))  # type: ignore[no-any-return]
+
+    @property
+    def files(self) -> Mapping[str, bytes]:
+        """Every member except ``manifest.json``, by path."""
+        return MappingProxyType(self._files)
+
+    @property
+    def name(self) -> str:
+        return str(self._manifest["name"])
+
+    @property
+    def target(self) -> Target:
+        return get_target(self._manifest["target"]["name"])
+
+    @property
+    def sha256(self) -> str:
+        """sha256 (hex) of the archive bytes, i.e. of the saved ``.kpkg`` file."""
+        if self._sha256 is None:
+            h = _HashWriter()
+            self._write(h)
+            self._sha256 = h.hexdigest()
+        return self._sha256
+
+    def manifest_bytes(self) -> bytes:
+        return (json.dumps(self._manifest, indent=2, sort_keys=True) + "\n").encode()
+
+    # ---- output
+
+    def _write(self, out: IO[bytes]) -> None:
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in [(MANIFEST, self.manifest_bytes()), *self._files.items()]:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o755 if name.startswith("bin/") else 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        self._write(buf)
+        return buf.getvalue()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the archive atomically (temporary file in the same directory, then rename): ``path`` is
+        either the old file or the complete new one, never a partial write."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                self._write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.path = path
+        return path
+
+    def extract(self, directory: str | os.PathLike[str]) -> Path:
+        """Writes ``manifest.json`` and every file under ``directory`` (created if needed); returns it."""
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        for name, data in [(MANIFEST, self.manifest_bytes()), *self._files.items()]:
+            dest = root.joinpath(*PurePosixPath(name).parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+            dest.chmod(0o755 if name.startswith("bin/") else 0o644)
+        return root
+
+    # ---- running
+
+    @contextlib.contextmanager
+    def open_session(self, launcher: Launcher | None = None, *, timeout: float | None = 60.0) -> Iterator[Session]:
+        """Extracts the package to a temporary directory, starts its runnable with ``launcher`` (default:
+        :func:`kiln.rpc.launchers.launcher_for` the package's target) and yields the Session; closes the
+        session and removes the directory afterwards."""
+        runnable = self._manifest.get("runnable")
+        if not runnable:
+            raise PackageError(f"package {self.name!r} for {self._manifest['target']['name']} has no runnable")
+        tmp = Path(tempfile.mkdtemp(prefix="kiln-pkg-"))
+        try:
+            self.extract(tmp)
+            session = (launcher or launcher_for(self.target)).start(tmp / runnable, timeout=timeout)
+            with session:
+                yield session
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def run(self, inputs: Mapping[str, Any], *, launcher: Launcher | None = None) -> dict[str, np.ndarray]:
+        """Runs once on ``inputs`` (name -> array) and returns the outputs (name -> array)."""
+        with self.open_session(launcher) as s:
+            return s.run(inputs)
+
+    def time(
+        self,
+        number: int = 10,
+        repeat: int = 3,
+        min_repeat_ms: int = 0,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        launcher: Launcher | None = None,
+    ) -> list[float]:
+        """Seconds per run, one per repeat (see :meth:`kiln.rpc.protocol.Session.time`); inputs default to
+        zeros."""
+        with self.open_session(launcher) as s:
+            if inputs is not None:
+                s.set_inputs(inputs, complete=True)
+            return s.time(number, repeat, min_repeat_ms)
+
+    def profile(self, inputs: Mapping[str, Any] | None = None, *, launcher: Launcher | None = None) -> Profile:
+        """Per-kernel timings of one run; inputs default to zeros."""
+        with self.open_session(launcher) as s:
+            if inputs is not None:
+                s.set_inputs(inputs, complete=True)
+            return s.profile()
+
+    def __repr__(self) -> str:
+        return f"Package({self.name!r}, target={self._manifest['target']['name']!r}, files={len(self._files)})"
+
+
+class _HashWriter(io.RawIOBase):
+    """A write-only stream that only hashes (sha256 of a package without holding the archive)."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: Any) -> int:
+        self._h.update(data)
+        self._pos += len(data)
+        return len(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def _check_member(m: tarfile.TarInfo, source: str) -> None:
+    name = m.name
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or "\\" in name or ".." in parts or PurePosixPath(name).as_posix() != name or not parts:
+        raise PackageError(
+            f"{source}: member {name!r} has an unsafe path (absolute, '..', or not normalized); refusing to "
+            "load the package: it may try to write outside its directory. Rebuild it with kiln."
+        )
+    if not m.isreg():
+        kind = "symlink" if m.issym() else "hard link" if m.islnk() else "directory" if m.isdir() else "device or special file"
+        raise PackageError(
+            f"{source}: member {name!r} is a {kind}; kiln packages contain only regular files. Rebuild it with kiln."
+        )
+
+
+def _parse_manifest(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data)
+    except ValueError as e:
+        raise PackageError(f"{source}: {MANIFEST} is not valid JSON ({e}); the package is corrupted") from e
+    if not isinstance(manifest, dict):
+        raise PackageError(f"{source}: {MANIFEST} must be a JSON object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PackageError(
+            f"{source}: package format version {version!r} is not supported (this kiln {_kiln_version()} reads "
+            f"version {FORMAT_VERSION}); rebuild the package with this kiln or install the kiln that made it"
+        )
+    for key in ("name", "target", "inputs", "outputs", "files"):
+        if key not in manifest:
+            raise PackageError(f"{source}: {MANIFEST} lacks the required key {key!r}; the package is corrupted")
+    return manifest
+
+
+def _verify_files(manifest: dict[str, Any], contents: dict[str, bytes], source: str) -> None:
+    listed = manifest["files"]
+    if not isinstance(listed, dict):
+        raise PackageError(f"{source}: {MANIFEST} 'files' must map paths to {{sha256, size}}")
+    for name in sorted(set(contents) - set(listed)):
+        raise PackageError(f"{source}: member {name!r} is not listed in the manifest; the package was modified")
+    for name, meta in sorted(listed.items()):
+        if name not in contents:
+            raise PackageError(f"{source}: the manifest lists {name!r} but the archive lacks it; the package is "
+                               "incomplete (rebuild or download it again)")
+        data = contents[name]
+        want = meta.get("sha256") if isinstance(meta, dict) else None
+        if want != _sha256(data) or meta.get("size") != len(data):
+            raise PackageError(
+                f"{source}: {name!r} does not match the manifest (sha256 {_sha256(data)[:16]}..., {len(data)} "
+                f"bytes; manifest says {str(want)[:16]}..., {meta.get('size') if isinstance(meta, dict) else '?'} "
+                "bytes): the package is corrupted or was modified; rebuild or download it again"
+            )
