@@ -337,15 +337,20 @@ class DeviceService:
         workdir = self._workroot / sha
         shutil.rmtree(workdir, ignore_errors=True)
         pkg.extract(workdir)
-        name = str(pkg.manifest.get("name", sha[:12]))
+        manifest = pkg.manifest
+        name = str(manifest.get("name", sha[:12]))
+        runnable = manifest.get("runnable")
+        if not runnable or runnable not in pkg.files:  # only a verified member of the package ever runs
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise InvalidPackage(f"package {name!r} has no runnable for this device (runnable: {runnable!r})")
         try:
-            session = self.launcher.start(workdir / "bin" / "runner")
+            session = self.launcher.start(workdir / runnable, timeout=self.call_timeout)
         except Exception as e:
             shutil.rmtree(workdir, ignore_errors=True)
             raise RunnerFailed(
                 f"cannot start the runner of {name!r} with the {self.caps.launcher} launcher: {e}"
             ) from e
-        r = Runner(sha, name, dict(pkg.manifest), session, workdir, threading.Lock())
+        r = Runner(sha, name, manifest, session, workdir, threading.Lock())
         try:
             info = session.info()
             r.info_json = json.dumps(

@@ -35,3 +35,37 @@ def make_tracker(token: str) -> Iterator[Callable[..., TrackerServer]]:
     yield make
     for s in servers:
         s.stop(grace=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_packages() -> dict[str, Any]:
+    """The tiny test model built for each Linux target the farm tests use (target name -> Package)."""
+    import tinypkg
+
+    return {t: tinypkg.build(t) for t in ("x86_64-linux", "aarch64-linux", "riscv64-linux")}
+
+
+@pytest.fixture
+def make_device(token: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """Start a real device server: make_device("aarch64-linux", "qemu-user", key=..., tracker=..., ...)."""
+    from kiln.rpc.launchers import make_launcher
+    from kiln.rpc.server import DeviceServer
+
+    servers: list[DeviceServer] = []
+
+    def make(target: str = "x86_64-linux", launcher: str = "local", **kw: Any) -> DeviceServer:
+        kw.setdefault("key", {"local": "x86"}.get(launcher, f"qemu-{target.split('-')[0]}"))
+        kw.setdefault("call_timeout", 30.0)
+        kw.setdefault("retry_interval", 0.1)
+        kw.setdefault("cache_dir", tmp_path_factory.mktemp("cache"))
+        if kw.get("tracker"):
+            kw.setdefault("tracker_token", token)
+        srv = DeviceServer(
+            target=target, launcher=make_launcher(launcher, target), security=server_security(token), **kw
+        ).start()
+        servers.append(srv)
+        return srv
+
+    yield make
+    for s in servers:
+        s.stop(grace=None)
