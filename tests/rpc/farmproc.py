@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +17,9 @@ _LISTENING = re.compile(r"listening on (\S+)")
 class FarmProcess:
     """A `kiln tracker` or `kiln serve` process; ``address`` is where it listens."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, timeout: float = 20.0) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 20.0, new_session: bool = False
+    ) -> None:
         self.log = (
             Path(os.environ.get("TMPDIR", "/tmp")) / f"kiln-farm-{os.getpid()}-{time.monotonic_ns()}.log"
         )
@@ -26,7 +30,9 @@ class FarmProcess:
             stderr=self._log,
             text=True,
             env={**os.environ, **(env or {})},
+            start_new_session=new_session,  # kill_group() then ends the server and its runners together
         )
+        self._group = new_session
         assert self.proc.stdout is not None
         end = time.monotonic() + timeout
         line = ""
@@ -46,7 +52,16 @@ class FarmProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         self._log.close()
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and everything it started (its runners), like a board losing power."""
+        if self._group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.kill()
 
     def terminate(self) -> int:
         if self.proc.poll() is None:
