@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .ir import Module
 from .targets import Target, get_target
 from .transform import PassContext, Pipeline, default_pipeline
@@ -64,7 +63,6 @@ def compile(model: ModelLike, target: Target | str, *, shapes: Mapping[str, tupl
     )
     artifacts = link_model(t, code.object, code.weights, info)
     return Package.create(t, info, artifacts, extra_manifest={
-        "compiler": f"kiln {__version__}",
         "pipeline": str(pipeline) if pipeline is not None else str(default_pipeline(t)),
         "weights_sha256": hashlib.sha256(code.weights).hexdigest(),
         "flops": sum(int(f.attrs.get("flops", 0)) for f in lowered.tensor_functions().values()),

@@ -16,7 +16,7 @@ from ..targets import Target
 from .entry import emit_entry, layout_constants
 from .mathlib import MathLib
 from .target_machine import compile_ir, emit_assembly
-from .tensor_codegen import TensorCodegen, finalize_loop_ids, workspace_bytes
+from .tensor_codegen import TensorCodegen, workspace_bytes
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def build_llvm_ir(mod: Module, target: Target) -> tuple[str, bytes, list[str]]:
     funcs = {name: tcg.emit(f) for name, f in sorted(mod.tensor_functions().items())}
     weights, const_offsets = layout_constants(mod)
     kernels = emit_entry(llmod, mod, funcs, const_offsets)
-    return finalize_loop_ids(str(llmod)), weights, kernels
+    return str(llmod), weights, kernels
 
 
 def generate(mod: Module, target: Target) -> ObjectCode:

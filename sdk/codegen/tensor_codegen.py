@@ -10,7 +10,6 @@ Vectorization of ``vectorized`` loops is left to LLVM's loop and SLP vectorizers
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
@@ -39,14 +38,6 @@ MAX_UNROLL = 64
 # Allow a*b+c to become one fused multiply-add (like C's -ffp-contract=fast); nothing else is relaxed.
 FP_FLAGS = ("contract",)
 SCRATCH_ALIGN = 64
-
-
-_LOOP_ID = re.compile(r'^(!\d+) = !\{ ?!"kiln\.loop\.\d+", (!\d+) ?\}$', re.M)
-
-
-def finalize_loop_ids(llvm_ir: str) -> str:
-    """Turn the ``!N = !{!"kiln.loop.K", !M}`` placeholders into real loop IDs ``distinct !{!N, !M}``."""
-    return _LOOP_ID.sub(lambda m: f"{m.group(1)} = distinct !{{{m.group(1)}, {m.group(2)}}}", llvm_ir)
 
 
 def ll_type(dtype: str) -> ir.Type:
@@ -87,7 +78,6 @@ class TensorCodegen:
     def __init__(self, module: ir.Module, math: MathLib) -> None:
         self.module = module
         self.math = math
-        self._loops = 0
 
     def emit(self, f: T.TensorFunction) -> ir.Function:
         ws = workspace_bytes(f)
@@ -189,19 +179,8 @@ class TensorCodegen:
         self._stmt(c, s.body)
         nxt = b.add(iv, ir.Constant(I64, 1), flags=["nsw", "nuw"])
         iv.add_incoming(nxt, b.block)
-        latch = b.cbranch(b.icmp_signed("<", nxt, hi), header, after)
-        if s.kind == "vectorized":
-            latch.set_metadata("llvm.loop", self._loop_id("vectorize"))
+        b.cbranch(b.icmp_signed("<", nxt, hi), header, after)
         b.position_at_end(after)
-
-    def _loop_id(self, hint: str) -> ir.MDValue:
-        """A loop-ID node asking LLVM to vectorize this loop even where its cost model hesitates (Armv7 NEON
-        is not IEEE-exact on denormals, so LLVM only vectorizes float loops there when asked to). llvmlite
-        cannot build the self-reference a loop ID needs; :func:`finalize_loop_ids` patches it into the text."""
-        self._loops += 1
-        enable = self.module.add_metadata([ir.MetaDataString(self.module, "llvm.loop.vectorize.enable"),
-                                           ir.Constant(I1, 1)])
-        return self.module.add_metadata([ir.MetaDataString(self.module, f"kiln.loop.{self._loops}"), enable])
 
     # ----------------------------------------------------------------------------------------- expressions
     def _addr(self, c: _Ctx, buf: T.Buffer, indices: tuple[T.Expr, ...]) -> ir.Value:
