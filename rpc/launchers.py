@@ -139,8 +139,13 @@ class ProcessLauncher(Launcher):
             raise LauncherError(f"{runnable} does not exist; extract the package first (Package.extract)")
         cmd = self.command(runnable)
         try:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+            proc = subprocess.Popen(  # in the package directory, so that core dumps land there
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                cwd=runnable.resolve().parent.parent,
             )
         except OSError as e:
             raise LauncherError(f"cannot start {' '.join(cmd)}: {e}") from e
@@ -159,7 +164,9 @@ class LocalLauncher(ProcessLauncher):
     def __init__(self, target: Target | str) -> None:
         t = get_target(target)
         if not t.runs_natively():
-            raise LauncherError(f"target {t.name} does not run natively on this host; use the qemu-user launcher")
+            raise LauncherError(
+                f"target {t.name} does not run natively on this host; use the qemu-user launcher"
+            )
         super().__init__(t)
 
     def command(self, runnable: Path) -> list[str]:
@@ -179,8 +186,8 @@ class QemuUserLauncher(ProcessLauncher):
         if exe is None:
             package = t.emulator_package or "qemu-user"
             raise LauncherError(
-                f"emulator {t.emulator[0]!r} for target {t.name} is not installed; install the Debian package "
-                f"{package!r} (sudo apt-get install {package})"
+                f"emulator {t.emulator[0]!r} for target {t.name} is not installed; install the Debian "
+                f"package {package!r} (sudo apt-get install {package})"
             )
         super().__init__(t)
         self.exe = exe
@@ -203,8 +210,9 @@ def launcher_for(target: Target | str) -> Launcher:
     """The default launcher: ``local`` when the host runs the target natively, else ``qemu-user``."""
     t = get_target(target)
     if t.is_bare_metal:
-        raise LauncherError(f"target {t.name} is bare metal; it needs a qemu-system or serial launcher (not yet "
-                            "available)")
+        raise LauncherError(
+            f"target {t.name} is bare metal; it needs a qemu-system or serial launcher (not yet available)"
+        )
     return LocalLauncher(t) if t.runs_natively() else QemuUserLauncher(t)
 
 

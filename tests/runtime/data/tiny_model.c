@@ -4,7 +4,8 @@
  * outputs: y float32[2, 4] = x * 2 + w (w = the first 8 floats of the weights),
  *          probe int64[1]  = the weights byte at PROBE_OFFSET
  * kernels: 0 "scale" (called once per row of x, into the workspace), 1 "add_weights" (called once)
- * mode:    0 normal, 1 hang forever, 2 segfault, 3 return an error code
+ * mode:    0 normal, 1 hang forever, 2 segfault, 3 return an error code,
+ *          4 probe = address of the weights modulo 64 (their alignment)
  */
 #include <stdint.h>
 
@@ -41,6 +42,10 @@ int32_t kiln_model_entry(void *const *inputs, void *const *outputs, uint8_t *wor
   }
   if (mode == 3) {
     return 7;
+  }
+  if (mode == 4) {
+    probe[0] = (int64_t)((uintptr_t)kiln_model_weights % 64);
+    return 0;
   }
   for (uint32_t row = 0; row < 2; ++row) {
     if (prof) kiln_profile_begin(prof, 0);
