@@ -353,9 +353,7 @@ class DeviceService:
         r = Runner(sha, name, manifest, session, workdir, threading.Lock())
         try:
             info = session.info()
-            r.info_json = json.dumps(
-                dataclasses.asdict(info) if dataclasses.is_dataclass(info) else {}, default=str
-            )
+            r.info_json = json.dumps(dataclasses.asdict(info), default=str)  # a protocol.DeviceInfo
         except Exception as e:
             self._close(r)
             raise RunnerFailed(f"runner of {name!r} did not answer INFO: {e}") from e
