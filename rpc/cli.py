@@ -347,7 +347,8 @@ def open_remote(args: argparse.Namespace, package: Any) -> RemoteSession | None:
     inconsistent options and :class:`kiln.rpc.client.RemoteError` when the farm refuses or fails."""
     from kiln.rpc.client import TrackerClient, connect_device
 
-    tracker, device = getattr(args, "tracker", None), getattr(args, "device", None)
+    tracker: str | None = getattr(args, "tracker", None)
+    device: str | None = getattr(args, "device", None)
     if not tracker and not device:
         return None
     if tracker and device:
@@ -361,6 +362,7 @@ def open_remote(args: argparse.Namespace, package: Any) -> RemoteSession | None:
     if device:
         dev = connect_device(device, token=token, tls=tls)
     else:
+        assert tracker is not None
         tr = TrackerClient(tracker, token=token, tls=tls)  # kept open: the lease renews through it
         try:
             dev = tr.request(args.key, timeout=args.queue_timeout, priority=args.priority)
