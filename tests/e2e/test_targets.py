@@ -1,0 +1,57 @@
+"""The shared conformance suite: every Linux target compiles the same models, runs them (natively or under
+qemu-user) and matches the NumPy interpreter. Adding a target adds a TOML file, not tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from graphs import conv_bn_relu, mlp, residual_block
+
+import kiln
+from kiln.ir.interpreter import interpret
+from kiln.targets import list_targets
+
+LINUX_TARGETS = [t.name for t in list_targets() if t.os == "linux"]
+MODELS = {"conv_bn_relu": conv_bn_relu, "residual": residual_block, "mlp": mlp}
+
+
+def _inputs(mod, seed: int = 0) -> dict[str, np.ndarray]:  # noqa: ANN001
+    rng = np.random.default_rng(seed)
+    return {p.name: rng.standard_normal(p.type.static_shape).astype("f4") for p in mod.main.params}
+
+
+@pytest.mark.xdist_group("qemu")
+@pytest.mark.parametrize("target", LINUX_TARGETS)
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_model_runs_on_target(target: str, model: str) -> None:
+    mod = MODELS[model]()
+    pkg = kiln.compile(mod, target)
+    x = _inputs(mod)
+    got = pkg.run(x)
+    want = interpret(mod, x)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=f"{model} on {target}: {k}")
+
+
+def test_compiling_twice_gives_identical_packages(tmp_path) -> None:  # noqa: ANN001
+    a = kiln.compile(residual_block(), "aarch64-linux").save(tmp_path / "a.kpkg")
+    b = kiln.compile(residual_block(), "aarch64-linux").save(tmp_path / "b.kpkg")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_package_round_trips_through_a_file(tmp_path) -> None:  # noqa: ANN001
+    mod = mlp()
+    path = kiln.compile(mod, "riscv64-linux").save(tmp_path / "mlp.kpkg")
+    pkg = kiln.load(path)
+    m = pkg.manifest
+    assert [t["name"] for t in m["inputs"]] == ["x"] and m["outputs"][0]["shape"] == [3, 5]
+    assert m["target"]["name"] == "riscv64-linux" and m["arena_bytes"] > 0 and m["weight_bytes"] > 0
+    x = _inputs(mod, seed=3)
+    np.testing.assert_allclose(pkg.run(x)["y"], interpret(mod, x)["y"], rtol=1e-4, atol=1e-6)
+
+
+def test_wrong_input_shape_is_a_clear_error() -> None:
+    pkg = kiln.compile(mlp(), "x86_64-linux")
+    with pytest.raises(ValueError, match=r"x.*\(3, 20\).*\(2, 20\)|x.*\(2, 20\).*\(3, 20\)"):
+        pkg.run({"x": np.zeros((2, 20), "f4")})
