@@ -15,6 +15,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kiln.rpc import protocol
+from kiln.rpc.launchers import LocalLauncher
+from kiln.rpc.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError, Session, encode_frame
 from tinymodel import (
     COPY_N,
     TINY_INFO,
@@ -24,10 +27,6 @@ from tinymodel import (
     tiny_inputs,
     tiny_package,
 )
-
-from kiln.rpc import protocol
-from kiln.rpc.launchers import LocalLauncher
-from kiln.rpc.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError, Session, encode_frame
 
 NATIVE = "x86_64-linux"
 
@@ -217,7 +216,9 @@ def test_wrong_payload_length(session: Session) -> None:
 
 def test_bad_indices(session: Session) -> None:
     set_input = struct.pack("<IQQ", 7, 32, 0) + bytes(32)
-    assert "out of range" in expect_error(session, encode_frame(protocol.MSG_SET_INPUT, set_input), ERR_PROTO_INDEX)
+    assert "out of range" in expect_error(
+        session, encode_frame(protocol.MSG_SET_INPUT, set_input), ERR_PROTO_INDEX
+    )
     get_output = struct.pack("<IQ", 2, 0)
     expect_error(session, encode_frame(protocol.MSG_GET_OUTPUT, get_output), ERR_PROTO_INDEX)
     expect_error(session, encode_frame(protocol.MSG_PROFILE, struct.pack("<I", 99)), ERR_PROTO_INDEX)
@@ -251,7 +252,9 @@ def test_model_failure_is_an_error_reply(session: Session) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    msg_type=st.sampled_from([0, protocol.MSG_INFO, protocol.MSG_SET_INPUT, protocol.MSG_GET_OUTPUT, 0x08, 0x80]),
+    msg_type=st.sampled_from(
+        [0, protocol.MSG_INFO, protocol.MSG_SET_INPUT, protocol.MSG_GET_OUTPUT, 0x08, 0x80]
+    ),
     payload=st.binary(max_size=64),
 )
 def test_fuzzed_requests_get_one_reply_each(session: Session, msg_type: int, payload: bytes) -> None:

@@ -8,12 +8,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from tinymodel import LINUX_TARGETS
-
 from kiln import runtime_c
 from kiln.build import toolchain
 from kiln.rpc import protocol
 from kiln.targets import get_target, parse_target
+from tinymodel import LINUX_TARGETS
 
 
 def _strip_comments(code: str) -> str:
@@ -53,8 +52,16 @@ def test_runtime_builds_with_werror_on_every_linux_target(target: str) -> None:
 def test_core_builds_freestanding_without_libc(zig_target: str, zig_cpu: str, tmp_path: Path) -> None:
     """The core and the bare-metal platform defaults need no C library and no OS."""
     mcu = parse_target(
-        {"name": "test-mcu", "triple": "x", "cpu": "x", "features": "", "vector_bits": 0, "os": "none",
-         "zig_target": zig_target, "zig_cpu": zig_cpu}
+        {
+            "name": "test-mcu",
+            "triple": "x",
+            "cpu": "x",
+            "features": "",
+            "vector_bits": 0,
+            "os": "none",
+            "zig_target": zig_target,
+            "zig_cpu": zig_cpu,
+        }
     )
     for src in runtime_c.sources("none"):
         obj = toolchain.compile_c(mcu, src, tmp_path / f"{src.stem}.o")
@@ -66,7 +73,9 @@ def _c_defines() -> dict[str, int]:
     defines: dict[str, int] = {}
     for h in runtime_c.headers():
         text = _strip_comments(h.read_text())
-        pairs = re.findall(r"#define[ \t]+(KILN_\w+)[ \t]+([^\n]+)", text) + re.findall(r"(KILN_MSG_\w+)\s*=\s*(\w+)", text)
+        pairs = re.findall(r"#define[ \t]+(KILN_\w+)[ \t]+([^\n]+)", text) + re.findall(
+            r"(KILN_MSG_\w+)\s*=\s*(\w+)", text
+        )
         for name, value in pairs:
             expr = re.sub(r"\b(0x[0-9A-Fa-f]+|\d+)u\b", r"\1", value.strip())
             if re.fullmatch(r"[\s()0-9a-fA-Fx<]+", expr):

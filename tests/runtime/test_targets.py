@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tinymodel import LINUX_TARGETS, TINY_PROBE_BYTE, tiny_expected, tiny_inputs, tiny_package
-
 from kiln.rpc.launchers import (
     LauncherError,
     LocalLauncher,
@@ -19,6 +17,7 @@ from kiln.rpc.launchers import (
 )
 from kiln.rpc.protocol import DeviceLost
 from kiln.targets import Target, get_target, parse_target
+from tinymodel import LINUX_TARGETS, TINY_PROBE_BYTE, tiny_expected, tiny_inputs, tiny_package
 
 
 @pytest.mark.qemu
@@ -38,11 +37,16 @@ def test_tiny_model_runs_and_profiles_on_target(target: str) -> None:
 
 
 def test_launcher_for_picks_local_or_qemu() -> None:
-    assert isinstance(launcher_for("x86_64-linux"), LocalLauncher) == get_target("x86_64-linux").runs_natively()
+    assert (
+        isinstance(launcher_for("x86_64-linux"), LocalLauncher) == get_target("x86_64-linux").runs_natively()
+    )
     assert isinstance(launcher_for("aarch64-linux"), QemuUserLauncher)
     rvv = launcher_for("riscv64-linux-rvv")
     assert isinstance(rvv, QemuUserLauncher)
-    assert rvv.command(Path("bin/runner"))[1:] == [*get_target("riscv64-linux-rvv").emulator[1:], "bin/runner"]
+    assert rvv.command(Path("bin/runner"))[1:] == [
+        *get_target("riscv64-linux-rvv").emulator[1:],
+        "bin/runner",
+    ]
 
 
 @pytest.mark.qemu
@@ -53,8 +57,15 @@ def test_segfault_under_qemu_names_the_signal() -> None:
 
 
 def _fake_target(**extra: object) -> Target:
-    base = {"name": "fake-arm", "triple": "armv7-unknown-linux-musleabihf", "cpu": "cortex-a7", "features": "",
-            "vector_bits": 0, "os": "linux", "zig_target": "arm-linux-musleabihf"}
+    base = {
+        "name": "fake-arm",
+        "triple": "armv7-unknown-linux-musleabihf",
+        "cpu": "cortex-a7",
+        "features": "",
+        "vector_bits": 0,
+        "os": "linux",
+        "zig_target": "arm-linux-musleabihf",
+    }
     return parse_target({**base, **extra})
 
 

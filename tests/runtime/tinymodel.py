@@ -12,7 +12,6 @@ import functools
 from pathlib import Path
 
 import numpy as np
-
 from kiln.build import ModelInfo, Package, link_model
 from kiln.build.link import LinkedModel
 from kiln.build.toolchain import compile_source
@@ -52,8 +51,12 @@ def tiny_object(target: str, probe_offset: int = 32) -> bytes:
     return compile_source(get_target(target), DATA / "tiny_model.c", flags=[f"-DPROBE_OFFSET={probe_offset}"])
 
 
-def link_tiny(target: str | Target, weights: bytes | Path = TINY_WEIGHTS, probe_offset: int = 32,
-              info: ModelInfo = TINY_INFO) -> LinkedModel:
+def link_tiny(
+    target: str | Target,
+    weights: bytes | Path = TINY_WEIGHTS,
+    probe_offset: int = 32,
+    info: ModelInfo = TINY_INFO,
+) -> LinkedModel:
     t = get_target(target)
     return link_model(t, tiny_object(t.name, probe_offset), weights, info)
 
