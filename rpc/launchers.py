@@ -23,6 +23,7 @@ import signal
 import subprocess
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -196,7 +197,11 @@ class QemuUserLauncher(ProcessLauncher):
         return [self.exe, *self.target.emulator[1:], str(runnable)]
 
 
-LAUNCHERS: dict[str, type[ProcessLauncher]] = {"local": LocalLauncher, "qemu-user": QemuUserLauncher}
+#: Launcher name -> factory taking the target.
+LAUNCHERS: dict[str, Callable[[Target | str], Launcher]] = {
+    "local": LocalLauncher,
+    "qemu-user": QemuUserLauncher,
+}
 
 
 def make_launcher(name: str, target: Target | str) -> Launcher:
