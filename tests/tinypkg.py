@@ -1,52 +1,43 @@
-"""The tiny hand-written test model (tests/runtime/data/tiny_model.c) built into a real package.
+"""The tiny test model of tests/runtime/tinymodel.py, seen from the device farm's tests and benchmarks.
 
-inputs x float32[2, 4], mode int32[1]; outputs y = x * 2 + w (w = the first 8 floats of the weights) and
-probe int64[1] = weights byte 32; kernels "scale" (2 calls) and "add_weights" (1 call); mode 0 normal,
-1 hang, 2 segfault, 3 return an error code. Packages are built through the public build API (zig + the
-runtime), so they run natively, under qemu-user, or on a device server.
+A thin layer over ``tinymodel`` (which builds the hand-written model through the public build API): named
+modes, inputs, a reference computed from any weights blob, and packages with other weights or names (the
+upload benchmark uses a 32 MB one).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
-from kiln.build import toolchain
-from kiln.build.link import ModelInfo, link_model
-from kiln.build.package import Package
-from kiln.targets import get_target
 
-SOURCE = Path(__file__).parent / "runtime" / "data" / "tiny_model.c"
-INFO = ModelInfo(
-    "tiny",
-    inputs=[("x", "float32", (2, 4)), ("mode", "int32", (1,))],
-    outputs=[("y", "float32", (2, 4)), ("probe", "int64", (1,))],
-    workspace_bytes=64,
-    kernel_names=["scale", "add_weights"],
-)
+sys.path.insert(0, str(Path(__file__).parent / "runtime"))
+import tinymodel  # noqa: E402
+from kiln.build import ModelInfo, Package  # noqa: E402
+
 MODES = {"ok": 0, "hang": 1, "segfault": 2, "error": 3}
 
 
-def default_weights() -> bytes:
-    return np.arange(16, dtype=np.float32).tobytes()
-
-
-def build(target: str, weights: bytes | Path | None = None, name: str = "tiny") -> Package:
-    t = get_target(target)
-    obj = toolchain.compile_source(t, SOURCE)
-    info = ModelInfo(name, INFO.inputs, INFO.outputs, INFO.workspace_bytes, INFO.kernel_names)
-    return Package.create(
-        t, info, link_model(t, obj, default_weights() if weights is None else weights, info)
-    )
+def build(target: str, weights: bytes | None = None, name: str = "tiny") -> Package:
+    """The tiny model for ``target``; ``weights`` replaces the constants blob (at least 33 bytes)."""
+    if weights is None and name == "tiny":
+        return tinymodel.tiny_package(target)
+    i = tinymodel.TINY_INFO
+    info = ModelInfo(name, i.inputs, i.outputs, i.workspace_bytes, i.kernel_names, i.operators)
+    blob = tinymodel.TINY_WEIGHTS if weights is None else weights
+    return Package.create(target, info, tinymodel.link_tiny(target, blob, info=info))
 
 
 def inputs(x: np.ndarray | None = None, mode: str = "ok") -> dict[str, np.ndarray]:
-    if x is None:
-        x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
-    return {"x": x.astype(np.float32), "mode": np.array([MODES[mode]], dtype=np.int32)}
+    feeds = tinymodel.tiny_inputs(mode=MODES[mode])
+    if x is not None:
+        feeds["x"] = np.asarray(x, dtype=np.float32)
+    return feeds
 
 
 def reference(feeds: dict[str, np.ndarray], weights: bytes | None = None) -> dict[str, np.ndarray]:
-    w = default_weights() if weights is None else weights
+    """Expected outputs for ``feeds`` with the given weights blob (default: tinymodel's)."""
+    w = tinymodel.TINY_WEIGHTS if weights is None else weights
     wf = np.frombuffer(w[:32], dtype=np.float32).reshape(2, 4)
-    return {"y": feeds["x"] * 2 + wf, "probe": np.array([w[32]], dtype=np.int64)}
+    return {"y": feeds["x"] * np.float32(2) + wf, "probe": np.array([w[32]], dtype=np.int64)}
