@@ -100,8 +100,18 @@ def compile_c(
     includes = [f"-I{d}" for d in (runtime_c.INCLUDE_DIR, *include_dirs)]
     cflags = CFLAGS if source.suffix == ".c" else ("-g0",)
     run_tool(
-        [*zig(), "cc", *target_flags(target), *cflags, *includes, *flags, "-c", source.name,
-         "-o", str(output.resolve())],
+        [
+            *zig(),
+            "cc",
+            *target_flags(target),
+            *cflags,
+            *includes,
+            *flags,
+            "-c",
+            source.name,
+            "-o",
+            str(output.resolve()),
+        ],
         cwd=source.parent,
     )
     return output
@@ -138,8 +148,16 @@ def cache_dir() -> Path:
 
 def runtime_key(target: Target) -> str:
     """Cache key: everything that changes the compiled runtime."""
-    parts = [target.name, target.zig_target, target.zig_cpu, target.os, runtime_c.runtime_hash(),
-             shlex.join(CFLAGS), zig_version()]
+    parts = [
+        target.name,
+        target.zig_target,
+        target.zig_cpu,
+        target.os,
+        runtime_c.runtime_hash(),
+        shlex.join(CFLAGS),
+        shlex.join(runtime_defines(target)),
+        zig_version(),
+    ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
@@ -162,8 +180,24 @@ def runtime_build(target: Target) -> RuntimeBuild:
     return RuntimeBuild(final, objects, final / "libkiln_runtime.a", main if main.exists() else None)
 
 
+def runtime_defines(target: Target) -> list[str]:
+    """``-D`` flags from the target's optional ``runtime_defines = ["NAME=VALUE", ...]``, which override the
+    limits in ``kiln/config.h`` (e.g. a smaller ``KILN_ENDPOINT_MAX_PAYLOAD`` for a microcontroller)."""
+    defines = target.extra.get("runtime_defines", [])
+    valid = isinstance(defines, list) and all(isinstance(d, str) and d.startswith("KILN_") for d in defines)
+    if not valid:
+        raise ToolchainError(
+            f"target {target.name}: runtime_defines must be a list of 'KILN_NAME=VALUE' strings, "
+            f"got {defines!r}"
+        )
+    return [f"-D{d}" for d in defines]
+
+
 def _build_runtime(target: Target, out: Path) -> None:
-    objects = [compile_c(target, src, out / f"kiln_{src.stem}.o") for src in runtime_c.sources(target.os)]
+    flags = runtime_defines(target)
+    srcs = runtime_c.sources(target.os)
+    objects = [compile_c(target, src, out / f"kiln_{src.stem}.o", flags=flags) for src in srcs]
     archive(objects, out / "libkiln_runtime.a")
     if target.os == "linux":
-        compile_c(target, runtime_c.SOURCE_DIR / runtime_c.RUNNER_MAIN, out / "kiln_runner_main.o")
+        main = runtime_c.SOURCE_DIR / runtime_c.RUNNER_MAIN
+        compile_c(target, main, out / "kiln_runner_main.o", flags=flags)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,14 +16,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kiln.build import ModelInfo, Package
 from kiln.rpc import protocol
 from kiln.rpc.launchers import LocalLauncher
 from kiln.rpc.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError, Session, encode_frame
+from kiln.targets import get_target
 from tinymodel import (
     COPY_N,
     TINY_INFO,
     TINY_PROBE_BYTE,
     copy_package,
+    link_tiny,
     tiny_expected,
     tiny_inputs,
     tiny_package,
@@ -59,15 +63,14 @@ def raw_call(s: Session, data: bytes) -> tuple[int, bytes]:
     return s.receive()
 
 
-def expect_error(s: Session, data: bytes, status: int) -> str:
+def expect_error(s: Session, data: bytes, status: int, model: str = "tiny") -> str:
     """Sends raw bytes, expects one ERROR reply with ``status``, then checks that the runner still serves."""
     msg_type, payload = raw_call(s, data)
     assert msg_type == protocol.MSG_ERROR
     err = protocol.error_from_reply(payload, 0)
     assert err.status == status, str(err)
-    assert s.info().name == "tiny"
     s._info = None  # noqa: SLF001 - ask the device again, not the cache
-    assert s.info().name == "tiny"
+    assert s.info().name == model
     return str(err)
 
 
@@ -320,3 +323,28 @@ def test_kill_from_another_thread_unblocks_a_call(tiny_dir: Path) -> None:
         threading.Timer(0.3, s.kill).start()
         with pytest.raises(DeviceLost, match="SIGKILL"):
             s.run()
+
+
+# ---- a device with small frames (as a microcontroller would have): everything is paged
+
+
+def test_a_device_with_small_frames_pages_everything() -> None:
+    small = dataclasses.replace(
+        get_target(NATIVE),
+        name="x86_64-linux-256-byte-frames",
+        extra={"runtime_defines": ["KILN_ENDPOINT_MAX_PAYLOAD=256u", "KILN_PROFILE_MAX_RECORDS=150u"]},
+    )
+    names = ["scale", "add_weights", *(f"an_unused_kernel_with_a_long_name_{i}" for i in range(40))]
+    info = ModelInfo("paged", TINY_INFO.inputs, TINY_INFO.outputs, 32, names)
+    pkg = Package.create(small, info, link_tiny(small, info=info))
+    with pkg.open_session(LocalLauncher(small)) as s:
+        assert s.info().max_payload == 256 and s.info().kernel_names == tuple(names)  # INFO in 8 pages
+        inputs = tiny_inputs(2)
+        np.testing.assert_allclose(s.run(inputs)["y"], tiny_expected(inputs), rtol=1e-6)
+        s.set_inputs(tiny_inputs(mode=5))
+        prof = s.profile()  # 150 records in 14 pages, the rest counted as dropped
+        assert len(prof.calls) == 150 and prof.dropped == 51
+        assert {c.name for c in prof.calls} == {"scale"}
+        assert "51 calls were not recorded" in prof.table()
+        frame = encode_frame(protocol.MSG_SET_INPUT, struct.pack("<IQQ", 0, 32, 0) + bytes(300))
+        assert "limit of 256" in expect_error(s, frame, ERR_PROTO_OVERSIZE, "paged")

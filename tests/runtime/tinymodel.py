@@ -2,7 +2,8 @@
 
 ``tiny``: x float32[2,4], mode int32[1] -> y = x*2 + w (w = weights[0:8] as float32), probe int64[1]
 (the weights byte at PROBE_OFFSET, or with mode 4 the weights' address modulo 64); kernels "scale" (2 calls)
-and "add_weights". Modes 1/2/3 hang, segfault, or make the entry return an error.
+and "add_weights". Modes 1/2/3 hang, segfault, or make the entry return an error; mode 5 calls "scale"
+200 times.
 ``copy``: x float32[300000] -> y = x + 1; no weights, workspace or kernels; its tensors span several frames.
 """
 
@@ -47,8 +48,8 @@ def tiny_expected(inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 
 @functools.cache
-def tiny_object(target: str, probe_offset: int = 32) -> bytes:
-    return compile_source(get_target(target), DATA / "tiny_model.c", flags=[f"-DPROBE_OFFSET={probe_offset}"])
+def tiny_object(target: Target, probe_offset: int = 32) -> bytes:
+    return compile_source(target, DATA / "tiny_model.c", flags=[f"-DPROBE_OFFSET={probe_offset}"])
 
 
 def link_tiny(
@@ -58,7 +59,7 @@ def link_tiny(
     info: ModelInfo = TINY_INFO,
 ) -> LinkedModel:
     t = get_target(target)
-    return link_model(t, tiny_object(t.name, probe_offset), weights, info)
+    return link_model(t, tiny_object(t, probe_offset), weights, info)
 
 
 @functools.cache
