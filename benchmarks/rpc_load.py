@@ -91,7 +91,9 @@ def run(
     from kiln.rpc.tracker import Tracker, TrackerServer
 
     security = server_security(TOKEN)
-    tracker = TrackerServer(Tracker(heartbeat_interval=heartbeat, lease_ttl=30.0), security).start()
+    tracker = TrackerServer(
+        Tracker(heartbeat_interval=heartbeat, liveness=10 * heartbeat, lease_ttl=30.0), security
+    ).start()
     names = ["hot", "hot"] + [f"k{i % keys}" for i in range(devices - 2)]
     servers = [
         DeviceServer(

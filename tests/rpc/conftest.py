@@ -27,6 +27,7 @@ def make_tracker(token: str) -> Iterator[Callable[..., TrackerServer]]:
 
     def make(port: int = 0, **kw: Any) -> TrackerServer:
         kw.setdefault("heartbeat_interval", 0.2)
+        kw.setdefault("liveness", 3.0)  # generous unless a test is about liveness: CI machines are busy
         kw.setdefault("lease_ttl", 2.0)
         srv = TrackerServer(Tracker(**kw), server_security(token), port=port).start()
         servers.append(srv)

@@ -26,7 +26,7 @@ def test_tracker_refuses_to_start_without_token(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_tracker_and_devices_table(token: str) -> None:
-    tr = FarmProcess("tracker", "--port", "0", "--heartbeat-interval", "0.2")
+    tr = FarmProcess("tracker", "--port", "0", "--heartbeat-interval", "0.2", "--liveness", "3")
     try:
         agents = [
             TrackerAgent(

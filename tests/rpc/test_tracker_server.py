@@ -122,7 +122,7 @@ def test_message_size_bound(make_tracker: Callable[..., TrackerServer], token: s
 def test_dead_device_is_dropped_and_lease_freed(
     make_tracker: Callable[..., TrackerServer], token: str
 ) -> None:
-    srv = make_tracker(heartbeat_interval=0.1)  # liveness window 0.3 s
+    srv = make_tracker(heartbeat_interval=0.1, liveness=0.3)
     a = agent(srv, "k", 5001, token)
     tr = kiln.rpc.connect(srv.address)
     dev = tr.request("k", timeout=5)
@@ -137,7 +137,7 @@ def test_dead_device_is_dropped_and_lease_freed(
 def test_killed_client_lease_expires_to_next_in_queue(
     make_tracker: Callable[..., TrackerServer], token: str
 ) -> None:
-    srv = make_tracker(lease_ttl=1.0)
+    srv = make_tracker(lease_ttl=1.5)
     a = agent(srv, "k", 5001, token)
     holder = subprocess.Popen(
         [
@@ -157,7 +157,7 @@ def test_killed_client_lease_expires_to_next_in_queue(
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "leased"
         tr = kiln.rpc.connect(srv.address, client="next")
-        time.sleep(1.5)  # the holder renews: its lease outlives the TTL while it lives
+        time.sleep(2.0)  # the holder renews: its lease outlives the TTL while it lives
         assert tr.devices()[0].lease_holder == "doomed"
         holder.kill()
         holder.wait()
@@ -165,7 +165,7 @@ def test_killed_client_lease_expires_to_next_in_queue(
         with tr.request("k", timeout=10) as dev:
             waited = time.monotonic() - t0
             assert dev.address == "127.0.0.1:5001"
-        assert waited <= 1.0 + 0.5 + 0.5  # TTL + sweep period + slack
+        assert waited <= 1.5 + 0.1 + 3.0  # TTL + sweep period + slack for a busy machine
         assert tr.stats().keys[0].leases_expired == 1
     finally:
         holder.kill()
