@@ -1,0 +1,594 @@
+"""ONNX -> kiln Module.
+
+Initializers become constants (including old-IR models that also list them as graph inputs); the remaining
+graph inputs become parameters (symbolic dims become :class:`Sym` unless bound by ``shapes``). Each ONNX node
+maps to kiln operators through one converter in :data:`CONVERTERS`; data-dependent ONNX inputs (shapes, axes,
+pads, starts...) must be constants and become attributes. Nodes whose inputs are all constants are folded
+right away with the operators' NumPy references, so shape arithmetic (Shape -> Gather -> Concat -> Reshape),
+ConstantOfShape and Range disappear at import. Unsupported operators are reported all at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorType, Value, Var
+from ..ir.types import dtype_of
+from ..ops import get_op
+from ..transform.fold_constants import fold_node
+
+
+class ModelLoadError(ValueError):
+    """The file is not a readable ONNX model."""
+
+
+class UnsupportedOperatorError(ValueError):
+    """The model uses operators kiln cannot import; the message lists every one with its node names."""
+
+
+class ImportErrorInNode(ValueError):
+    """A supported operator was used in a way kiln cannot import (message names the node)."""
+
+
+# ONNX TensorProto element type -> kiln dtype
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+                11: "float64"}
+
+
+class _Importer:
+    def __init__(self, graph: onnx.GraphProto, opset: int) -> None:
+        self.graph = graph
+        self.opset = opset
+        self.env: dict[str, Value] = {}
+        self.nodes: list[Node] = []
+        self.node_name = ""
+
+    # ---- helpers for converters
+    def emit(self, op: str, inputs: Sequence[Value], out_names: Sequence[str], **attrs: Any) -> list[Value]:
+        types = get_op(op).infer([v.type for v in inputs], attrs)
+        outs = tuple(Var(n, t) for n, t in zip(out_names, types, strict=True))
+        node = Node(op, tuple(inputs), outs, attrs, self.node_name)
+        folded = fold_node(node)
+        if folded is not None:
+            return list(folded)
+        self.nodes.append(node)
+        return list(outs)
+
+    def tmp(self, base: str) -> str:
+        return f"{base}__{len(self.nodes)}_{id(self) % 997}"
+
+    def const_input(self, v: Value | None, what: str) -> np.ndarray:
+        if v is None:
+            raise self.fail(f"needs {what}")
+        if not isinstance(v, Constant):
+            raise self.fail(f"{what} must be a constant (it is computed at run time from {v.name!r})")
+        return v.data
+
+    def fail(self, msg: str) -> ImportErrorInNode:
+        return ImportErrorInNode(f"node {self.node_name!r}: {msg}")
+
+
+Converter = Callable[[_Importer, list[Value | None], dict[str, Any], list[str]], list[Value]]
+CONVERTERS: dict[str, Converter] = {}
+
+
+def converter(*names: str) -> Callable[[Converter], Converter]:
+    def deco(fn: Converter) -> Converter:
+        for n in names:
+            CONVERTERS[n] = fn
+        return fn
+
+    return deco
+
+
+def _a(inputs: list[Value | None], i: int) -> Value:
+    v = inputs[i] if i < len(inputs) else None
+    if v is None:
+        raise ValueError(f"missing input {i}")
+    return v
+
+
+# ------------------------------------------------------------------------------------------------ converters
+_ELEMENTWISE = {
+    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "maximum", "Min": "minimum",
+    "Relu": "relu", "Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Tanh": "tanh",
+    "Erf": "erf", "Floor": "floor", "Ceil": "ceil", "Reciprocal": "reciprocal", "Sigmoid": "sigmoid",
+    "Equal": "equal", "Less": "less", "Greater": "greater", "Where": "where", "HardSigmoid": "hard_sigmoid",
+    "HardSwish": "hard_swish", "LeakyRelu": "leaky_relu", "Gelu": "gelu",
+}
+
+
+@converter(*_ELEMENTWISE)
+def _elementwise(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    op = _ELEMENTWISE[im.op_type]  # type: ignore[attr-defined]
+    vals = [v for v in ins if v is not None]
+    if op in ("maximum", "minimum") and len(vals) > 2:  # variadic Max/Min
+        acc = vals[0]
+        for v in vals[1:-1]:
+            acc = im.emit(op, [acc, v], [im.tmp(outs[0])])[0]
+        return im.emit(op, [acc, vals[-1]], outs)
+    keep = {k: attrs[k] for k in ("alpha", "beta", "approximate") if k in attrs}
+    return im.emit(op, vals, outs, **keep)
+
+
+@converter("Sum")
+def _sum(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    vals = [v for v in ins if v is not None]
+    if len(vals) == 1:
+        return im.emit("identity", vals, outs)
+    acc = vals[0]
+    for v in vals[1:-1]:
+        acc = im.emit("add", [acc, v], [im.tmp(outs[0])])[0]
+    return im.emit("add", [acc, vals[-1]], outs)
+
+
+@converter("Identity", "Dropout")
+def _identity(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    res: list[Value] = [x]
+    if len(outs) > 1 and outs[1]:  # Dropout's mask output: all ones in inference
+        res.append(Constant(outs[1], np.ones(x.type.static_shape, dtype=bool)))
+    return res
+
+
+@converter("Clip")
+def _clip(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    lo = attrs.get("min", -np.inf)
+    hi = attrs.get("max", np.inf)
+    if len(ins) > 1 and ins[1] is not None:
+        lo = float(im.const_input(ins[1], "min"))
+    if len(ins) > 2 and ins[2] is not None:
+        hi = float(im.const_input(ins[2], "max"))
+    return im.emit("clip", [_a(ins, 0)], outs, min=float(lo), max=float(hi))
+
+
+@converter("Cast")
+def _cast(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    to = _ONNX_DTYPES.get(int(attrs["to"]))
+    if to is None:
+        raise im.fail(f"casting to ONNX type {attrs['to']} is not supported")
+    return im.emit("cast", [_a(ins, 0)], outs, to=to)
+
+
+def _conv_pads(im: _Importer, attrs: dict[str, Any], in_hw: Sequence[Any], k: Sequence[int],
+               s: Sequence[int], d: Sequence[int]) -> tuple[int, ...]:
+    auto = attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    if auto in ("NOTSET", ""):
+        p = list(attrs.get("pads", [0] * (2 * len(k))))
+        return tuple(p)
+    if auto == "VALID":
+        return (0,) * (2 * len(k))
+    pads_b, pads_e = [], []
+    for size, kk, ss, dd in zip(in_hw, k, s, d, strict=True):
+        if not isinstance(size, int):
+            raise im.fail("auto_pad SAME needs static spatial sizes")
+        out = -(-size // ss)
+        total = max(0, (out - 1) * ss + (kk - 1) * dd + 1 - size)
+        small, big = total // 2, total - total // 2
+        pads_b.append(small if auto == "SAME_UPPER" else big)
+        pads_e.append(big if auto == "SAME_UPPER" else small)
+    return tuple(pads_b + pads_e)
+
+
+def _to_2d(p: Sequence[int]) -> tuple[int, int, int, int]:
+    return (p[0], p[1], p[2], p[3])
+
+
+@converter("Conv")
+def _conv(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x, w = _a(ins, 0), _a(ins, 1)
+    b = ins[2] if len(ins) > 2 else None
+    k = list(attrs.get("kernel_shape", w.type.shape[2:]))
+    nd = len(k)
+    s = list(attrs.get("strides", [1] * nd))
+    d = list(attrs.get("dilations", [1] * nd))
+    pads = _conv_pads(im, attrs, x.type.shape[2:], k, s, d)
+    args = [x, w] + ([b] if b is not None else [])
+    if nd == 2:
+        return im.emit("conv2d", args, outs, strides=tuple(s), pads=_to_2d(pads), dilations=tuple(d),
+                       groups=int(attrs.get("group", 1)))
+    if nd == 1:  # 1-D convolution as 2-D with a unit height
+        x2 = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(*x.type.shape[:2], 1, x.type.shape[2]))[0]
+        w2 = im.emit("reshape", [w], [im.tmp(outs[0])], shape=(*w.type.shape[:2], 1, w.type.shape[2]))[0]
+        y = im.emit("conv2d", [x2, w2, *args[2:]], [im.tmp(outs[0])], strides=(1, s[0]),
+                    pads=(0, pads[0], 0, pads[1]), dilations=(1, d[0]), groups=int(attrs.get("group", 1)))[0]
+        shp = y.type.shape
+        return im.emit("reshape", [y], outs, shape=(shp[0], shp[1], shp[3]))
+    raise im.fail(f"{nd}-D convolution is not supported (1-D and 2-D are)")
+
+
+@converter("Gemm")
+def _gemm(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    a, b = _a(ins, 0), _a(ins, 1)
+    c = ins[2] if len(ins) > 2 else None
+    if attrs.get("transA", 0):
+        a = im.emit("transpose", [a], [im.tmp(outs[0])], perm=(1, 0))[0]
+    if attrs.get("transB", 0):
+        b = im.emit("transpose", [b], [im.tmp(outs[0])], perm=(1, 0))[0]
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    if alpha != 1.0:
+        b = im.emit("mul", [b, Constant(im.tmp("alpha"), np.array(alpha, "f4"))], [im.tmp(outs[0])])[0]
+    if c is None:
+        return im.emit("matmul", [a, b], outs)
+    y = im.emit("matmul", [a, b], [im.tmp(outs[0])])[0]
+    if beta != 1.0:
+        c = im.emit("mul", [c, Constant(im.tmp("beta"), np.array(beta, "f4"))], [im.tmp(outs[0])])[0]
+    return im.emit("add", [y, c], outs)
+
+
+@converter("MatMul")
+def _matmul(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit("matmul", [_a(ins, 0), _a(ins, 1)], outs)
+
+
+@converter("BatchNormalization")
+def _bn(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit("batch_norm", [_a(ins, i) for i in range(5)], outs[:1], epsilon=float(attrs.get("epsilon", 1e-5)))
+
+
+def _pool(im: _Importer, op: str, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    k = list(attrs["kernel_shape"])
+    if len(k) != 2:
+        raise im.fail(f"{len(k)}-D pooling is not supported (2-D is)")
+    s = list(attrs.get("strides", [1, 1]))
+    d = list(attrs.get("dilations", [1, 1]))
+    pads = _conv_pads(im, attrs, x.type.shape[2:], k, s, d)
+    extra = {"count_include_pad": int(attrs.get("count_include_pad", 0))} if op == "avg_pool2d" else {
+        "dilations": tuple(d)}
+    return im.emit(op, [x], outs[:1], kernel=tuple(k), strides=tuple(s), pads=_to_2d(pads),
+                   ceil_mode=int(attrs.get("ceil_mode", 0)), **extra)
+
+
+@converter("MaxPool")
+def _maxpool(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    if len(outs) > 1 and outs[1]:
+        raise im.fail("MaxPool's Indices output is not supported")
+    return _pool(im, "max_pool2d", ins, attrs, outs)
+
+
+@converter("AveragePool")
+def _avgpool(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return _pool(im, "avg_pool2d", ins, attrs, outs)
+
+
+@converter("GlobalAveragePool")
+def _gap(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit("global_avg_pool2d", [_a(ins, 0)], outs)
+
+
+@converter("GlobalMaxPool")
+def _gmp(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    return im.emit("reduce_max", [x], outs, axes=tuple(range(2, x.type.ndim)), keepdims=1)
+
+
+@converter("LRN")
+def _lrn(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit("lrn", [_a(ins, 0)], outs, size=int(attrs["size"]), alpha=float(attrs.get("alpha", 1e-4)),
+                   beta=float(attrs.get("beta", 0.75)), bias=float(attrs.get("bias", 1.0)))
+
+
+@converter("Softmax", "LogSoftmax")
+def _softmax(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    op = "softmax" if im.op_type == "Softmax" else "log_softmax"  # type: ignore[attr-defined]
+    if im.opset >= 13:
+        return im.emit(op, [x], outs, axis=int(attrs.get("axis", -1)))
+    # opset < 13: flatten to 2-D at `axis` (default 1), softmax over the second dimension, reshape back
+    axis = int(attrs.get("axis", 1)) % max(x.type.ndim, 1)
+    shape = x.type.static_shape
+    if axis == x.type.ndim - 1:
+        return im.emit(op, [x], outs, axis=-1)
+    rows = int(np.prod(shape[:axis]))
+    flat = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(rows, int(np.prod(shape[axis:]))))[0]
+    y = im.emit(op, [flat], [im.tmp(outs[0])], axis=-1)[0]
+    return im.emit("reshape", [y], outs, shape=shape)
+
+
+def _resolve_shape(im: _Importer, x: Value, shape: Sequence[int], allowzero: bool) -> tuple[int, ...]:
+    src = x.type.static_shape
+    out = [src[i] if (d == 0 and not allowzero) else int(d) for i, d in enumerate(shape)]
+    if -1 in out:
+        known = int(np.prod([d for d in out if d != -1]))
+        out[out.index(-1)] = int(np.prod(src)) // max(known, 1)
+    return tuple(out)
+
+
+@converter("Reshape")
+def _reshape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    shape = [int(d) for d in im.const_input(ins[1], "the target shape").reshape(-1)]
+    return im.emit("reshape", [x], outs, shape=_resolve_shape(im, x, shape, bool(attrs.get("allowzero", 0))))
+
+
+@converter("Flatten")
+def _flatten(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    shape = x.type.static_shape
+    axis = int(attrs.get("axis", 1)) % (len(shape) + 1) if shape else 0
+    return im.emit("reshape", [x], outs, shape=(int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))))
+
+
+def _axes_attr_or_input(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], i: int) -> list[int] | None:
+    if "axes" in attrs:
+        return [int(a) for a in attrs["axes"]]
+    if len(ins) > i and ins[i] is not None:
+        return [int(a) for a in im.const_input(ins[i], "axes").reshape(-1)]
+    return None
+
+
+@converter("Squeeze")
+def _squeeze(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    shape = x.type.static_shape
+    axes = _axes_attr_or_input(im, ins, attrs, 1)
+    drop = {a % len(shape) for a in axes} if axes is not None else {i for i, d in enumerate(shape) if d == 1}
+    return im.emit("reshape", [x], outs, shape=tuple(d for i, d in enumerate(shape) if i not in drop))
+
+
+@converter("Unsqueeze")
+def _unsqueeze(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    axes = _axes_attr_or_input(im, ins, attrs, 1) or []
+    shape = list(x.type.shape)
+    nd = len(shape) + len(axes)
+    for a in sorted(a % nd for a in axes):
+        shape.insert(a, 1)
+    return im.emit("reshape", [x], outs, shape=tuple(shape))
+
+
+@converter("Transpose")
+def _transpose(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    perm = tuple(int(p) for p in attrs.get("perm", reversed(range(x.type.ndim))))
+    return im.emit("transpose", [x], outs, perm=perm)
+
+
+@converter("Concat")
+def _concat(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    vals = [v for v in ins if v is not None and (not v.type.is_static or v.type.numel > 0 or v.type.ndim > 1)]
+    return im.emit("concat", vals, outs, axis=int(attrs["axis"]))
+
+
+@converter("Slice")
+def _slice(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    if im.opset < 10:
+        starts, ends = list(attrs["starts"]), list(attrs["ends"])
+        axes, steps = attrs.get("axes"), None
+    else:
+        starts = [int(v) for v in im.const_input(ins[1], "starts").reshape(-1)]
+        ends = [int(v) for v in im.const_input(ins[2], "ends").reshape(-1)]
+        axes = [int(v) for v in im.const_input(ins[3], "axes").reshape(-1)] if len(ins) > 3 and ins[3] else None
+        steps = [int(v) for v in im.const_input(ins[4], "steps").reshape(-1)] if len(ins) > 4 and ins[4] else None
+    big = 2**62
+    ends = [min(max(e, -big), big) for e in ends]
+    return im.emit("slice", [x], outs, starts=tuple(starts), ends=tuple(ends),
+                   axes=tuple(axes) if axes is not None else None, steps=tuple(steps) if steps else None)
+
+
+@converter("Split")
+def _split(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    axis = int(attrs.get("axis", 0))
+    dim = x.type.static_shape[axis]
+    if "split" in attrs:
+        sizes = [int(s) for s in attrs["split"]]
+    elif len(ins) > 1 and ins[1] is not None:
+        sizes = [int(s) for s in im.const_input(ins[1], "split sizes").reshape(-1)]
+    else:
+        n = int(attrs.get("num_outputs", len(outs)))
+        chunk = -(-dim // n)
+        sizes = [min(chunk, dim - i * chunk) for i in range(n)]
+    return im.emit("split", [x], outs, axis=axis, sizes=tuple(sizes))
+
+
+@converter("Gather")
+def _gather(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit("gather", [_a(ins, 0), _a(ins, 1)], outs, axis=int(attrs.get("axis", 0)))
+
+
+@converter("Pad")
+def _pad(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    mode = attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if im.opset < 11:
+        pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
+    else:
+        pads = [int(p) for p in im.const_input(ins[1], "pads").reshape(-1)]
+        value = float(im.const_input(ins[2], "constant value").reshape(())) if len(ins) > 2 and ins[2] else 0.0
+        if len(ins) > 3 and ins[3] is not None:
+            axes = [int(a) % x.type.ndim for a in im.const_input(ins[3], "axes").reshape(-1)]
+            full = [0] * (2 * x.type.ndim)
+            for j, a in enumerate(axes):
+                full[a], full[a + x.type.ndim] = pads[j], pads[j + len(axes)]
+            pads = full
+    return im.emit("pad", [x], outs, pads=tuple(pads), mode=mode, value=value)
+
+
+@converter("Expand")
+def _expand(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    shape = tuple(int(d) for d in im.const_input(ins[1], "the target shape").reshape(-1))
+    return im.emit("expand", [_a(ins, 0)], outs, shape=shape)
+
+
+@converter("ReduceMean", "ReduceSum", "ReduceMax")
+def _reduce(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    op = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max"}[im.op_type]  # type: ignore[attr-defined]
+    axes = _axes_attr_or_input(im, ins, attrs, 1)
+    if not axes and attrs.get("noop_with_empty_axes", 0):
+        return im.emit("identity", [_a(ins, 0)], outs)
+    return im.emit(op, [_a(ins, 0)], outs, axes=tuple(axes) if axes else None, keepdims=int(attrs.get("keepdims", 1)))
+
+
+@converter("LayerNormalization")
+def _layer_norm(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    args = [v for v in ins[:3] if v is not None]
+    return im.emit("layer_norm", args, outs[:1], axis=int(attrs.get("axis", -1)),
+                   epsilon=float(attrs.get("epsilon", 1e-5)))
+
+
+# ---- ONNX operators that only ever compute shapes/constants: evaluated here when their inputs are constant
+@converter("Shape")
+def _shape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    if not x.type.is_static:
+        raise im.fail(f"Shape of {x.name!r} with symbolic shape {x.type}; bind its dimensions with shapes=")
+    shape = np.array(x.type.static_shape, dtype=np.int64)
+    start, end = attrs.get("start", 0), attrs.get("end", len(shape))
+    return [Constant(outs[0], shape[start:end])]
+
+
+@converter("Size")
+def _size(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return [Constant(outs[0], np.array(_a(ins, 0).type.numel, dtype=np.int64))]
+
+
+@converter("Constant")
+def _constant(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    if "value" in attrs:
+        return [Constant(outs[0], attrs["value"])]
+    for key, dt in (("value_float", "f4"), ("value_int", "i8"), ("value_floats", "f4"), ("value_ints", "i8")):
+        if key in attrs:
+            return [Constant(outs[0], np.array(attrs[key], dtype=dt))]
+    raise im.fail("unsupported Constant attribute")
+
+
+@converter("ConstantOfShape")
+def _const_of_shape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    shape = tuple(int(d) for d in im.const_input(ins[0], "the shape").reshape(-1))
+    value = attrs.get("value", np.zeros(1, "f4"))
+    return [Constant(outs[0], np.full(shape, value.reshape(-1)[0], dtype=value.dtype))]
+
+
+@converter("Range")
+def _range(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    s, e, d = (im.const_input(ins[i], name) for i, name in enumerate(("start", "limit", "delta")))
+    return [Constant(outs[0], np.arange(s.item(), e.item(), d.item(), dtype=s.dtype))]
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        if isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, list) and v and isinstance(v[0], bytes):
+            v = [x.decode() for x in v]
+        out[a.name] = v
+    return out
+
+
+def _load(model: onnx.ModelProto | str | Path | bytes) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        if isinstance(model, bytes):
+            m = onnx.load_from_string(model)
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise ModelLoadError(f"{path}: no such file")
+            m = onnx.load(str(path))
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types for truncated files
+        where = "the given bytes" if isinstance(model, bytes) else str(model)
+        raise ModelLoadError(f"{where} is not a valid ONNX model (truncated or corrupt file?): {e}") from None
+    if not m.graph.node and not m.graph.output:
+        where = "the given bytes" if isinstance(model, bytes) else str(model)
+        raise ModelLoadError(f"{where} is not a valid ONNX model (it has no graph)")
+    return m
+
+
+def _value_type(vi: onnx.ValueInfoProto, shapes: dict[str, tuple[int, ...]]) -> TensorType:
+    tt = vi.type.tensor_type
+    dtype = _ONNX_DTYPES.get(tt.elem_type)
+    if dtype is None:
+        raise ImportErrorInNode(f"input {vi.name!r} has unsupported element type {tt.elem_type}")
+    if vi.name in shapes:
+        return TensorType(tuple(int(d) for d in shapes[vi.name]), dtype)
+    dims: list[int | Sym] = []
+    for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(Sym(d.dim_param or f"{vi.name}_d{i}"))
+    return TensorType(tuple(dims), dtype)
+
+
+def from_onnx(model: onnx.ModelProto | str | Path | bytes, shapes: dict[str, tuple[int, ...]] | None = None,
+              name: str | None = None) -> Module:
+    """Import an ONNX model (path, bytes or ModelProto) into a kiln Module with graph function ``main``."""
+    m = _load(model)
+    shapes = dict(shapes or {})
+    g = m.graph
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    unsupported: dict[str, list[str]] = {}
+    for n in g.node:
+        if n.op_type not in CONVERTERS or n.domain not in ("", "ai.onnx"):
+            unsupported.setdefault(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}",
+                                   []).append(n.name or n.output[0])
+    if unsupported:
+        parts = [f"{op} (nodes: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''})"
+                 for op, names in sorted(unsupported.items())]
+        raise UnsupportedOperatorError(f"unsupported ONNX operators: {'; '.join(parts)}")
+    im = _Importer(g, opset)
+    inits = {t.name for t in g.initializer}
+    for t in g.initializer:
+        arr = numpy_helper.to_array(t)
+        dtype_of(arr)  # rejects unsupported element types with a clear message
+        im.env[t.name] = Constant(t.name, arr)
+    params: list[Var] = []
+    for vi in g.input:
+        if vi.name in inits:
+            continue
+        v = Var(vi.name, _value_type(vi, shapes))
+        params.append(v)
+        im.env[vi.name] = v
+    unknown = sorted(set(shapes) - {p.name for p in params})
+    if unknown:
+        raise ValueError(f"shapes given for unknown inputs {unknown}; the model's inputs are "
+                         f"{[p.name for p in params]}")
+    for n in g.node:
+        im.node_name = n.name or n.output[0]
+        im.op_type = n.op_type  # type: ignore[attr-defined]
+        ins: list[Value | None] = []
+        for i in n.input:
+            if not i:
+                ins.append(None)
+            elif i in im.env:
+                ins.append(im.env[i])
+            else:
+                raise ImportErrorInNode(f"node {im.node_name!r}: input {i!r} is not defined before it")
+        try:
+            results = CONVERTERS[n.op_type](im, ins, _attrs(n), list(n.output))
+        except ImportErrorInNode:
+            raise
+        except (ValueError, KeyError, IndexError) as e:
+            raise ImportErrorInNode(f"node {im.node_name!r} ({n.op_type}): {e}") from e
+        for out_name, v in zip(n.output, results, strict=False):
+            if out_name:
+                im.env[out_name] = v
+    outputs: list[Value] = []
+    for o in g.output:
+        v = im.env[o.name]
+        if isinstance(v, Var) and v.name != o.name or v in params:
+            v = im.emit("identity", [v], [o.name])[0]
+        outputs.append(v)
+    model_name = name or g.name or "model"
+    main = GraphFunction("main", tuple(params), tuple(im.nodes), tuple(outputs), {"model_name": model_name})
+    return Module({"main": main})

@@ -1,0 +1,256 @@
+"""Reductions and the normalizations built on them: reduce_sum/mean/max, softmax, log_softmax, layer_norm.
+
+All share one loop structure (:func:`reduce_nest`): an outer nest over the kept dimensions and, per kept
+index, inner loops over the reduced ones accumulating into a local scalar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..ir import tensor as T
+from ..ir.types import TensorType
+from .base import LowerContext, OpDef, normalize_axis, register
+
+Index = tuple[T.Expr, ...]
+
+
+def _axes(attrs: dict[str, Any], ndim: int, op: str) -> list[int]:
+    axes = attrs.get("axes")
+    if axes is None or len(axes) == 0:
+        return list(range(ndim))
+    return sorted({normalize_axis(int(a), ndim, op) for a in axes})
+
+
+def reduce_nest(name: str, shape: Sequence[int], axes: Sequence[int], dtype: str,
+                init: float, update: Callable[[T.Expr, Index], T.Expr],
+                finish: Callable[[Index, T.Buffer], T.Stmt]) -> T.Stmt:
+    """For every kept index: ``acc = init; for reduced: acc = update(acc, full_index); finish(kept, acc)``.
+
+    ``finish`` receives the full-rank index with the reduced positions set to 0 and the accumulator buffer
+    (read it as ``acc[0]``)."""
+    kept = [d for d in range(len(shape)) if d not in axes]
+    acc = T.Buffer(f"{name}_acc", (1,), dtype, scope="local")
+
+    def outer(kidx: tuple[T.LoopVar, ...]) -> T.Stmt:
+        def full(ridx: Sequence[T.Expr]) -> Index:
+            it_k, it_r = iter(kidx), iter(ridx)
+            return tuple(next(it_r) if d in axes else next(it_k) for d in range(len(shape)))
+
+        def inner(ridx: tuple[T.LoopVar, ...]) -> T.Stmt:
+            return T.Store(acc, (T.IntImm(0),), update(acc[0], full(ridx)))
+
+        zero_idx = full([T.IntImm(0)] * len(axes))
+        return T.Allocate(acc, T.seq(
+            T.Store(acc, (T.IntImm(0),), T.const(init, dtype)),
+            T.loop_nest([shape[d] for d in axes], inner, prefix=f"{name}_r"),
+            finish(zero_idx, acc),
+        ))
+
+    if not kept:
+        return outer(())
+    return T.loop_nest([shape[d] for d in kept], outer, prefix=f"{name}_k")
+
+
+class Reduce(OpDef):
+    kind = "reduce"
+    init = 0.0
+
+    def combine(self, acc: T.Expr, x: T.Expr) -> T.Expr:
+        return acc + x
+
+    def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        x = inputs[0]
+        axes = _axes(attrs, x.ndim, self.name)
+        keep = bool(attrs.get("keepdims", 1))
+        shape = tuple((1 if d in axes else x.shape[d]) for d in range(x.ndim) if keep or d not in axes)
+        return [TensorType(shape, x.dtype)]
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
+        x = inputs[0]
+        axes = tuple(_axes(attrs, x.ndim, self.name))
+        r = self.np_reduce(x.astype(np.float64) if x.dtype.kind == "f" else x, axes, bool(attrs.get("keepdims", 1)))
+        return [np.asarray(r).astype(x.dtype)]
+
+    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
+              attrs: dict[str, Any]) -> T.Stmt:
+        x, out = ins[0], outs[0]
+        axes = _axes(attrs, x.ndim, self.name)
+        count = int(np.prod([x.shape[d] for d in axes])) if axes else 1
+        keep = bool(attrs.get("keepdims", 1))
+
+        def finish(idx: Index, acc: T.Buffer) -> T.Stmt:
+            oidx = tuple(idx[d] for d in range(x.ndim) if keep or d not in axes)
+            return T.Store(out, oidx, ctx.apply_epilogue(self.final(acc[0], count), oidx, None))
+
+        return reduce_nest(ctx.name, x.shape, axes, x.dtype, self.init,
+                           lambda acc, idx: self.combine(acc, x[idx]), finish)
+
+    def final(self, acc: T.Expr, count: int) -> T.Expr:
+        return acc
+
+
+class ReduceSum(Reduce):
+    name = "reduce_sum"
+
+    def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+        return np.sum(x, axis=axes, keepdims=keepdims)
+
+
+class ReduceMean(Reduce):
+    name = "reduce_mean"
+
+    def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+        return np.mean(x, axis=axes, keepdims=keepdims)
+
+    def final(self, acc: T.Expr, count: int) -> T.Expr:
+        return acc * (1.0 / count)
+
+
+class ReduceMax(Reduce):
+    name = "reduce_max"
+    init = -float("inf")
+
+    def combine(self, acc: T.Expr, x: T.Expr) -> T.Expr:
+        return T.maximum(acc, x)
+
+    def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
+        return np.max(x, axis=axes, keepdims=keepdims)
+
+
+class Softmax(OpDef):
+    """Softmax along ``axis`` (default -1), computed as exp(x - max) / sum; ``log`` variant below."""
+
+    name = "softmax"
+    kind = "opaque"
+    log = False
+
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        normalize_axis(int(attrs.get("axis", -1)), inputs[0].ndim, self.name)
+        return [inputs[0]]
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
+        x = inputs[0].astype(np.float64)
+        axis = int(attrs.get("axis", -1))
+        z = x - x.max(axis=axis, keepdims=True)
+        lse = np.log(np.exp(z).sum(axis=axis, keepdims=True))
+        r = z - lse if self.log else np.exp(z - lse)
+        return [r.astype(inputs[0].dtype)]
+
+    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
+              attrs: dict[str, Any]) -> T.Stmt:
+        x, out = ins[0], outs[0]
+        axis = normalize_axis(int(attrs.get("axis", -1)), x.ndim, self.name)
+        n = x.shape[axis]
+        dt = x.dtype
+
+        def at(idx: Index, j: T.Expr) -> Index:
+            return tuple(j if d == axis else i for d, i in enumerate(idx))
+
+        def finish_max(idx: Index, mx: T.Buffer) -> T.Stmt:
+            def normalize(s: T.Buffer) -> T.Stmt:
+                def write(j: T.LoopVar) -> T.Stmt:
+                    z = x[at(idx, j)] - mx[0]
+                    v = z - T.call("log", s[0]) if self.log else T.call("exp", z) * (1.0 / s[0])
+                    return T.Store(out, at(idx, j), ctx.apply_epilogue(v, at(idx, j), None))
+
+                return T.loop(n, write, name=f"{ctx.name}_w", kind="vectorized")
+
+            return _sum_then(ctx.name, n, dt, lambda j: T.call("exp", x[at(idx, j)] - mx[0]), normalize)
+
+        return reduce_nest(f"{ctx.name}_m", x.shape, [axis], dt, -float("inf"),
+                           lambda acc, full: T.maximum(acc, x[full]), finish_max)
+
+
+def _sum_then(name: str, n: int, dtype: str, term: Callable[[T.Expr], T.Expr],
+              then: Callable[[T.Buffer], T.Stmt]) -> T.Stmt:
+    """``s = sum_j term(j)`` over j < n into a local scalar, then ``then(s)``."""
+    s = T.Buffer(f"{name}_sum", (1,), dtype, scope="local")
+    zero = (T.IntImm(0),)
+    return T.Allocate(s, T.seq(
+        T.Store(s, zero, T.const(0.0, dtype)),
+        T.loop(n, lambda j: T.Store(s, zero, s[0] + term(j)), name=f"{name}_j"),
+        then(s),
+    ))
+
+
+class LogSoftmax(Softmax):
+    name = "log_softmax"
+    log = True
+
+
+class LayerNorm(OpDef):
+    """``(x - mean) / sqrt(var + epsilon) * scale (+ bias)`` over the axes from ``axis`` to the last."""
+
+    name = "layer_norm"
+    kind = "opaque"
+
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        normalize_axis(int(attrs.get("axis", -1)), inputs[0].ndim, self.name)
+        return [inputs[0]]
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
+        x = inputs[0].astype(np.float64)
+        axis = normalize_axis(int(attrs.get("axis", -1)), x.ndim, self.name)
+        axes = tuple(range(axis, x.ndim))
+        mean = x.mean(axis=axes, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+        y = (x - mean) / np.sqrt(var + float(attrs.get("epsilon", 1e-5))) * inputs[1]
+        if len(inputs) > 2:
+            y = y + inputs[2]
+        return [y.astype(inputs[0].dtype)]
+
+    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
+              attrs: dict[str, Any]) -> T.Stmt:
+        x, scale = ins[0], ins[1]
+        bias = ins[2] if len(ins) > 2 else None
+        out = outs[0]
+        axis = normalize_axis(int(attrs.get("axis", -1)), x.ndim, self.name)
+        inner = x.shape[axis:]
+        n = int(np.prod(inner))
+        eps = float(attrs.get("epsilon", 1e-5))
+        rows = int(np.prod(x.shape[:axis]))
+        xf = x.with_(shape=(rows, n), strides=())
+        of = out.with_(shape=(rows, n), strides=())
+        sf = scale.with_(shape=(scale.numel,), strides=())
+        bf = bias.with_(shape=(bias.numel,), strides=()) if bias is not None else None
+        width = scale.numel
+
+        def row(r: T.LoopVar) -> T.Stmt:
+            def with_mean(mean: T.Buffer) -> T.Stmt:
+                m = mean[0] * (1.0 / n)
+
+                def with_var(var: T.Buffer) -> T.Stmt:
+                    inv = 1.0 / T.call("sqrt", var[0] * (1.0 / n) + eps)
+
+                    def write(j: T.LoopVar) -> T.Stmt:
+                        k = j % width if width != n else j
+                        v = (xf[r, j] - m) * inv * sf[k]
+                        if bf is not None:
+                            v = v + bf[k]
+                        idx = _unflat(r, j, x.shape, axis)
+                        return T.Store(of, (r, j), ctx.apply_epilogue(v, idx, r * n + j))
+
+                    return T.loop(n, write, name=f"{ctx.name}_w", kind="vectorized")
+
+                return _sum_then(f"{ctx.name}_v", n, x.dtype, lambda j: (xf[r, j] - m) * (xf[r, j] - m), with_var)
+
+            return _sum_then(f"{ctx.name}_m", n, x.dtype, lambda j: xf[r, j], with_mean)
+
+        return T.loop(rows, row, name=f"{ctx.name}_r")
+
+
+def _unflat(r: T.Expr, j: T.Expr, shape: Sequence[int], axis: int) -> Index:
+    from .base import unflatten
+
+    return (*unflatten(r, shape[:axis]), *unflatten(j, shape[axis:]))
+
+
+for _op in (ReduceSum(), ReduceMean(), ReduceMax(), Softmax(), LogSoftmax(), LayerNorm()):
+    register(_op)
