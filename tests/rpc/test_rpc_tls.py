@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import kiln.rpc
@@ -130,3 +131,36 @@ def test_settings_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         server_security(token_file=tmp_path / "missing")
     with pytest.raises(AuthError, match="key"):
         TLSConfig(cert=str(f)).server_credentials()
+
+
+@pytest.mark.qemu
+def test_farm_over_tls(pki: dict[str, str], token: str, tiny_packages: dict[str, Any]) -> None:
+    import tinypkg
+    from kiln.rpc.launchers import make_launcher
+    from kiln.rpc.server import DeviceServer
+
+    server_tls = TLSConfig(cert=pki["server_cert"], key=pki["server_key"])
+    client_tls = TLSConfig(ca=pki["ca"])
+    tracker = TrackerServer(Tracker(heartbeat_interval=0.2), server_security(token, tls=server_tls)).start()
+    device = DeviceServer(
+        key="x86",
+        target="x86_64-linux",
+        launcher=make_launcher("local", "x86_64-linux"),
+        security=server_security(token, tls=server_tls),
+        tracker=tracker.address,
+        tracker_token=token,
+        tracker_tls=client_tls,
+        retry_interval=0.1,
+    ).start()
+    try:
+        assert device.agent is not None and device.agent.registered.wait(10)
+        with kiln.rpc.connect(tracker.address, tls=client_tls).request("x86", timeout=10) as dev:
+            feeds = tinypkg.inputs()
+            out = dev.load(tiny_packages["x86_64-linux"]).run(feeds)
+            assert (out["y"] == tinypkg.reference(feeds)["y"]).all()
+        with pytest.raises(RemoteError) as ei:  # plaintext to a TLS device server
+            kiln.rpc.connect_device(device.address).health()
+        assert ei.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        device.stop(grace=None)
+        tracker.stop(grace=None)
