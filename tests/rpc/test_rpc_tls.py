@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture
-def start(token: str) -> Callable[[TLSConfig], TrackerServer]:
+def start(token: str) -> Iterator[Callable[[TLSConfig], TrackerServer]]:
     servers: list[TrackerServer] = []
 
     def make(tls: TLSConfig) -> TrackerServer:
@@ -91,7 +91,7 @@ def start(token: str) -> Callable[[TLSConfig], TrackerServer]:
         servers.append(srv)
         return srv
 
-    yield make  # type: ignore[misc]
+    yield make
     for s in servers:
         s.stop(grace=None)
 
