@@ -14,6 +14,7 @@ with what the peer knows (exit status, signal, stderr). Both leave the session u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import struct
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol
 
 import numpy as np
-
 from kiln.rpc.profile import KernelCall, KernelStats, Profile
 
 MAGIC = b"KILN"
@@ -151,8 +151,10 @@ class DeviceInfo:
         kernels = tuple(r.string() for _ in range(r.unpack("<I")[0]))
         r.finish()
         if not MIN_PAYLOAD <= max_payload <= MAX_PAYLOAD:
-            raise ProtocolError(f"device reports a frame buffer of {max_payload} bytes, outside the protocol's "
-                                f"{MIN_PAYLOAD}..{MAX_PAYLOAD}")
+            raise ProtocolError(
+                f"device reports a frame buffer of {max_payload} bytes, outside the protocol's "
+                f"{MIN_PAYLOAD}..{MAX_PAYLOAD}"
+            )
         return cls(name, abi, max_payload, tps, workspace, weights, inputs, outputs, kernels)
 
 
@@ -183,7 +185,9 @@ class _Cursor:
         (nbytes,) = self.unpack("<Q")
         dtype = _DTYPE_NAMES.get((code, bits))
         if dtype is None or lanes != 1:
-            raise ProtocolError(f"tensor {name!r} has an unsupported dtype (code {code}, {bits} bits, {lanes} lanes)")
+            raise ProtocolError(
+                f"tensor {name!r} has an unsupported dtype (code {code}, {bits} bits, {lanes} lanes)"
+            )
         spec = TensorSpec(name, dtype, tuple(int(d) for d in shape))
         if spec.nbytes != nbytes:
             raise ProtocolError(f"tensor {name!r}: {nbytes} bytes do not match {dtype} {spec.shape}")
@@ -255,10 +259,8 @@ class _Stream:
 
     def close(self) -> None:
         for f in (self.writer, self.reader):
-            try:
+            with contextlib.suppress(OSError):
                 f.close()
-            except OSError:
-                pass
 
 
 def _fileno(f: Any) -> int | None:
@@ -328,8 +330,10 @@ class Session:
             head = self._stream.read_exact(HEADER.size, deadline)
             magic, version, msg_type, _, length = HEADER.unpack(head)
             if magic != MAGIC or version != PROTOCOL_VERSION:
-                self._fail_protocol(f"reply to {what} has a bad header {head!r} (expected magic {MAGIC!r}, "
-                                    f"version {PROTOCOL_VERSION})")
+                self._fail_protocol(
+                    f"reply to {what} has a bad header {head!r} (expected magic {MAGIC!r}, "
+                    f"version {PROTOCOL_VERSION})"
+                )
             if length > MAX_PAYLOAD:
                 self._fail_protocol(f"reply to {what} announces {length} bytes, over the {MAX_PAYLOAD} limit")
             payload = self._stream.read_exact(length, deadline)
@@ -349,7 +353,9 @@ class Session:
         if msg_type == MSG_ERROR:
             raise error_from_reply(reply, request)
         if msg_type != request | MSG_REPLY:
-            self._fail_protocol(f"expected the reply to {MESSAGE_NAMES.get(request)}, got type 0x{msg_type:02x}")
+            self._fail_protocol(
+                f"expected the reply to {MESSAGE_NAMES.get(request)}, got type 0x{msg_type:02x}"
+            )
         return reply
 
     # ---- messages
@@ -385,11 +391,15 @@ class Session:
         specs = {s.name: s for s in self.info().inputs}
         unknown = sorted(set(inputs) - set(specs))
         if unknown:
-            raise InputError(f"unknown input(s) {', '.join(map(repr, unknown))}; the model "
-                             f"{self.info().name!r} has inputs {', '.join(map(repr, specs))}")
+            raise InputError(
+                f"unknown input(s) {', '.join(map(repr, unknown))}; the model "
+                f"{self.info().name!r} has inputs {', '.join(map(repr, specs))}"
+            )
         missing = [s for name, s in specs.items() if name not in inputs]
         if complete and missing:
-            raise InputError("missing input(s) " + ", ".join(f"{s.name!r} ({s.dtype} {s.shape})" for s in missing))
+            raise InputError(
+                "missing input(s) " + ", ".join(f"{s.name!r} ({s.dtype} {s.shape})" for s in missing)
+            )
         for name, value in inputs.items():
             _check_array(specs[name], value)
         for name, value in inputs.items():
@@ -408,7 +418,9 @@ class Session:
             data += chunk
         return np.frombuffer(data, dtype=spec.numpy_dtype).reshape(spec.shape)
 
-    def run(self, inputs: Mapping[str, Any] | None = None, *, fetch_outputs: bool = True) -> dict[str, np.ndarray]:
+    def run(
+        self, inputs: Mapping[str, Any] | None = None, *, fetch_outputs: bool = True
+    ) -> dict[str, np.ndarray]:
         """Runs the model once, on ``inputs`` (all of them, by name) if given, else on the inputs set before.
         Returns the outputs by name (``{}`` when ``fetch_outputs`` is False)."""
         if inputs is not None:
@@ -429,15 +441,21 @@ class Session:
         one warm-up run, each repeat runs ``number`` times, growing ``number`` until a repeat lasts at least
         ``min_repeat_ms``. ``timeout`` (default: the session's) is extended by 3 x repeat x min_repeat_ms."""
         if number < 1 or repeat < 1 or min_repeat_ms < 0:
-            raise ValueError(f"time() needs number >= 1, repeat >= 1, min_repeat_ms >= 0; got {number}, "
-                             f"{repeat}, {min_repeat_ms}")
+            raise ValueError(
+                f"time() needs number >= 1, repeat >= 1, min_repeat_ms >= 0; got {number}, "
+                f"{repeat}, {min_repeat_ms}"
+            )
         base = self.timeout if timeout is _DEFAULT else timeout
         budget = None if base is None else base + 3.0 * repeat * min_repeat_ms / 1000.0
-        reply = _Cursor(self.call(MSG_TIME, struct.pack("<III", number, repeat, min_repeat_ms), timeout=budget))
+        reply = _Cursor(
+            self.call(MSG_TIME, struct.pack("<III", number, repeat, min_repeat_ms), timeout=budget)
+        )
         tps, count = reply.unpack("<QI")
         out = []
         for _ in range(count):
             runs, ticks = reply.unpack("<IQ")
+            if tps == 0 or runs == 0:
+                self._fail_protocol("TIME reply has zero ticks per second or zero runs")
             out.append(ticks / tps / runs)
         reply.finish()
         return out
@@ -450,7 +468,7 @@ class Session:
         while not calls or len(calls) < total:
             reply = _Cursor(self.call(MSG_PROFILE, struct.pack("<I", len(calls))))
             tps, total, dropped, first, count = reply.unpack("<QIIII")
-            if first != len(calls) or (count == 0 and len(calls) < total):
+            if tps == 0 or first != len(calls) or (count == 0 and len(calls) < total):
                 self._fail_protocol("PROFILE replies are inconsistent")
             for _ in range(count):
                 k, start, end = reply.unpack("<IQQ")
@@ -478,10 +496,8 @@ class Session:
         if self._closed:
             return
         if self._broken is None:
-            try:
+            with contextlib.suppress(DeviceError):
                 self.call(MSG_QUIT, timeout=min(5.0, self.timeout or 5.0))
-            except DeviceError:
-                pass
         self._closed = True
         self._stream.close()
         if self.peer is not None:
@@ -505,8 +521,10 @@ class Session:
         for i, spec in enumerate(specs):
             if key == i or key == spec.name:
                 return i, spec
-        raise InputError(f"model {self.info().name!r} has no {kind} {key!r}; its {kind}s are "
-                         f"{', '.join(repr(s.name) for s in specs)}")
+        raise InputError(
+            f"model {self.info().name!r} has no {kind} {key!r}; its {kind}s are "
+            f"{', '.join(repr(s.name) for s in specs)}"
+        )
 
     def _deadline(self, timeout: float | None) -> float | None:
         t = self.timeout if timeout is _DEFAULT else timeout
@@ -542,14 +560,18 @@ def error_from_reply(payload: bytes, request: int) -> DeviceError:
     text = payload[5:].decode("utf-8", errors="replace")
     what = MESSAGE_NAMES.get(answered or request, f"message 0x{answered:02x}")
     category = STATUS_CATEGORIES.get(status >> 8, "?")
-    return DeviceError(f"device rejected {what}: {text} (status 0x{status:04x}, {category})", status, answered)
+    return DeviceError(
+        f"device rejected {what}: {text} (status 0x{status:04x}, {category})", status, answered
+    )
 
 
 def _check_array(spec: TensorSpec, value: Any) -> bytes:
     arr = np.asarray(value)
     if arr.dtype != spec.numpy_dtype or arr.shape != spec.shape:
-        raise InputError(f"input {spec.name!r}: the model expects {spec.numpy_dtype} {spec.shape}, got "
-                         f"{arr.dtype} {arr.shape}")
+        raise InputError(
+            f"input {spec.name!r}: the model expects {spec.numpy_dtype} {spec.shape}, got "
+            f"{arr.dtype} {arr.shape}"
+        )
     return np.ascontiguousarray(arr).tobytes()
 
 

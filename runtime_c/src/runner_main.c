@@ -17,10 +17,11 @@
 #include "kiln/endpoint.h"
 #include "kiln/platform.h"
 
-static kiln_status_t fd_read(void *context, uint8_t *buffer, size_t capacity, size_t *out_len) {
-  int fd = *(const int *)context;
+/* The protocol stream: reads from stdin, writes to stdout. */
+static kiln_status_t stdin_read(void *context, uint8_t *buffer, size_t capacity, size_t *out_len) {
+  (void)context;
   for (;;) {
-    ssize_t n = read(fd, buffer, capacity);
+    ssize_t n = read(STDIN_FILENO, buffer, capacity);
     if (n >= 0) {
       *out_len = (size_t)n;
       return KILN_OK;
@@ -31,10 +32,10 @@ static kiln_status_t fd_read(void *context, uint8_t *buffer, size_t capacity, si
   }
 }
 
-static kiln_status_t fd_write(void *context, const uint8_t *data, size_t len) {
-  int fd = *(const int *)context;
+static kiln_status_t stdout_write(void *context, const uint8_t *data, size_t len) {
+  (void)context;
   while (len > 0) {
-    ssize_t n = write(fd, data, len);
+    ssize_t n = write(STDOUT_FILENO, data, len);
     if (n < 0 && errno == EINTR) {
       continue;
     }
@@ -45,20 +46,6 @@ static kiln_status_t fd_write(void *context, const uint8_t *data, size_t len) {
     len -= (size_t)n;
   }
   return KILN_OK;
-}
-
-/* One fd serves both directions of the stream: reads come from stdin, writes go to stdout. */
-typedef struct {
-  int in;
-  int out;
-} pipe_pair_t;
-
-static kiln_status_t pipe_read(void *context, uint8_t *buffer, size_t capacity, size_t *out_len) {
-  return fd_read(&((pipe_pair_t *)context)->in, buffer, capacity, out_len);
-}
-
-static kiln_status_t pipe_write(void *context, const uint8_t *data, size_t len) {
-  return fd_write(&((pipe_pair_t *)context)->out, data, len);
 }
 
 static void log_status(const char *what, kiln_status_t status) {
@@ -128,10 +115,9 @@ int main(int argc, char **argv) {
   }
   kiln_profiler_t profiler;
   (void)kiln_profiler_init(g_records, KILN_PROFILE_MAX_RECORDS, &profiler);
-  pipe_pair_t fds = {STDIN_FILENO, STDOUT_FILENO};
   kiln_endpoint_config_t config = {
       .model = &kiln_model,
-      .stream = {.context = &fds, .read = pipe_read, .write = pipe_write},
+      .stream = {.context = NULL, .read = stdin_read, .write = stdout_write},
       .frame = frame,
       .frame_bytes = KILN_ENDPOINT_MAX_PAYLOAD,
       .inputs = inputs,
