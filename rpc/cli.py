@@ -84,7 +84,7 @@ def _listen_args(p: argparse.ArgumentParser, port: int) -> None:
 
 def register(subparsers: Any) -> None:
     """Add the ``tracker``, ``serve`` and ``devices`` subcommands to an argparse subparsers object. Each sets
-    ``func`` (called with the parsed namespace, returns an exit code)."""
+    ``fn`` (called with the parsed namespace, returns an exit code)."""
     p = subparsers.add_parser("tracker", help="run a device-farm tracker", description=_TRACKER_DOC)
     _listen_args(p, 9190)
     p.add_argument("--heartbeat-interval", type=float, default=2.0, metavar="S", help="seconds (default 2)")
@@ -94,7 +94,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lease-ttl", type=float, default=30.0, metavar="S", help="lease TTL (default 30 s)")
     p.add_argument("--max-waiters", type=int, default=256, help="requests allowed to wait at once")
     _add_token_args(p, server=True)
-    p.set_defaults(func=cmd_tracker)
+    p.set_defaults(fn=cmd_tracker)
 
     p = subparsers.add_parser("serve", help="serve one device to a tracker", description=_SERVE_DOC)
     p.add_argument("--tracker", metavar="HOST:PORT", help="tracker to register with (none: direct use only)")
@@ -117,13 +117,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-runners", type=int, default=4, help="runner processes kept alive (default 4)")
     p.add_argument("--call-timeout", type=float, default=120.0, metavar="S", help="default per-call timeout")
     _add_token_args(p, server=True)
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(fn=cmd_serve)
 
     p = subparsers.add_parser("devices", help="list the devices of a tracker")
     p.add_argument("--tracker", required=True, metavar="HOST:PORT")
     p.add_argument("--stats", action="store_true", help="also print per-key statistics")
     _add_token_args(p, server=False)
-    p.set_defaults(func=cmd_devices)
+    p.set_defaults(fn=cmd_devices)
 
 
 _TRACKER_DOC = """Run a tracker that pools device servers and leases them to clients by key. Protocol rules
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
     )
-    return int(args.func(args))
+    return int(args.fn(args))
 
 
 if __name__ == "__main__":

@@ -73,3 +73,22 @@ def test_devices_wrong_token(token: str, monkeypatch: pytest.MonkeyPatch) -> Non
         assert "rejected the call (wrong RPC token)" in r.stderr
     finally:
         tr.kill()
+
+
+def test_kiln_cli_has_the_farm_commands(token: str) -> None:
+    """Through the top-level `kiln` CLI (kiln.cli), not just `python -m kiln.rpc.cli`."""
+    cli = pytest.importorskip("kiln.cli")
+    tr = FarmProcess("tracker", "--port", "0")
+    try:
+        code = "import sys; from kiln.cli import main; sys.exit(main(sys.argv[1:]))"
+        r = subprocess.run(
+            [sys.executable, "-c", code, "devices", "--tracker", tr.address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[:3] == ["key", "target", "launcher"]
+        assert cli is not None
+    finally:
+        tr.kill()
