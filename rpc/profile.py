@@ -71,7 +71,9 @@ class Profile:
         """The rows as a fixed-width text table (times in microseconds)."""
         rows = self.rows()
         width = max([len("kernel"), *(len(r.kernel) for r in rows)])
-        lines = [f"{'kernel':<{width}}  {'calls':>6}  {'total us':>11}  {'mean us':>10}  {'min us':>10}  {'%':>6}"]
+        lines = [
+            f"{'kernel':<{width}}  {'calls':>6}  {'total us':>11}  {'mean us':>10}  {'min us':>10}  {'%':>6}"
+        ]
         for r in rows:
             lines.append(
                 f"{r.kernel:<{width}}  {r.calls:>6}  {r.total_s * 1e6:>11.2f}  {r.mean_s * 1e6:>10.2f}  "
@@ -87,7 +89,13 @@ class Profile:
         t0 = min((c.start for c in self.calls), default=0)
         us = 1e6 / self.ticks_per_second
         events: list[dict[str, Any]] = [
-            {"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": self.model or "kiln model"}}
+            {
+                "name": "process_name",
+                "ph": "M",
+                "pid": 1,
+                "tid": 1,
+                "args": {"name": self.model or "kiln model"},
+            }
         ]
         for i, c in enumerate(self.calls):
             events.append(

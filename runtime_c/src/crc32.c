@@ -9,7 +9,7 @@ static const uint32_t kNibble[16] = {
     0xEDB88320u, 0xF00F9344u, 0xD6D6A3E8u, 0xCB61B38Cu, 0x9B64C2B0u, 0x86D3D2D4u, 0xA00AE278u, 0xBDBDF21Cu,
 };
 
-kiln_status_t kiln_crc32_update(uint32_t crc, const uint8_t *data, size_t len, uint32_t *out_crc) {
+kiln_status_t kiln_crc32_update(uint32_t crc, const uint8_t* data, size_t len, uint32_t* out_crc) {
   if (out_crc == NULL || (data == NULL && len > 0)) {
     return KILN_ERR_ARG_NULL;
   }

@@ -11,31 +11,33 @@ static const uint8_t kMagic[4] = {'K', 'I', 'L', 'N'};
 
 /* ---- little-endian encoding ---- */
 
-static void put_u32(uint8_t *p, uint32_t v) {
+static void put_u32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) {
     p[i] = (uint8_t)(v >> (8 * i));
   }
 }
 
-static void put_u64(uint8_t *p, uint64_t v) {
+static void put_u64(uint8_t* p, uint64_t v) {
   for (int i = 0; i < 8; ++i) {
     p[i] = (uint8_t)(v >> (8 * i));
   }
 }
 
-static uint32_t get_u32(const uint8_t *p) {
+static uint32_t get_u32(const uint8_t* p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static uint64_t get_u64(const uint8_t *p) { return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32; }
+static uint64_t get_u64(const uint8_t* p) {
+  return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+}
 
-static void copy_bytes(uint8_t *dst, const uint8_t *src, size_t n) {
+static void copy_bytes(uint8_t* dst, const uint8_t* src, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     dst[i] = src[i];
   }
 }
 
-static size_t text_length(const char *s) {
+static size_t text_length(const char* s) {
   size_t n = 0;
   while (s[n] != '\0') {
     ++n;
@@ -45,13 +47,13 @@ static size_t text_length(const char *s) {
 
 /* ---- ERROR message text ---- */
 
-static void msg_str(kiln_endpoint_t *ep, const char *s) {
+static void msg_str(kiln_endpoint_t* ep, const char* s) {
   while (*s != '\0' && ep->message_len < KILN_ENDPOINT_MESSAGE_BYTES) {
     ep->message[ep->message_len++] = *s++;
   }
 }
 
-static void msg_u64(kiln_endpoint_t *ep, uint64_t v) {
+static void msg_u64(kiln_endpoint_t* ep, uint64_t v) {
   char digits[21];
   size_t n = 0;
   do {
@@ -64,8 +66,8 @@ static void msg_u64(kiln_endpoint_t *ep, uint64_t v) {
 }
 
 /* "input 0 (x)" */
-static void msg_tensor(kiln_endpoint_t *ep, int is_output, uint32_t index) {
-  const kiln_model_t *m = ep->config.model;
+static void msg_tensor(kiln_endpoint_t* ep, int is_output, uint32_t index) {
+  const kiln_model_t* m = ep->config.model;
   msg_str(ep, is_output ? "output " : "input ");
   msg_u64(ep, index);
   msg_str(ep, " (");
@@ -73,7 +75,7 @@ static void msg_tensor(kiln_endpoint_t *ep, int is_output, uint32_t index) {
   msg_str(ep, ")");
 }
 
-static kiln_status_t fail_payload(kiln_endpoint_t *ep, size_t got, size_t want) {
+static kiln_status_t fail_payload(kiln_endpoint_t* ep, size_t got, size_t want) {
   msg_str(ep, "payload has ");
   msg_u64(ep, got);
   msg_str(ep, " bytes, this message needs ");
@@ -81,8 +83,8 @@ static kiln_status_t fail_payload(kiln_endpoint_t *ep, size_t got, size_t want) 
   return KILN_ERR_PROTO_PAYLOAD;
 }
 
-static kiln_status_t fail_status(kiln_endpoint_t *ep, const char *what, kiln_status_t status) {
-  const char *name = "unknown status";
+static kiln_status_t fail_status(kiln_endpoint_t* ep, const char* what, kiln_status_t status) {
+  const char* name = "unknown status";
   (void)kiln_status_describe(status, &name);
   msg_str(ep, what);
   msg_str(ep, ": ");
@@ -92,7 +94,7 @@ static kiln_status_t fail_status(kiln_endpoint_t *ep, const char *what, kiln_sta
 
 /* ---- stream ---- */
 
-static kiln_status_t read_some(kiln_endpoint_t *ep, uint8_t *buf, size_t n, size_t *out_got) {
+static kiln_status_t read_some(kiln_endpoint_t* ep, uint8_t* buf, size_t n, size_t* out_got) {
   size_t got = 0;
   kiln_status_t status = ep->config.stream.read(ep->config.stream.context, buf, n, &got);
   if (status != KILN_OK) {
@@ -106,7 +108,7 @@ static kiln_status_t read_some(kiln_endpoint_t *ep, uint8_t *buf, size_t n, size
 }
 
 /* Reads exactly n bytes; end of stream before that is KILN_ERR_IO_TRUNCATED. */
-static kiln_status_t read_exact(kiln_endpoint_t *ep, uint8_t *buf, size_t n) {
+static kiln_status_t read_exact(kiln_endpoint_t* ep, uint8_t* buf, size_t n) {
   while (n > 0) {
     size_t got = 0;
     kiln_status_t status = read_some(ep, buf, n, &got);
@@ -123,7 +125,7 @@ static kiln_status_t read_exact(kiln_endpoint_t *ep, uint8_t *buf, size_t n) {
 }
 
 /* Reads and drops n bytes through the frame buffer. */
-static kiln_status_t drain(kiln_endpoint_t *ep, uint64_t n) {
+static kiln_status_t drain(kiln_endpoint_t* ep, uint64_t n) {
   while (n > 0) {
     size_t chunk = n < ep->config.frame_bytes ? (size_t)n : ep->config.frame_bytes;
     kiln_status_t status = read_exact(ep, ep->config.frame, chunk);
@@ -135,12 +137,12 @@ static kiln_status_t drain(kiln_endpoint_t *ep, uint64_t n) {
   return KILN_OK;
 }
 
-static kiln_status_t write_all(kiln_endpoint_t *ep, const uint8_t *data, size_t len) {
+static kiln_status_t write_all(kiln_endpoint_t* ep, const uint8_t* data, size_t len) {
   return len == 0 ? KILN_OK : ep->config.stream.write(ep->config.stream.context, data, len);
 }
 
 /* Sends a frame whose payload is the first `len` bytes of the frame buffer. */
-static kiln_status_t write_frame(kiln_endpoint_t *ep, uint8_t type, size_t len) {
+static kiln_status_t write_frame(kiln_endpoint_t* ep, uint8_t type, size_t len) {
   uint8_t header[KILN_FRAME_HEADER_BYTES] = {0};
   copy_bytes(header, kMagic, 4);
   header[4] = (uint8_t)KILN_PROTOCOL_VERSION;
@@ -159,11 +161,11 @@ static kiln_status_t write_frame(kiln_endpoint_t *ep, uint8_t type, size_t len) 
 }
 
 /* Sends ERROR with ep->message (the frame buffer always has room: KILN_ENDPOINT_MIN_PAYLOAD > 5 + 160). */
-static kiln_status_t write_error(kiln_endpoint_t *ep, uint8_t request_type, kiln_status_t error) {
-  uint8_t *p = ep->config.frame;
+static kiln_status_t write_error(kiln_endpoint_t* ep, uint8_t request_type, kiln_status_t error) {
+  uint8_t* p = ep->config.frame;
   put_u32(p, (uint32_t)error);
   p[4] = request_type;
-  copy_bytes(p + 5, (const uint8_t *)ep->message, ep->message_len);
+  copy_bytes(p + 5, (const uint8_t*)ep->message, ep->message_len);
   size_t len = 5 + ep->message_len;
   ep->message_len = 0;
   return write_frame(ep, KILN_MSG_ERROR, len);
@@ -171,7 +173,7 @@ static kiln_status_t write_error(kiln_endpoint_t *ep, uint8_t request_type, kiln
 
 /* Reads a frame header, skipping bytes until the magic (one ERROR reply per skipped run). *out_eof is set
  * when the stream ends cleanly before a frame starts. */
-static kiln_status_t read_header(kiln_endpoint_t *ep, uint8_t header[KILN_FRAME_HEADER_BYTES], int *out_eof) {
+static kiln_status_t read_header(kiln_endpoint_t* ep, uint8_t header[KILN_FRAME_HEADER_BYTES], int* out_eof) {
   size_t matched = 0;
   int reported = 0;
   while (matched < sizeof(kMagic)) {
@@ -209,14 +211,14 @@ static kiln_status_t read_header(kiln_endpoint_t *ep, uint8_t header[KILN_FRAME_
 /* ---- INFO: a byte window over the info record ---- */
 
 typedef struct {
-  uint8_t *out;
+  uint8_t* out;
   size_t capacity;
   uint64_t skip; /* bytes of the record before the window */
   uint64_t pos;  /* bytes of the record produced so far */
   size_t written;
 } window_t;
 
-static void win_bytes(window_t *w, const uint8_t *data, size_t n) {
+static void win_bytes(window_t* w, const uint8_t* data, size_t n) {
   for (size_t i = 0; i < n; ++i, ++w->pos) {
     if (w->pos >= w->skip && w->written < w->capacity) {
       w->out[w->written++] = data[i];
@@ -224,29 +226,30 @@ static void win_bytes(window_t *w, const uint8_t *data, size_t n) {
   }
 }
 
-static void win_u32(window_t *w, uint32_t v) {
+static void win_u32(window_t* w, uint32_t v) {
   uint8_t b[4];
   put_u32(b, v);
   win_bytes(w, b, sizeof(b));
 }
 
-static void win_u64(window_t *w, uint64_t v) {
+static void win_u64(window_t* w, uint64_t v) {
   uint8_t b[8];
   put_u64(b, v);
   win_bytes(w, b, sizeof(b));
 }
 
-static void win_str(window_t *w, const char *s) {
+static void win_str(window_t* w, const char* s) {
   size_t n = text_length(s);
   win_u32(w, (uint32_t)n);
-  win_bytes(w, (const uint8_t *)s, n);
+  win_bytes(w, (const uint8_t*)s, n);
 }
 
-static void win_tensors(window_t *w, const kiln_tensor_info_t *tensors, uint32_t count) {
+static void win_tensors(window_t* w, const kiln_tensor_info_t* tensors, uint32_t count) {
   win_u32(w, count);
   for (uint32_t i = 0; i < count; ++i) {
-    const kiln_tensor_info_t *t = &tensors[i];
-    uint8_t dtype[4] = {t->dtype.code, t->dtype.bits, (uint8_t)t->dtype.lanes, (uint8_t)(t->dtype.lanes >> 8)};
+    const kiln_tensor_info_t* t = &tensors[i];
+    uint8_t dtype[4] = {t->dtype.code, t->dtype.bits, (uint8_t)t->dtype.lanes,
+                        (uint8_t)(t->dtype.lanes >> 8)};
     win_str(w, t->name);
     win_bytes(w, dtype, sizeof(dtype));
     win_u32(w, (uint32_t)t->ndim);
@@ -257,11 +260,11 @@ static void win_tensors(window_t *w, const kiln_tensor_info_t *tensors, uint32_t
   }
 }
 
-static kiln_status_t on_info(kiln_endpoint_t *ep, size_t len, size_t *out_reply) {
+static kiln_status_t on_info(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
   if (len != 4) {
     return fail_payload(ep, len, 4);
   }
-  const kiln_model_t *m = ep->config.model;
+  const kiln_model_t* m = ep->config.model;
   window_t w = {ep->config.frame + 4, ep->config.frame_bytes - 4, get_u32(ep->config.frame), 0, 0};
   win_u32(&w, KILN_ABI_VERSION);
   win_u32(&w, (uint32_t)ep->config.frame_bytes);
@@ -290,8 +293,8 @@ static kiln_status_t on_info(kiln_endpoint_t *ep, size_t len, size_t *out_reply)
 
 /* ---- tensors ---- */
 
-static kiln_status_t check_index(kiln_endpoint_t *ep, int is_output, uint32_t index) {
-  const kiln_model_t *m = ep->config.model;
+static kiln_status_t check_index(kiln_endpoint_t* ep, int is_output, uint32_t index) {
+  const kiln_model_t* m = ep->config.model;
   uint32_t count = is_output ? m->num_outputs : m->num_inputs;
   if (index < count) {
     return KILN_OK;
@@ -303,11 +306,11 @@ static kiln_status_t check_index(kiln_endpoint_t *ep, int is_output, uint32_t in
   return KILN_ERR_PROTO_INDEX;
 }
 
-static kiln_status_t on_set_input(kiln_endpoint_t *ep, size_t len, size_t *out_reply) {
+static kiln_status_t on_set_input(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
   if (len < 20) {
     return fail_payload(ep, len, 20);
   }
-  const uint8_t *p = ep->config.frame;
+  const uint8_t* p = ep->config.frame;
   uint32_t index = get_u32(p);
   uint64_t nbytes = get_u64(p + 4);
   uint64_t offset = get_u64(p + 12);
@@ -337,18 +340,18 @@ static kiln_status_t on_set_input(kiln_endpoint_t *ep, size_t len, size_t *out_r
     msg_str(ep, " bytes");
     return KILN_ERR_PROTO_SIZE;
   }
-  copy_bytes((uint8_t *)ep->config.inputs[index] + offset, p + 20, (size_t)n);
+  copy_bytes((uint8_t*)ep->config.inputs[index] + offset, p + 20, (size_t)n);
   *out_reply = 0;
   return KILN_OK;
 }
 
-static kiln_status_t run_model(kiln_endpoint_t *ep, kiln_profiler_t *prof) {
-  const kiln_endpoint_config_t *c = &ep->config;
+static kiln_status_t run_model(kiln_endpoint_t* ep, kiln_profiler_t* prof) {
+  const kiln_endpoint_config_t* c = &ep->config;
   kiln_status_t status = kiln_model_run(c->model, c->inputs, c->outputs, c->workspace, prof);
   return status == KILN_OK ? KILN_OK : fail_status(ep, "model run failed", status);
 }
 
-static kiln_status_t on_run(kiln_endpoint_t *ep, size_t len, size_t *out_reply) {
+static kiln_status_t on_run(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
   if (len != 0) {
     return fail_payload(ep, len, 0);
   }
@@ -359,11 +362,11 @@ static kiln_status_t on_run(kiln_endpoint_t *ep, size_t len, size_t *out_reply) 
   return status;
 }
 
-static kiln_status_t on_get_output(kiln_endpoint_t *ep, size_t len, size_t *out_reply) {
+static kiln_status_t on_get_output(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
   if (len != 12) {
     return fail_payload(ep, len, 12);
   }
-  uint8_t *p = ep->config.frame;
+  uint8_t* p = ep->config.frame;
   uint32_t index = get_u32(p);
   uint64_t offset = get_u64(p + 4);
   kiln_status_t status = check_index(ep, 1, index);
@@ -385,14 +388,14 @@ static kiln_status_t on_get_output(kiln_endpoint_t *ep, size_t len, size_t *out_
   uint64_t n = size - offset < room ? size - offset : room;
   put_u64(p, size);
   put_u64(p + 8, offset);
-  copy_bytes(p + 16, (const uint8_t *)ep->config.outputs[index] + offset, (size_t)n);
+  copy_bytes(p + 16, (const uint8_t*)ep->config.outputs[index] + offset, (size_t)n);
   *out_reply = 16 + (size_t)n;
   return KILN_OK;
 }
 
 /* ---- TIME and PROFILE ---- */
 
-static kiln_status_t need_clock(kiln_endpoint_t *ep) {
+static kiln_status_t need_clock(kiln_endpoint_t* ep) {
   if (ep->ticks_per_second != 0) {
     return KILN_OK;
   }
@@ -400,13 +403,13 @@ static kiln_status_t need_clock(kiln_endpoint_t *ep) {
   return KILN_ERR_PROTO_UNSUPPORTED;
 }
 
-static kiln_status_t ticks_now(kiln_endpoint_t *ep, uint64_t *out_ticks) {
+static kiln_status_t ticks_now(kiln_endpoint_t* ep, uint64_t* out_ticks) {
   kiln_status_t status = kiln_platform_ticks(out_ticks);
   return status == KILN_OK ? KILN_OK : fail_status(ep, "reading the clock failed", status);
 }
 
 /* Runs the model `number` times and writes the elapsed ticks to *out_ticks. */
-static kiln_status_t time_runs(kiln_endpoint_t *ep, uint32_t number, uint64_t *out_ticks) {
+static kiln_status_t time_runs(kiln_endpoint_t* ep, uint32_t number, uint64_t* out_ticks) {
   uint64_t start = 0;
   uint64_t end = 0;
   kiln_status_t status = ticks_now(ep, &start);
@@ -422,11 +425,11 @@ static kiln_status_t time_runs(kiln_endpoint_t *ep, uint32_t number, uint64_t *o
   return status;
 }
 
-static kiln_status_t on_time(kiln_endpoint_t *ep, size_t len, size_t *out_reply) {
+static kiln_status_t on_time(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
   if (len != 12) {
     return fail_payload(ep, len, 12);
   }
-  uint8_t *p = ep->config.frame;
+  uint8_t* p = ep->config.frame;
   uint32_t number = get_u32(p);
   uint32_t repeat = get_u32(p + 4);
   uint32_t min_repeat_ms = get_u32(p + 8);
@@ -472,13 +475,13 @@ static kiln_status_t on_time(kiln_endpoint_t *ep, size_t len, size_t *out_reply)
   return KILN_OK;
 }
 
-static kiln_status_t on_profile(kiln_endpoint_t *ep, size_t len, size_t *out_reply) {
+static kiln_status_t on_profile(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
   if (len != 4) {
     return fail_payload(ep, len, 4);
   }
-  uint8_t *p = ep->config.frame;
+  uint8_t* p = ep->config.frame;
   uint32_t first = get_u32(p);
-  kiln_profiler_t *prof = ep->config.profiler;
+  kiln_profiler_t* prof = ep->config.profiler;
   if (prof == NULL) {
     msg_str(ep, "this endpoint was started without a profiler buffer");
     return KILN_ERR_PROTO_UNSUPPORTED;
@@ -507,8 +510,8 @@ static kiln_status_t on_profile(kiln_endpoint_t *ep, size_t len, size_t *out_rep
   put_u32(p + 16, first);
   put_u32(p + 20, (uint32_t)n);
   for (size_t i = 0; i < n; ++i) {
-    const kiln_profile_record_t *r = &prof->records[first + i];
-    uint8_t *q = p + 24 + 20 * i;
+    const kiln_profile_record_t* r = &prof->records[first + i];
+    uint8_t* q = p + 24 + 20 * i;
     put_u32(q, r->kernel);
     put_u64(q + 4, r->start);
     put_u64(q + 12, (r->flags & KILN_PROFILE_OPEN) != 0 ? r->start : r->end);
@@ -519,7 +522,7 @@ static kiln_status_t on_profile(kiln_endpoint_t *ep, size_t len, size_t *out_rep
 
 /* ---- public API ---- */
 
-kiln_status_t kiln_endpoint_init(const kiln_endpoint_config_t *config, kiln_endpoint_t *out_endpoint) {
+kiln_status_t kiln_endpoint_init(const kiln_endpoint_config_t* config, kiln_endpoint_t* out_endpoint) {
   if (config == NULL || out_endpoint == NULL || config->model == NULL || config->frame == NULL ||
       config->stream.read == NULL || config->stream.write == NULL) {
     return KILN_ERR_ARG_NULL;
@@ -531,7 +534,7 @@ kiln_status_t kiln_endpoint_init(const kiln_endpoint_config_t *config, kiln_endp
   if (status != KILN_OK) {
     return status;
   }
-  const kiln_model_t *m = config->model;
+  const kiln_model_t* m = config->model;
   if ((m->num_inputs > 0 && config->inputs == NULL) || (m->num_outputs > 0 && config->outputs == NULL) ||
       (m->workspace_bytes > 0 && config->workspace == NULL)) {
     return KILN_ERR_ARG_NULL;
@@ -546,7 +549,7 @@ kiln_status_t kiln_endpoint_init(const kiln_endpoint_config_t *config, kiln_endp
   return KILN_OK;
 }
 
-kiln_status_t kiln_endpoint_step(kiln_endpoint_t *ep, int *out_more) {
+kiln_status_t kiln_endpoint_step(kiln_endpoint_t* ep, int* out_more) {
   if (ep == NULL || out_more == NULL) {
     return KILN_ERR_ARG_NULL;
   }
@@ -600,12 +603,24 @@ kiln_status_t kiln_endpoint_step(kiln_endpoint_t *ep, int *out_more) {
   size_t reply = 0;
   if (error == KILN_OK) {
     switch (type) {
-      case KILN_MSG_INFO: error = on_info(ep, len, &reply); break;
-      case KILN_MSG_SET_INPUT: error = on_set_input(ep, len, &reply); break;
-      case KILN_MSG_RUN: error = on_run(ep, len, &reply); break;
-      case KILN_MSG_GET_OUTPUT: error = on_get_output(ep, len, &reply); break;
-      case KILN_MSG_TIME: error = on_time(ep, len, &reply); break;
-      case KILN_MSG_PROFILE: error = on_profile(ep, len, &reply); break;
+      case KILN_MSG_INFO:
+        error = on_info(ep, len, &reply);
+        break;
+      case KILN_MSG_SET_INPUT:
+        error = on_set_input(ep, len, &reply);
+        break;
+      case KILN_MSG_RUN:
+        error = on_run(ep, len, &reply);
+        break;
+      case KILN_MSG_GET_OUTPUT:
+        error = on_get_output(ep, len, &reply);
+        break;
+      case KILN_MSG_TIME:
+        error = on_time(ep, len, &reply);
+        break;
+      case KILN_MSG_PROFILE:
+        error = on_profile(ep, len, &reply);
+        break;
       case KILN_MSG_QUIT:
         error = len == 0 ? KILN_OK : fail_payload(ep, len, 0);
         more = error != KILN_OK;
@@ -625,7 +640,7 @@ kiln_status_t kiln_endpoint_step(kiln_endpoint_t *ep, int *out_more) {
   return status;
 }
 
-kiln_status_t kiln_endpoint_serve(kiln_endpoint_t *ep) {
+kiln_status_t kiln_endpoint_serve(kiln_endpoint_t* ep) {
   int more = 1;
   kiln_status_t status = KILN_OK;
   while (status == KILN_OK && more) {

@@ -3,9 +3,11 @@
 
 #include "kiln/config.h"
 
-static int is_aligned(const void *p) { return ((uintptr_t)p % KILN_ALIGNMENT) == 0; }
+static int is_aligned(const void* p) {
+  return ((uintptr_t)p % KILN_ALIGNMENT) == 0;
+}
 
-static int names_equal(const char *a, const char *b) {
+static int names_equal(const char* a, const char* b) {
   while (*a != '\0' && *a == *b) {
     ++a;
     ++b;
@@ -13,7 +15,7 @@ static int names_equal(const char *a, const char *b) {
   return *a == *b;
 }
 
-static kiln_status_t check_tensor(const kiln_tensor_info_t *t) {
+static kiln_status_t check_tensor(const kiln_tensor_info_t* t) {
   if (t->name == NULL || t->ndim < 0 || (t->ndim > 0 && t->shape == NULL)) {
     return KILN_ERR_MODEL_INVALID;
   }
@@ -34,7 +36,7 @@ static kiln_status_t check_tensor(const kiln_tensor_info_t *t) {
   return nbytes == t->nbytes ? KILN_OK : KILN_ERR_MODEL_INVALID;
 }
 
-static kiln_status_t check_tensors(const kiln_tensor_info_t *tensors, uint32_t count) {
+static kiln_status_t check_tensors(const kiln_tensor_info_t* tensors, uint32_t count) {
   if (count > 0 && tensors == NULL) {
     return KILN_ERR_MODEL_INVALID;
   }
@@ -47,7 +49,7 @@ static kiln_status_t check_tensors(const kiln_tensor_info_t *tensors, uint32_t c
   return KILN_OK;
 }
 
-kiln_status_t kiln_model_check(const kiln_model_t *model) {
+kiln_status_t kiln_model_check(const kiln_model_t* model) {
   if (model == NULL) {
     return KILN_ERR_ARG_NULL;
   }
@@ -69,7 +71,7 @@ kiln_status_t kiln_model_check(const kiln_model_t *model) {
   return status != KILN_OK ? status : check_tensors(model->outputs, model->num_outputs);
 }
 
-static kiln_status_t check_buffers(void *const *buffers, uint32_t count) {
+static kiln_status_t check_buffers(void* const* buffers, uint32_t count) {
   if (count > 0 && buffers == NULL) {
     return KILN_ERR_ARG_NULL;
   }
@@ -84,8 +86,8 @@ static kiln_status_t check_buffers(void *const *buffers, uint32_t count) {
   return KILN_OK;
 }
 
-kiln_status_t kiln_model_run(const kiln_model_t *model, void *const *inputs, void *const *outputs,
-                             uint8_t *workspace, kiln_profiler_t *prof) {
+kiln_status_t kiln_model_run(const kiln_model_t* model, void* const* inputs, void* const* outputs,
+                             uint8_t* workspace, kiln_profiler_t* prof) {
   if (model == NULL || (model->workspace_bytes > 0 && workspace == NULL)) {
     return KILN_ERR_ARG_NULL;
   }
@@ -102,12 +104,12 @@ kiln_status_t kiln_model_run(const kiln_model_t *model, void *const *inputs, voi
   return model->entry(inputs, outputs, workspace, prof) == 0 ? KILN_OK : KILN_ERR_MODEL_ENTRY;
 }
 
-kiln_status_t kiln_model_find_tensor(const kiln_model_t *model, int is_output, const char *name,
-                                     uint32_t *out_index) {
+kiln_status_t kiln_model_find_tensor(const kiln_model_t* model, int is_output, const char* name,
+                                     uint32_t* out_index) {
   if (model == NULL || name == NULL || out_index == NULL) {
     return KILN_ERR_ARG_NULL;
   }
-  const kiln_tensor_info_t *tensors = is_output ? model->outputs : model->inputs;
+  const kiln_tensor_info_t* tensors = is_output ? model->outputs : model->inputs;
   uint32_t count = is_output ? model->num_outputs : model->num_inputs;
   for (uint32_t i = 0; i < count; ++i) {
     if (names_equal(tensors[i].name, name)) {

@@ -6,17 +6,19 @@
 
 #define KILN_WEAK __attribute__((weak))
 
-KILN_WEAK kiln_status_t kiln_platform_init(void) { return KILN_OK; }
+KILN_WEAK kiln_status_t kiln_platform_init(void) {
+  return KILN_OK;
+}
 
-KILN_WEAK kiln_status_t kiln_platform_log(const char *message) {
+KILN_WEAK kiln_status_t kiln_platform_log(const char* message) {
   return message == NULL ? KILN_ERR_ARG_NULL : KILN_OK;
 }
 
-KILN_WEAK kiln_status_t kiln_platform_ticks(uint64_t *out_ticks) {
+KILN_WEAK kiln_status_t kiln_platform_ticks(uint64_t* out_ticks) {
   return out_ticks == NULL ? KILN_ERR_ARG_NULL : KILN_ERR_PLATFORM_UNSUPPORTED;
 }
 
-KILN_WEAK kiln_status_t kiln_platform_ticks_per_second(uint64_t *out_ticks_per_second) {
+KILN_WEAK kiln_status_t kiln_platform_ticks_per_second(uint64_t* out_ticks_per_second) {
   return out_ticks_per_second == NULL ? KILN_ERR_ARG_NULL : KILN_ERR_PLATFORM_UNSUPPORTED;
 }
 

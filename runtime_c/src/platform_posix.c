@@ -11,9 +11,11 @@
 
 #define KILN_WEAK __attribute__((weak))
 
-KILN_WEAK kiln_status_t kiln_platform_init(void) { return KILN_OK; }
+KILN_WEAK kiln_status_t kiln_platform_init(void) {
+  return KILN_OK;
+}
 
-KILN_WEAK kiln_status_t kiln_platform_log(const char *message) {
+KILN_WEAK kiln_status_t kiln_platform_log(const char* message) {
   if (message == NULL) {
     return KILN_ERR_ARG_NULL;
   }
@@ -24,7 +26,7 @@ KILN_WEAK kiln_status_t kiln_platform_log(const char *message) {
   return KILN_OK;
 }
 
-KILN_WEAK kiln_status_t kiln_platform_ticks(uint64_t *out_ticks) {
+KILN_WEAK kiln_status_t kiln_platform_ticks(uint64_t* out_ticks) {
   if (out_ticks == NULL) {
     return KILN_ERR_ARG_NULL;
   }
@@ -36,7 +38,7 @@ KILN_WEAK kiln_status_t kiln_platform_ticks(uint64_t *out_ticks) {
   return KILN_OK;
 }
 
-KILN_WEAK kiln_status_t kiln_platform_ticks_per_second(uint64_t *out_ticks_per_second) {
+KILN_WEAK kiln_status_t kiln_platform_ticks_per_second(uint64_t* out_ticks_per_second) {
   if (out_ticks_per_second == NULL) {
     return KILN_ERR_ARG_NULL;
   }
@@ -45,7 +47,7 @@ KILN_WEAK kiln_status_t kiln_platform_ticks_per_second(uint64_t *out_ticks_per_s
 }
 
 KILN_WEAK KILN_NORETURN void kiln_platform_abort(kiln_status_t status) {
-  const char *name = "unknown status";
+  const char* name = "unknown status";
   (void)kiln_status_describe(status, &name);
   (void)kiln_platform_log("kiln: aborting after an unrecoverable error");
   (void)kiln_platform_log(name);

@@ -10,8 +10,8 @@ static uint64_t now(void) {
   return kiln_platform_ticks(&ticks) == KILN_OK ? ticks : 0;
 }
 
-kiln_status_t kiln_profiler_init(kiln_profile_record_t *records, uint32_t capacity,
-                                 kiln_profiler_t *out_profiler) {
+kiln_status_t kiln_profiler_init(kiln_profile_record_t* records, uint32_t capacity,
+                                 kiln_profiler_t* out_profiler) {
   if (records == NULL || out_profiler == NULL) {
     return KILN_ERR_ARG_NULL;
   }
@@ -25,7 +25,7 @@ kiln_status_t kiln_profiler_init(kiln_profile_record_t *records, uint32_t capaci
   return KILN_OK;
 }
 
-kiln_status_t kiln_profiler_reset(kiln_profiler_t *profiler) {
+kiln_status_t kiln_profiler_reset(kiln_profiler_t* profiler) {
   if (profiler == NULL) {
     return KILN_ERR_ARG_NULL;
   }
@@ -34,8 +34,8 @@ kiln_status_t kiln_profiler_reset(kiln_profiler_t *profiler) {
   return KILN_OK;
 }
 
-void kiln_profile_begin(void *prof, uint32_t kernel) {
-  kiln_profiler_t *p = (kiln_profiler_t *)prof;
+void kiln_profile_begin(void* prof, uint32_t kernel) {
+  kiln_profiler_t* p = (kiln_profiler_t*)prof;
   if (p == NULL) {
     return;
   }
@@ -43,20 +43,20 @@ void kiln_profile_begin(void *prof, uint32_t kernel) {
     ++p->dropped;
     return;
   }
-  kiln_profile_record_t *r = &p->records[p->count++];
+  kiln_profile_record_t* r = &p->records[p->count++];
   r->kernel = kernel;
   r->flags = KILN_PROFILE_OPEN;
   r->end = 0;
   r->start = now();
 }
 
-void kiln_profile_end(void *prof, uint32_t kernel) {
+void kiln_profile_end(void* prof, uint32_t kernel) {
   uint64_t t = now();
-  kiln_profiler_t *p = (kiln_profiler_t *)prof;
+  kiln_profiler_t* p = (kiln_profiler_t*)prof;
   if (p == NULL || p->count == 0) {
     return;
   }
-  kiln_profile_record_t *r = &p->records[p->count - 1];
+  kiln_profile_record_t* r = &p->records[p->count - 1];
   if (r->kernel == kernel && (r->flags & KILN_PROFILE_OPEN) != 0) {
     r->end = t;
     r->flags &= ~KILN_PROFILE_OPEN;

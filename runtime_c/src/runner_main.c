@@ -18,7 +18,7 @@
 #include "kiln/platform.h"
 
 /* The protocol stream: reads from stdin, writes to stdout. */
-static kiln_status_t stdin_read(void *context, uint8_t *buffer, size_t capacity, size_t *out_len) {
+static kiln_status_t stdin_read(void* context, uint8_t* buffer, size_t capacity, size_t* out_len) {
   (void)context;
   for (;;) {
     ssize_t n = read(STDIN_FILENO, buffer, capacity);
@@ -32,7 +32,7 @@ static kiln_status_t stdin_read(void *context, uint8_t *buffer, size_t capacity,
   }
 }
 
-static kiln_status_t stdout_write(void *context, const uint8_t *data, size_t len) {
+static kiln_status_t stdout_write(void* context, const uint8_t* data, size_t len) {
   (void)context;
   while (len > 0) {
     ssize_t n = write(STDOUT_FILENO, data, len);
@@ -48,8 +48,8 @@ static kiln_status_t stdout_write(void *context, const uint8_t *data, size_t len
   return KILN_OK;
 }
 
-static void log_status(const char *what, kiln_status_t status) {
-  const char *name = "unknown status";
+static void log_status(const char* what, kiln_status_t status) {
+  const char* name = "unknown status";
   (void)kiln_status_describe(status, &name);
   char line[256];
   (void)snprintf(line, sizeof(line), "kiln runner: %s: %s (0x%04x)", what, name, (unsigned)status);
@@ -57,21 +57,21 @@ static void log_status(const char *what, kiln_status_t status) {
 }
 
 /* Zeroed, KILN_ALIGNMENT-aligned, at least one alignment unit long (so that empty tensors get a pointer). */
-static void *alloc_buffer(uint64_t nbytes) {
+static void* alloc_buffer(uint64_t nbytes) {
   uint64_t size = (nbytes + KILN_ALIGNMENT - 1) / KILN_ALIGNMENT * KILN_ALIGNMENT;
   size = size == 0 ? KILN_ALIGNMENT : size;
   if (size > SIZE_MAX) {
     return NULL;
   }
-  void *p = aligned_alloc(KILN_ALIGNMENT, (size_t)size);
+  void* p = aligned_alloc(KILN_ALIGNMENT, (size_t)size);
   if (p != NULL) {
     memset(p, 0, (size_t)size);
   }
   return p;
 }
 
-static int alloc_tensors(const kiln_tensor_info_t *tensors, uint32_t count, void ***out_buffers) {
-  void **buffers = calloc(count > 0 ? count : 1, sizeof(void *));
+static int alloc_tensors(const kiln_tensor_info_t* tensors, uint32_t count, void*** out_buffers) {
+  void** buffers = calloc(count > 0 ? count : 1, sizeof(void*));
   if (buffers == NULL) {
     return 0;
   }
@@ -87,7 +87,7 @@ static int alloc_tensors(const kiln_tensor_info_t *tensors, uint32_t count, void
 
 static kiln_profile_record_t g_records[KILN_PROFILE_MAX_RECORDS];
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (argc > 1) {
     (void)fprintf(stderr, "usage: %s\nServes the kiln device protocol for model \"%s\" on stdin/stdout.\n",
                   argv[0], kiln_model.name != NULL ? kiln_model.name : "?");
@@ -104,11 +104,12 @@ int main(int argc, char **argv) {
     log_status("the linked model descriptor is invalid", status);
     return 65;
   }
-  void **inputs = NULL;
-  void **outputs = NULL;
-  uint8_t *workspace = alloc_buffer(kiln_model.workspace_bytes);
-  uint8_t *frame = malloc(KILN_ENDPOINT_MAX_PAYLOAD);
-  if (workspace == NULL || frame == NULL || !alloc_tensors(kiln_model.inputs, kiln_model.num_inputs, &inputs) ||
+  void** inputs = NULL;
+  void** outputs = NULL;
+  uint8_t* workspace = alloc_buffer(kiln_model.workspace_bytes);
+  uint8_t* frame = malloc(KILN_ENDPOINT_MAX_PAYLOAD);
+  if (workspace == NULL || frame == NULL ||
+      !alloc_tensors(kiln_model.inputs, kiln_model.num_inputs, &inputs) ||
       !alloc_tensors(kiln_model.outputs, kiln_model.num_outputs, &outputs)) {
     (void)kiln_platform_log("kiln runner: out of memory allocating tensors, workspace or frame buffer");
     return 71;

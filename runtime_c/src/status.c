@@ -5,7 +5,7 @@
 
 typedef struct {
   kiln_status_t status;
-  const char *name;
+  const char* name;
 } status_name_t;
 
 static const status_name_t kNames[] = {
@@ -33,7 +33,7 @@ static const status_name_t kNames[] = {
     {KILN_ERR_PLATFORM_FAILED, "KILN_ERR_PLATFORM_FAILED"},
 };
 
-kiln_status_t kiln_status_describe(kiln_status_t status, const char **out_name) {
+kiln_status_t kiln_status_describe(kiln_status_t status, const char** out_name) {
   if (out_name == NULL) {
     return KILN_ERR_ARG_NULL;
   }

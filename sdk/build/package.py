@@ -35,7 +35,6 @@ from types import MappingProxyType
 from typing import IO, Any
 
 import numpy as np
-
 from kiln import runtime_c
 from kiln.build.link import LinkedModel, ModelInfo
 from kiln.rpc.launchers import Launcher, launcher_for
@@ -121,7 +120,9 @@ class Package:
             if key in _RESERVED:
                 raise ValueError(f"extra_manifest may not set {key!r}: the package build owns it")
             manifest[key] = value
-        manifest["files"] = {name: {"sha256": _sha256(data), "size": len(data)} for name, data in sorted(files.items())}
+        manifest["files"] = {
+            name: {"sha256": _sha256(data), "size": len(data)} for name, data in sorted(files.items())
+        }
         return cls(manifest, files)
 
     @classmethod
@@ -139,19 +140,18 @@ class Package:
     @classmethod
     def from_bytes(cls, data: bytes, *, source: str = "<bytes>") -> Package:
         """Parses and verifies a package archive held in memory."""
+        contents: dict[str, bytes] = {}
         try:
-            tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-            members = tar.getmembers()
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                for m in tar.getmembers():
+                    _check_member(m, source)
+                    if m.name in contents:
+                        raise PackageError(f"{source}: member {m.name!r} appears twice; it was tampered with")
+                    f = tar.extractfile(m)
+                    assert f is not None  # a regular file, checked above
+                    contents[m.name] = f.read()
         except tarfile.TarError as e:
             raise PackageError(f"{source} is not a kiln package (not a readable tar archive: {e})") from e
-        contents: dict[str, bytes] = {}
-        for m in members:
-            _check_member(m, source)
-            if m.name in contents:
-                raise PackageError(f"{source}: member {m.name!r} appears twice; the archive was tampered with")
-            f = tar.extractfile(m)
-            assert f is not None  # regular file, checked above
-            contents[m.name] = f.read()
         if MANIFEST not in contents:
             raise PackageError(f"{source} is not a kiln package: it has no {MANIFEST}")
         manifest = _parse_manifest(contents.pop(MANIFEST), source)
@@ -192,8 +192,8 @@ class Package:
 
     # ---- output
 
-    def _write(self, out: IO[bytes]) -> None:
-        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    def _write(self, out: IO[bytes] | io.RawIOBase) -> None:
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[arg-type]
             for name, data in [(MANIFEST, self.manifest_bytes()), *self._files.items()]:
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
@@ -242,13 +242,17 @@ class Package:
     # ---- running
 
     @contextlib.contextmanager
-    def open_session(self, launcher: Launcher | None = None, *, timeout: float | None = 60.0) -> Iterator[Session]:
+    def open_session(
+        self, launcher: Launcher | None = None, *, timeout: float | None = 60.0
+    ) -> Iterator[Session]:
         """Extracts the package to a temporary directory, starts its runnable with ``launcher`` (default:
         :func:`kiln.rpc.launchers.launcher_for` the package's target) and yields the Session; closes the
         session and removes the directory afterwards."""
         runnable = self._manifest.get("runnable")
         if not runnable:
-            raise PackageError(f"package {self.name!r} for {self._manifest['target']['name']} has no runnable")
+            raise PackageError(
+                f"package {self.name!r} for {self._manifest['target']['name']} has no runnable"
+            )
         tmp = Path(tempfile.mkdtemp(prefix="kiln-pkg-"))
         try:
             self.extract(tmp)
@@ -279,7 +283,9 @@ class Package:
                 s.set_inputs(inputs, complete=True)
             return s.time(number, repeat, min_repeat_ms)
 
-    def profile(self, inputs: Mapping[str, Any] | None = None, *, launcher: Launcher | None = None) -> Profile:
+    def profile(
+        self, inputs: Mapping[str, Any] | None = None, *, launcher: Launcher | None = None
+    ) -> Profile:
         """Per-kernel timings of one run; inputs default to zeros."""
         with self.open_session(launcher) as s:
             if inputs is not None:
@@ -287,7 +293,9 @@ class Package:
             return s.profile()
 
     def __repr__(self) -> str:
-        return f"Package({self.name!r}, target={self._manifest['target']['name']!r}, files={len(self._files)})"
+        return (
+            f"Package({self.name!r}, target={self._manifest['target']['name']!r}, files={len(self._files)})"
+        )
 
 
 class _HashWriter(io.RawIOBase):
@@ -315,15 +323,30 @@ class _HashWriter(io.RawIOBase):
 def _check_member(m: tarfile.TarInfo, source: str) -> None:
     name = m.name
     parts = PurePosixPath(name).parts
-    if name.startswith("/") or "\\" in name or ".." in parts or PurePosixPath(name).as_posix() != name or not parts:
+    if (
+        name.startswith("/")
+        or "\\" in name
+        or ".." in parts
+        or PurePosixPath(name).as_posix() != name
+        or not parts
+    ):
         raise PackageError(
             f"{source}: member {name!r} has an unsafe path (absolute, '..', or not normalized); refusing to "
             "load the package: it may try to write outside its directory. Rebuild it with kiln."
         )
     if not m.isreg():
-        kind = "symlink" if m.issym() else "hard link" if m.islnk() else "directory" if m.isdir() else "device or special file"
+        kind = (
+            "symlink"
+            if m.issym()
+            else "hard link"
+            if m.islnk()
+            else "directory"
+            if m.isdir()
+            else "device or special file"
+        )
         raise PackageError(
-            f"{source}: member {name!r} is a {kind}; kiln packages contain only regular files. Rebuild it with kiln."
+            f"{source}: member {name!r} is a {kind}; kiln packages contain only regular files. "
+            "Rebuild the package with kiln."
         )
 
 
@@ -337,12 +360,14 @@ def _parse_manifest(data: bytes, source: str) -> dict[str, Any]:
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise PackageError(
-            f"{source}: package format version {version!r} is not supported (this kiln {_kiln_version()} reads "
+            f"{source}: package format version {version!r} is not supported (kiln {_kiln_version()} reads "
             f"version {FORMAT_VERSION}); rebuild the package with this kiln or install the kiln that made it"
         )
     for key in ("name", "target", "inputs", "outputs", "files"):
         if key not in manifest:
-            raise PackageError(f"{source}: {MANIFEST} lacks the required key {key!r}; the package is corrupted")
+            raise PackageError(
+                f"{source}: {MANIFEST} lacks the required key {key!r}; the package is corrupted"
+            )
     return manifest
 
 
@@ -351,16 +376,22 @@ def _verify_files(manifest: dict[str, Any], contents: dict[str, bytes], source: 
     if not isinstance(listed, dict):
         raise PackageError(f"{source}: {MANIFEST} 'files' must map paths to {{sha256, size}}")
     for name in sorted(set(contents) - set(listed)):
-        raise PackageError(f"{source}: member {name!r} is not listed in the manifest; the package was modified")
+        raise PackageError(
+            f"{source}: member {name!r} is not listed in the manifest; the package was modified"
+        )
     for name, meta in sorted(listed.items()):
         if name not in contents:
-            raise PackageError(f"{source}: the manifest lists {name!r} but the archive lacks it; the package is "
-                               "incomplete (rebuild or download it again)")
-        data = contents[name]
-        want = meta.get("sha256") if isinstance(meta, dict) else None
-        if want != _sha256(data) or meta.get("size") != len(data):
             raise PackageError(
-                f"{source}: {name!r} does not match the manifest (sha256 {_sha256(data)[:16]}..., {len(data)} "
-                f"bytes; manifest says {str(want)[:16]}..., {meta.get('size') if isinstance(meta, dict) else '?'} "
-                "bytes): the package is corrupted or was modified; rebuild or download it again"
+                f"{source}: the manifest lists {name!r} but the archive lacks it; the package is "
+                "incomplete (rebuild or download it again)"
+            )
+        data = contents[name]
+        meta = meta if isinstance(meta, dict) else {}
+        have = (_sha256(data), len(data))
+        want = (meta.get("sha256"), meta.get("size"))
+        if have != want:
+            raise PackageError(
+                f"{source}: {name!r} does not match the manifest (sha256 {have[0][:16]}..., {have[1]} bytes; "
+                f"manifest says {str(want[0])[:16]}..., {want[1]} bytes): the package is corrupted or was "
+                "modified; rebuild or download it again"
             )

@@ -28,7 +28,7 @@
 
 /* Upper bounds of the TIME request: runs per repeat (the endpoint never grows `number` past it) and the
  * minimum repeat duration a host may ask for (one hour). */
-#define KILN_TIME_MAX_NUMBER (1u << 30)
+#define KILN_TIME_MAX_NUMBER        (1u << 30)
 #define KILN_TIME_MAX_MIN_REPEAT_MS 3600000u
 
 #endif /* KILN_CONFIG_H_ */

@@ -59,9 +59,9 @@
 extern "C" {
 #endif
 
-#define KILN_PROTOCOL_VERSION 1u
+#define KILN_PROTOCOL_VERSION   1u
 #define KILN_FRAME_HEADER_BYTES 12u
-#define KILN_FRAME_CRC_BYTES 4u
+#define KILN_FRAME_CRC_BYTES    4u
 
 enum {
   KILN_MSG_INFO = 0x01,
@@ -78,20 +78,20 @@ enum {
 /* A byte stream. read stores 1..capacity bytes and their count in *out_len, or 0 at end of stream; it may
  * block. write sends all `len` bytes. Both return KILN_OK or an error status (KILN_ERR_IO_*). */
 typedef struct kiln_stream {
-  void *context;
-  kiln_status_t (*read)(void *context, uint8_t *buffer, size_t capacity, size_t *out_len);
-  kiln_status_t (*write)(void *context, const uint8_t *data, size_t len);
+  void* context;
+  kiln_status_t (*read)(void* context, uint8_t* buffer, size_t capacity, size_t* out_len);
+  kiln_status_t (*write)(void* context, const uint8_t* data, size_t len);
 } kiln_stream_t;
 
 typedef struct kiln_endpoint_config {
-  const kiln_model_t *model;
+  const kiln_model_t* model;
   kiln_stream_t stream;
-  uint8_t *frame;       /* frame payload buffer, frame_bytes long */
-  size_t frame_bytes;   /* KILN_ENDPOINT_MIN_PAYLOAD..KILN_ENDPOINT_MAX_PAYLOAD; bounds every payload */
-  void *const *inputs;  /* model->num_inputs buffers of nbytes each, KILN_ALIGNMENT-aligned */
-  void *const *outputs; /* model->num_outputs buffers, likewise */
-  uint8_t *workspace;   /* model->workspace_bytes bytes, KILN_ALIGNMENT-aligned */
-  kiln_profiler_t *profiler; /* NULL: PROFILE replies KILN_ERR_PROTO_UNSUPPORTED */
+  uint8_t* frame;            /* frame payload buffer, frame_bytes long */
+  size_t frame_bytes;        /* KILN_ENDPOINT_MIN_PAYLOAD..KILN_ENDPOINT_MAX_PAYLOAD; bounds every payload */
+  void* const* inputs;       /* model->num_inputs buffers of nbytes each, KILN_ALIGNMENT-aligned */
+  void* const* outputs;      /* model->num_outputs buffers, likewise */
+  uint8_t* workspace;        /* model->workspace_bytes bytes, KILN_ALIGNMENT-aligned */
+  kiln_profiler_t* profiler; /* NULL: PROFILE replies KILN_ERR_PROTO_UNSUPPORTED */
 } kiln_endpoint_config_t;
 
 /* Longest ERROR message text, in bytes (longer ones are cut). */
@@ -108,19 +108,19 @@ typedef struct kiln_endpoint {
 /* Checks the model (kiln_model_check) and the buffers, and writes a ready endpoint to *out_endpoint.
  * Returns KILN_OK, KILN_ERR_ARG_NULL, KILN_ERR_ARG_SIZE (frame_bytes out of range), KILN_ERR_ARG_ALIGNMENT,
  * or the model check's error. */
-kiln_status_t kiln_endpoint_init(const kiln_endpoint_config_t *config, kiln_endpoint_t *out_endpoint);
+kiln_status_t kiln_endpoint_init(const kiln_endpoint_config_t* config, kiln_endpoint_t* out_endpoint);
 
 /* Reads one request frame and writes its reply. *out_more is 1 to keep going, 0 after QUIT or a clean end
  * of stream. Malformed requests are answered with ERROR and still return KILN_OK. Returns an error only when
  * the stream itself fails (KILN_ERR_IO_*); the caller should then stop serving. */
-kiln_status_t kiln_endpoint_step(kiln_endpoint_t *endpoint, int *out_more);
+kiln_status_t kiln_endpoint_step(kiln_endpoint_t* endpoint, int* out_more);
 
 /* Calls kiln_endpoint_step until QUIT, end of stream, or a stream error, which it returns. */
-kiln_status_t kiln_endpoint_serve(kiln_endpoint_t *endpoint);
+kiln_status_t kiln_endpoint_serve(kiln_endpoint_t* endpoint);
 
 /* CRC-32 (IEEE 802.3, reflected, init and final xor 0xFFFFFFFF; zlib.crc32 in Python) of data[0..len),
  * continuing from `crc` (0 to start). Writes the result to *out_crc. */
-kiln_status_t kiln_crc32_update(uint32_t crc, const uint8_t *data, size_t len, uint32_t *out_crc);
+kiln_status_t kiln_crc32_update(uint32_t crc, const uint8_t* data, size_t len, uint32_t* out_crc);
 
 #ifdef __cplusplus
 }

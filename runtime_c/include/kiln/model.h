@@ -25,11 +25,11 @@ extern "C" {
 #define KILN_ABI_VERSION 1u
 
 /* DLPack DLDataTypeCode values. */
-#define KILN_DTYPE_INT 0u
-#define KILN_DTYPE_UINT 1u
-#define KILN_DTYPE_FLOAT 2u
+#define KILN_DTYPE_INT    0u
+#define KILN_DTYPE_UINT   1u
+#define KILN_DTYPE_FLOAT  2u
 #define KILN_DTYPE_BFLOAT 4u
-#define KILN_DTYPE_BOOL 6u
+#define KILN_DTYPE_BOOL   6u
 
 /* Same layout as DLPack's DLDataType. Element size in bytes is bits * lanes / 8. */
 typedef struct kiln_dtype {
@@ -39,48 +39,48 @@ typedef struct kiln_dtype {
 } kiln_dtype_t;
 
 typedef struct kiln_tensor_info {
-  const char *name;     /* NUL-terminated, unique among the model's inputs (resp. outputs) */
+  const char* name; /* NUL-terminated, unique among the model's inputs (resp. outputs) */
   kiln_dtype_t dtype;
   int32_t ndim;         /* 0 for a scalar */
-  const int64_t *shape; /* ndim extents, each >= 0; may be NULL when ndim == 0 */
+  const int64_t* shape; /* ndim extents, each >= 0; may be NULL when ndim == 0 */
   uint64_t nbytes;      /* product(shape) * bits * lanes / 8 */
 } kiln_tensor_info_t;
 
 /* The generated entry point (runtime-abi.md). Returns 0 on success. */
-typedef int32_t (*kiln_model_entry_fn)(void *const *inputs, void *const *outputs, uint8_t *workspace,
-                                       void *prof);
+typedef int32_t (*kiln_model_entry_fn)(void* const* inputs, void* const* outputs, uint8_t* workspace,
+                                       void* prof);
 
 typedef struct kiln_model {
   uint32_t abi_version; /* KILN_ABI_VERSION of the build that generated the descriptor */
-  const char *name;
+  const char* name;
   uint32_t num_inputs;
-  const kiln_tensor_info_t *inputs;
+  const kiln_tensor_info_t* inputs;
   uint32_t num_outputs;
-  const kiln_tensor_info_t *outputs;
+  const kiln_tensor_info_t* outputs;
   uint64_t workspace_bytes; /* the caller provides this many bytes, KILN_ALIGNMENT-aligned */
-  const uint8_t *weights;   /* kiln_model_weights */
+  const uint8_t* weights;   /* kiln_model_weights */
   uint64_t weights_bytes;
   uint32_t num_kernels;
-  const char *const *kernel_names; /* kernel index -> name, as passed to kiln_profile_begin/end */
+  const char* const* kernel_names; /* kernel index -> name, as passed to kiln_profile_begin/end */
   kiln_model_entry_fn entry;
 } kiln_model_t;
 
 /* Validates a descriptor once, before first use: ABI version, non-NULL fields, nbytes consistent with dtype
  * and shape. Returns KILN_OK, KILN_ERR_ARG_NULL, KILN_ERR_MODEL_ABI or KILN_ERR_MODEL_INVALID. */
-kiln_status_t kiln_model_check(const kiln_model_t *model);
+kiln_status_t kiln_model_check(const kiln_model_t* model);
 
 /* Runs the model once. inputs/outputs hold num_inputs/num_outputs buffer pointers in descriptor order, each
  * buffer at least nbytes long; workspace holds workspace_bytes bytes (may be NULL when that is 0). Every
  * buffer must be KILN_ALIGNMENT-aligned. prof is NULL (no profiling) or an initialized profiler; records are
  * appended to it. The model must have passed kiln_model_check. Returns KILN_OK, KILN_ERR_ARG_NULL,
  * KILN_ERR_ARG_ALIGNMENT, or KILN_ERR_MODEL_ENTRY if the generated code reported a failure. */
-kiln_status_t kiln_model_run(const kiln_model_t *model, void *const *inputs, void *const *outputs,
-                             uint8_t *workspace, kiln_profiler_t *prof);
+kiln_status_t kiln_model_run(const kiln_model_t* model, void* const* inputs, void* const* outputs,
+                             uint8_t* workspace, kiln_profiler_t* prof);
 
 /* Finds the input (is_output == 0) or output (is_output != 0) named `name` and writes its index to
  * *out_index. Returns KILN_OK, KILN_ERR_ARG_NULL, or KILN_ERR_ARG_RANGE if no tensor has that name. */
-kiln_status_t kiln_model_find_tensor(const kiln_model_t *model, int is_output, const char *name,
-                                     uint32_t *out_index);
+kiln_status_t kiln_model_find_tensor(const kiln_model_t* model, int is_output, const char* name,
+                                     uint32_t* out_index);
 
 /* The descriptor and weights of the model linked into this program (model_desc.c and the weights object). */
 extern const kiln_model_t kiln_model;

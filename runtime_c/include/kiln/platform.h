@@ -27,14 +27,14 @@ kiln_status_t kiln_platform_init(void);
 
 /* Writes one line of diagnostic text (no trailing newline needed). Must not use the byte stream that
  * carries the device protocol. Default: stderr on Linux, discarded on bare metal. */
-kiln_status_t kiln_platform_log(const char *message);
+kiln_status_t kiln_platform_log(const char* message);
 
 /* Writes a monotonic tick count to *out_ticks. Default: CLOCK_MONOTONIC in nanoseconds on Linux;
  * KILN_ERR_PLATFORM_UNSUPPORTED on bare metal (profiling and TIME then reply with that error). */
-kiln_status_t kiln_platform_ticks(uint64_t *out_ticks);
+kiln_status_t kiln_platform_ticks(uint64_t* out_ticks);
 
 /* Writes the tick rate of kiln_platform_ticks (ticks per second, > 0) to *out_ticks_per_second. */
-kiln_status_t kiln_platform_ticks_per_second(uint64_t *out_ticks_per_second);
+kiln_status_t kiln_platform_ticks_per_second(uint64_t* out_ticks_per_second);
 
 /* Stops the program after an unrecoverable failure of the glue code; never returns. The runtime core never
  * calls it. Default: _Exit with status 70 on Linux (after logging), an endless loop on bare metal. */

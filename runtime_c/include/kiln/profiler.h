@@ -28,7 +28,7 @@ typedef struct kiln_profile_record {
 #define KILN_PROFILE_OPEN 1u
 
 typedef struct kiln_profiler {
-  kiln_profile_record_t *records; /* caller-provided, `capacity` entries */
+  kiln_profile_record_t* records; /* caller-provided, `capacity` entries */
   uint32_t capacity;
   uint32_t count;   /* records written */
   uint32_t dropped; /* calls not recorded because the buffer was full */
@@ -37,16 +37,16 @@ typedef struct kiln_profiler {
 /* Initializes *out_profiler to record into records[0..capacity). A buffer of KILN_PROFILE_MAX_RECORDS
  * entries is the documented default size. Returns KILN_OK, KILN_ERR_ARG_NULL, or KILN_ERR_ARG_SIZE if
  * capacity is 0. */
-kiln_status_t kiln_profiler_init(kiln_profile_record_t *records, uint32_t capacity,
-                                 kiln_profiler_t *out_profiler);
+kiln_status_t kiln_profiler_init(kiln_profile_record_t* records, uint32_t capacity,
+                                 kiln_profiler_t* out_profiler);
 
 /* Forgets all records (count = dropped = 0). Returns KILN_OK or KILN_ERR_ARG_NULL. */
-kiln_status_t kiln_profiler_reset(kiln_profiler_t *profiler);
+kiln_status_t kiln_profiler_reset(kiln_profiler_t* profiler);
 
 /* Hooks called by generated code (fixed by runtime-abi.md, hence void). `prof` is a kiln_profiler_t*;
  * `kernel` is the kernel index. They cost one tick read and a few stores. */
-void kiln_profile_begin(void *prof, uint32_t kernel);
-void kiln_profile_end(void *prof, uint32_t kernel);
+void kiln_profile_begin(void* prof, uint32_t kernel);
+void kiln_profile_end(void* prof, uint32_t kernel);
 
 #ifdef __cplusplus
 }

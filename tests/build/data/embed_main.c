@@ -1,4 +1,5 @@
-/* Embeds the tiny test model through lib/libmodel.a + include/model.h of its package, without the runner. */
+/* Embeds the tiny test model through lib/libmodel.a + include/model.h of its
+ * package, without the runner. */
 #include <stdint.h>
 #include <stdio.h>
 
@@ -22,8 +23,10 @@ int main(void) {
   void *outputs[KILN_MODEL_NUM_OUTPUTS] = {y, probe};
   uint32_t index = 99;
   kiln_status_t found = kiln_model_find_tensor(&kiln_model, 1, "probe", &index);
-  kiln_status_t status = kiln_model_run(&kiln_model, inputs, outputs, workspace, NULL);
-  printf("%s %d %d %u", KILN_MODEL_NAME, (int)status, (int)found, (unsigned)index);
+  kiln_status_t status =
+      kiln_model_run(&kiln_model, inputs, outputs, workspace, NULL);
+  printf("%s %d %d %u", KILN_MODEL_NAME, (int)status, (int)found,
+         (unsigned)index);
   for (int i = 0; i < 8; ++i) {
     printf(" %.9g", y[i]);
   }

@@ -1,10 +1,12 @@
-/* A stand-in for generated code with large tensors and nothing else: no weights, no workspace, no kernels.
- * inputs: x float32[N]; outputs: y float32[N] = x + 1. N is large enough that tensors span several frames. */
+/* A stand-in for generated code with large tensors and nothing else: no
+ * weights, no workspace, no kernels. inputs: x float32[N]; outputs: y
+ * float32[N] = x + 1. N is large enough that tensors span several frames. */
 #include <stdint.h>
 
 #define N 300000
 
-int32_t kiln_model_entry(void *const *inputs, void *const *outputs, uint8_t *workspace, void *prof) {
+int32_t kiln_model_entry(void *const *inputs, void *const *outputs,
+                         uint8_t *workspace, void *prof) {
   (void)workspace;
   (void)prof;
   const float *x = (const float *)inputs[0];

@@ -1,11 +1,13 @@
-/* A hand-written stand-in for generated code (runtime-abi.md), used by the runtime and build tests.
+/* A hand-written stand-in for generated code (runtime-abi.md), used by the
+ * runtime and build tests.
  *
  * inputs:  x float32[2, 4], mode int32[1]
  * outputs: y float32[2, 4] = x * 2 + w (w = the first 8 floats of the weights),
  *          probe int64[1]  = the weights byte at PROBE_OFFSET
- * kernels: 0 "scale" (called once per row of x, into the workspace), 1 "add_weights" (called once)
- * mode:    0 normal, 1 hang forever, 2 segfault, 3 return an error code,
- *          4 probe = address of the weights modulo 64 (their alignment), 5 like 0 but "scale" runs 200 times
+ * kernels: 0 "scale" (called once per row of x, into the workspace), 1
+ * "add_weights" (called once) mode:    0 normal, 1 hang forever, 2 segfault, 3
+ * return an error code, 4 probe = address of the weights modulo 64 (their
+ * alignment), 5 like 0 but "scale" runs 200 times
  */
 #include <stdint.h>
 
@@ -23,7 +25,8 @@ static void scale_row(const float *x, float *t) {
   }
 }
 
-int32_t kiln_model_entry(void *const *inputs, void *const *outputs, uint8_t *workspace, void *prof) {
+int32_t kiln_model_entry(void *const *inputs, void *const *outputs,
+                         uint8_t *workspace, void *prof) {
   const float *x = (const float *)inputs[0];
   int32_t mode = *(const int32_t *)inputs[1];
   float *y = (float *)outputs[0];
@@ -49,15 +52,19 @@ int32_t kiln_model_entry(void *const *inputs, void *const *outputs, uint8_t *wor
   }
   for (uint32_t call = 0; call < (mode == 5 ? 200u : 2u); ++call) {
     uint32_t row = call % 2;
-    if (prof) kiln_profile_begin(prof, 0);
+    if (prof)
+      kiln_profile_begin(prof, 0);
     scale_row(x + 4 * row, t + 4 * row);
-    if (prof) kiln_profile_end(prof, 0);
+    if (prof)
+      kiln_profile_end(prof, 0);
   }
-  if (prof) kiln_profile_begin(prof, 1);
+  if (prof)
+    kiln_profile_begin(prof, 1);
   for (int i = 0; i < 8; ++i) {
     y[i] = t[i] + w[i];
   }
   probe[0] = kiln_model_weights[PROBE_OFFSET];
-  if (prof) kiln_profile_end(prof, 1);
+  if (prof)
+    kiln_profile_end(prof, 1);
   return 0;
 }
