@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kiln.build import ModelInfo, Package, ToolchainError, link_model, toolchain
+from kiln.build import ModelInfo, Package, PackageError, ToolchainError, link_model, toolchain
 from kiln.build.link import c_string, descriptor_c, elf_code_size, model_header
-from kiln.targets import get_target
+from kiln.targets import get_target, parse_target
 from tinymodel import (
     DATA,
     TINY_INFO,
@@ -147,3 +147,25 @@ def test_600_mb_of_weights(tmp_path: Path) -> None:
         out = s.run(tiny_inputs())
     assert out["probe"].tolist() == [77]
     np.testing.assert_allclose(out["y"], tiny_expected(tiny_inputs()), rtol=1e-6)
+
+
+def test_bare_metal_targets_get_a_library_and_no_runner() -> None:
+    mcu = parse_target(
+        {
+            "name": "test-cortex-m4",
+            "triple": "thumbv7em-none-eabihf",
+            "cpu": "cortex-m4",
+            "features": "",
+            "vector_bits": 0,
+            "os": "none",
+            "zig_target": "thumb-freestanding-eabihf",
+            "zig_cpu": "cortex_m4",
+        }
+    )
+    linked = link_model(mcu, toolchain.compile_source(mcu, DATA / "tiny_model.c"), TINY_WEIGHTS, TINY_INFO)
+    assert linked.runner is None and linked.libmodel.startswith(b"!<arch>\n")
+    assert b"kiln_endpoint_serve" in linked.libmodel and b"kiln_platform_none.o" in linked.libmodel
+    pkg = Package.create(mcu, TINY_INFO, linked)
+    assert pkg.manifest["runnable"] is None and "bin/runner" not in pkg.files
+    with pytest.raises(PackageError, match="has no runnable"), pkg.open_session():
+        pass
