@@ -37,7 +37,7 @@ def fuse_ops(mod: Module) -> Module:
             if len(us) != 1 or id(y) in graph_outputs:
                 break
             u = us[0]
-            if _kind(u) != "elementwise" or u.outputs[0].type.shape != n.outputs[0].type.shape:
+            if id(u) in member or _kind(u) != "elementwise" or u.outputs[0].type.shape != n.outputs[0].type.shape:
                 break
             chain.append(u)
         if len(chain) > 1:

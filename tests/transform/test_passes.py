@@ -116,3 +116,21 @@ def test_target_hooks_are_spliced_into_phases() -> None:
     names = default_pipeline("riscv64-linux").names()
     assert names.index("legalize") < names.index("my_pass") < names.index("plan-memory")
     assert "my_pass" not in default_pipeline("aarch64-linux").names()
+
+
+def test_fuse_ops_gives_each_node_to_one_group() -> None:
+    """Two convolutions feeding one add (a ResNet projection shortcut): the add joins only one of them."""
+    from kiln.frontend.nn import GraphBuilder
+
+    rng = np.random.default_rng(0)
+    g = GraphBuilder()
+    x = g.input("x", (1, 4, 6, 6))
+    a = g.conv2d(x, g.const(rng.standard_normal((4, 4, 1, 1)).astype("f4")))
+    b = g.conv2d(x, g.const(rng.standard_normal((4, 4, 3, 3)).astype("f4")), pads=(1, 1, 1, 1))
+    g.output(g.relu(g.add(a, b)), "y")
+    mod = g.build()
+    out = get_pass("fuse-ops")(mod)
+    inner = [m for n in out.main.nodes for m in (n.attrs["body"].nodes if n.op == "fused" else [n])]
+    assert sorted(m.op for m in inner) == ["add", "conv2d", "conv2d", "relu"]
+    xin = _inputs(mod)
+    np.testing.assert_allclose(interpret_fused(out, xin)["y"], interpret(mod, xin)["y"], rtol=1e-5, atol=1e-5)
