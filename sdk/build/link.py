@@ -21,12 +21,12 @@ import os
 import struct
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import runtime_c
 from kiln.build import toolchain
-from kiln.targets import Target
+from kiln.targets import Target, get_target
 
 TensorSpec = tuple[str, str, tuple[int, ...]]
 
@@ -46,7 +46,7 @@ class ModelInfo:
     outputs: Sequence[TensorSpec]
     workspace_bytes: int
     kernel_names: Sequence[str] = ()
-    operators: Sequence[str] = field(default_factory=tuple)
+    operators: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         norm = {
@@ -103,7 +103,7 @@ class LinkedModel:
 
 
 def link_model(
-    target: Target,
+    target: Target | str,
     model_object: bytes,
     weights: bytes | Path,
     info: ModelInfo,
@@ -117,6 +117,7 @@ def link_model(
     for the target (library kernels for ``call_extern``). Raises :class:`toolchain.ToolchainError` if a
     step fails.
     """
+    target = get_target(target)
     runtime = toolchain.runtime_build(target)
     with tempfile.TemporaryDirectory(prefix="kiln-link-") as tmp_name:
         tmp = Path(tmp_name)
