@@ -96,7 +96,7 @@ def _a(inputs: list[Value | None], i: int) -> Value:
 
 # ------------------------------------------------------------------------------------------------ converters
 _ELEMENTWISE = {
-    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "maximum", "Min": "minimum",
+    "Add": "add", "Sub": "sub", "Mod": "mod", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "maximum", "Min": "minimum",
     "Relu": "relu", "Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Tanh": "tanh",
     "Erf": "erf", "Floor": "floor", "Ceil": "ceil", "Reciprocal": "reciprocal", "Sigmoid": "sigmoid",
     "Equal": "equal", "Less": "less", "Greater": "greater", "Where": "where", "HardSigmoid": "hard_sigmoid",

@@ -50,6 +50,8 @@ _binary("mul", lambda a, b: a * b, np.multiply)
 _binary("div", lambda a, b: a / b if a.dtype.startswith("float") else a // b,
         lambda a, b: a / b if a.dtype.kind == "f" else np.trunc(a / b).astype(a.dtype))
 _binary("pow", lambda a, b: T.Call("pow", (a, b), a.dtype), np.power)
+_binary("mod", lambda a, b: a % b if not a.dtype.startswith("float") else a - T.call("floor", a / b) * b,
+        lambda a, b: np.mod(a, b))
 _binary("maximum", T.maximum, np.maximum)
 _binary("minimum", T.minimum, np.minimum)
 # --- comparisons (bool result)

@@ -20,7 +20,6 @@ def _inputs(mod, seed: int = 0) -> dict[str, np.ndarray]:  # noqa: ANN001
     return {p.name: rng.standard_normal(p.type.static_shape).astype("f4") for p in mod.main.params}
 
 
-@pytest.mark.xdist_group("qemu")
 @pytest.mark.parametrize("target", LINUX_TARGETS)
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_model_runs_on_target(target: str, model: str) -> None:

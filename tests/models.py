@@ -1,0 +1,190 @@
+"""Real models for end-to-end tests and benchmarks, with onnxruntime as the numerical oracle.
+
+* the ONNX "light" models shipped inside the onnx wheel, and a variant of each with seeded random weights
+  (every ConstantOfShape weight replaced by an initializer; BatchNorm variances positive) that also exposes the
+  pre-softmax logits as an extra output: the originals' weights are all 0.02, so their softmax is nearly
+  uniform and a wrong kernel could still "match";
+* PyTorch-built models (ResNet-18-style, MobileNetV2-style, MLP, 2-layer transformer encoder) with fixed
+  seeds, exported to ONNX here.
+
+Files are cached per process in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+LIGHT_MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT_DIR.glob("light_*.onnx"))
+TORCH_MODELS = ("resnet18ish", "mobilenetv2ish", "mlp", "transformer")
+ORT_MAX_IR = 9
+
+
+@functools.cache
+def cache_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="kiln-models-"))
+
+
+def light_path(name: str) -> Path:
+    return LIGHT_DIR / f"light_{name}.onnx"
+
+
+def _random_weight(rng: np.random.Generator, shape: tuple[int, ...], role: str) -> np.ndarray:
+    if role == "bn_var":
+        return rng.uniform(0.5, 1.5, shape).astype("f4")
+    if role == "bn_scale":
+        return rng.uniform(0.3, 0.8, shape).astype("f4")
+    if len(shape) >= 2:  # LeCun-normal: activations stay O(1) even through residual stacks
+        fan_in = int(np.prod(shape[1:]))
+        return (rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)).astype("f4")
+    return (rng.standard_normal(shape) * 0.1).astype("f4")
+
+
+@functools.cache
+def light_random_path(name: str, seed: int = 0) -> Path:
+    """The light model with seeded random weights and its pre-softmax logits as a second output."""
+    m = onnx.load(str(light_path(name)))
+    g = m.graph
+    rng = np.random.default_rng(seed)
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    roles: dict[str, str] = {}
+    for n in g.node:
+        if n.op_type == "BatchNormalization":
+            roles[n.input[1]] = "bn_scale"
+            roles[n.input[4]] = "bn_var"
+        elif n.op_type == "Mul" and "bn" in n.input[1] and "_s" in n.input[1]:
+            roles[n.input[1]] = "bn_scale"
+    keep, new_inits = [], []
+    for n in g.node:
+        if n.op_type == "ConstantOfShape" and n.input[0] in inits:
+            shape = tuple(int(d) for d in inits[n.input[0]])
+            w = _random_weight(rng, shape, roles.get(n.output[0], "weight"))
+            new_inits.append(numpy_helper.from_array(w, n.output[0]))
+        else:
+            keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    g.initializer.extend(new_inits)
+    softmax = [n for n in g.node if n.op_type == "Softmax"]
+    if softmax:  # (DenseNet-121 ends in its logits already)
+        g.output.append(onnx.helper.make_tensor_value_info(softmax[-1].input[0], onnx.TensorProto.FLOAT, None))
+    path = cache_dir() / f"{name}_random{seed}.onnx"
+    onnx.save(m, str(path))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ PyTorch models
+def _torch_model(name: str):  # noqa: ANN202
+    import torch
+    from torch import nn
+
+    torch.manual_seed({"resnet18ish": 1, "mobilenetv2ish": 2, "mlp": 3, "transformer": 4}[name])
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(cout)
+            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(cout)
+            self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                          if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            y = torch.relu(self.b1(self.c1(x)))
+            return torch.relu(self.b2(self.c2(y)) + self.short(x))
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+            super().__init__()
+            hid = cin * expand
+            self.use_res = stride == 1 and cin == cout
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
+                nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
+                nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            y = self.body(x)
+            return x + y if self.use_res else y
+
+    if name == "resnet18ish":
+        model = nn.Sequential(
+            nn.Conv2d(3, 16, 7, 2, 3, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+            Block(16, 16, 1), Block(16, 16, 1), Block(16, 32, 2), Block(32, 32, 1), Block(32, 64, 2),
+            Block(64, 64, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+        example = torch.randn(1, 3, 64, 64)
+    elif name == "mobilenetv2ish":
+        model = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+            InvertedResidual(16, 16, 1, 1), InvertedResidual(16, 24, 2, 6), InvertedResidual(24, 24, 1, 6),
+            InvertedResidual(24, 32, 2, 6), InvertedResidual(32, 32, 1, 6),
+            nn.Conv2d(32, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU6(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+        example = torch.randn(1, 3, 64, 64)
+    elif name == "mlp":
+        model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 10),
+                              nn.Softmax(dim=-1))
+        example = torch.randn(4, 64)
+    elif name == "transformer":
+        layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True, activation="gelu")
+        model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        example = torch.randn(1, 16, 64)
+    else:
+        raise KeyError(name)
+    model.eval()
+    with torch.no_grad():  # BatchNorm running statistics that are not the identity
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+    return model, example
+
+
+@functools.cache
+def torch_onnx_path(name: str) -> Path:
+    """Export the PyTorch model ``name`` to ONNX (legacy TorchScript exporter, opset 17) and cache it."""
+    import torch
+
+    model, example = _torch_model(name)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"])
+    path = cache_dir() / f"{name}.onnx"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- oracles
+def inputs_for(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in m.graph.initializer}
+    rng = np.random.default_rng(seed)
+    out = {}
+    for vi in m.graph.input:
+        if vi.name in inits:
+            continue
+        shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        out[vi.name] = rng.standard_normal(shape).astype("f4")
+    return out
+
+
+def onnxruntime_outputs(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, inputs), strict=True))
