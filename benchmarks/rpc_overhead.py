@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uploads", type=int, default=3)
     args = ap.parse_args(argv)
 
-    import kiln.rpc
     import numpy as np
+
+    import kiln.rpc
     import tinypkg
     from kiln.rpc.auth import server_security
     from kiln.rpc.tracker import Tracker, TrackerServer

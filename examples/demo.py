@@ -79,11 +79,27 @@ def main() -> int:
     for col in ("target", "runs via", "compile s", "latency ms (median)", "max |error| vs onnxruntime"):
         table.add_column(col)
     with contextlib.ExitStack() as stack:
-        tracker = stack.enter_context(farm_process("tracker", "--host", "127.0.0.1", "--port", "0", "--insecure"))
+        tracker = stack.enter_context(
+            farm_process("tracker", "--host", "127.0.0.1", "--port", "0", "--insecure")
+        )
         con.print(f"tracker on {tracker}")
         for t in targets:
-            stack.enter_context(farm_process("serve", "--tracker", tracker, "--key", t, "--target", t,
-                                             "--host", "127.0.0.1", "--port", "0", "--insecure"))
+            stack.enter_context(
+                farm_process(
+                    "serve",
+                    "--tracker",
+                    tracker,
+                    "--key",
+                    t,
+                    "--target",
+                    t,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--insecure",
+                )
+            )
         client = kiln.rpc.connect(tracker)
         deadline = time.monotonic() + 30
         while {d.key for d in client.devices()} < set(targets) and time.monotonic() < deadline:

@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+
 from kiln.rpc import device_pb2, device_pb2_grpc, tracker_pb2, tracker_pb2_grpc, wire
 from kiln.rpc.auth import METADATA_KEY, TLSConfig, load_token, open_channel
 from kiln.rpc.tracker import Capabilities

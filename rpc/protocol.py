@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol
 
 import numpy as np
+
 from kiln.rpc.profile import KernelCall, KernelStats, Profile
 
 MAGIC = b"KILN"

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
+
 from kiln.rpc import device_pb2, device_pb2_grpc, tracker_pb2, tracker_pb2_grpc, wire
 from kiln.rpc.auth import ServerSecurity, TLSConfig, open_channel
 from kiln.rpc.tracker import Capabilities

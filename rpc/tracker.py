@@ -61,6 +61,7 @@ from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 import grpc
+
 from kiln.rpc import common_pb2, tracker_pb2, tracker_pb2_grpc
 from kiln.rpc.auth import ServerSecurity
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+
 from kiln.rpc import common_pb2
 
 # Largest tensor payload one Run/Time/Profile message may carry, and the gRPC message limit of the Device

@@ -47,7 +47,9 @@ def cmd_targets(args: argparse.Namespace) -> int:
         if t.runs_natively():
             via = "native"
         elif t.emulator:
-            via = " ".join(t.emulator[:1]) + ("" if emulator_available(t) else f" (install {t.emulator_package})")
+            via = " ".join(t.emulator[:1]) + (
+                "" if emulator_available(t) else f" (install {t.emulator_package})"
+            )
         else:
             via = "-"
         table.add_row(t.name, t.triple, f"{t.cpu} {t.features}".strip(), str(t.vector_bits), t.os, via)
@@ -62,13 +64,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = Path(args.model)
     if not model.is_file():
         raise CLIError(f"model file {model} does not exist")
-    pkg = kiln.compile(str(model), args.target, shapes=shapes or None, pipeline=args.pipeline,
-                       name=args.name or model.stem)
+    pkg = kiln.compile(
+        str(model), args.target, shapes=shapes or None, pipeline=args.pipeline, name=args.name or model.stem
+    )
     out = Path(args.output or model.with_suffix(".kpkg").name)
     pkg.save(out)
     m = pkg.manifest
-    print(f"wrote {out} ({out.stat().st_size} bytes): target {m['target']['name']}, "
-          f"arena {m['arena_bytes']} B, weights {m['weight_bytes']} B, code {m['code_bytes']} B")
+    print(
+        f"wrote {out} ({out.stat().st_size} bytes): target {m['target']['name']}, "
+        f"arena {m['arena_bytes']} B, weights {m['weight_bytes']} B, code {m['code_bytes']} B"
+    )
     return 0
 
 
@@ -86,18 +91,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(m, indent=2, sort_keys=True))
         return 0
     con = Console()
-    con.print(f"[bold]{m['name']}[/bold]  target {m['target']['name']} ({m['target']['triple']})  "
-              f"compiler {m.get('compiler', '?')}")
-    con.print(f"arena {m['arena_bytes']} B   weights {m['weight_bytes']} B   code {m['code_bytes']} B   "
-              f"package sha256 {pkg.sha256[:16]}...")
+    con.print(
+        f"[bold]{m['name']}[/bold]  target {m['target']['name']} ({m['target']['triple']})  "
+        f"compiler {m.get('compiler', '?')}"
+    )
+    con.print(
+        f"arena {m['arena_bytes']} B   weights {m['weight_bytes']} B   code {m['code_bytes']} B   "
+        f"package sha256 {pkg.sha256[:16]}..."
+    )
     io = Table("", "name", "dtype", "shape")
     for kind in ("inputs", "outputs"):
         for t in m[kind]:
             io.add_row(kind[:-1], t["name"], t["dtype"], "x".join(str(d) for d in t["shape"]))
     con.print(io)
     con.print("operators: " + ", ".join(m.get("operators", [])))
-    con.print(f"kernels ({len(m.get('kernels', []))}): " + ", ".join(m.get("kernels", [])[:12])
-              + (" ..." if len(m.get("kernels", [])) > 12 else ""))
+    con.print(
+        f"kernels ({len(m.get('kernels', []))}): "
+        + ", ".join(m.get("kernels", [])[:12])
+        + (" ..." if len(m.get("kernels", [])) > 12 else "")
+    )
     files = Table("file", "bytes", "sha256")
     for f, meta in sorted(m["files"].items()):
         files.add_row(f, str(meta["size"]), meta["sha256"][:16] + "...")
@@ -128,8 +140,10 @@ def _load_inputs(args: argparse.Namespace, spec: Sequence[dict[str, Any]]) -> di
         if t["name"] in given:
             continue
         if not args.random_inputs:
-            raise CLIError(f"missing input {t['name']!r} ({t['dtype']} {tuple(t['shape'])}); pass "
-                           f"--input {t['name']}=FILE.npy or --random-inputs")
+            raise CLIError(
+                f"missing input {t['name']!r} ({t['dtype']} {tuple(t['shape'])}); pass "
+                f"--input {t['name']}=FILE.npy or --random-inputs"
+            )
         dt = np_dtype(t["dtype"])
         if dt.kind == "f":
             given[t["name"]] = rng.standard_normal(t["shape"]).astype(dt)
@@ -144,7 +158,9 @@ def _session(args: argparse.Namespace, pkg: Any) -> Iterator[Any]:
     if getattr(args, "tracker", None) or getattr(args, "device", None):
         from .rpc.cli import open_remote
 
-        with open_remote(args, pkg) as remote:
+        remote = open_remote(args, pkg)
+        assert remote is not None
+        with remote:
             yield remote
     else:
         with pkg.open_session() as sess:
@@ -192,10 +208,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     inputs = _load_inputs(args, pkg.manifest["inputs"])
     with _session(args, pkg) as sess:
         sess.run(inputs)
-        times = np.asarray(sess.time(number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms))
+        times = np.asarray(
+            sess.time(number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms)
+        )
     ms = times * 1e3
-    print(f"{pkg.manifest['name']} on {pkg.manifest['target']['name']}: median {np.median(ms):.3f} ms, "
-          f"min {ms.min():.3f} ms, max {ms.max():.3f} ms ({args.repeat} repeats of {args.number} runs)")
+    print(
+        f"{pkg.manifest['name']} on {pkg.manifest['target']['name']}: median {np.median(ms):.3f} ms, "
+        f"min {ms.min():.3f} ms, max {ms.max():.3f} ms ({args.repeat} repeats of {args.number} runs)"
+    )
     return 0
 
 
@@ -218,7 +238,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("package", help="a .kpkg file made by kiln compile")
     p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy")
-    p.add_argument("--random-inputs", action="store_true", help="fill inputs not given with seeded random data")
+    p.add_argument(
+        "--random-inputs", action="store_true", help="fill inputs not given with seeded random data"
+    )
     p.add_argument("--seed", type=int, default=0)
     with contextlib.suppress(ImportError):
         from .rpc.cli import add_remote_args
@@ -237,8 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="an .onnx file")
     c.add_argument("--target", "-t", required=True)
     c.add_argument("--output", "-o", help="package path (default: MODEL.kpkg)")
-    c.add_argument("--shape", action="append", default=[], metavar="NAME=1x3x224x224",
-                   help="bind an input's symbolic dimensions")
+    c.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=1x3x224x224",
+        help="bind an input's symbolic dimensions",
+    )
     c.add_argument("--pipeline", help="comma-separated pass list (default: the target's default pipeline)")
     c.add_argument("--name", help="model name (default: the file name)")
     c.set_defaults(fn=cmd_compile)

@@ -18,8 +18,9 @@ from .transform import PassContext, Pipeline, default_pipeline
 ModelLike = Any  # str | Path | bytes | onnx.ModelProto | Module
 
 
-def load_model(model: ModelLike, shapes: Mapping[str, tuple[int, ...]] | None = None,
-               name: str | None = None) -> Module:
+def load_model(
+    model: ModelLike, shapes: Mapping[str, tuple[int, ...]] | None = None, name: str | None = None
+) -> Module:
     """Import a model into a kiln Module: an ONNX file path, ONNX bytes, an ``onnx.ModelProto`` or a Module."""
     if isinstance(model, Module):
         return model
@@ -28,8 +29,9 @@ def load_model(model: ModelLike, shapes: Mapping[str, tuple[int, ...]] | None = 
     return from_onnx(model, shapes=dict(shapes) if shapes else None, name=name)
 
 
-def compile_module(mod: Module, target: Target | str, pipeline: Pipeline | str | None = None,
-                   ctx: PassContext | None = None) -> Module:
+def compile_module(
+    mod: Module, target: Target | str, pipeline: Pipeline | str | None = None, ctx: PassContext | None = None
+) -> Module:
     """Run the pipeline (default: :func:`kiln.transform.default_pipeline` for the target) on ``mod``."""
     t = get_target(target)
     if isinstance(pipeline, str):
@@ -38,9 +40,15 @@ def compile_module(mod: Module, target: Target | str, pipeline: Pipeline | str |
     return pipe(mod.with_attrs(target=t), ctx)
 
 
-def compile(model: ModelLike, target: Target | str, *, shapes: Mapping[str, tuple[int, ...]] | None = None,
-            pipeline: Pipeline | str | None = None, name: str | None = None,
-            ctx: PassContext | None = None) -> Any:
+def compile(
+    model: ModelLike,
+    target: Target | str,
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    pipeline: Pipeline | str | None = None,
+    name: str | None = None,
+    ctx: PassContext | None = None,
+) -> Any:
     """Compile ``model`` for ``target`` into a :class:`kiln.build.package.Package` (run it with ``.run``)."""
     from .build import link_model
     from .build.link import ModelInfo
@@ -62,11 +70,16 @@ def compile(model: ModelLike, target: Target | str, *, shapes: Mapping[str, tupl
         operators=source_ops,
     )
     artifacts = link_model(t, code.object, code.weights, info)
-    return Package.create(t, info, artifacts, extra_manifest={
-        "pipeline": str(pipeline) if pipeline is not None else str(default_pipeline(t)),
-        "weights_sha256": hashlib.sha256(code.weights).hexdigest(),
-        "flops": sum(int(f.attrs.get("flops", 0)) for f in lowered.tensor_functions().values()),
-    })
+    return Package.create(
+        t,
+        info,
+        artifacts,
+        extra_manifest={
+            "pipeline": str(pipeline) if pipeline is not None else str(default_pipeline(t)),
+            "weights_sha256": hashlib.sha256(code.weights).hexdigest(),
+            "flops": sum(int(f.attrs.get("flops", 0)) for f in lowered.tensor_functions().values()),
+        },
+    )
 
 
 def load(path: str | Path) -> Any:

@@ -39,7 +39,8 @@ def jit_run(mod: Module, target: Target, inputs: Mapping[str, np.ndarray]) -> li
     llvm.add_symbol("kiln_profile_end", addr)
     m = llvm.parse_assembly(text.replace(target.triple, llvm.get_process_triple()))
     tm = llvm.Target.from_default_triple().create_target_machine(opt=3)
-    if not __import__("os").environ.get("KILN_JIT_O0"): optimize(m, tm)
+    if not __import__("os").environ.get("KILN_JIT_O0"):
+        optimize(m, tm)
     ee = llvm.create_mcjit_compiler(m, tm)
     ee.finalize_object()
     _keep.append(ee)
@@ -50,7 +51,8 @@ def jit_run(mod: Module, target: Target, inputs: Mapping[str, np.ndarray]) -> li
     ws = np.zeros(int(mod.attrs["memory_plan"]["arena_bytes"]) + 64, dtype=np.uint8)
     in_ptrs = (ctypes.c_void_p * max(1, len(ins)))(*[a.ctypes.data for a in ins])
     out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
-    rc = entry(ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), ws.ctypes.data + (-ws.ctypes.data) % 64,
-               None)
+    rc = entry(
+        ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), ws.ctypes.data + (-ws.ctypes.data) % 64, None
+    )
     assert rc == 0
     return outs

@@ -75,7 +75,9 @@ def light_random_path(name: str, seed: int = 0) -> Path:
     g.initializer.extend(new_inits)
     softmax = [n for n in g.node if n.op_type == "Softmax"]
     if softmax:  # (DenseNet-121 ends in its logits already)
-        g.output.append(onnx.helper.make_tensor_value_info(softmax[-1].input[0], onnx.TensorProto.FLOAT, None))
+        g.output.append(
+            onnx.helper.make_tensor_value_info(softmax[-1].input[0], onnx.TensorProto.FLOAT, None)
+        )
     path = cache_dir() / f"{name}_random{seed}.onnx"
     onnx.save(m, str(path))
     return path
@@ -95,8 +97,11 @@ def _torch_model(name: str):  # noqa: ANN202
             self.b1 = nn.BatchNorm2d(cout)
             self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
             self.b2 = nn.BatchNorm2d(cout)
-            self.short = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                          if stride != 1 or cin != cout else nn.Identity())
+            self.short = (
+                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                if stride != 1 or cin != cout
+                else nn.Identity()
+            )
 
         def forward(self, x):  # noqa: ANN001, ANN202
             y = torch.relu(self.b1(self.c1(x)))
@@ -108,9 +113,15 @@ def _torch_model(name: str):  # noqa: ANN202
             hid = cin * expand
             self.use_res = stride == 1 and cin == cout
             self.body = nn.Sequential(
-                nn.Conv2d(cin, hid, 1, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
-                nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False), nn.BatchNorm2d(hid), nn.ReLU6(),
-                nn.Conv2d(hid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+                nn.Conv2d(cin, hid, 1, bias=False),
+                nn.BatchNorm2d(hid),
+                nn.ReLU6(),
+                nn.Conv2d(hid, hid, 3, stride, 1, groups=hid, bias=False),
+                nn.BatchNorm2d(hid),
+                nn.ReLU6(),
+                nn.Conv2d(hid, cout, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
 
         def forward(self, x):  # noqa: ANN001, ANN202
             y = self.body(x)
@@ -118,21 +129,48 @@ def _torch_model(name: str):  # noqa: ANN202
 
     if name == "resnet18ish":
         model = nn.Sequential(
-            nn.Conv2d(3, 16, 7, 2, 3, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
-            Block(16, 16, 1), Block(16, 16, 1), Block(16, 32, 2), Block(32, 32, 1), Block(32, 64, 2),
-            Block(64, 64, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+            nn.Conv2d(3, 16, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+            Block(16, 16, 1),
+            Block(16, 16, 1),
+            Block(16, 32, 2),
+            Block(32, 32, 1),
+            Block(32, 64, 2),
+            Block(64, 64, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(64, 10),
+        )
         example = torch.randn(1, 3, 64, 64)
     elif name == "mobilenetv2ish":
         model = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
-            InvertedResidual(16, 16, 1, 1), InvertedResidual(16, 24, 2, 6), InvertedResidual(24, 24, 1, 6),
-            InvertedResidual(24, 32, 2, 6), InvertedResidual(32, 32, 1, 6),
-            nn.Conv2d(32, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU6(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU6(),
+            InvertedResidual(16, 16, 1, 1),
+            InvertedResidual(16, 24, 2, 6),
+            InvertedResidual(24, 24, 1, 6),
+            InvertedResidual(24, 32, 2, 6),
+            InvertedResidual(32, 32, 1, 6),
+            nn.Conv2d(32, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU6(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(128, 10),
+        )
         example = torch.randn(1, 3, 64, 64)
     elif name == "mlp":
-        model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 10),
-                              nn.Softmax(dim=-1))
+        model = nn.Sequential(
+            nn.Linear(64, 128),
+            nn.GELU(),
+            nn.Linear(128, 128),
+            nn.Tanh(),
+            nn.Linear(128, 10),
+            nn.Softmax(dim=-1),
+        )
         example = torch.randn(4, 64)
     elif name == "transformer":
         layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True, activation="gelu")
@@ -158,8 +196,9 @@ def torch_onnx_path(name: str) -> Path:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=17, input_names=["x"],
-                          output_names=["y"])
+        torch.onnx.export(
+            model, (example,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"]
+        )
     path = cache_dir() / f"{name}.onnx"
     path.write_bytes(buf.getvalue())
     return path

@@ -35,6 +35,7 @@ from types import MappingProxyType
 from typing import IO, Any
 
 import numpy as np
+
 from kiln import runtime_c
 from kiln.build.link import LinkedModel, ModelInfo
 from kiln.rpc.launchers import Launcher, launcher_for

@@ -33,8 +33,9 @@ def layout_constants(mod: Module) -> tuple[bytes, dict[int, int]]:
     return b"".join(parts), offsets
 
 
-def emit_entry(llmod: ir.Module, mod: Module, funcs: dict[str, ir.Function],
-               const_offsets: dict[int, int]) -> list[str]:
+def emit_entry(
+    llmod: ir.Module, mod: Module, funcs: dict[str, ir.Function], const_offsets: dict[int, int]
+) -> list[str]:
     """Define ``kiln_model_entry``; returns the kernel names in kernel-index order."""
     main = mod.main
     plan = mod.attrs["memory_plan"]
@@ -85,7 +86,8 @@ def emit_entry(llmod: ir.Module, mod: Module, funcs: dict[str, ir.Function],
         elif node.op == "call_extern":
             name = node.attrs["symbol"]
             callee = llmod.globals.get(name) or ir.Function(
-                llmod, ir.FunctionType(ir.VoidType(), [PTR] * (len(node.inputs) + len(node.outputs))), name)
+                llmod, ir.FunctionType(ir.VoidType(), [PTR] * (len(node.inputs) + len(node.outputs))), name
+            )
             tf = None
         else:
             raise ValueError(f"codegen: main still has graph operator {node.op!r}; run legalize first")

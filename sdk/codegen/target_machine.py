@@ -21,15 +21,18 @@ def _init() -> None:
 
 def _abi(t: Target) -> str:
     if t.arch.startswith("riscv"):
-        return {"lp64d": "lp64d", "ilp32f": "ilp32f", "ilp32": "ilp32", "ilp32d": "ilp32d"}.get(t.float_abi, "")
+        return {"lp64d": "lp64d", "ilp32f": "ilp32f", "ilp32": "ilp32", "ilp32d": "ilp32d"}.get(
+            t.float_abi, ""
+        )
     return ""
 
 
 def target_machine(t: Target) -> llvm.TargetMachine:
     _init()
     tgt = llvm.Target.from_triple(t.triple)
-    return tgt.create_target_machine(cpu=t.cpu, features=t.features, opt=3, reloc="pic", codemodel="default",
-                                     abiname=_abi(t))
+    return tgt.create_target_machine(
+        cpu=t.cpu, features=t.features, opt=3, reloc="pic", codemodel="default", abiname=_abi(t)
+    )
 
 
 def optimize(mod: llvm.ModuleRef, tm: llvm.TargetMachine) -> None:

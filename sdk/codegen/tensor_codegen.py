@@ -154,8 +154,12 @@ class TensorCodegen:
 
     def _for(self, c: _Ctx, s: T.For) -> None:
         start, extent = s.start, s.extent
-        if (s.kind == "unrolled" and isinstance(extent, T.IntImm) and isinstance(start, T.IntImm)
-                and extent.value <= MAX_UNROLL):
+        if (
+            s.kind == "unrolled"
+            and isinstance(extent, T.IntImm)
+            and isinstance(start, T.IntImm)
+            and extent.value <= MAX_UNROLL
+        ):
             for i in range(extent.value):
                 c.vars[s.var.uid] = ir.Constant(I64, start.value + i)
                 self._stmt(c, s.body)

@@ -44,7 +44,9 @@ class GraphBuilder:
         """Apply ``op_name``; returns the result var (a tuple when the operator has several results)."""
         types = get_op(op_name).infer([v.type for v in inputs], attrs)
         node_name = name or f"{op_name}_{next(self._ids)}"
-        outs = tuple(Var(node_name if len(types) == 1 else f"{node_name}_{i}", t) for i, t in enumerate(types))
+        outs = tuple(
+            Var(node_name if len(types) == 1 else f"{node_name}_{i}", t) for i, t in enumerate(types)
+        )
         self.nodes.append(Node(op_name, tuple(inputs), outs, attrs, node_name))
         return outs[0] if len(outs) == 1 else outs
 
@@ -57,8 +59,13 @@ class GraphBuilder:
     def output(self, v: Value, name: str | None = None) -> None:
         if name is not None and isinstance(v, Var) and v.name != name and v not in self.params:
             renamed = Var(name, v.type)  # rename the value itself (vars are immutable: substitute it)
-            self.nodes = [n.with_(inputs=tuple(renamed if x is v else x for x in n.inputs),
-                                  outputs=tuple(renamed if x is v else x for x in n.outputs)) for n in self.nodes]
+            self.nodes = [
+                n.with_(
+                    inputs=tuple(renamed if x is v else x for x in n.inputs),
+                    outputs=tuple(renamed if x is v else x for x in n.outputs),
+                )
+                for n in self.nodes
+            ]
             self.outputs = [renamed if x is v else x for x in self.outputs]
             v = renamed
         elif name is not None and v.name != name:
@@ -70,6 +77,7 @@ class GraphBuilder:
     def build(self) -> Module:
         if not self.outputs:
             raise ValueError(f"model {self.name!r} has no outputs; call .output(value) first")
-        main = GraphFunction("main", tuple(self.params), tuple(self.nodes), tuple(self.outputs),
-                             {"model_name": self.name})
+        main = GraphFunction(
+            "main", tuple(self.params), tuple(self.nodes), tuple(self.outputs), {"model_name": self.name}
+        )
         return Module({"main": main})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any
 
 from .types import is_float
 
@@ -27,8 +27,20 @@ BIN_OPS = ("+", "-", "*", "/", "//", "%", "min", "max", "<", "<=", ">", ">=", "=
 CMP_OPS = ("<", "<=", ">", ">=", "==", "!=")
 # Math intrinsics codegen knows (all implemented without libm): unary unless noted.
 INTRINSICS = (
-    "exp", "log", "sqrt", "tanh", "erf", "sigmoid", "abs", "floor", "ceil", "round", "neg", "pow",  # pow: binary
-    "sin", "cos",
+    "exp",
+    "log",
+    "sqrt",
+    "tanh",
+    "erf",
+    "sigmoid",
+    "abs",
+    "floor",
+    "ceil",
+    "round",
+    "neg",
+    "pow",  # pow: binary
+    "sin",
+    "cos",
 )
 
 
@@ -98,7 +110,7 @@ class Expr:
     __hash__ = object.__hash__
 
 
-ExprLike = Union[Expr, int, float, bool]
+ExprLike = Expr | int | float | bool
 
 
 def _fold_int(op: str, a: Expr, b: Expr) -> Expr | None:
@@ -393,14 +405,23 @@ def seq(*stmts: Stmt | Iterable[Stmt] | None) -> Stmt:
     return flat[0] if len(flat) == 1 else Seq(tuple(flat))
 
 
-def loop(extent: ExprLike, body: Callable[[LoopVar], Stmt], name: str = "i", kind: str = "serial",
-         start: ExprLike = 0) -> For:
+def loop(
+    extent: ExprLike,
+    body: Callable[[LoopVar], Stmt],
+    name: str = "i",
+    kind: str = "serial",
+    start: ExprLike = 0,
+) -> For:
     v = LoopVar(name)
     return For(v, const(extent), body(v), kind, const(start))
 
 
-def loop_nest(shape: Sequence[int], body: Callable[[tuple[LoopVar, ...]], Stmt], prefix: str = "i",
-              innermost: str = "serial") -> Stmt:
+def loop_nest(
+    shape: Sequence[int],
+    body: Callable[[tuple[LoopVar, ...]], Stmt],
+    prefix: str = "i",
+    innermost: str = "serial",
+) -> Stmt:
     """A perfect loop nest over ``shape`` (one loop per dim; the innermost gets ``innermost`` kind)."""
     vars_ = tuple(LoopVar(f"{prefix}{d}") for d in range(len(shape)))
     stmt = body(vars_)

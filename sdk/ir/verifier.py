@@ -80,7 +80,9 @@ def _verify_graph(f: GraphFunction, mod: Module) -> list[str]:
                 continue
             got = [o.type for o in n.outputs]
             if list(types) != got:
-                errs.append(f"{where}: recorded types {[str(t) for t in got]} != inferred {[str(t) for t in types]}")
+                errs.append(
+                    f"{where}: recorded types {[str(t) for t in got]} != inferred {[str(t) for t in types]}"
+                )
         else:
             errs.append(f"{where}: unknown operator {n.op!r}")
     for v in f.outputs:
@@ -116,8 +118,8 @@ def _verify_tensor(f: TensorFunction) -> list[str]:
         if isinstance(s, For):
             visit(s.body, bound | {s.var.uid})
         elif isinstance(s, Seq):
-            for x in s.stmts:
-                visit(x, bound)
+            for st in s.stmts:
+                visit(st, bound)
         elif isinstance(s, IfThenElse):
             visit(s.then, bound)
             if s.else_ is not None:

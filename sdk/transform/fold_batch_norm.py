@@ -69,8 +69,10 @@ def fold_batch_norm(mod: Module) -> Module:
             w2 = (w.astype(np.float64) * scale.reshape(-1, 1, 1, 1)).astype(w.dtype)
             b2 = (b.astype(np.float64) * scale + shift).astype(w.dtype)
             skip.add(id(us[0]))
-            n = n.with_(inputs=(n.inputs[0], Constant(f"{n.name}_w", w2), Constant(f"{n.name}_b", b2)),
-                        outputs=us[0].outputs)
+            n = n.with_(
+                inputs=(n.inputs[0], Constant(f"{n.name}_w", w2), Constant(f"{n.name}_b", b2)),
+                outputs=us[0].outputs,
+            )
         nodes.append(n)
     if not skip:
         return mod

@@ -11,7 +11,7 @@ Expects: graph-level operators. Guarantees: results unchanged; a graph output is
 
 from __future__ import annotations
 
-from ..ir import GraphFunction, Module, Node, Value, Var
+from ..ir import GraphFunction, Module, Node, Var
 from ..ops import get_op, has_op
 from .pipeline import register_pass
 
@@ -37,7 +37,11 @@ def fuse_ops(mod: Module) -> Module:
             if len(us) != 1 or id(y) in graph_outputs:
                 break
             u = us[0]
-            if id(u) in member or _kind(u) != "elementwise" or u.outputs[0].type.shape != n.outputs[0].type.shape:
+            if (
+                id(u) in member
+                or _kind(u) != "elementwise"
+                or u.outputs[0].type.shape != n.outputs[0].type.shape
+            ):
                 break
             chain.append(u)
         if len(chain) > 1:

@@ -82,7 +82,10 @@ class _Legalizer:
             chain_sig.append((n.op, _key_attr(n.attrs), tuple(args)))
             prev = n.outputs[0]
         key = (
-            anchor.op, _key_attr(anchor.attrs), tuple(anchor_slots), tuple(chain_sig),
+            anchor.op,
+            _key_attr(anchor.attrs),
+            tuple(anchor_slots),
+            tuple(chain_sig),
             tuple((v.type.shape, v.type.dtype) for v in call_inputs),
             tuple((o.type.shape, o.type.dtype) for o in outputs),
         )
@@ -95,15 +98,18 @@ class _Legalizer:
         fname = f"{name}_{k}"
         in_bufs = [T.Buffer(f"in{i}", v.type.static_shape, v.type.dtype) for i, v in enumerate(call_inputs)]
         out_bufs = [T.Buffer(f"out{i}", o.type.static_shape, o.type.dtype) for i, o in enumerate(outputs)]
-        ctx = LowerContext(self.target, self._epilogue(chain_sig, in_bufs, out_bufs[0]) if rest else None, fname)
+        ctx = LowerContext(
+            self.target, self._epilogue(chain_sig, in_bufs, out_bufs[0]) if rest else None, fname
+        )
         op = get_op(anchor.op)
         try:
             body = op.lower(ctx, [in_bufs[s] for s in anchor_slots], out_bufs, anchor.attrs)
         except OpError as e:
             raise OpError(f"cannot lower node {anchor.name or anchor.op!r}: {e}") from e
         flops = op.flops([v.type for v in anchor.inputs], [o.type for o in anchor.outputs], anchor.attrs)
-        tf = TensorFunction(fname, (*in_bufs, *out_bufs), body, len(out_bufs),
-                            {"ops": [n.op for n in chain], "flops": flops})
+        tf = TensorFunction(
+            fname, (*in_bufs, *out_bufs), body, len(out_bufs), {"ops": [n.op for n in chain], "flops": flops}
+        )
         self.funcs[fname] = tf
         self.by_key[key] = fname
         return fname, call_inputs
@@ -139,8 +145,13 @@ class _Legalizer:
         fname = f"copy_{len(self.funcs)}"
         src = T.Buffer("in0", v.type.static_shape, v.type.dtype)
         dst = T.Buffer("out0", v.type.static_shape, v.type.dtype)
-        self.funcs[fname] = TensorFunction(fname, (src, dst), elementwise_copy(LowerContext(self.target), src, dst),
-                                           1, {"ops": ["copy"], "flops": 0})
+        self.funcs[fname] = TensorFunction(
+            fname,
+            (src, dst),
+            elementwise_copy(LowerContext(self.target), src, dst),
+            1,
+            {"ops": ["copy"], "flops": 0},
+        )
         self.by_key[key] = fname
         return fname
 
@@ -150,8 +161,10 @@ def legalize(mod: Module) -> Module:
     main = mod.main
     for p in main.params:
         if not p.type.is_static:
-            raise OpError(f"input {p.name!r} has symbolic shape {p.type}; give concrete sizes "
-                          f"(kiln compile --shape {p.name}=1x3x224x224, or shapes= in kiln.compile)")
+            raise OpError(
+                f"input {p.name!r} has symbolic shape {p.type}; give concrete sizes "
+                f"(kiln compile --shape {p.name}=1x3x224x224, or shapes= in kiln.compile)"
+            )
     lg = _Legalizer(mod)
     nodes: list[Node] = []
     for n in main.nodes:
@@ -175,10 +188,12 @@ def _unfuse(n: Node) -> list[Node]:
     """The nodes of a fused group with the body's parameters replaced by the group's actual inputs."""
     body: GraphFunction = n.attrs["body"]
     actual = dict(zip(body.params, n.inputs, strict=True))
-    return [m.with_(inputs=tuple(actual.get(v, v) for v in m.inputs)) for m in body.nodes]  # type: ignore[call-overload]
+    return [m.with_(inputs=tuple(actual.get(v, v) for v in m.inputs)) for m in body.nodes]  # type: ignore[call-overload,arg-type]
 
 
-def _materialize_outputs(main: GraphFunction, nodes: list[Node], lg: _Legalizer) -> tuple[list[Node], list[Value]]:
+def _materialize_outputs(
+    main: GraphFunction, nodes: list[Node], lg: _Legalizer
+) -> tuple[list[Node], list[Value]]:
     """Make every output the result of a kernel that can write straight into the caller's output buffer."""
     producer = {id(o): n for n in nodes for o in n.outputs}
 

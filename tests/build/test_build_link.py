@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from kiln import runtime_c
 from kiln.build import ModelInfo, Package, PackageError, ToolchainError, link_model, toolchain
 from kiln.build.link import c_string, descriptor_c, elf_code_size, model_header

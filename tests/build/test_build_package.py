@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from kiln.build import Package, PackageError
 from kiln.build.package import FORMAT_VERSION, MANIFEST
 from tinymodel import TINY_INFO, TINY_PROBE_BYTE, link_tiny, tiny_expected, tiny_inputs, tiny_package

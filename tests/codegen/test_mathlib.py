@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from jit import jit_run
 
+from jit import jit_run
 from kiln.driver import compile_module
 from kiln.frontend.nn import GraphBuilder
 
@@ -31,8 +31,11 @@ def _run(op: str, x: np.ndarray, **attrs: object) -> np.ndarray:
     g = GraphBuilder()
     v = g.input("x", x.shape)
     g.output(g.op(op, v, **attrs), "y")
-    return jit_run(compile_module(g.build(), "x86_64-linux"), __import__("kiln").targets.get_target(
-        "x86_64-linux"), {"x": x})[0]
+    return jit_run(
+        compile_module(g.build(), "x86_64-linux"),
+        __import__("kiln").targets.get_target("x86_64-linux"),
+        {"x": x},
+    )[0]
 
 
 @pytest.mark.parametrize("op", sorted(CASES))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from graphs import conv_bn_relu
 
+from graphs import conv_bn_relu
 from kiln.codegen import build_llvm_ir, emit_assembly
 from kiln.driver import compile_module
 from kiln.targets import get_target

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 
-import models
 import numpy as np
 import pytest
 
 import kiln
+import models
 
 RTOL, ATOL = 1e-3, 1e-4
 EMULATED = ("aarch64-linux", "riscv64-linux")
@@ -33,8 +33,9 @@ def _check(path: str, target: str) -> None:
     got = kiln.compile(path, target).run(x)
     assert sorted(got) == sorted(want)
     for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL,
-                                   err_msg=f"{path} on {target}: output {name}")
+        np.testing.assert_allclose(
+            got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=f"{path} on {target}: output {name}"
+        )
 
 
 def _light_cases() -> list:  # noqa: ANN202

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphs import conv_bn_relu, mlp, residual_block
 
 import kiln
+from graphs import conv_bn_relu, mlp, residual_block
 from kiln.ir.interpreter import interpret
 from kiln.targets import list_targets
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
 from kiln.rpc.auth import server_security
 from kiln.rpc.tracker import Tracker, TrackerServer
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import kiln.rpc
 import numpy as np
 import pytest
+
+import kiln.rpc
 import tinypkg
 from kiln.rpc import device_pb2, device_pb2_grpc
 from kiln.rpc.auth import open_channel

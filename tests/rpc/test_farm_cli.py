@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from farmproc import FarmProcess
 from kiln.rpc.server import TrackerAgent
 from kiln.rpc.tracker import Capabilities

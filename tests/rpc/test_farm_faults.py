@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import kiln.rpc
 import numpy as np
 import pytest
+
+import kiln.rpc
 import tinypkg
 from farmproc import FarmProcess
 from kiln.rpc.client import RemoteError

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from kiln.rpc import device_pb2
 from kiln.rpc.server import BadRequest, CorruptUpload, InvalidPackage, NotCached, PackageCache, TooLarge
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import kiln.rpc
 import pytest
+
+import kiln.rpc
 from kiln.rpc.auth import AuthError, TLSConfig, server_security
 from kiln.rpc.client import RemoteError
 from kiln.rpc.tracker import Tracker, TrackerServer

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+
 from kiln.rpc.tracker import (
     Capabilities,
     DeviceRecord,

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 
 import grpc
-import kiln.rpc
 import pytest
+
+import kiln.rpc
 from kiln.rpc import tracker_pb2, tracker_pb2_grpc
 from kiln.rpc.auth import open_channel
 from kiln.rpc.client import RemoteError

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from kiln import runtime_c
 from kiln.build import toolchain
 from kiln.rpc import protocol

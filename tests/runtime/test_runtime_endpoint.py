@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from kiln.build import ModelInfo, Package
 from kiln.rpc import protocol
 from kiln.rpc.launchers import LocalLauncher

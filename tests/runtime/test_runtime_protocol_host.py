@@ -9,6 +9,7 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from kiln.rpc import protocol
 from kiln.rpc.protocol import DeviceError, DeviceInfo, DeviceLost, ProtocolError, Session, encode_frame
 

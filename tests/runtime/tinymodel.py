@@ -13,6 +13,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+
 from kiln.build import ModelInfo, Package, link_model
 from kiln.build.link import LinkedModel
 from kiln.build.toolchain import compile_source

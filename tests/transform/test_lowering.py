@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from graphs import conv_bn_relu, mlp, residual_block
 from jit import jit_run
-
 from kiln.driver import compile_module
 from kiln.ir.interpreter import interpret
 from kiln.targets import get_target
@@ -45,7 +45,7 @@ def test_memory_plan_never_overlaps_live_tensors() -> None:
     items = list(spans.values())
     for i, (a0, a1, ao, asz) in enumerate(items):
         assert ao + asz <= plan["scratch_offset"]
-        for b0, b1, bo, bsz in items[i + 1:]:
+        for b0, b1, bo, bsz in items[i + 1 :]:
             if a1 >= b0 and b1 >= a0:  # both live at once
                 assert ao + asz <= bo or bo + bsz <= ao
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphs import conv_bn_relu, mlp, residual_block
 
+from graphs import conv_bn_relu, mlp, residual_block
 from kiln.ir import Constant, verify
 from kiln.ir.interpreter import interpret
 from kiln.transform import get_pass
@@ -24,8 +24,9 @@ def _ops(mod):  # noqa: ANN001, ANN202
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
-@pytest.mark.parametrize("pass_name", ["fold-constants", "simplify", "fold-batch-norm", "eliminate-dead-code",
-                                       "fuse-ops"])
+@pytest.mark.parametrize(
+    "pass_name", ["fold-constants", "simplify", "fold-batch-norm", "eliminate-dead-code", "fuse-ops"]
+)
 def test_graph_pass_preserves_meaning(model: str, pass_name: str) -> None:
     mod = MODELS[model]()
     out = get_pass(pass_name)(mod)
