@@ -33,9 +33,15 @@ def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise CLIError(f"--shape {text!r}: dimensions must be integers like 1x3x224x224") from None
 
 
+def _console() -> Any:
+    """A rich console that does not squeeze tables into 80 columns when output goes to a pipe or file."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
 # ------------------------------------------------------------------------------------------------------ commands
 def cmd_targets(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from .targets import emulator_available, list_targets
@@ -53,7 +59,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
         else:
             via = "-"
         table.add_row(t.name, t.triple, f"{t.cpu} {t.features}".strip(), str(t.vector_bits), t.os, via)
-    Console().print(table)
+    _console().print(table)
     return 0
 
 
@@ -80,7 +86,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from rich.console import Console
     from rich.table import Table
 
     from .build.package import Package
@@ -90,7 +95,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(m, indent=2, sort_keys=True))
         return 0
-    con = Console()
+    con = _console()
     con.print(
         f"[bold]{m['name']}[/bold]  target {m['target']['name']} ({m['target']['triple']})  "
         f"compiler {m.get('compiler', '?')}"
