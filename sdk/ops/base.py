@@ -68,11 +68,14 @@ class OpDef:
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         raise OpError(f"operator {self.name} has no lowering to tensor code")
 
-    def flops(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
         return sum(t.numel for t in outputs if t.is_static)
 
     def error(self, msg: str) -> OpError:
@@ -162,8 +165,9 @@ class Elementwise(OpDef):
         r = self.numpy(attrs, *inputs)
         return [ref_cast(np.broadcast_to(r, out_t.static_shape), out_t.dtype)]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         out = outs[0]
 
         def body(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
@@ -177,8 +181,12 @@ def elementwise_copy(ctx: LowerContext, src: T.Buffer, dst: T.Buffer) -> T.Stmt:
     """dst[...] = epilogue(src[...]) over identical element counts, viewing both as flat arrays."""
     flat_src = src.with_(shape=(src.numel,), strides=())
     flat_dst = dst.with_(shape=(dst.numel,), strides=())
-    return T.loop(dst.numel, lambda i: T.Store(flat_dst, (i,), ctx.apply_epilogue(flat_src[i], unflatten(i, dst.shape), i)),
-                  name=ctx.name + "_c", kind="vectorized")
+    return T.loop(
+        dst.numel,
+        lambda i: T.Store(flat_dst, (i,), ctx.apply_epilogue(flat_src[i], unflatten(i, dst.shape), i)),
+        name=ctx.name + "_c",
+        kind="vectorized",
+    )
 
 
 def unflatten(flat: T.Expr, shape: Sequence[int]) -> tuple[T.Expr, ...]:
@@ -201,6 +209,8 @@ def flat_index(idx: Sequence[T.Expr], shape: Sequence[int]) -> T.Expr:
 
 def static_dims(t: TensorType, op: str) -> tuple[int, ...]:
     if not t.is_static:
-        raise OpError(f"{op}: needs static shapes, got {t} (bind symbolic dims such as "
-                      f"{', '.join(str(d) for d in t.shape if isinstance(d, Sym))} before compiling)")
+        raise OpError(
+            f"{op}: needs static shapes, got {t} (bind symbolic dims such as "
+            f"{', '.join(str(d) for d in t.shape if isinstance(d, Sym))} before compiling)"
+        )
     return t.static_shape

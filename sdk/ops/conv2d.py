@@ -63,22 +63,30 @@ class Conv2D(OpDef):
         out = np.zeros((n, oc, oh, ow), dtype=np.float64)
         ocg = oc // g
         for gi in range(g):
-            xs = xp[:, gi * cg:(gi + 1) * cg]
-            ws = w[gi * ocg:(gi + 1) * ocg].astype(np.float64)
+            xs = xp[:, gi * cg : (gi + 1) * cg]
+            ws = w[gi * ocg : (gi + 1) * ocg].astype(np.float64)
             for i in range(kh):
                 for j in range(kw):
-                    patch = xs[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
-                    out[:, gi * ocg:(gi + 1) * ocg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+                    patch = xs[
+                        :,
+                        :,
+                        i * dh : i * dh + sh * (oh - 1) + 1 : sh,
+                        j * dw : j * dw + sw * (ow - 1) + 1 : sw,
+                    ]
+                    out[:, gi * ocg : (gi + 1) * ocg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
         if len(inputs) > 2:
             out += inputs[2].reshape(1, -1, 1, 1)
         return [out.astype(x.dtype)]
 
-    def flops(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
         _, cg, kh, kw = inputs[1].static_shape
         return 2 * outputs[0].numel * cg * kh * kw
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, w = ins[0], ins[1]
         bias = ins[2] if len(ins) > 2 else None
         out = outs[0]
@@ -90,8 +98,11 @@ class Conv2D(OpDef):
         wf = w.with_(shape=(oc, kdim))
         of = out.with_(shape=(n, oc, ohw))
         direct = kh == kw == sh == sw == 1 and pt == pl == pb == pr == 0
-        col = x.with_(shape=(n, c, h * wd)) if direct else T.Buffer(f"{ctx.name}_col", (kdim, ohw), x.dtype,
-                                                                     scope="workspace")
+        col = (
+            x.with_(shape=(n, c, h * wd))
+            if direct
+            else T.Buffer(f"{ctx.name}_col", (kdim, ohw), x.dtype, scope="workspace")
+        )
 
         def per_image_group(ni: T.LoopVar, gi: T.LoopVar) -> T.Stmt:
             c0 = gi * cg if g > 1 else T.IntImm(0)
@@ -107,16 +118,29 @@ class Conv2D(OpDef):
                 flat = (ni * oc + ch) * ohw + j
                 return T.Store(of, (ni, ch, j), ctx.apply_epilogue(v, idx, flat))
 
-            mm = gemm(ctx.name, ocg, ohw, kdim, lambda i, k: wf[oc0 + i, k], b_load, store, ctx.lanes, x.dtype)
+            mm = gemm(
+                ctx.name, ocg, ohw, kdim, lambda i, k: wf[oc0 + i, k], b_load, store, ctx.lanes, x.dtype
+            )
             return T.seq(None if direct else self._im2col(ctx, x, col, ni, c0, attrs, (kh, kw), (oh, ow)), mm)
 
-        body = T.loop(n, lambda ni: T.loop(g, lambda gi: per_image_group(ni, gi), name=f"{ctx.name}_g"),
-                      name=f"{ctx.name}_n")
+        body = T.loop(
+            n,
+            lambda ni: T.loop(g, lambda gi: per_image_group(ni, gi), name=f"{ctx.name}_g"),
+            name=f"{ctx.name}_n",
+        )
         return body if direct else T.Allocate(col, body)
 
     @staticmethod
-    def _im2col(ctx: LowerContext, x: T.Buffer, col: T.Buffer, ni: T.Expr, c0: T.Expr, attrs: dict[str, Any],
-                ksize: tuple[int, int], osize: tuple[int, int]) -> T.Stmt:
+    def _im2col(
+        ctx: LowerContext,
+        x: T.Buffer,
+        col: T.Buffer,
+        ni: T.Expr,
+        c0: T.Expr,
+        attrs: dict[str, Any],
+        ksize: tuple[int, int],
+        osize: tuple[int, int],
+    ) -> T.Stmt:
         (sh, sw), (pt, pl, _, _), (dh, dw), _ = _attrs(attrs)
         _, _, h, wd = x.shape
         kh, kw = ksize
@@ -134,11 +158,19 @@ class Conv2D(OpDef):
                 val = x[ni, c0 + c, T.minimum(T.maximum(iy, 0), h - 1), T.minimum(T.maximum(ix, 0), wd - 1)]
                 return T.Store(col, (k, y * ow + z), T.select(inside, val, zero))
 
-            return T.loop(oh, lambda y: T.loop(ow, lambda z: pixel(y, z), name=f"{ctx.name}_ox",
-                                               kind="vectorized"), name=f"{ctx.name}_oy")
+            return T.loop(
+                oh,
+                lambda y: T.loop(ow, lambda z: pixel(y, z), name=f"{ctx.name}_ox", kind="vectorized"),
+                name=f"{ctx.name}_oy",
+            )
 
-        return T.loop(cg, lambda c: T.loop(kh, lambda i: T.loop(kw, lambda j: row(c, i, j), name=f"{ctx.name}_kx"),
-                                           name=f"{ctx.name}_ky"), name=f"{ctx.name}_c")
+        return T.loop(
+            cg,
+            lambda c: T.loop(
+                kh, lambda i: T.loop(kw, lambda j: row(c, i, j), name=f"{ctx.name}_kx"), name=f"{ctx.name}_ky"
+            ),
+            name=f"{ctx.name}_c",
+        )
 
 
 register(Conv2D())

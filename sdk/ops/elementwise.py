@@ -18,24 +18,39 @@ from .base import Elementwise, register
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
-def _unary(name: str, scalar: Callable[[dict[str, Any], T.Expr], T.Expr],
-           numpy: Callable[[dict[str, Any], np.ndarray], np.ndarray]) -> None:
-    op = type(f"Op_{name}", (Elementwise,), {
-        "name": name,
-        "scalar": lambda self, attrs, x: scalar(attrs, x),
-        "numpy": lambda self, attrs, x: numpy(attrs, x),
-    })
+def _unary(
+    name: str,
+    scalar: Callable[[dict[str, Any], T.Expr], T.Expr],
+    numpy: Callable[[dict[str, Any], np.ndarray], np.ndarray],
+) -> None:
+    op = type(
+        f"Op_{name}",
+        (Elementwise,),
+        {
+            "name": name,
+            "scalar": lambda self, attrs, x: scalar(attrs, x),
+            "numpy": lambda self, attrs, x: numpy(attrs, x),
+        },
+    )
     register(op())
 
 
-def _binary(name: str, scalar: Callable[[T.Expr, T.Expr], T.Expr],
-            numpy: Callable[[np.ndarray, np.ndarray], np.ndarray], out_dtype: str | None = None) -> None:
-    op = type(f"Op_{name}", (Elementwise,), {
-        "name": name,
-        "out_dtype": out_dtype,
-        "scalar": lambda self, attrs, a, b: scalar(a, b),
-        "numpy": lambda self, attrs, a, b: numpy(a, b),
-    })
+def _binary(
+    name: str,
+    scalar: Callable[[T.Expr, T.Expr], T.Expr],
+    numpy: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    out_dtype: str | None = None,
+) -> None:
+    op = type(
+        f"Op_{name}",
+        (Elementwise,),
+        {
+            "name": name,
+            "out_dtype": out_dtype,
+            "scalar": lambda self, attrs, a, b: scalar(a, b),
+            "numpy": lambda self, attrs, a, b: numpy(a, b),
+        },
+    )
     register(op())
 
 
@@ -47,11 +62,17 @@ def _f(attrs: dict[str, Any], key: str, default: float) -> float:
 _binary("add", lambda a, b: a + b, np.add)
 _binary("sub", lambda a, b: a - b, np.subtract)
 _binary("mul", lambda a, b: a * b, np.multiply)
-_binary("div", lambda a, b: a / b if a.dtype.startswith("float") else a // b,
-        lambda a, b: a / b if a.dtype.kind == "f" else np.trunc(a / b).astype(a.dtype))
+_binary(
+    "div",
+    lambda a, b: a / b if a.dtype.startswith("float") else a // b,
+    lambda a, b: a / b if a.dtype.kind == "f" else np.trunc(a / b).astype(a.dtype),
+)
 _binary("pow", lambda a, b: T.Call("pow", (a, b), a.dtype), np.power)
-_binary("mod", lambda a, b: a % b if not a.dtype.startswith("float") else a - T.call("floor", a / b) * b,
-        lambda a, b: np.mod(a, b))
+_binary(
+    "mod",
+    lambda a, b: a % b if not a.dtype.startswith("float") else a - T.call("floor", a / b) * b,
+    lambda a, b: np.mod(a, b),
+)
 _binary("maximum", T.maximum, np.maximum)
 _binary("minimum", T.minimum, np.minimum)
 # --- comparisons (bool result)
@@ -75,8 +96,9 @@ _unary("sigmoid", lambda at, x: T.call("sigmoid", x), lambda at, x: 1.0 / (1.0 +
 _unary("identity", lambda at, x: x, lambda at, x: x)
 _unary(
     "clip",
-    lambda at, x: T.minimum(T.maximum(x, T.const(_f(at, "min", -math.inf), x.dtype)),
-                            T.const(_f(at, "max", math.inf), x.dtype)),
+    lambda at, x: T.minimum(
+        T.maximum(x, T.const(_f(at, "min", -math.inf), x.dtype)), T.const(_f(at, "max", math.inf), x.dtype)
+    ),
     lambda at, x: np.clip(x, _f(at, "min", -math.inf), _f(at, "max", math.inf)),
 )
 _unary(
@@ -86,8 +108,10 @@ _unary(
 )
 _unary(
     "hard_sigmoid",
-    lambda at, x: T.minimum(T.maximum(x * _f(at, "alpha", 0.2) + _f(at, "beta", 0.5), T.const(0.0, x.dtype)),
-                            T.const(1.0, x.dtype)),
+    lambda at, x: T.minimum(
+        T.maximum(x * _f(at, "alpha", 0.2) + _f(at, "beta", 0.5), T.const(0.0, x.dtype)),
+        T.const(1.0, x.dtype),
+    ),
     lambda at, x: np.clip(x * _f(at, "alpha", 0.2) + _f(at, "beta", 0.5), 0, 1),
 )
 _unary(

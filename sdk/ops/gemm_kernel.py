@@ -25,8 +25,18 @@ def tile_sizes(lanes: int, n: int) -> tuple[int, int]:
     return mr, min(nc, n)
 
 
-def gemm(name: str, m: int, n: int, k: int, a: Load2, b: Load2, store: Store2, lanes: int,
-         dtype: str = "float32", init: Load2 | None = None) -> T.Stmt:
+def gemm(
+    name: str,
+    m: int,
+    n: int,
+    k: int,
+    a: Load2,
+    b: Load2,
+    store: Store2,
+    lanes: int,
+    dtype: str = "float32",
+    init: Load2 | None = None,
+) -> T.Stmt:
     """Loop nest computing ``store(i, j, sum_k a(i, k) * b(k, j) [+ init(i, j)])`` for all i < m, j < n."""
     mr, nc = tile_sizes(lanes, n)
     parts: list[T.Stmt] = []
@@ -36,13 +46,27 @@ def gemm(name: str, m: int, n: int, k: int, a: Load2, b: Load2, store: Store2, l
         for n_count, n_size, n_base in ((n_full, nc, 0), (1 if n_tail else 0, n_tail, n_full * nc)):
             if m_count == 0 or n_count == 0:
                 continue
-            parts.append(_tiles(name, m_count, m_size, m_base, n_count, n_size, n_base, k, a, b, store, dtype,
-                                init))
+            parts.append(
+                _tiles(name, m_count, m_size, m_base, n_count, n_size, n_base, k, a, b, store, dtype, init)
+            )
     return T.seq(*parts)
 
 
-def _tiles(name: str, m_count: int, mr: int, m_base: int, n_count: int, nc: int, n_base: int, k: int,
-           a: Load2, b: Load2, store: Store2, dtype: str, init: Load2 | None) -> T.Stmt:
+def _tiles(
+    name: str,
+    m_count: int,
+    mr: int,
+    m_base: int,
+    n_count: int,
+    nc: int,
+    n_base: int,
+    k: int,
+    a: Load2,
+    b: Load2,
+    store: Store2,
+    dtype: str,
+    init: Load2 | None,
+) -> T.Stmt:
     acc = T.Buffer(f"{name}_acc", (mr, nc), dtype, scope="local")
     zero = T.const(0.0, dtype)
 
@@ -55,9 +79,17 @@ def _tiles(name: str, m_count: int, mr: int, m_base: int, n_count: int, nc: int,
             return T.Store(acc, (i, j), v)
 
         def update(kk: T.LoopVar) -> T.Stmt:
-            return T.loop(mr, lambda i: T.loop(
-                nc, lambda j: T.Store(acc, (i, j), acc[i, j] + a(row0 + i, kk) * b(kk, col0 + j)),
-                name=f"{name}_j", kind="vectorized"), name=f"{name}_i", kind="unrolled")
+            return T.loop(
+                mr,
+                lambda i: T.loop(
+                    nc,
+                    lambda j: T.Store(acc, (i, j), acc[i, j] + a(row0 + i, kk) * b(kk, col0 + j)),
+                    name=f"{name}_j",
+                    kind="vectorized",
+                ),
+                name=f"{name}_i",
+                kind="unrolled",
+            )
 
         def write(i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
             return store(row0 + i, col0 + j, acc[i, j])
@@ -70,8 +102,9 @@ def _tiles(name: str, m_count: int, mr: int, m_base: int, n_count: int, nc: int,
         return T.Allocate(acc, body)
 
     if m_count > 1 and n_count > 1:
-        return T.loop(n_count, lambda no: T.loop(m_count, lambda mo: tile(mo, no), name=f"{name}_mo"),
-                      name=f"{name}_no")
+        return T.loop(
+            n_count, lambda no: T.loop(m_count, lambda mo: tile(mo, no), name=f"{name}_mo"), name=f"{name}_no"
+        )
     if m_count > 1:
         return T.loop(m_count, lambda mo: tile(mo, T.LoopVar("unused")), name=f"{name}_mo")
     if n_count > 1:
@@ -80,5 +113,9 @@ def _tiles(name: str, m_count: int, mr: int, m_base: int, n_count: int, nc: int,
 
 
 def _nest2(r: int, c: int, body: Callable[[T.LoopVar, T.LoopVar], T.Stmt], name: str) -> T.Stmt:
-    return T.loop(r, lambda i: T.loop(c, lambda j: body(i, j), name=f"{name}_j", kind="vectorized"),
-                  name=f"{name}_i", kind="unrolled")
+    return T.loop(
+        r,
+        lambda i: T.loop(c, lambda j: body(i, j), name=f"{name}_j", kind="vectorized"),
+        name=f"{name}_i",
+        kind="unrolled",
+    )

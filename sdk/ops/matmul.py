@@ -44,17 +44,20 @@ class MatMul(OpDef):
         a, b = inputs
         return [np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)]
 
-    def flops(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
         return 2 * outputs[0].numel * int(inputs[0].static_shape[-1])
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         a0, b0 = ins
         out0 = outs[0]
         sa, sb = _promote(a0.shape, b0.shape)
-        a = a0.with_(shape=tuple(int(d) for d in sa), strides=())
-        b = b0.with_(shape=tuple(int(d) for d in sb), strides=())
-        batch = tuple(int(d) for d in broadcast_shapes(sa[:-2], sb[:-2]))
+        a = a0.with_(shape=tuple(int(d) for d in sa), strides=())  # type: ignore[arg-type]
+        b = b0.with_(shape=tuple(int(d) for d in sb), strides=())  # type: ignore[arg-type]
+        batch = tuple(int(d) for d in broadcast_shapes(sa[:-2], sb[:-2]))  # type: ignore[arg-type]
         m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
         out = out0.with_(shape=(*batch, m, n), strides=())
         nb = len(batch)
@@ -73,8 +76,17 @@ class MatMul(OpDef):
                 real = idx[:-2] + ((i,) if a0.ndim > 1 else ()) + ((j,) if b0.ndim > 1 else ())
                 return T.Store(out, idx, ctx.apply_epilogue(acc, real, flat))
 
-            return gemm(ctx.name, m, n, k, lambda i, kk: a[(*ab, i, kk)], lambda kk, j: b[(*bb, kk, j)], store,
-                        ctx.lanes, a.dtype)
+            return gemm(
+                ctx.name,
+                m,
+                n,
+                k,
+                lambda i, kk: a[(*ab, i, kk)],
+                lambda kk, j: b[(*bb, kk, j)],
+                store,
+                ctx.lanes,
+                a.dtype,
+            )
 
         if nb == 0:
             return for_batch(())

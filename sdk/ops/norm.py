@@ -35,8 +35,9 @@ class BatchNorm(OpDef):
         y = (x - mean.reshape(shape)) * s.reshape(shape) + bias.reshape(shape)
         return [y.astype(inputs[0].dtype)]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, scale, bias, mean, var = ins
         out = outs[0]
         eps = float(attrs.get("epsilon", 1e-5))
@@ -61,22 +62,29 @@ class LRN(OpDef):
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x = inputs[0].astype(np.float64)
         size = int(attrs["size"])
-        alpha, beta, bias = float(attrs.get("alpha", 1e-4)), float(attrs.get("beta", 0.75)), float(
-            attrs.get("bias", 1.0))
+        alpha, beta, bias = (
+            float(attrs.get("alpha", 1e-4)),
+            float(attrs.get("beta", 0.75)),
+            float(attrs.get("bias", 1.0)),
+        )
         c = x.shape[1]
         sq = np.zeros_like(x)
         lo_off, hi_off = (size - 1) // 2, size - 1 - (size - 1) // 2
         for i in range(c):
             lo, hi = max(0, i - lo_off), min(c - 1, i + hi_off)
-            sq[:, i] = (x[:, lo:hi + 1] ** 2).sum(axis=1)
+            sq[:, i] = (x[:, lo : hi + 1] ** 2).sum(axis=1)
         return [(x / (bias + alpha / size * sq) ** beta).astype(inputs[0].dtype)]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, out = ins[0], outs[0]
         size = int(attrs["size"])
-        alpha, beta, bias = float(attrs.get("alpha", 1e-4)), float(attrs.get("beta", 0.75)), float(
-            attrs.get("bias", 1.0))
+        alpha, beta, bias = (
+            float(attrs.get("alpha", 1e-4)),
+            float(attrs.get("beta", 0.75)),
+            float(attrs.get("bias", 1.0)),
+        )
         c = x.shape[1]
         lo_off = (size - 1) // 2
         acc = T.Buffer(f"{ctx.name}_acc", (1,), x.dtype, scope="local")
@@ -90,11 +98,14 @@ class LRN(OpDef):
                 return T.Store(acc, zero, acc[0] + T.select(inside, v * v, T.const(0.0, x.dtype)))
 
             denom = T.call("pow", bias + acc[0] * (alpha / size), T.const(beta, x.dtype))
-            return T.Allocate(acc, T.seq(
-                T.Store(acc, zero, T.const(0.0, x.dtype)),
-                T.loop(size, tap, name=f"{ctx.name}_k"),
-                T.Store(out, idx, ctx.apply_epilogue(x[idx] / denom, idx, None)),
-            ))
+            return T.Allocate(
+                acc,
+                T.seq(
+                    T.Store(acc, zero, T.const(0.0, x.dtype)),
+                    T.loop(size, tap, name=f"{ctx.name}_k"),
+                    T.Store(out, idx, ctx.apply_epilogue(x[idx] / denom, idx, None)),
+                ),
+            )
 
         return T.loop_nest(out.shape, body, prefix=f"{ctx.name}_i")
 

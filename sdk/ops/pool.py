@@ -17,7 +17,9 @@ from ..ir.types import TensorType
 from .base import LowerContext, OpDef, register
 
 
-def _params(attrs: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int], tuple[int, ...], tuple[int, int]]:
+def _params(
+    attrs: dict[str, Any],
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, ...], tuple[int, int]]:
     k = tuple(attrs["kernel"])
     s = tuple(attrs.get("strides", (1, 1)))
     p = tuple(attrs.get("pads", (0, 0, 0, 0)))
@@ -73,8 +75,9 @@ class Pool2D(OpDef):
                     out[:, :, i, j] = win.sum(axis=(2, 3)) / cnt
         return [out.astype(x.dtype)]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, out = ins[0], outs[0]
         (kh, kw), (sh, sw), p, (dh, dw) = _params(attrs)
         _, _, h, w = x.shape
@@ -95,7 +98,7 @@ class Pool2D(OpDef):
                 return T.Store(acc, zero, acc[0] + T.select(inside, v, T.const(0.0, x.dtype)))
 
             if self.is_max:
-                value = acc[0]
+                value: T.Expr = acc[0]
             else:
                 if include_pad:
                     ys = T.minimum(y0 + kh, h + p[2]) - y0
@@ -104,12 +107,18 @@ class Pool2D(OpDef):
                     ys = T.minimum(y0 + kh, h) - T.maximum(y0, 0)
                     xs = T.minimum(x0 + kw, w) - T.maximum(x0, 0)
                 value = acc[0] / T.cast(x.dtype, ys * xs)
-            return T.Allocate(acc, T.seq(
-                T.Store(acc, zero, T.const(-float("inf") if self.is_max else 0.0, x.dtype)),
-                T.loop(kh, lambda a: T.loop(kw, lambda b: tap(a, b), name=f"{ctx.name}_kx"),
-                       name=f"{ctx.name}_ky"),
-                T.Store(out, idx, ctx.apply_epilogue(value, idx, None)),
-            ))
+            return T.Allocate(
+                acc,
+                T.seq(
+                    T.Store(acc, zero, T.const(-float("inf") if self.is_max else 0.0, x.dtype)),
+                    T.loop(
+                        kh,
+                        lambda a: T.loop(kw, lambda b: tap(a, b), name=f"{ctx.name}_kx"),
+                        name=f"{ctx.name}_ky",
+                    ),
+                    T.Store(out, idx, ctx.apply_epilogue(value, idx, None)),
+                ),
+            )
 
         return T.loop_nest(out.shape, pixel, prefix=f"{ctx.name}_i")
 
@@ -136,8 +145,9 @@ class GlobalAvgPool2D(OpDef):
         x = inputs[0]
         return [x.astype(np.float64).mean(axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype)]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, out = ins[0], outs[0]
         n, c = x.shape[:2]
         hw = int(np.prod(x.shape[2:]))
@@ -148,13 +158,18 @@ class GlobalAvgPool2D(OpDef):
 
         def chan(i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
             idx = (i, j, *([T.IntImm(0)] * (x.ndim - 2)))
-            return T.Allocate(acc, T.seq(
-                T.Store(acc, zero, T.const(0.0, x.dtype)),
-                T.loop(hw, lambda k: T.Store(acc, zero, acc[0] + xf[i, j, k]), name=f"{ctx.name}_k"),
-                T.Store(of, (i, j), ctx.apply_epilogue(acc[0] * (1.0 / hw), idx, i * c + j)),
-            ))
+            return T.Allocate(
+                acc,
+                T.seq(
+                    T.Store(acc, zero, T.const(0.0, x.dtype)),
+                    T.loop(hw, lambda k: T.Store(acc, zero, acc[0] + xf[i, j, k]), name=f"{ctx.name}_k"),
+                    T.Store(of, (i, j), ctx.apply_epilogue(acc[0] * (1.0 / hw), idx, i * c + j)),
+                ),
+            )
 
-        return T.loop(n, lambda i: T.loop(c, lambda j: chan(i, j), name=f"{ctx.name}_c"), name=f"{ctx.name}_n")
+        return T.loop(
+            n, lambda i: T.loop(c, lambda j: chan(i, j), name=f"{ctx.name}_c"), name=f"{ctx.name}_n"
+        )
 
 
 for _op in (MaxPool2D(), AvgPool2D(), GlobalAvgPool2D()):

@@ -25,9 +25,15 @@ def _axes(attrs: dict[str, Any], ndim: int, op: str) -> list[int]:
     return sorted({normalize_axis(int(a), ndim, op) for a in axes})
 
 
-def reduce_nest(name: str, shape: Sequence[int], axes: Sequence[int], dtype: str,
-                init: float, update: Callable[[T.Expr, Index], T.Expr],
-                finish: Callable[[Index, T.Buffer], T.Stmt]) -> T.Stmt:
+def reduce_nest(
+    name: str,
+    shape: Sequence[int],
+    axes: Sequence[int],
+    dtype: str,
+    init: float,
+    update: Callable[[T.Expr, Index], T.Expr],
+    finish: Callable[[Index, T.Buffer], T.Stmt],
+) -> T.Stmt:
     """For every kept index: ``acc = init; for reduced: acc = update(acc, full_index); finish(kept, acc)``.
 
     ``finish`` receives the full-rank index with the reduced positions set to 0 and the accumulator buffer
@@ -44,11 +50,14 @@ def reduce_nest(name: str, shape: Sequence[int], axes: Sequence[int], dtype: str
             return T.Store(acc, (T.IntImm(0),), update(acc[0], full(ridx)))
 
         zero_idx = full([T.IntImm(0)] * len(axes))
-        return T.Allocate(acc, T.seq(
-            T.Store(acc, (T.IntImm(0),), T.const(init, dtype)),
-            T.loop_nest([shape[d] for d in axes], inner, prefix=f"{name}_r"),
-            finish(zero_idx, acc),
-        ))
+        return T.Allocate(
+            acc,
+            T.seq(
+                T.Store(acc, (T.IntImm(0),), T.const(init, dtype)),
+                T.loop_nest([shape[d] for d in axes], inner, prefix=f"{name}_r"),
+                finish(zero_idx, acc),
+            ),
+        )
 
     if not kept:
         return outer(())
@@ -75,11 +84,14 @@ class Reduce(OpDef):
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x = inputs[0]
         axes = tuple(_axes(attrs, x.ndim, self.name))
-        r = self.np_reduce(x.astype(np.float64) if x.dtype.kind == "f" else x, axes, bool(attrs.get("keepdims", 1)))
+        r = self.np_reduce(
+            x.astype(np.float64) if x.dtype.kind == "f" else x, axes, bool(attrs.get("keepdims", 1))
+        )
         return [np.asarray(r).astype(x.dtype)]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, out = ins[0], outs[0]
         axes = _axes(attrs, x.ndim, self.name)
         count = int(np.prod([x.shape[d] for d in axes])) if axes else 1
@@ -89,8 +101,9 @@ class Reduce(OpDef):
             oidx = tuple(idx[d] for d in range(x.ndim) if keep or d not in axes)
             return T.Store(out, oidx, ctx.apply_epilogue(self.final(acc[0], count), oidx, None))
 
-        return reduce_nest(ctx.name, x.shape, axes, x.dtype, self.init,
-                           lambda acc, idx: self.combine(acc, x[idx]), finish)
+        return reduce_nest(
+            ctx.name, x.shape, axes, x.dtype, self.init, lambda acc, idx: self.combine(acc, x[idx]), finish
+        )
 
     def final(self, acc: T.Expr, count: int) -> T.Expr:
         return acc
@@ -143,8 +156,9 @@ class Softmax(OpDef):
         r = z - lse if self.log else np.exp(z - lse)
         return [r.astype(inputs[0].dtype)]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, out = ins[0], outs[0]
         axis = normalize_axis(int(attrs.get("axis", -1)), x.ndim, self.name)
         n = x.shape[axis]
@@ -164,20 +178,31 @@ class Softmax(OpDef):
 
             return _sum_then(ctx.name, n, dt, lambda j: T.call("exp", x[at(idx, j)] - mx[0]), normalize)
 
-        return reduce_nest(f"{ctx.name}_m", x.shape, [axis], dt, -float("inf"),
-                           lambda acc, full: T.maximum(acc, x[full]), finish_max)
+        return reduce_nest(
+            f"{ctx.name}_m",
+            x.shape,
+            [axis],
+            dt,
+            -float("inf"),
+            lambda acc, full: T.maximum(acc, x[full]),
+            finish_max,
+        )
 
 
-def _sum_then(name: str, n: int, dtype: str, term: Callable[[T.Expr], T.Expr],
-              then: Callable[[T.Buffer], T.Stmt]) -> T.Stmt:
+def _sum_then(
+    name: str, n: int, dtype: str, term: Callable[[T.Expr], T.Expr], then: Callable[[T.Buffer], T.Stmt]
+) -> T.Stmt:
     """``s = sum_j term(j)`` over j < n into a local scalar, then ``then(s)``."""
     s = T.Buffer(f"{name}_sum", (1,), dtype, scope="local")
     zero = (T.IntImm(0),)
-    return T.Allocate(s, T.seq(
-        T.Store(s, zero, T.const(0.0, dtype)),
-        T.loop(n, lambda j: T.Store(s, zero, s[0] + term(j)), name=f"{name}_j"),
-        then(s),
-    ))
+    return T.Allocate(
+        s,
+        T.seq(
+            T.Store(s, zero, T.const(0.0, dtype)),
+            T.loop(n, lambda j: T.Store(s, zero, s[0] + term(j)), name=f"{name}_j"),
+            then(s),
+        ),
+    )
 
 
 class LogSoftmax(Softmax):
@@ -206,8 +231,9 @@ class LayerNorm(OpDef):
             y = y + inputs[2]
         return [y.astype(inputs[0].dtype)]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, scale = ins[0], ins[1]
         bias = ins[2] if len(ins) > 2 else None
         out = outs[0]
@@ -239,7 +265,9 @@ class LayerNorm(OpDef):
 
                     return T.loop(n, write, name=f"{ctx.name}_w", kind="vectorized")
 
-                return _sum_then(f"{ctx.name}_v", n, x.dtype, lambda j: (xf[r, j] - m) * (xf[r, j] - m), with_var)
+                return _sum_then(
+                    f"{ctx.name}_v", n, x.dtype, lambda j: (xf[r, j] - m) * (xf[r, j] - m), with_var
+                )
 
             return _sum_then(f"{ctx.name}_m", n, x.dtype, lambda j: xf[r, j], with_mean)
 

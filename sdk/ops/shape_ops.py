@@ -48,11 +48,14 @@ class Reshape(OpDef):
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         return [inputs[0].reshape(tuple(attrs["shape"]))]
 
-    def flops(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
         return 0
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         return elementwise_copy(ctx, ins[0], outs[0])
 
 
@@ -71,8 +74,9 @@ class Transpose(OpDef):
         perm = attrs.get("perm") or list(reversed(range(inputs[0].ndim)))
         return [np.ascontiguousarray(np.transpose(inputs[0], perm))]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, out = ins[0], outs[0]
         perm = list(attrs.get("perm") or reversed(range(x.ndim)))
         inv = [perm.index(d) for d in range(x.ndim)]
@@ -103,12 +107,14 @@ class Concat(OpDef):
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         return [np.concatenate(list(inputs), axis=int(attrs["axis"]))]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         out = outs[0]
         axis = normalize_axis(int(attrs["axis"]), out.ndim, self.name)
         parts, off = [], 0
         for k, x in enumerate(ins):
+
             def body(idx: tuple[T.LoopVar, ...], x: T.Buffer = x, off: int = off) -> T.Stmt:
                 dst = tuple(i + off if d == axis else i for d, i in enumerate(idx))
                 return _store(ctx, out, dst, x[idx])
@@ -156,12 +162,14 @@ class Slice(OpDef):
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x = inputs[0]
         params = _slice_params(x.shape, attrs)
-        sl = tuple(slice(s, s + st * c if s + st * c >= 0 else None, st) if c else slice(0, 0)
-                   for s, st, c in params)
+        sl = tuple(
+            slice(s, s + st * c if s + st * c >= 0 else None, st) if c else slice(0, 0) for s, st, c in params
+        )
         return [np.ascontiguousarray(x[sl])]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, out = ins[0], outs[0]
         params = _slice_params(x.shape, attrs)
 
@@ -184,18 +192,22 @@ class Split(OpDef):
         sizes = list(attrs["sizes"])
         if isinstance(x.shape[axis], int) and sum(sizes) != x.shape[axis]:
             raise self.error(f"sizes {sizes} do not add up to dimension {x.shape[axis]} of {x}")
-        return [TensorType(tuple(s if d == axis else x.shape[d] for d in range(x.ndim)), x.dtype) for s in sizes]
+        return [
+            TensorType(tuple(s if d == axis else x.shape[d] for d in range(x.ndim)), x.dtype) for s in sizes
+        ]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         cuts = np.cumsum(list(attrs["sizes"]))[:-1]
         return [np.ascontiguousarray(p) for p in np.split(inputs[0], cuts, axis=int(attrs["axis"]))]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x = ins[0]
         axis = normalize_axis(int(attrs["axis"]), x.ndim, self.name)
         parts, off = [], 0
         for k, out in enumerate(outs):
+
             def body(idx: tuple[T.LoopVar, ...], out: T.Buffer = out, off: int = off) -> T.Stmt:
                 src = tuple(i + off if d == axis else i for d, i in enumerate(idx))
                 return T.Store(out, idx, x[src])
@@ -214,7 +226,7 @@ class Gather(OpDef):
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, ind = inputs
         axis = normalize_axis(int(attrs.get("axis", 0)), x.ndim, self.name)
-        return [TensorType((*x.shape[:axis], *ind.shape, *x.shape[axis + 1:]), x.dtype)]
+        return [TensorType((*x.shape[:axis], *ind.shape, *x.shape[axis + 1 :]), x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x, ind = inputs
@@ -222,8 +234,9 @@ class Gather(OpDef):
         dim = x.shape[axis]
         return [np.take(x, np.where(ind < 0, ind + dim, ind).astype(np.int64), axis=axis)]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, ind = ins
         out = outs[0]
         axis = normalize_axis(int(attrs.get("axis", 0)), x.ndim, self.name)
@@ -231,10 +244,10 @@ class Gather(OpDef):
         k = ind.ndim
 
         def body(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
-            raw = T.cast("int64", ind[idx[axis:axis + k]] if k else ind[()])
+            raw = T.cast("int64", ind[idx[axis : axis + k]] if k else ind[()])
             i = T.select(raw < 0, raw + dim, raw)
             i = T.minimum(T.maximum(i, 0), dim - 1)  # out-of-range indices are clamped, never read outside
-            src = (*idx[:axis], i, *idx[axis + k:])
+            src = (*idx[:axis], i, *idx[axis + k :])
             return _store(ctx, out, idx, x[src])
 
         return T.loop_nest(out.shape, body, prefix=f"{ctx.name}_i")
@@ -266,10 +279,11 @@ class Pad(OpDef):
         width = [(max(0, p[i]), max(0, p[i + nd])) for i in range(nd)]
         if mode == "constant":
             return [np.pad(x, width, mode="constant", constant_values=attrs.get("value", 0))]
-        return [np.pad(x, width, mode={"reflect": "reflect", "edge": "edge"}[mode])]
+        return [np.pad(x, width, mode="reflect" if mode == "reflect" else "edge")]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, out = ins[0], outs[0]
         p = list(attrs["pads"])
         nd = x.ndim
@@ -287,7 +301,7 @@ class Pad(OpDef):
                     inside += [i >= 0, i < n]
                 i = T.minimum(T.maximum(i, 0), n - 1)
                 src.append(i)
-            val = x[tuple(src)]
+            val: T.Expr = x[tuple(src)]
             if mode == "constant" and inside:
                 val = T.select(T.logical_and(*inside), val, T.const(float(attrs.get("value", 0)), x.dtype))
             return _store(ctx, out, idx, val)
@@ -308,13 +322,17 @@ class Expand(OpDef):
         shape = broadcast_shapes(inputs[0].shape, tuple(attrs["shape"]))
         return [np.ascontiguousarray(np.broadcast_to(inputs[0], shape))]  # type: ignore[arg-type]
 
-    def lower(self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer],
-              attrs: dict[str, Any]) -> T.Stmt:
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
         x, out = ins[0], outs[0]
 
         def body(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
-            return T.Store(out, idx, ctx.apply_epilogue(x[broadcast_index(x, idx, out.ndim)], idx,
-                                                         flat_index(idx, out.shape)))
+            return T.Store(
+                out,
+                idx,
+                ctx.apply_epilogue(x[broadcast_index(x, idx, out.ndim)], idx, flat_index(idx, out.shape)),
+            )
 
         return T.loop_nest(out.shape, body, prefix=f"{ctx.name}_i", innermost="vectorized")
 
