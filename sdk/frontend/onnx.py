@@ -37,8 +37,17 @@ class ImportErrorInNode(ValueError):
 
 
 # ONNX TensorProto element type -> kiln dtype
-_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
-                11: "float64"}
+_ONNX_DTYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+}
 
 
 class _Importer:
@@ -96,16 +105,41 @@ def _a(inputs: list[Value | None], i: int) -> Value:
 
 # ------------------------------------------------------------------------------------------------ converters
 _ELEMENTWISE = {
-    "Add": "add", "Sub": "sub", "Mod": "mod", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "maximum", "Min": "minimum",
-    "Relu": "relu", "Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Tanh": "tanh",
-    "Erf": "erf", "Floor": "floor", "Ceil": "ceil", "Reciprocal": "reciprocal", "Sigmoid": "sigmoid",
-    "Equal": "equal", "Less": "less", "Greater": "greater", "Where": "where", "HardSigmoid": "hard_sigmoid",
-    "HardSwish": "hard_swish", "LeakyRelu": "leaky_relu", "Gelu": "gelu",
+    "Add": "add",
+    "Sub": "sub",
+    "Mod": "mod",
+    "Mul": "mul",
+    "Div": "div",
+    "Pow": "pow",
+    "Max": "maximum",
+    "Min": "minimum",
+    "Relu": "relu",
+    "Neg": "neg",
+    "Abs": "abs",
+    "Exp": "exp",
+    "Log": "log",
+    "Sqrt": "sqrt",
+    "Tanh": "tanh",
+    "Erf": "erf",
+    "Floor": "floor",
+    "Ceil": "ceil",
+    "Reciprocal": "reciprocal",
+    "Sigmoid": "sigmoid",
+    "Equal": "equal",
+    "Less": "less",
+    "Greater": "greater",
+    "Where": "where",
+    "HardSigmoid": "hard_sigmoid",
+    "HardSwish": "hard_swish",
+    "LeakyRelu": "leaky_relu",
+    "Gelu": "gelu",
 }
 
 
 @converter(*_ELEMENTWISE)
-def _elementwise(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+def _elementwise(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
     op = _ELEMENTWISE[im.op_type]  # type: ignore[attr-defined]
     vals = [v for v in ins if v is not None]
     if op in ("maximum", "minimum") and len(vals) > 2:  # variadic Max/Min
@@ -156,8 +190,14 @@ def _cast(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     return im.emit("cast", [_a(ins, 0)], outs, to=to)
 
 
-def _conv_pads(im: _Importer, attrs: dict[str, Any], in_hw: Sequence[Any], k: Sequence[int],
-               s: Sequence[int], d: Sequence[int]) -> tuple[int, ...]:
+def _conv_pads(
+    im: _Importer,
+    attrs: dict[str, Any],
+    in_hw: Sequence[Any],
+    k: Sequence[int],
+    s: Sequence[int],
+    d: Sequence[int],
+) -> tuple[int, ...]:
     auto = attrs.get("auto_pad", "NOTSET")
     if isinstance(auto, bytes):
         auto = auto.decode()
@@ -193,13 +233,27 @@ def _conv(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     pads = _conv_pads(im, attrs, x.type.shape[2:], k, s, d)
     args = [x, w] + ([b] if b is not None else [])
     if nd == 2:
-        return im.emit("conv2d", args, outs, strides=tuple(s), pads=_to_2d(pads), dilations=tuple(d),
-                       groups=int(attrs.get("group", 1)))
+        return im.emit(
+            "conv2d",
+            args,
+            outs,
+            strides=tuple(s),
+            pads=_to_2d(pads),
+            dilations=tuple(d),
+            groups=int(attrs.get("group", 1)),
+        )
     if nd == 1:  # 1-D convolution as 2-D with a unit height
         x2 = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(*x.type.shape[:2], 1, x.type.shape[2]))[0]
         w2 = im.emit("reshape", [w], [im.tmp(outs[0])], shape=(*w.type.shape[:2], 1, w.type.shape[2]))[0]
-        y = im.emit("conv2d", [x2, w2, *args[2:]], [im.tmp(outs[0])], strides=(1, s[0]),
-                    pads=(0, pads[0], 0, pads[1]), dilations=(1, d[0]), groups=int(attrs.get("group", 1)))[0]
+        y = im.emit(
+            "conv2d",
+            [x2, w2, *args[2:]],
+            [im.tmp(outs[0])],
+            strides=(1, s[0]),
+            pads=(0, pads[0], 0, pads[1]),
+            dilations=(1, d[0]),
+            groups=int(attrs.get("group", 1)),
+        )[0]
         shp = y.type.shape
         return im.emit("reshape", [y], outs, shape=(shp[0], shp[1], shp[3]))
     raise im.fail(f"{nd}-D convolution is not supported (1-D and 2-D are)")
@@ -231,10 +285,14 @@ def _matmul(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs:
 
 @converter("BatchNormalization")
 def _bn(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    return im.emit("batch_norm", [_a(ins, i) for i in range(5)], outs[:1], epsilon=float(attrs.get("epsilon", 1e-5)))
+    return im.emit(
+        "batch_norm", [_a(ins, i) for i in range(5)], outs[:1], epsilon=float(attrs.get("epsilon", 1e-5))
+    )
 
 
-def _pool(im: _Importer, op: str, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+def _pool(
+    im: _Importer, op: str, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
     x = _a(ins, 0)
     k = list(attrs["kernel_shape"])
     if len(k) != 2:
@@ -242,10 +300,21 @@ def _pool(im: _Importer, op: str, ins: list[Value | None], attrs: dict[str, Any]
     s = list(attrs.get("strides", [1, 1]))
     d = list(attrs.get("dilations", [1, 1]))
     pads = _conv_pads(im, attrs, x.type.shape[2:], k, s, d)
-    extra = {"count_include_pad": int(attrs.get("count_include_pad", 0))} if op == "avg_pool2d" else {
-        "dilations": tuple(d)}
-    return im.emit(op, [x], outs[:1], kernel=tuple(k), strides=tuple(s), pads=_to_2d(pads),
-                   ceil_mode=int(attrs.get("ceil_mode", 0)), **extra)
+    extra = (
+        {"count_include_pad": int(attrs.get("count_include_pad", 0))}
+        if op == "avg_pool2d"
+        else {"dilations": tuple(d)}
+    )
+    return im.emit(
+        op,
+        [x],
+        outs[:1],
+        kernel=tuple(k),
+        strides=tuple(s),
+        pads=_to_2d(pads),
+        ceil_mode=int(attrs.get("ceil_mode", 0)),
+        **extra,
+    )
 
 
 @converter("MaxPool")
@@ -273,8 +342,15 @@ def _gmp(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
 
 @converter("LRN")
 def _lrn(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    return im.emit("lrn", [_a(ins, 0)], outs, size=int(attrs["size"]), alpha=float(attrs.get("alpha", 1e-4)),
-                   beta=float(attrs.get("beta", 0.75)), bias=float(attrs.get("bias", 1.0)))
+    return im.emit(
+        "lrn",
+        [_a(ins, 0)],
+        outs,
+        size=int(attrs["size"]),
+        alpha=float(attrs.get("alpha", 1e-4)),
+        beta=float(attrs.get("beta", 0.75)),
+        bias=float(attrs.get("bias", 1.0)),
+    )
 
 
 @converter("Softmax", "LogSoftmax")
@@ -318,7 +394,9 @@ def _flatten(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs
     return im.emit("reshape", [x], outs, shape=(int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))))
 
 
-def _axes_attr_or_input(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], i: int) -> list[int] | None:
+def _axes_attr_or_input(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], i: int
+) -> list[int] | None:
     if "axes" in attrs:
         return [int(a) for a in attrs["axes"]]
     if len(ins) > i and ins[i] is not None:
@@ -368,12 +446,23 @@ def _slice(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
     else:
         starts = [int(v) for v in im.const_input(ins[1], "starts").reshape(-1)]
         ends = [int(v) for v in im.const_input(ins[2], "ends").reshape(-1)]
-        axes = [int(v) for v in im.const_input(ins[3], "axes").reshape(-1)] if len(ins) > 3 and ins[3] else None
-        steps = [int(v) for v in im.const_input(ins[4], "steps").reshape(-1)] if len(ins) > 4 and ins[4] else None
+        axes = (
+            [int(v) for v in im.const_input(ins[3], "axes").reshape(-1)] if len(ins) > 3 and ins[3] else None
+        )
+        steps = (
+            [int(v) for v in im.const_input(ins[4], "steps").reshape(-1)] if len(ins) > 4 and ins[4] else None
+        )
     big = 2**62
     ends = [min(max(e, -big), big) for e in ends]
-    return im.emit("slice", [x], outs, starts=tuple(starts), ends=tuple(ends),
-                   axes=tuple(axes) if axes is not None else None, steps=tuple(steps) if steps else None)
+    return im.emit(
+        "slice",
+        [x],
+        outs,
+        starts=tuple(starts),
+        ends=tuple(ends),
+        axes=tuple(axes) if axes is not None else None,
+        steps=tuple(steps) if steps else None,
+    )
 
 
 @converter("Split")
@@ -406,7 +495,9 @@ def _pad(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
         pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
     else:
         pads = [int(p) for p in im.const_input(ins[1], "pads").reshape(-1)]
-        value = float(im.const_input(ins[2], "constant value").reshape(())) if len(ins) > 2 and ins[2] else 0.0
+        value = (
+            float(im.const_input(ins[2], "constant value").reshape(())) if len(ins) > 2 and ins[2] else 0.0
+        )
         if len(ins) > 3 and ins[3] is not None:
             axes = [int(a) % x.type.ndim for a in im.const_input(ins[3], "axes").reshape(-1)]
             full = [0] * (2 * x.type.ndim)
@@ -422,20 +513,117 @@ def _expand(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs:
     return im.emit("expand", [_a(ins, 0)], outs, shape=shape)
 
 
+@converter("Tile")
+def _tile(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    repeats = tuple(int(r) for r in im.const_input(ins[1], "repeats").reshape(-1))
+    return im.emit("tile", [_a(ins, 0)], outs, repeats=repeats)
+
+
+def _resize_hw(
+    im: _Importer,
+    x: Value,
+    scales: np.ndarray | None,
+    sizes: np.ndarray | None,
+    axes: list[int] | None,
+    policy: str,
+) -> tuple[tuple[float, float], tuple[int, int]]:
+    """Float32 scales and the output size of H and W of an NCHW tensor from ONNX scales or sizes."""
+    shape = x.type.shape
+    if x.type.ndim != 4 or not all(isinstance(d, int) for d in shape[2:]):
+        raise im.fail(f"resizing is supported for NCHW tensors with static H and W, got {x.type}")
+    h, w = int(shape[2]), int(shape[3])  # type: ignore[arg-type]
+    full = list(range(4)) if axes is None else [a % 4 for a in axes]
+    if sizes is not None and sizes.size:
+        given = dict(zip(full, (int(s) for s in sizes.reshape(-1)), strict=True))
+        if any(given.get(a, shape[a]) != shape[a] for a in (0, 1)):
+            raise im.fail("only the spatial axes (H, W) of an NCHW tensor can be resized")
+        oh, ow = given.get(2, h), given.get(3, w)
+        if policy in ("not_larger", "not_smaller"):
+            ratios = [np.float32(given[a]) / np.float32(h if a == 2 else w) for a in full if a in (2, 3)]
+            s = min(ratios) if policy == "not_larger" else max(ratios)
+            oh = int(s * h + 0.5) if 2 in full else h
+            ow = int(s * w + 0.5) if 3 in full else w
+            return (float(s) if 2 in full else 1.0, float(s) if 3 in full else 1.0), (oh, ow)
+        return (float(np.float32(oh) / np.float32(h)), float(np.float32(ow) / np.float32(w))), (oh, ow)
+    if scales is None or not scales.size:
+        raise im.fail("needs scales or sizes")
+    given_s = dict(zip(full, (float(np.float32(s)) for s in scales.reshape(-1)), strict=True))
+    if given_s.get(0, 1.0) != 1.0 or given_s.get(1, 1.0) != 1.0:
+        raise im.fail(f"only the spatial axes (H, W) of an NCHW tensor can be resized, got scales {scales}")
+    sh, sw = given_s.get(2, 1.0), given_s.get(3, 1.0)
+    return (sh, sw), (int(np.float32(sh) * np.float32(h)), int(np.float32(sw) * np.float32(w)))
+
+
+def _optional_const(im: _Importer, ins: list[Value | None], i: int, what: str) -> np.ndarray | None:
+    return im.const_input(ins[i], what) if len(ins) > i and ins[i] is not None else None
+
+
+@converter("Resize", "Upsample")
+def _resize(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """Resize (opset 10: scales only, asymmetric coordinates; 11+: roi/scales/sizes and the coordinate
+    attributes; 18+: axes, keep_aspect_ratio_policy, antialias) and its predecessor Upsample."""
+    x = _a(ins, 0)
+    mode = str(attrs.get("mode", "nearest"))
+    mode = "linear" if mode == "bilinear" else mode  # Upsample-7 spelling
+    if mode not in ("nearest", "linear"):
+        raise im.fail(f"resize mode {mode!r} is not supported (nearest and linear are)")
+    if im.op_type == "Upsample" or im.opset < 11:  # type: ignore[attr-defined]
+        if "scales" in attrs:
+            up_scales = np.asarray(attrs["scales"], dtype=np.float32)
+        else:
+            up_scales = im.const_input(ins[1] if len(ins) > 1 else None, "scales")
+        (sh, sw), size = _resize_hw(im, x, up_scales, None, None, "stretch")
+        # onnxruntime's rule before nearest_mode existed: truncate when upsampling, ceil when downsampling
+        if mode == "nearest" and (sh < 1) != (sw < 1):
+            raise im.fail("nearest resize that upsamples one axis and downsamples the other is not supported")
+        nearest = "ceil" if sh < 1 else "floor"
+        ctm = "asymmetric"
+    else:
+        ctm = str(attrs.get("coordinate_transformation_mode", "half_pixel"))
+        nearest = str(attrs.get("nearest_mode", "round_prefer_floor"))
+        scales = _optional_const(im, ins, 2, "scales")
+        sizes = _optional_const(im, ins, 3, "sizes")
+        axes = [int(a) for a in attrs["axes"]] if "axes" in attrs else None
+        (sh, sw), size = _resize_hw(
+            im, x, scales, sizes, axes, str(attrs.get("keep_aspect_ratio_policy", "stretch"))
+        )
+        if int(attrs.get("antialias", 0)) and mode == "linear" and min(sh, sw) < 1:
+            raise im.fail("antialiased linear downsampling is not supported")
+    return im.emit(
+        "resize",
+        [x],
+        outs,
+        scales=(sh, sw),
+        sizes=size,
+        mode=mode,
+        coordinate_transformation_mode=ctm,
+        nearest_mode=nearest,
+    )
+
+
 @converter("ReduceMean", "ReduceSum", "ReduceMax")
 def _reduce(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     op = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max"}[im.op_type]  # type: ignore[attr-defined]
     axes = _axes_attr_or_input(im, ins, attrs, 1)
     if not axes and attrs.get("noop_with_empty_axes", 0):
         return im.emit("identity", [_a(ins, 0)], outs)
-    return im.emit(op, [_a(ins, 0)], outs, axes=tuple(axes) if axes else None, keepdims=int(attrs.get("keepdims", 1)))
+    return im.emit(
+        op, [_a(ins, 0)], outs, axes=tuple(axes) if axes else None, keepdims=int(attrs.get("keepdims", 1))
+    )
 
 
 @converter("LayerNormalization")
-def _layer_norm(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+def _layer_norm(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
     args = [v for v in ins[:3] if v is not None]
-    return im.emit("layer_norm", args, outs[:1], axis=int(attrs.get("axis", -1)),
-                   epsilon=float(attrs.get("epsilon", 1e-5)))
+    return im.emit(
+        "layer_norm",
+        args,
+        outs[:1],
+        axis=int(attrs.get("axis", -1)),
+        epsilon=float(attrs.get("epsilon", 1e-5)),
+    )
 
 
 # ---- ONNX operators that only ever compute shapes/constants: evaluated here when their inputs are constant
@@ -465,7 +653,9 @@ def _constant(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], out
 
 
 @converter("ConstantOfShape")
-def _const_of_shape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+def _const_of_shape(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
     shape = tuple(int(d) for d in im.const_input(ins[0], "the shape").reshape(-1))
     value = attrs.get("value", np.zeros(1, "f4"))
     return [Constant(outs[0], np.full(shape, value.reshape(-1)[0], dtype=value.dtype))]
@@ -530,8 +720,11 @@ def _value_type(vi: onnx.ValueInfoProto, shapes: dict[str, tuple[int, ...]]) -> 
     return TensorType(tuple(dims), dtype)
 
 
-def from_onnx(model: onnx.ModelProto | str | Path | bytes, shapes: dict[str, tuple[int, ...]] | None = None,
-              name: str | None = None) -> Module:
+def from_onnx(
+    model: onnx.ModelProto | str | Path | bytes,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    name: str | None = None,
+) -> Module:
     """Import an ONNX model (path, bytes or ModelProto) into a kiln Module with graph function ``main``."""
     m = _load(model)
     shapes = dict(shapes or {})
@@ -540,11 +733,14 @@ def from_onnx(model: onnx.ModelProto | str | Path | bytes, shapes: dict[str, tup
     unsupported: dict[str, list[str]] = {}
     for n in g.node:
         if n.op_type not in CONVERTERS or n.domain not in ("", "ai.onnx"):
-            unsupported.setdefault(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}",
-                                   []).append(n.name or n.output[0])
+            unsupported.setdefault(
+                n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}", []
+            ).append(n.name or n.output[0])
     if unsupported:
-        parts = [f"{op} (nodes: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''})"
-                 for op, names in sorted(unsupported.items())]
+        parts = [
+            f"{op} (nodes: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''})"
+            for op, names in sorted(unsupported.items())
+        ]
         raise UnsupportedOperatorError(f"unsupported ONNX operators: {'; '.join(parts)}")
     im = _Importer(g, opset)
     inits = {t.name for t in g.initializer}
@@ -556,13 +752,14 @@ def from_onnx(model: onnx.ModelProto | str | Path | bytes, shapes: dict[str, tup
     for vi in g.input:
         if vi.name in inits:
             continue
-        v = Var(vi.name, _value_type(vi, shapes))
-        params.append(v)
-        im.env[vi.name] = v
+        param = Var(vi.name, _value_type(vi, shapes))
+        params.append(param)
+        im.env[vi.name] = param
     unknown = sorted(set(shapes) - {p.name for p in params})
     if unknown:
-        raise ValueError(f"shapes given for unknown inputs {unknown}; the model's inputs are "
-                         f"{[p.name for p in params]}")
+        raise ValueError(
+            f"shapes given for unknown inputs {unknown}; the model's inputs are {[p.name for p in params]}"
+        )
     for n in g.node:
         im.node_name = n.name or n.output[0]
         im.op_type = n.op_type  # type: ignore[attr-defined]
@@ -580,12 +777,12 @@ def from_onnx(model: onnx.ModelProto | str | Path | bytes, shapes: dict[str, tup
             raise
         except (ValueError, KeyError, IndexError) as e:
             raise ImportErrorInNode(f"node {im.node_name!r} ({n.op_type}): {e}") from e
-        for out_name, v in zip(n.output, results, strict=False):
+        for out_name, res in zip(n.output, results, strict=False):
             if out_name:
-                im.env[out_name] = v
+                im.env[out_name] = res
     outputs: list[Value] = []
     for o in g.output:
-        v = im.env[o.name]
+        v: Value = im.env[o.name]
         if isinstance(v, Var) and v.name != o.name or v in params:
             v = im.emit("identity", [v], [o.name])[0]
         outputs.append(v)
