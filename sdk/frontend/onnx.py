@@ -19,9 +19,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorType, Value, Var
-from ..ir.types import dtype_of
+from ..ir.types import Dim, dtype_of
 from ..ops import get_op
-from ..transform.fold_constants import fold_node
 
 
 class ModelLoadError(ValueError):
@@ -57,16 +56,19 @@ class _Importer:
         self.env: dict[str, Value] = {}
         self.nodes: list[Node] = []
         self.node_name = ""
+        self.op_type = ""
+        # ONNX outputs a converter does not produce (e.g. MaxPool's Indices): name -> why, reported if used
+        self.missing: dict[str, str] = {}
 
     # ---- helpers for converters
     def emit(self, op: str, inputs: Sequence[Value], out_names: Sequence[str], **attrs: Any) -> list[Value]:
+        """Apply kiln operator ``op``; folded right away (with its reference) when every input is constant."""
+        if inputs and all(isinstance(v, Constant) for v in inputs):
+            values = get_op(op).reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
+            return [Constant(n, np.ascontiguousarray(v)) for n, v in zip(out_names, values, strict=True)]
         types = get_op(op).infer([v.type for v in inputs], attrs)
         outs = tuple(Var(n, t) for n, t in zip(out_names, types, strict=True))
-        node = Node(op, tuple(inputs), outs, attrs, self.node_name)
-        folded = fold_node(node)
-        if folded is not None:
-            return list(folded)
-        self.nodes.append(node)
+        self.nodes.append(Node(op, tuple(inputs), outs, attrs, self.node_name))
         return list(outs)
 
     def tmp(self, base: str) -> str:
@@ -78,6 +80,13 @@ class _Importer:
         if not isinstance(v, Constant):
             raise self.fail(f"{what} must be a constant (it is computed at run time from {v.name!r})")
         return v.data
+
+    def lookup(self, name: str, where: str) -> Value:
+        if name in self.env:
+            return self.env[name]
+        if name in self.missing:
+            raise ImportErrorInNode(f"{where}: {name!r} is used, but {self.missing[name]}")
+        raise ImportErrorInNode(f"{where}: {name!r} is not defined before it is used")
 
     def fail(self, msg: str) -> ImportErrorInNode:
         return ImportErrorInNode(f"node {self.node_name!r}: {msg}")
@@ -133,6 +142,21 @@ _ELEMENTWISE = {
     "HardSwish": "hard_swish",
     "LeakyRelu": "leaky_relu",
     "Gelu": "gelu",
+    "Softplus": "softplus",
+    "Softsign": "softsign",
+    "Elu": "elu",
+    "Selu": "selu",
+    "PRelu": "prelu",
+    "Not": "not",
+    "And": "and",
+    "Or": "or",
+    "Xor": "xor",
+    "GreaterOrEqual": "greater_equal",
+    "LessOrEqual": "less_equal",
+    "Round": "round",
+    "Sign": "sign",
+    "Sin": "sin",
+    "Cos": "cos",
 }
 
 
@@ -140,31 +164,35 @@ _ELEMENTWISE = {
 def _elementwise(
     im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
 ) -> list[Value]:
-    op = _ELEMENTWISE[im.op_type]  # type: ignore[attr-defined]
+    op = _ELEMENTWISE[im.op_type]
     vals = [v for v in ins if v is not None]
-    if op in ("maximum", "minimum") and len(vals) > 2:  # variadic Max/Min
-        acc = vals[0]
-        for v in vals[1:-1]:
-            acc = im.emit(op, [acc, v], [im.tmp(outs[0])])[0]
-        return im.emit(op, [acc, vals[-1]], outs)
-    keep = {k: attrs[k] for k in ("alpha", "beta", "approximate") if k in attrs}
+    if op in ("maximum", "minimum"):  # variadic Max/Min
+        return _chain(im, op, vals, outs)
+    keep = {k: attrs[k] for k in ("alpha", "beta", "gamma", "approximate", "fmod") if k in attrs}
     return im.emit(op, vals, outs, **keep)
+
+
+def _chain(im: _Importer, op: str, vals: list[Value], outs: list[str]) -> list[Value]:
+    """``op(op(op(v0, v1), v2), ...)`` for variadic ONNX operators (Sum, Max, Min); one input is the input."""
+    if len(vals) == 1:
+        return vals
+    acc = vals[0]
+    for v in vals[1:-1]:
+        acc = im.emit(op, [acc, v], [im.tmp(outs[0])])[0]
+    return im.emit(op, [acc, vals[-1]], outs)
 
 
 @converter("Sum")
 def _sum(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    vals = [v for v in ins if v is not None]
-    if len(vals) == 1:
-        return im.emit("identity", vals, outs)
-    acc = vals[0]
-    for v in vals[1:-1]:
-        acc = im.emit("add", [acc, v], [im.tmp(outs[0])])[0]
-    return im.emit("add", [acc, vals[-1]], outs)
+    return _chain(im, "add", [v for v in ins if v is not None], outs)
 
 
 @converter("Identity", "Dropout")
 def _identity(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
+    training = ins[2] if len(ins) > 2 else None  # Dropout-12+: training_mode
+    if training is not None and (not isinstance(training, Constant) or bool(training.data.reshape(-1)[0])):
+        raise im.fail("Dropout in training mode is not supported (kiln compiles inference graphs)")
     res: list[Value] = [x]
     if len(outs) > 1 and outs[1]:  # Dropout's mask output: all ones in inference
         res.append(Constant(outs[1], np.ones(x.type.static_shape, dtype=bool)))
@@ -300,11 +328,7 @@ def _pool(
     s = list(attrs.get("strides", [1, 1]))
     d = list(attrs.get("dilations", [1, 1]))
     pads = _conv_pads(im, attrs, x.type.shape[2:], k, s, d)
-    extra = (
-        {"count_include_pad": int(attrs.get("count_include_pad", 0))}
-        if op == "avg_pool2d"
-        else {"dilations": tuple(d)}
-    )
+    extra = {"count_include_pad": int(attrs.get("count_include_pad", 0))} if op == "avg_pool2d" else {}
     return im.emit(
         op,
         [x],
@@ -313,14 +337,13 @@ def _pool(
         strides=tuple(s),
         pads=_to_2d(pads),
         ceil_mode=int(attrs.get("ceil_mode", 0)),
+        dilations=tuple(d),
         **extra,
     )
 
 
 @converter("MaxPool")
 def _maxpool(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    if len(outs) > 1 and outs[1]:
-        raise im.fail("MaxPool's Indices output is not supported")
     return _pool(im, "max_pool2d", ins, attrs, outs)
 
 
@@ -356,7 +379,7 @@ def _lrn(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
 @converter("Softmax", "LogSoftmax")
 def _softmax(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    op = "softmax" if im.op_type == "Softmax" else "log_softmax"  # type: ignore[attr-defined]
+    op = "softmax" if im.op_type == "Softmax" else "log_softmax"
     if im.opset >= 13:
         return im.emit(op, [x], outs, axis=int(attrs.get("axis", -1)))
     # opset < 13: flatten to 2-D at `axis` (default 1), softmax over the second dimension, reshape back
@@ -370,12 +393,25 @@ def _softmax(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs
     return im.emit("reshape", [y], outs, shape=shape)
 
 
-def _resolve_shape(im: _Importer, x: Value, shape: Sequence[int], allowzero: bool) -> tuple[int, ...]:
-    src = x.type.static_shape
-    out = [src[i] if (d == 0 and not allowzero) else int(d) for i, d in enumerate(shape)]
+def _resolve_shape(im: _Importer, x: Value, shape: Sequence[int], allowzero: bool) -> tuple[Dim, ...]:
+    """ONNX Reshape's target shape with 0 (copy the input dimension) and -1 (the rest) resolved. Symbolic
+    dimensions work when they are copied with 0 (or when -1 stands for exactly one of them)."""
+    src = x.type.shape
+    out: list[Dim] = [src[i] if (d == 0 and not allowzero) else int(d) for i, d in enumerate(shape)]
     if -1 in out:
-        known = int(np.prod([d for d in out if d != -1]))
-        out[out.index(-1)] = int(np.prod(src)) // max(known, 1)
+        syms_in = [d for d in src if isinstance(d, Sym)]
+        syms_out = [d for d in out if isinstance(d, Sym)]
+        known = int(np.prod([d for d in out if isinstance(d, int) and d != -1]))
+        total = int(np.prod([d for d in src if isinstance(d, int)]))
+        rest = [d for d in syms_in if d not in syms_out]
+        if not rest:
+            out[out.index(-1)] = total // max(known, 1)
+        elif len(rest) == 1 and total == known:
+            out[out.index(-1)] = rest[0]
+        else:
+            raise im.fail(
+                f"cannot reshape {x.type} to {tuple(shape)}; bind its symbolic dimensions with shapes="
+            )
     return tuple(out)
 
 
@@ -389,9 +425,22 @@ def _reshape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs
 @converter("Flatten")
 def _flatten(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    shape = x.type.static_shape
-    axis = int(attrs.get("axis", 1)) % (len(shape) + 1) if shape else 0
-    return im.emit("reshape", [x], outs, shape=(int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))))
+    nd = x.type.ndim
+    axis = int(attrs.get("axis", 1))
+    axis = axis + nd if axis < 0 else axis
+    if not 0 <= axis <= nd:
+        raise im.fail(f"Flatten axis {attrs.get('axis')} is out of range for {x.type}")
+    return im.emit("reshape", [x], outs, shape=(_dim_product(im, x, 0, axis), _dim_product(im, x, axis, nd)))
+
+
+def _dim_product(im: _Importer, x: Value, lo: int, hi: int) -> Dim:
+    """The product of dimensions ``lo:hi`` of ``x`` (a symbolic dimension only when it stands alone)."""
+    dims = [d for d in x.type.shape[lo:hi] if d != 1]
+    if len(dims) == 1:
+        return dims[0]
+    if any(isinstance(d, Sym) for d in dims):
+        raise im.fail(f"cannot flatten symbolic dimensions of {x.type}; bind them with shapes=")
+    return int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64))
 
 
 def _axes_attr_or_input(
@@ -407,9 +456,11 @@ def _axes_attr_or_input(
 @converter("Squeeze")
 def _squeeze(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    shape = x.type.static_shape
+    shape = x.type.shape
     axes = _axes_attr_or_input(im, ins, attrs, 1)
     drop = {a % len(shape) for a in axes} if axes is not None else {i for i, d in enumerate(shape) if d == 1}
+    if any(shape[a] != 1 for a in drop):
+        raise im.fail(f"cannot squeeze axes {sorted(drop)} of {x.type}: they must have size 1")
     return im.emit("reshape", [x], outs, shape=tuple(d for i, d in enumerate(shape) if i not in drop))
 
 
@@ -567,7 +618,7 @@ def _resize(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs:
     mode = "linear" if mode == "bilinear" else mode  # Upsample-7 spelling
     if mode not in ("nearest", "linear"):
         raise im.fail(f"resize mode {mode!r} is not supported (nearest and linear are)")
-    if im.op_type == "Upsample" or im.opset < 11:  # type: ignore[attr-defined]
+    if im.op_type == "Upsample" or im.opset < 11:
         if "scales" in attrs:
             up_scales = np.asarray(attrs["scales"], dtype=np.float32)
         else:
@@ -603,7 +654,7 @@ def _resize(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs:
 
 @converter("ReduceMean", "ReduceSum", "ReduceMax")
 def _reduce(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    op = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max"}[im.op_type]  # type: ignore[attr-defined]
+    op = {"ReduceMean": "reduce_mean", "ReduceSum": "reduce_sum", "ReduceMax": "reduce_max"}[im.op_type]
     axes = _axes_attr_or_input(im, ins, attrs, 1)
     if not axes and attrs.get("noop_with_empty_axes", 0):
         return im.emit("identity", [_a(ins, 0)], outs)
@@ -737,10 +788,7 @@ def from_onnx(
                 n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}", []
             ).append(n.name or n.output[0])
     if unsupported:
-        parts = [
-            f"{op} (nodes: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''})"
-            for op, names in sorted(unsupported.items())
-        ]
+        parts = [f"{op} (nodes: {', '.join(names)})" for op, names in sorted(unsupported.items())]
         raise UnsupportedOperatorError(f"unsupported ONNX operators: {'; '.join(parts)}")
     im = _Importer(g, opset)
     inits = {t.name for t in g.initializer}
@@ -762,27 +810,22 @@ def from_onnx(
         )
     for n in g.node:
         im.node_name = n.name or n.output[0]
-        im.op_type = n.op_type  # type: ignore[attr-defined]
-        ins: list[Value | None] = []
-        for i in n.input:
-            if not i:
-                ins.append(None)
-            elif i in im.env:
-                ins.append(im.env[i])
-            else:
-                raise ImportErrorInNode(f"node {im.node_name!r}: input {i!r} is not defined before it")
+        im.op_type = n.op_type
+        ins: list[Value | None] = [im.lookup(i, f"node {im.node_name!r}") if i else None for i in n.input]
         try:
             results = CONVERTERS[n.op_type](im, ins, _attrs(n), list(n.output))
         except ImportErrorInNode:
             raise
         except (ValueError, KeyError, IndexError) as e:
             raise ImportErrorInNode(f"node {im.node_name!r} ({n.op_type}): {e}") from e
-        for out_name, res in zip(n.output, results, strict=False):
-            if out_name:
-                im.env[out_name] = res
+        for k, out_name in enumerate(n.output):
+            if k < len(results):
+                im.env[out_name] = results[k]
+            elif out_name:
+                im.missing[out_name] = f"output {k} of {n.op_type} node {im.node_name!r} is not supported"
     outputs: list[Value] = []
     for o in g.output:
-        v: Value = im.env[o.name]
+        v = im.lookup(o.name, "graph output")
         if isinstance(v, Var) and v.name != o.name or v in params:
             v = im.emit("identity", [v], [o.name])[0]
         outputs.append(v)

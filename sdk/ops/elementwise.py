@@ -68,17 +68,19 @@ _binary(
     lambda a, b: a / b if a.dtype.kind == "f" else np.trunc(a / b).astype(a.dtype),
 )
 _binary("pow", lambda a, b: T.Call("pow", (a, b), a.dtype), np.power)
-_binary(
-    "mod",
-    lambda a, b: a % b if not a.dtype.startswith("float") else a - T.call("floor", a / b) * b,
-    lambda a, b: np.mod(a, b),
-)
 _binary("maximum", T.maximum, np.maximum)
 _binary("minimum", T.minimum, np.minimum)
 # --- comparisons (bool result)
 _binary("equal", lambda a, b: a.eq(b), np.equal, "bool")
 _binary("less", lambda a, b: a < b, np.less, "bool")
 _binary("greater", lambda a, b: a > b, np.greater, "bool")
+_binary("less_equal", lambda a, b: a <= b, np.less_equal, "bool")
+_binary("greater_equal", lambda a, b: a >= b, np.greater_equal, "bool")
+# --- logic (bool in, bool out)
+_binary("and", lambda a, b: T.logical_and(a, b), np.logical_and, "bool")
+_binary("or", lambda a, b: T.BinOp("or", a, b), np.logical_or, "bool")
+_binary("xor", lambda a, b: a.ne(b), np.logical_xor, "bool")
+_unary("not", lambda at, x: x.eq(False), lambda at, x: np.logical_not(x))
 
 # --- activations and math
 _unary("relu", lambda at, x: T.maximum(x, T.const(0.0, x.dtype)), lambda at, x: np.maximum(x, 0))
@@ -94,6 +96,18 @@ _unary("ceil", lambda at, x: T.call("ceil", x), lambda at, x: np.ceil(x))
 _unary("reciprocal", lambda at, x: T.const(1.0, x.dtype) / x, lambda at, x: 1.0 / x)
 _unary("sigmoid", lambda at, x: T.call("sigmoid", x), lambda at, x: 1.0 / (1.0 + np.exp(-x)))
 _unary("identity", lambda at, x: x, lambda at, x: x)
+_unary("round", lambda at, x: T.call("round", x), lambda at, x: np.round(x))  # halves to even, like ONNX
+_unary("sin", lambda at, x: T.call("sin", x), lambda at, x: np.sin(x))
+_unary("cos", lambda at, x: T.call("cos", x), lambda at, x: np.cos(x))
+_unary(
+    "sign",
+    lambda at, x: T.select(
+        x > T.const(0, x.dtype),
+        T.const(1, x.dtype),
+        T.select(x < T.const(0, x.dtype), T.const(-1, x.dtype), T.const(0, x.dtype)),
+    ),
+    lambda at, x: np.sign(x),
+)
 _unary(
     "clip",
     lambda at, x: T.minimum(
@@ -118,6 +132,37 @@ _unary(
     "hard_swish",
     lambda at, x: x * T.minimum(T.maximum(x * (1 / 6) + 0.5, T.const(0.0, x.dtype)), T.const(1.0, x.dtype)),
     lambda at, x: x * np.clip(x / 6 + 0.5, 0, 1),
+)
+# softplus = log(1 + exp(x)), in the overflow-free form max(x, 0) + log(1 + exp(-|x|))
+_unary(
+    "softplus",
+    lambda at, x: T.maximum(x, T.const(0.0, x.dtype)) + T.call("log", T.call("exp", -T.call("abs", x)) + 1.0),
+    lambda at, x: np.logaddexp(0, x),
+)
+_unary("softsign", lambda at, x: x / (T.call("abs", x) + 1.0), lambda at, x: x / (1 + np.abs(x)))
+# elu: x if x > 0 else alpha * (exp(x) - 1); selu: gamma * (x if x > 0 else alpha * (exp(x) - 1))
+_unary(
+    "elu",
+    lambda at, x: T.select(x > T.const(0.0, x.dtype), x, (T.call("exp", x) - 1.0) * _f(at, "alpha", 1.0)),
+    lambda at, x: np.where(x > 0, x, _f(at, "alpha", 1.0) * np.expm1(np.minimum(x, 0))),
+)
+_SELU_ALPHA, _SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+_unary(
+    "selu",
+    lambda at, x: (
+        T.select(x > T.const(0.0, x.dtype), x, (T.call("exp", x) - 1.0) * _f(at, "alpha", _SELU_ALPHA))
+        * _f(at, "gamma", _SELU_GAMMA)
+    ),
+    lambda at, x: (
+        _f(at, "gamma", _SELU_GAMMA)
+        * np.where(x > 0, x, _f(at, "alpha", _SELU_ALPHA) * np.expm1(np.minimum(x, 0)))
+    ),
+)
+# prelu: x if x >= 0 else slope * x (slope broadcasts against x)
+_binary(
+    "prelu",
+    lambda x, k: T.select(x < T.const(0.0, x.dtype), x * k, x),
+    lambda x, k: np.where(x < 0, x * k, x),
 )
 # GELU, exact (erf) form; approximate="tanh" selects the tanh form.
 _SQRT1_2 = 1 / math.sqrt(2)
@@ -152,6 +197,26 @@ class Cast(Elementwise):
         return args[0]
 
 
+class Mod(Elementwise):
+    """ONNX Mod. ``fmod=0`` (default): the remainder takes the divisor's sign (Python's ``%``, integers);
+    ``fmod=1``: it takes the dividend's sign (C's ``fmod``; required by ONNX for floats)."""
+
+    name = "mod"
+
+    def scalar(self, attrs: dict[str, Any], *args: T.Expr) -> T.Expr:
+        a, b = args
+        r = a % b  # C semantics (srem / frem)
+        if int(attrs.get("fmod", 0)):
+            return r
+        if a.dtype.startswith("float"):
+            return a - T.call("floor", a / b) * b
+        zero = T.const(0, a.dtype)
+        return T.select(T.logical_and(r.ne(zero), (r < zero).ne(b < zero)), r + b, r)
+
+    def numpy(self, attrs: dict[str, Any], *args: np.ndarray) -> np.ndarray:
+        return np.fmod(*args) if int(attrs.get("fmod", 0)) else np.mod(*args)
+
+
 class Where(Elementwise):
     """``out = cond ? a : b`` with broadcasting."""
 
@@ -176,4 +241,5 @@ def T_type(shape: Any, dtype: str) -> Any:  # noqa: N802 - a constructor alias
 
 
 register(Cast())
+register(Mod())
 register(Where())

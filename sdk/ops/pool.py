@@ -1,12 +1,11 @@
 """2-D pooling on NCHW: max_pool2d, avg_pool2d, global_avg_pool2d.
 
 ``attrs``: ``kernel=(kh, kw)``, ``strides``, ``pads=(top, left, bottom, right)``, ``ceil_mode`` (0/1),
-``dilations`` (max only), ``count_include_pad`` (avg only; ONNX default 0: padding is not counted).
+``dilations``, ``count_include_pad`` (avg only; ONNX default 0: padding is not counted).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,24 +18,30 @@ from .base import LowerContext, OpDef, register
 
 def _params(
     attrs: dict[str, Any],
-) -> tuple[tuple[int, int], tuple[int, int], tuple[int, ...], tuple[int, int]]:
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int], tuple[int, int]]:
     k = tuple(attrs["kernel"])
     s = tuple(attrs.get("strides", (1, 1)))
     p = tuple(attrs.get("pads", (0, 0, 0, 0)))
     d = tuple(attrs.get("dilations", (1, 1)))
-    return (k[0], k[1]), (s[0], s[1]), p, (d[0], d[1])
+    return (k[0], k[1]), (s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1])
 
 
-def pool_out(size: int, k: int, s: int, pad_total: int, d: int, ceil_mode: bool) -> int:
-    eff = d * (k - 1) + 1
-    n = (size + pad_total - eff) / s + 1
-    out = math.ceil(n) if ceil_mode else math.floor(n)
-    if ceil_mode and (out - 1) * s >= size + pad_total // 2:  # last window must start inside the input
+def pool_out(size: int, k: int, s: int, pad_begin: int, pad_end: int, d: int, ceil_mode: bool) -> int:
+    """Output length of one axis (ONNX/PyTorch rule: with ``ceil_mode`` the last window must start inside the
+    input or its leading padding)."""
+    span = size + pad_begin + pad_end - (d * (k - 1) + 1)
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + pad_begin:
         out -= 1
-    return int(out)
+    return out
 
 
 class Pool2D(OpDef):
+    """Max or average over ``kernel`` windows (with ``strides``, ``pads``, ``dilations``) of each channel.
+
+    The average divides by the taps inside the input, or with ``count_include_pad`` by the taps inside the
+    padded input (a window that runs past the trailing padding in ceil mode counts only up to it)."""
+
     kind = "reduce"
     is_max = True
 
@@ -47,32 +52,33 @@ class Pool2D(OpDef):
         (kh, kw), (sh, sw), p, (dh, dw) = _params(attrs)
         n, c, h, w = x.shape
         ceil = bool(attrs.get("ceil_mode", 0))
-        oh = pool_out(h, kh, sh, p[0] + p[2], dh, ceil) if isinstance(h, int) else h
-        ow = pool_out(w, kw, sw, p[1] + p[3], dw, ceil) if isinstance(w, int) else w
+        oh = pool_out(h, kh, sh, p[0], p[2], dh, ceil) if isinstance(h, int) else h
+        ow = pool_out(w, kw, sw, p[1], p[3], dw, ceil) if isinstance(w, int) else w
+        if (isinstance(oh, int) and oh < 1) or (isinstance(ow, int) and ow < 1):
+            raise self.error(f"window {(kh, kw)} with pads {p} does not fit {x}")
         return [TensorType((n, c, oh, ow), x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x = inputs[0]
         (kh, kw), (sh, sw), p, (dh, dw) = _params(attrs)
         oh, ow = self.infer([TensorType(x.shape, "float32")], attrs)[0].static_shape[2:]
-        n, c, h, w = x.shape
-        out = np.zeros((n, c, oh, ow), dtype=np.float64)
-        for i in range(oh):
-            for j in range(ow):
-                ys = [i * sh - p[0] + a * dh for a in range(kh)]
-                xs = [j * sw - p[1] + b * dw for b in range(kw)]
-                ys = [y for y in ys if 0 <= y < h]
-                xs = [z for z in xs if 0 <= z < w]
-                win = x[:, :, ys][:, :, :, xs].astype(np.float64)
-                if self.is_max:
-                    out[:, :, i, j] = win.max(axis=(2, 3))
-                else:
-                    cnt = kh * kw if attrs.get("count_include_pad", 0) else len(ys) * len(xs)
-                    if attrs.get("count_include_pad", 0):  # windows past the padded edge count only the pad
-                        y_end = min(i * sh - p[0] + kh, h + p[2])
-                        x_end = min(j * sw - p[1] + kw, w + p[3])
-                        cnt = (y_end - (i * sh - p[0])) * (x_end - (j * sw - p[1]))
-                    out[:, :, i, j] = win.sum(axis=(2, 3)) / cnt
+        h, w = x.shape[2:]
+        # taps of every window, per axis, in input coordinates: (out, k)
+        ys = np.arange(oh)[:, None] * sh - p[0] + np.arange(kh)[None, :] * dh
+        xs = np.arange(ow)[:, None] * sw - p[1] + np.arange(kw)[None, :] * dw
+        win = x.astype(np.float64)[:, :, np.clip(ys, 0, h - 1)][:, :, :, :, np.clip(xs, 0, w - 1)]
+        win = win.transpose(0, 1, 2, 4, 3, 5)  # (n, c, oh, ow, kh, kw)
+        inside = ((ys >= 0) & (ys < h))[:, None, :, None] & ((xs >= 0) & (xs < w))[None, :, None, :]
+        if self.is_max:
+            out = np.where(inside, win, -np.inf).max(axis=(4, 5))
+        else:
+            if attrs.get("count_include_pad", 0):
+                counted = ((ys >= -p[0]) & (ys < h + p[2]))[:, None, :, None] & (
+                    (xs >= -p[1]) & (xs < w + p[3])
+                )[None, :, None, :]
+            else:
+                counted = inside
+            out = np.where(inside, win, 0.0).sum(axis=(4, 5)) / counted.sum(axis=(2, 3))
         return [out.astype(x.dtype)]
 
     def lower(
@@ -82,6 +88,7 @@ class Pool2D(OpDef):
         (kh, kw), (sh, sw), p, (dh, dw) = _params(attrs)
         _, _, h, w = x.shape
         acc = T.Buffer(f"{ctx.name}_acc", (1,), x.dtype, scope="local")
+        cnt = T.Buffer(f"{ctx.name}_cnt", (1,), x.dtype, scope="local")
         zero = (T.IntImm(0),)
         include_pad = bool(attrs.get("count_include_pad", 0))
 
@@ -95,30 +102,32 @@ class Pool2D(OpDef):
                 v = x[n, c, T.minimum(T.maximum(iy, 0), h - 1), T.minimum(T.maximum(ix, 0), w - 1)]
                 if self.is_max:
                     return T.Store(acc, zero, T.select(inside, T.maximum(acc[0], v), acc[0]))
-                return T.Store(acc, zero, acc[0] + T.select(inside, v, T.const(0.0, x.dtype)))
-
-            if self.is_max:
-                value: T.Expr = acc[0]
-            else:
-                if include_pad:
-                    ys = T.minimum(y0 + kh, h + p[2]) - y0
-                    xs = T.minimum(x0 + kw, w + p[3]) - x0
-                else:
-                    ys = T.minimum(y0 + kh, h) - T.maximum(y0, 0)
-                    xs = T.minimum(x0 + kw, w) - T.maximum(x0, 0)
-                value = acc[0] / T.cast(x.dtype, ys * xs)
-            return T.Allocate(
-                acc,
-                T.seq(
-                    T.Store(acc, zero, T.const(-float("inf") if self.is_max else 0.0, x.dtype)),
-                    T.loop(
-                        kh,
-                        lambda a: T.loop(kw, lambda b: tap(a, b), name=f"{ctx.name}_kx"),
-                        name=f"{ctx.name}_ky",
+                counted = (
+                    T.logical_and(iy >= -p[0], iy < h + p[2], ix >= -p[1], ix < w + p[3])
+                    if include_pad
+                    else inside
+                )
+                return T.seq(
+                    T.Store(acc, zero, acc[0] + T.select(inside, v, T.const(0.0, x.dtype))),
+                    T.Store(
+                        cnt, zero, cnt[0] + T.select(counted, T.const(1.0, x.dtype), T.const(0.0, x.dtype))
                     ),
-                    T.Store(out, idx, ctx.apply_epilogue(value, idx, None)),
-                ),
+                )
+
+            taps = T.loop(
+                kh, lambda a: T.loop(kw, lambda b: tap(a, b), name=f"{ctx.name}_kx"), name=f"{ctx.name}_ky"
             )
+            if self.is_max:
+                init = T.Store(acc, zero, T.const(-float("inf"), x.dtype))
+                body = T.seq(init, taps, T.Store(out, idx, ctx.apply_epilogue(acc[0], idx, None)))
+                return T.Allocate(acc, body)
+            body = T.seq(
+                T.Store(acc, zero, T.const(0.0, x.dtype)),
+                T.Store(cnt, zero, T.const(0.0, x.dtype)),
+                taps,
+                T.Store(out, idx, ctx.apply_epilogue(acc[0] / cnt[0], idx, None)),
+            )
+            return T.Allocate(acc, T.Allocate(cnt, body))
 
         return T.loop_nest(out.shape, pixel, prefix=f"{ctx.name}_i")
 

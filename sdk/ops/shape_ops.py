@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..ir import tensor as T
-from ..ir.types import Dim, TensorType
+from ..ir.types import Dim, TensorType, is_float
 from .base import (
     LowerContext,
     OpDef,
@@ -254,13 +254,18 @@ class Gather(OpDef):
 
 
 class Pad(OpDef):
-    """ONNX Pad: ``pads`` = begins then ends per axis; ``mode`` constant (with ``value``), reflect or edge."""
+    """ONNX Pad: ``pads`` = begins then ends per axis (negative ones crop); ``mode`` ``constant`` (fill with
+    ``value``), ``reflect`` (mirror without repeating the edge), ``edge`` (repeat the edge) or ``wrap``
+    (continue periodically)."""
 
     name = "pad"
     kind = "injective"
+    modes = ("constant", "reflect", "edge", "wrap")
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
+        if attrs.get("mode", "constant") not in self.modes:
+            raise self.error(f"mode {attrs['mode']!r} is not supported; modes: {', '.join(self.modes)}")
         p = list(attrs["pads"])
         nd = x.ndim
         if len(p) != 2 * nd:
@@ -279,7 +284,7 @@ class Pad(OpDef):
         width = [(max(0, p[i]), max(0, p[i + nd])) for i in range(nd)]
         if mode == "constant":
             return [np.pad(x, width, mode="constant", constant_values=attrs.get("value", 0))]
-        return [np.pad(x, width, mode="reflect" if mode == "reflect" else "edge")]
+        return [np.pad(x, width, mode=mode)]
 
     def lower(
         self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
@@ -297,13 +302,18 @@ class Pad(OpDef):
                 if mode == "reflect":
                     i = T.select(i < 0, -i, i)
                     i = T.select(i >= n, 2 * (n - 1) - i, i)
-                elif mode == "edge" or mode == "constant":
+                elif mode == "wrap":
+                    i = (i % n + n) % n  # % truncates toward zero in tensor code
+                elif mode == "constant":
                     inside += [i >= 0, i < n]
                 i = T.minimum(T.maximum(i, 0), n - 1)
                 src.append(i)
             val: T.Expr = x[tuple(src)]
             if mode == "constant" and inside:
-                val = T.select(T.logical_and(*inside), val, T.const(float(attrs.get("value", 0)), x.dtype))
+                fill = float(attrs.get("value", 0))
+                val = T.select(
+                    T.logical_and(*inside), val, T.const(fill if is_float(x.dtype) else int(fill), x.dtype)
+                )
             return _store(ctx, out, idx, val)
 
         return T.loop_nest(out.shape, body, prefix=f"{ctx.name}_i", innermost="vectorized")
