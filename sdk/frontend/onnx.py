@@ -204,9 +204,9 @@ def _clip(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     lo = attrs.get("min", -np.inf)
     hi = attrs.get("max", np.inf)
     if len(ins) > 1 and ins[1] is not None:
-        lo = float(im.const_input(ins[1], "min"))
+        lo = im.const_input(ins[1], "min").reshape(-1)[0]
     if len(ins) > 2 and ins[2] is not None:
-        hi = float(im.const_input(ins[2], "max"))
+        hi = im.const_input(ins[2], "max").reshape(-1)[0]
     return im.emit("clip", [_a(ins, 0)], outs, min=float(lo), max=float(hi))
 
 

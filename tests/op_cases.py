@@ -1,0 +1,546 @@
+"""Single-node ONNX models, one or more per operator and attribute combination, with seeded random inputs.
+
+Shared by the operator tests: ``tests/ops/test_reference.py`` checks each kiln operator's NumPy reference (and
+shape inference) against onnxruntime on these models, ``tests/ops/test_lowering.py`` compiles them and checks
+the generated code against the reference.
+
+    from op_cases import CASES, ort_outputs, interpret_checked
+    case = CASES["softmax-opset11-axis1"]
+    case.model, case.feed, case.kiln_ops
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from kiln.ir import Constant, Module
+from kiln.ops import get_op
+
+_TYPES = {
+    np.dtype("float32"): TensorProto.FLOAT,
+    np.dtype("float64"): TensorProto.DOUBLE,
+    np.dtype("int64"): TensorProto.INT64,
+    np.dtype("int32"): TensorProto.INT32,
+    np.dtype("bool"): TensorProto.BOOL,
+    np.dtype("uint8"): TensorProto.UINT8,
+    np.dtype("int8"): TensorProto.INT8,
+}
+
+
+@dataclasses.dataclass
+class OpCase:
+    """One ONNX node: ``inputs`` in order (runtime arrays, constants, or None for an absent optional input)."""
+
+    id: str
+    op_type: str
+    inputs: list[tuple[str, np.ndarray | None, bool]]  # (name, value, is_constant)
+    attrs: dict[str, Any]
+    opset: int
+    kiln_ops: set[str]  # the kiln operators the import must produce (exactly)
+    outputs: int = 1
+    rtol: float = 1e-5
+    atol: float = 1e-6
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        names = [n if v is not None else "" for n, v, _ in self.inputs]
+        outs = [f"y{i}" for i in range(self.outputs)]
+        node = helper.make_node(self.op_type, names, outs, name=f"{self.op_type}_node", **self.attrs)
+        graph_inputs = [
+            helper.make_tensor_value_info(n, _TYPES[v.dtype], v.shape)
+            for n, v, const in self.inputs
+            if v is not None and not const
+        ]
+        inits = [numpy_helper.from_array(v, n) for n, v, const in self.inputs if v is not None and const]
+        outputs = [onnx.ValueInfoProto(name=o) for o in outs]  # types filled in by ONNX shape inference
+        graph = helper.make_graph([node], self.id.replace("-", "_"), graph_inputs, outputs, inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], ir_version=8)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+
+    @property
+    def feed(self) -> dict[str, np.ndarray]:
+        return {n: v for n, v, const in self.inputs if v is not None and not const}
+
+
+def ort_outputs(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs by name from onnxruntime (graph optimizations off: it computes the node as written)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, dict(feed)), strict=True))
+
+
+def interpret_checked(mod: Module, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Like :func:`kiln.ir.interpreter.interpret`, and also checks that every node's reference results have
+    exactly the shapes and dtypes its operator's ``infer`` gave them."""
+    f = mod.main
+    env: dict[int, np.ndarray] = {p.uid: np.asarray(feed[p.name]) for p in f.params}
+
+    def get(v: Any) -> np.ndarray:
+        return v.data if isinstance(v, Constant) else env[v.uid]
+
+    for n in f.nodes:
+        results = get_op(n.op).reference([get(v) for v in n.inputs], n.attrs)
+        assert len(results) == len(n.outputs), f"{n.op}: {len(results)} results for {len(n.outputs)} outputs"
+        for var, r in zip(n.outputs, results, strict=True):
+            assert r.shape == var.type.static_shape, (
+                f"{n.op} {n.attrs}: infer {var.type}, reference {r.shape}"
+            )
+            assert str(r.dtype) == var.type.dtype, f"{n.op} {n.attrs}: infer {var.type}, reference {r.dtype}"
+            env[var.uid] = r
+    return {v.name: get(v) for v in f.outputs}
+
+
+# ------------------------------------------------------------------------------------------------ catalogue
+_rng = np.random.default_rng(1234)
+
+
+def _x(*shape: int, lo: float | None = None, hi: float | None = None, dtype: str = "float32") -> np.ndarray:
+    if lo is not None:
+        return _rng.uniform(lo, hi, shape).astype(dtype)
+    return _rng.standard_normal(shape).astype(dtype)
+
+
+def _i(*values: Any) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def _f(*values: Any) -> np.ndarray:
+    return np.array(values, dtype=np.float32)
+
+
+CASES: dict[str, OpCase] = {}
+
+
+def case(
+    id: str,
+    op_type: str,
+    inputs: Sequence[tuple[str, np.ndarray | None] | tuple[str, np.ndarray | None, bool]],
+    kiln_ops: set[str] | str,
+    opset: int = 17,
+    **kw: Any,
+) -> None:
+    attrs = kw.pop("attrs", {})
+    ins = [(t[0], t[1], bool(t[2]) if len(t) > 2 else False) for t in inputs]
+    ops = {kiln_ops} if isinstance(kiln_ops, str) else set(kiln_ops)
+    assert id not in CASES, id
+    CASES[id] = OpCase(id, op_type, ins, attrs, opset, ops, **kw)  # type: ignore[arg-type]
+
+
+def C(name: str, value: np.ndarray) -> tuple[str, np.ndarray, bool]:  # noqa: N802 - reads like a constant
+    return (name, value, True)
+
+
+# --- normalization
+for shape in ((2, 3, 4, 5), (2, 3), (1, 4, 6)):
+    c = shape[1]
+    for eps in (1e-5, 1e-2):
+        case(
+            f"batchnorm-{'x'.join(map(str, shape))}-eps{eps}",
+            "BatchNormalization",
+            [("x", _x(*shape)), C("s", _x(c)), C("b", _x(c)), C("m", _x(c)), C("v", _x(c, lo=0.5, hi=2.0))],
+            "batch_norm",
+            opset=15,
+            attrs={"epsilon": eps},
+        )
+for size, alpha, beta, bias in ((3, 1e-4, 0.75, 1.0), (5, 0.1, 0.5, 2.0), (7, 0.5, 1.0, 1.0)):
+    case(
+        f"lrn-size{size}-a{alpha}",
+        "LRN",
+        [("x", _x(1, 6, 5, 5))],
+        "lrn",
+        attrs={"size": size, "alpha": alpha, "beta": beta, "bias": bias},
+    )
+for axis, bias in ((-1, True), (1, True), (-1, False), (2, False)):
+    shape = (2, 5, 8)
+    norm = shape[axis:] if axis >= 0 else shape[axis:]
+    ins: list[Any] = [("x", _x(*shape)), C("scale", _x(*norm))]
+    if bias:
+        ins.append(C("bias", _x(*norm)))
+    case(f"layernorm-axis{axis}-bias{bias}", "LayerNormalization", ins, "layer_norm", attrs={"axis": axis})
+case(
+    "layernorm-eps",
+    "LayerNormalization",
+    [("x", _x(3, 16)), C("s", _x(16))],
+    "layer_norm",
+    attrs={"epsilon": 1e-2},
+)
+
+# --- pooling
+_POOL_X = _x(1, 3, 9, 10)
+for op, kiln in (("MaxPool", "max_pool2d"), ("AveragePool", "avg_pool2d")):
+    variants: list[tuple[str, dict[str, Any]]] = [
+        ("k3s2", {"kernel_shape": [3, 3], "strides": [2, 2]}),
+        ("k3s2p1-ceil", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1}),
+        ("k2-asym-pads", {"kernel_shape": [2, 3], "pads": [0, 1, 1, 0]}),
+        ("k3-dil2", {"kernel_shape": [3, 3], "dilations": [2, 2]}),
+        ("same-upper", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+        ("same-lower", {"kernel_shape": [4, 4], "strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+        ("valid", {"kernel_shape": [2, 2], "strides": [2, 2], "auto_pad": "VALID"}),
+    ]
+    if op == "AveragePool":
+        variants += [
+            (
+                "k3s2p1-incl",
+                {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1},
+            ),
+            (
+                "k3s2p1-ceil-incl",
+                {
+                    "kernel_shape": [3, 3],
+                    "strides": [2, 2],
+                    "pads": [1, 1, 1, 1],
+                    "ceil_mode": 1,
+                    "count_include_pad": 1,
+                },
+            ),
+        ]
+    for vid, attrs in variants:
+        case(f"{kiln}-{vid}", op, [("x", _POOL_X)], kiln, opset=19, attrs=attrs)
+case("global_avg_pool2d-2x3x5x6", "GlobalAveragePool", [("x", _x(2, 3, 5, 6))], "global_avg_pool2d")
+case("global_avg_pool2d-1x8x1x1", "GlobalAveragePool", [("x", _x(1, 8, 1, 1))], "global_avg_pool2d")
+case("global_max_pool", "GlobalMaxPool", [("x", _x(2, 3, 4, 5))], "reduce_max")
+
+# --- softmax family: opset < 13 flattens to 2-D at `axis`, opset >= 13 normalizes along `axis`
+for op, kiln in (("Softmax", "softmax"), ("LogSoftmax", "log_softmax")):
+    case(f"{kiln}-opset11-default-axis", op, [("x", _x(2, 3, 4))], {kiln, "reshape"}, opset=11)
+    case(f"{kiln}-opset11-axis2", op, [("x", _x(2, 3, 4))], kiln, opset=11, attrs={"axis": 2})
+    case(f"{kiln}-opset11-axis0", op, [("x", _x(2, 3, 4))], {kiln, "reshape"}, opset=11, attrs={"axis": 0})
+    for axis in (-1, 0, 1):
+        case(f"{kiln}-opset13-axis{axis}", op, [("x", _x(2, 3, 4))], kiln, opset=13, attrs={"axis": axis})
+    case(f"{kiln}-large-values", op, [("x", _x(3, 7) * 200)], kiln, opset=13)
+
+# --- reductions
+for op, kiln in (("ReduceMean", "reduce_mean"), ("ReduceSum", "reduce_sum"), ("ReduceMax", "reduce_max")):
+    x = _x(2, 3, 4, 5)
+    for axes, keep in (([1], 1), ([2, 3], 0), ([-1, 0], 1), (None, 0)):
+        label = "all" if axes is None else "_".join(map(str, axes))
+        attrs: dict[str, Any] = {"keepdims": keep}
+        if op == "ReduceSum":  # axes is an input since opset 13
+            ins = [("x", x)] + ([C("axes", _i(*axes))] if axes is not None else [])
+            case(f"{kiln}-axes{label}-keep{keep}", op, ins, kiln, opset=13, attrs=attrs)
+        else:
+            if axes is not None:
+                attrs["axes"] = axes
+            case(f"{kiln}-axes{label}-keep{keep}", op, [("x", x)], kiln, opset=13, attrs=attrs)
+    ins18: list[Any] = [("x", x), C("axes", _i(1, 2))]
+    case(f"{kiln}-opset18-axes-input", op, ins18, kiln, opset=18, attrs={"keepdims": 0})
+    case(f"{kiln}-noop-empty-axes", op, [("x", x)], "identity", opset=18, attrs={"noop_with_empty_axes": 1})
+
+# --- views and data movement
+case("reshape-zero-minus-one", "Reshape", [("x", _x(2, 3, 4)), C("s", _i(0, -1))], "reshape", opset=14)
+case("reshape-4d", "Reshape", [("x", _x(2, 3, 4)), C("s", _i(4, 1, 3, 2))], "reshape", opset=14)
+for axis in (0, 1, 2, -1):
+    case(f"flatten-axis{axis}", "Flatten", [("x", _x(2, 3, 4, 5))], "reshape", opset=13, attrs={"axis": axis})
+case("squeeze-all", "Squeeze", [("x", _x(1, 3, 1, 4))], "reshape", opset=13)
+case("squeeze-axes", "Squeeze", [("x", _x(1, 3, 1, 4)), C("a", _i(-2))], "reshape", opset=13)
+case("squeeze-opset11", "Squeeze", [("x", _x(1, 3, 1, 4))], "reshape", opset=11, attrs={"axes": [0]})
+case("unsqueeze-axes", "Unsqueeze", [("x", _x(3, 4)), C("a", _i(0, -1))], "reshape", opset=13)
+case("unsqueeze-opset11", "Unsqueeze", [("x", _x(3, 4))], "reshape", opset=11, attrs={"axes": [1]})
+for perm in ((0, 2, 1, 3), (3, 1, 0, 2), None):
+    attrs = {"perm": list(perm)} if perm else {}
+    label = "".join(map(str, perm)) if perm else "default"
+    case(f"transpose-{label}", "Transpose", [("x", _x(2, 3, 4, 5))], "transpose", attrs=attrs)
+for axis in (0, 1, -1):
+    shapes = [[2, 3, 4] for _ in range(3)]
+    for k, n in enumerate((1, 2, 3)):
+        shapes[k][axis] = n
+    ins = [("a", _x(*shapes[0])), C("b", _x(*shapes[1])), ("c", _x(*shapes[2]))]
+    case(f"concat-axis{axis}", "Concat", ins, "concat", attrs={"axis": axis})
+_BIG = np.iinfo(np.int64).max
+for label, starts, ends, axes, steps in (
+    ("inner", (1, 1), (-1, -1), (1, 2), None),
+    ("reverse", (-1,), (-_BIG,), (0,), (-1,)),
+    ("reverse-step2", (_BIG, 4), (-_BIG, 0), (1, 2), (-2, -1)),
+    ("clamped-ends", (0, 2), (100, 1000), (0, 2), None),
+    ("steps3", (0,), (_BIG,), (-1,), (3,)),
+    ("empty-default-axes", (0, 0, 1), (2, 3, 6), None, None),
+):
+    x = _x(4, 5, 6)
+    ins = [("x", x), C("s", _i(*starts)), C("e", _i(*ends))]
+    if axes is not None or steps is not None:
+        ins.append(C("a", _i(*(axes if axes is not None else range(len(starts))))))
+    if steps is not None:
+        ins.append(C("st", _i(*steps)))
+    case(f"slice-{label}", "Slice", ins, "slice", opset=13)
+case(
+    "slice-opset9",
+    "Slice",
+    [("x", _x(4, 5))],
+    "slice",
+    opset=9,
+    attrs={"starts": [1, 0], "ends": [3, 100], "axes": [0, 1]},
+)
+case(
+    "split-sizes",
+    "Split",
+    [("x", _x(2, 6, 3)), C("s", _i(2, 3, 1))],
+    "split",
+    opset=13,
+    outputs=3,
+    attrs={"axis": 1},
+)
+case("split-equal", "Split", [("x", _x(2, 6, 3))], "split", opset=13, outputs=3, attrs={"axis": 1})
+case(
+    "split-opset18-uneven",
+    "Split",
+    [("x", _x(7, 2))],
+    "split",
+    opset=18,
+    outputs=3,
+    attrs={"axis": 0, "num_outputs": 3},
+)
+case(
+    "split-opset11-attr",
+    "Split",
+    [("x", _x(2, 5))],
+    "split",
+    opset=11,
+    outputs=2,
+    attrs={"axis": -1, "split": [4, 1]},
+)
+case(
+    "gather-const-negative",
+    "Gather",
+    [("x", _x(5, 4)), C("i", _i(0, -1, 2, -5))],
+    "gather",
+    attrs={"axis": 0},
+)
+case(
+    "gather-runtime-axis1",
+    "Gather",
+    [("x", _x(3, 6, 2)), ("i", _i(*_rng.integers(-6, 6, 8)).reshape(2, 4))],
+    "gather",
+    attrs={"axis": 1},
+)
+case(
+    "gather-scalar-axis2",
+    "Gather",
+    [("x", _x(2, 3, 4)), C("i", np.array(-2, dtype=np.int64))],
+    "gather",
+    attrs={"axis": 2},
+)
+case(
+    "gather-int32-indices",
+    "Gather",
+    [
+        (
+            "x",
+            _x(
+                6,
+            ),
+        ),
+        ("i", np.array([5, 0, -3], dtype=np.int32)),
+    ],
+    "gather",
+)
+for mode in ("constant", "reflect", "edge"):
+    ins = [("x", _x(2, 3, 4, 5)), C("p", _i(0, 0, 1, 2, 0, 0, 2, 1))]
+    if mode == "constant":
+        ins.append(C("v", _f(1.5)))
+    case(f"pad-{mode}", "Pad", ins, "pad", opset=13, attrs={"mode": mode})
+case("pad-crop", "Pad", [("x", _x(4, 5)), C("p", _i(-1, 2, 1, -2))], "pad", opset=13)
+case(
+    "pad-opset18-axes",
+    "Pad",
+    [("x", _x(2, 3, 4)), C("p", _i(1, 2)), ("", None), C("a", _i(-1))],
+    "pad",
+    opset=18,
+    attrs={"mode": "edge"},
+)
+case("pad-wrap", "Pad", [("x", _x(3, 4)), C("p", _i(1, 2, 2, 3))], "pad", opset=19, attrs={"mode": "wrap"})
+case(
+    "pad-opset2-attrs", "Pad", [("x", _x(3, 4))], "pad", opset=2, attrs={"pads": [1, 0, 0, 2], "value": -2.0}
+)
+case("expand-broadcast", "Expand", [("x", _x(3, 1)), C("s", _i(2, 3, 4))], "expand", opset=13)
+case("expand-ones", "Expand", [("x", _x(2, 1, 5)), C("s", _i(1, 4, 1))], "expand", opset=13)
+case("tile", "Tile", [("x", _x(2, 3, 1)), C("r", _i(2, 1, 3))], "tile", opset=13)
+
+# --- resize
+_RX = _x(1, 2, 5, 7)
+for label, scales, sizes, attrs in (
+    ("nearest-x2", (1, 1, 2, 2), None, {"mode": "nearest"}),
+    (
+        "nearest-asym-floor",
+        (1, 1, 1.5, 2.5),
+        None,
+        {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+    ),
+    ("nearest-down", (1, 1, 0.5, 0.5), None, {"mode": "nearest"}),
+    ("nearest-ceil-sizes", None, (1, 2, 8, 4), {"mode": "nearest", "nearest_mode": "ceil"}),
+    ("linear-half-pixel", (1, 1, 2, 3), None, {"mode": "linear"}),
+    ("linear-down", (1, 1, 0.5, 0.6), None, {"mode": "linear"}),
+    (
+        "linear-align-corners",
+        None,
+        (1, 2, 9, 4),
+        {"mode": "linear", "coordinate_transformation_mode": "align_corners"},
+    ),
+    (
+        "linear-pytorch",
+        None,
+        (1, 2, 1, 12),
+        {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"},
+    ),
+    ("linear-asym", (1, 1, 2, 2), None, {"mode": "linear", "coordinate_transformation_mode": "asymmetric"}),
+):
+    ins = [("x", _RX), ("", None), C("sc", _f(*scales)) if scales else ("", None)]
+    if sizes:
+        ins.append(C("sz", _i(*sizes)))
+    case(f"resize-{label}", "Resize", ins, "resize", opset=13, attrs=attrs, atol=1e-5)
+case(
+    "upsample-opset9-nearest",
+    "Upsample",
+    [("x", _RX), C("sc", _f(1, 1, 2, 3))],
+    "resize",
+    opset=9,
+    attrs={"mode": "nearest"},
+)
+
+# --- elementwise
+_UNARY: list[tuple[str, set[str] | str, dict[str, Any], np.ndarray]] = [
+    ("Relu", "relu", {}, _x(3, 4)),
+    ("Neg", "neg", {}, _x(3, 4)),
+    ("Abs", "abs", {}, _x(3, 4)),
+    ("Exp", "exp", {}, _x(3, 4)),
+    ("Log", "log", {}, _x(3, 4, lo=0.1, hi=5)),
+    ("Sqrt", "sqrt", {}, _x(3, 4, lo=0.0, hi=5)),
+    ("Tanh", "tanh", {}, _x(3, 4) * 3),
+    ("Erf", "erf", {}, _x(3, 4) * 2),
+    ("Floor", "floor", {}, _x(3, 4) * 3),
+    ("Ceil", "ceil", {}, _x(3, 4) * 3),
+    ("Round", "round", {}, np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.4, -0.6], dtype=np.float32)),
+    ("Reciprocal", "reciprocal", {}, _x(3, 4, lo=0.5, hi=3)),
+    ("Sigmoid", "sigmoid", {}, _x(3, 4) * 4),
+    ("Softplus", "softplus", {}, _x(3, 4) * 10),
+    ("Softsign", "softsign", {}, _x(3, 4) * 3),
+    ("Elu", "elu", {"alpha": 0.5}, _x(3, 4) * 2),
+    ("Selu", "selu", {}, _x(3, 4) * 2),
+    ("LeakyRelu", "leaky_relu", {"alpha": 0.2}, _x(3, 4)),
+    ("HardSigmoid", "hard_sigmoid", {"alpha": 0.3, "beta": 0.4}, _x(3, 4) * 3),
+    ("HardSwish", "hard_swish", {}, _x(3, 4) * 4),
+    ("Sign", "sign", {}, np.array([-2.0, 0.0, 3.5, -0.1], dtype=np.float32)),
+    ("Sin", "sin", {}, _x(3, 4) * 3),
+    ("Cos", "cos", {}, _x(3, 4) * 3),
+    ("Not", "not", {}, _x(3, 4) > 0),
+    ("Identity", "identity", {}, _x(3, 4)),
+]
+for op, kiln, attrs, x in _UNARY:
+    case(f"{op.lower()}", op, [("x", x)], kiln, opset=17 if op != "Gelu" else 20, attrs=attrs)
+case("gelu-exact", "Gelu", [("x", _x(3, 4) * 3)], "gelu", opset=20)
+case("gelu-tanh", "Gelu", [("x", _x(3, 4) * 3)], "gelu", opset=20, attrs={"approximate": "tanh"})
+case("clip-opset6-attrs", "Clip", [("x", _x(3, 4))], "clip", opset=6, attrs={"min": -0.5, "max": 0.7})
+case("clip-opset13-min-only", "Clip", [("x", _x(3, 4)), C("lo", _f(0.1).reshape(()))], "clip", opset=13)
+case(
+    "clip-opset13-max-only",
+    "Clip",
+    [("x", _x(3, 4)), ("", None), C("hi", _f(0.2).reshape(()))],
+    "clip",
+    opset=13,
+)
+case("dropout-inference", "Dropout", [("x", _x(3, 4))], "identity", opset=13)
+
+_A, _B = _x(2, 3, 4), _x(3, 1)
+for op, kiln in (("Add", "add"), ("Sub", "sub"), ("Mul", "mul"), ("Div", "div")):
+    case(f"{op.lower()}-broadcast", op, [("a", _A), ("b", _B)], kiln)
+    case(f"{op.lower()}-const-scalar", op, [("a", _A), C("b", _f(1.5).reshape(()))], kiln)
+case("div-int", "Div", [("a", _i(7, -7, 9, -9, 0)), ("b", _i(2, 2, -4, -4, 3))], "div")
+case("pow", "Pow", [("a", _x(3, 4, lo=0.1, hi=3)), ("b", _x(4, lo=-2, hi=2))], "pow", atol=1e-5)
+case("max-3", "Max", [("a", _x(3, 4)), ("b", _x(4)), ("c", _x(3, 1))], "maximum")
+case("min-3", "Min", [("a", _x(3, 4)), ("b", _x(4)), ("c", _x(3, 1))], "minimum")
+case("max-1", "Max", [("a", _x(3, 4))], "identity")
+case("sum-3", "Sum", [("a", _x(3, 4)), ("b", _x(4)), ("c", _x(3, 1))], "add")
+case("mod-int", "Mod", [("a", _i(-7, 7, -7, 7, 5)), ("b", _i(3, -3, -3, 3, 5))], "mod")
+case("mod-int-fmod", "Mod", [("a", _i(-7, 7, -7, 7)), ("b", _i(3, -3, -3, 3))], "mod", attrs={"fmod": 1})
+case("mod-float-fmod", "Mod", [("a", _x(3, 4) * 5), ("b", _x(4, lo=0.5, hi=2))], "mod", attrs={"fmod": 1})
+case("prelu", "PRelu", [("x", _x(2, 3, 4)), C("slope", _x(3, 1))], "prelu")
+for op, kiln in (
+    ("Equal", "equal"),
+    ("Less", "less"),
+    ("Greater", "greater"),
+    ("LessOrEqual", "less_equal"),
+    ("GreaterOrEqual", "greater_equal"),
+):
+    a = _rng.integers(-2, 3, (3, 4)).astype(np.float32)
+    case(f"{op.lower()}", op, [("a", a), ("b", np.round(_x(4)))], kiln)
+for op, kiln in (("And", "and"), ("Or", "or"), ("Xor", "xor")):
+    case(f"{op.lower()}", op, [("a", _x(3, 4) > 0), ("b", _x(4) > 0)], kiln)
+case("where", "Where", [("c", _x(3, 4) > 0), ("a", _x(3, 4)), ("b", _x(4))], "where")
+case("cast-float-int32", "Cast", [("x", _x(3, 4) * 10)], "cast", attrs={"to": TensorProto.INT32})
+case("cast-int64-float", "Cast", [("x", _i(*range(-3, 5)))], "cast", attrs={"to": TensorProto.FLOAT})
+case(
+    "cast-float-bool",
+    "Cast",
+    [("x", np.array([0.0, 1.5, -2.0], np.float32))],
+    "cast",
+    attrs={"to": TensorProto.BOOL},
+)
+
+# --- matrix products and convolutions
+for ta, tb, alpha, beta, c_shape in (
+    (0, 0, 1.0, 1.0, (5,)),
+    (1, 0, 1.0, 1.0, (4, 5)),
+    (0, 1, 0.5, 2.0, (1, 5)),
+    (1, 1, 1.0, 1.0, None),
+):
+    a = _x(*((6, 4) if ta else (4, 6)))
+    b = _x(*((5, 6) if tb else (6, 5)))
+    ins = [("a", a), C("b", b)] + ([C("c", _x(*c_shape))] if c_shape else [])
+    ops = {"matmul"} | ({"add"} if c_shape else set()) | ({"transpose"} if ta else set())
+    case(
+        f"gemm-ta{ta}-tb{tb}-a{alpha}-b{beta}-c{c_shape}",
+        "Gemm",
+        ins,
+        ops,
+        attrs={"transA": ta, "transB": tb, "alpha": alpha, "beta": beta},
+        rtol=1e-4,
+        atol=1e-5,
+    )
+case(
+    "gemm-transA-runtime",
+    "Gemm",
+    [("a", _x(6, 4)), C("b", _x(6, 5))],
+    {"matmul", "transpose"},
+    attrs={"transA": 1},
+    rtol=1e-4,
+    atol=1e-5,
+)
+case("matmul-2d", "MatMul", [("a", _x(4, 6)), ("b", _x(6, 3))], "matmul", rtol=1e-4, atol=1e-5)
+case("matmul-batched", "MatMul", [("a", _x(2, 4, 6)), C("b", _x(6, 3))], "matmul", rtol=1e-4, atol=1e-5)
+case(
+    "conv-1d",
+    "Conv",
+    [("x", _x(1, 3, 12)), C("w", _x(4, 3, 3)), C("b", _x(4))],
+    {"conv2d", "reshape"},
+    attrs={"pads": [1, 1], "strides": [2]},
+    rtol=1e-4,
+    atol=1e-5,
+)
+case(
+    "conv-same-upper-s2",
+    "Conv",
+    [("x", _x(1, 3, 9, 8)), C("w", _x(4, 3, 3, 3))],
+    "conv2d",
+    attrs={"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+    rtol=1e-4,
+    atol=1e-5,
+)
+case(
+    "conv-group-dilated",
+    "Conv",
+    [("x", _x(1, 4, 9, 9)), C("w", _x(4, 2, 3, 3))],
+    "conv2d",
+    attrs={"group": 2, "dilations": [2, 2], "pads": [2, 2, 2, 2]},
+    rtol=1e-4,
+    atol=1e-5,
+)
