@@ -19,7 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorType, Value, Var
-from ..ir.types import Dim, dtype_of
+from ..ir.types import Dim, dtype_of, np_dtype
 from ..ops import get_op
 
 
@@ -681,11 +681,10 @@ def _layer_norm(
 @converter("Shape")
 def _shape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    if not x.type.is_static:
-        raise im.fail(f"Shape of {x.name!r} with symbolic shape {x.type}; bind its dimensions with shapes=")
-    shape = np.array(x.type.static_shape, dtype=np.int64)
-    start, end = attrs.get("start", 0), attrs.get("end", len(shape))
-    return [Constant(outs[0], shape[start:end])]
+    window = {k: int(attrs[k]) for k in ("start", "end") if k in attrs}
+    if x.type.is_static:  # fold: the shape of a statically shaped tensor is a constant
+        x = Constant(x.name, np.broadcast_to(np.zeros((), np_dtype(x.type.dtype)), x.type.static_shape))
+    return im.emit("shape", [x], outs, **window)
 
 
 @converter("Size")
@@ -707,15 +706,13 @@ def _constant(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], out
 def _const_of_shape(
     im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
 ) -> list[Value]:
-    shape = tuple(int(d) for d in im.const_input(ins[0], "the shape").reshape(-1))
-    value = attrs.get("value", np.zeros(1, "f4"))
-    return [Constant(outs[0], np.full(shape, value.reshape(-1)[0], dtype=value.dtype))]
+    value = {"value": attrs["value"]} if "value" in attrs else {}
+    return im.emit("constant_of_shape", [_a(ins, 0)], outs, **value)
 
 
 @converter("Range")
 def _range(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    s, e, d = (im.const_input(ins[i], name) for i, name in enumerate(("start", "limit", "delta")))
-    return [Constant(outs[0], np.arange(s.item(), e.item(), d.item(), dtype=s.dtype))]
+    return im.emit("range", [_a(ins, i) for i in range(3)], outs)
 
 
 # ---------------------------------------------------------------------------------------------------- driver
