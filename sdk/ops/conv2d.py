@@ -57,7 +57,7 @@ class Conv2D(OpDef):
         (sh, sw), (pt, pl, pb, pr), (dh, dw), g = _attrs(attrs)
         n, c, h, wd = x.shape
         oc, cg, kh, kw = w.shape
-        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
         oh = conv_out_size(h, kh, sh, pt + pb, dh)
         ow = conv_out_size(wd, kw, sw, pl + pr, dw)
         out = np.zeros((n, oc, oh, ow), dtype=np.float64)
@@ -65,7 +65,8 @@ class Conv2D(OpDef):
         for gi in range(g):
             xs = xp[:, gi * cg : (gi + 1) * cg]
             ws = w[gi * ocg : (gi + 1) * ocg].astype(np.float64)
-            for i in range(kh):
+            acc = out[:, gi * ocg : (gi + 1) * ocg]
+            for i in range(kh):  # one BLAS product per kernel tap: (n, c, oh, ow) x (o, c) -> (n, o, oh, ow)
                 for j in range(kw):
                     patch = xs[
                         :,
@@ -73,7 +74,7 @@ class Conv2D(OpDef):
                         i * dh : i * dh + sh * (oh - 1) + 1 : sh,
                         j * dw : j * dw + sw * (ow - 1) + 1 : sw,
                     ]
-                    out[:, gi * ocg : (gi + 1) * ocg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+                    acc += np.tensordot(patch, ws[:, :, i, j], axes=([1], [1])).transpose(0, 3, 1, 2)
         if len(inputs) > 2:
             out += inputs[2].reshape(1, -1, 1, 1)
         return [out.astype(x.dtype)]
