@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import models
 import numpy as np
 import onnx
 import pytest
 
+import models
 from kiln.frontend import from_onnx
 from kiln.ir import Constant, Module
 from kiln.ir.interpreter import interpret
