@@ -65,7 +65,7 @@ class _Importer:
         """Apply kiln operator ``op``; folded right away (with its reference) when every input is constant."""
         if inputs and all(isinstance(v, Constant) for v in inputs):
             values = get_op(op).reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
-            return [Constant(n, np.ascontiguousarray(v)) for n, v in zip(out_names, values, strict=True)]
+            return [Constant(n, np.asarray(v)) for n, v in zip(out_names, values, strict=True)]
         types = get_op(op).infer([v.type for v in inputs], attrs)
         outs = tuple(Var(n, t) for n, t in zip(out_names, types, strict=True))
         self.nodes.append(Node(op, tuple(inputs), outs, attrs, self.node_name))

@@ -124,7 +124,7 @@ class Resize(OpDef):
         ty = self._table(x.shape[2], oh, sh, mode, ctm, nearest)
         tx = self._table(x.shape[3], ow, sw, mode, ctm, nearest)
         if mode == "nearest":
-            return [np.ascontiguousarray(x[:, :, ty[0]][:, :, :, tx[0]])]
+            return [x[:, :, ty[0]][:, :, :, tx[0]].copy()]
         xf = x.astype(np.float64)
         (y0, y1, wy), (x0, x1, wx) = ty, tx
         wy, wx = wy.astype(np.float64), wx.astype(np.float64)

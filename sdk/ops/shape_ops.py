@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..ir import tensor as T
-from ..ir.types import Dim, TensorType, is_float
+from ..ir.types import Dim, Sym, TensorType, is_float
 from .base import (
     LowerContext,
     OpDef,
@@ -31,7 +31,8 @@ def _store(ctx: LowerContext, out: T.Buffer, idx: tuple[T.Expr, ...], value: T.E
 
 
 class Reshape(OpDef):
-    """``x.reshape(shape)``; ``shape`` is fully resolved (no -1 or 0) by the frontend. No data moves."""
+    """``x.reshape(shape)``; ``shape`` is fully resolved (no -1 or 0) by the frontend and may hold one symbolic
+    dimension (the one size the others leave, like NumPy's -1). No data moves."""
 
     name = "reshape"
     kind = "view"
@@ -46,7 +47,10 @@ class Reshape(OpDef):
         return [TensorType(shape, x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
-        return [inputs[0].reshape(tuple(attrs["shape"]))]
+        shape = tuple(-1 if isinstance(d, Sym) else int(d) for d in attrs["shape"])
+        if shape.count(-1) > 1:
+            raise self.error(f"shape {attrs['shape']} has several symbolic dimensions; bind them first")
+        return [inputs[0].reshape(shape)]
 
     def flops(
         self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
@@ -72,7 +76,7 @@ class Transpose(OpDef):
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         perm = attrs.get("perm") or list(reversed(range(inputs[0].ndim)))
-        return [np.ascontiguousarray(np.transpose(inputs[0], perm))]
+        return [np.transpose(inputs[0], perm).copy()]
 
     def lower(
         self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
@@ -165,7 +169,7 @@ class Slice(OpDef):
         sl = tuple(
             slice(s, s + st * c if s + st * c >= 0 else None, st) if c else slice(0, 0) for s, st, c in params
         )
-        return [np.ascontiguousarray(x[sl])]
+        return [x[sl].copy()]
 
     def lower(
         self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
@@ -198,7 +202,7 @@ class Split(OpDef):
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         cuts = np.cumsum(list(attrs["sizes"]))[:-1]
-        return [np.ascontiguousarray(p) for p in np.split(inputs[0], cuts, axis=int(attrs["axis"]))]
+        return [p.copy() for p in np.split(inputs[0], cuts, axis=int(attrs["axis"]))]
 
     def lower(
         self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
@@ -330,7 +334,7 @@ class Expand(OpDef):
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         shape = broadcast_shapes(inputs[0].shape, tuple(attrs["shape"]))
-        return [np.ascontiguousarray(np.broadcast_to(inputs[0], shape))]  # type: ignore[arg-type]
+        return [np.broadcast_to(inputs[0], shape).copy()]  # type: ignore[arg-type]
 
     def lower(
         self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
