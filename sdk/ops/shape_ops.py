@@ -128,15 +128,20 @@ class Concat(OpDef):
         return T.seq(*parts)
 
 
-def _slice_params(shape: Sequence[int], attrs: dict[str, Any]) -> list[tuple[int, int, int]]:
-    """(start, step, count) per dimension, with ONNX clamping rules (negative steps included)."""
+def _slice_params(shape: Sequence[Dim], attrs: dict[str, Any]) -> list[tuple[int, int, Dim]]:
+    """(start, step, count) per dimension, with ONNX clamping rules (negative steps included). Dimensions
+    that are not sliced may be symbolic."""
     nd = len(shape)
     starts, ends = list(attrs["starts"]), list(attrs["ends"])
     axes = list(attrs.get("axes") or range(len(starts)))
     steps = list(attrs.get("steps") or [1] * len(starts))
-    out = [(0, 1, int(d)) for d in shape]
+    out: list[tuple[int, int, Dim]] = [(0, 1, d) for d in shape]
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
         a = normalize_axis(int(a), nd, "slice")
+        if not isinstance(shape[a], int):
+            raise OpError(
+                f"slice: cannot slice symbolic dimension {shape[a]} of {tuple(shape)}; bind it first"
+            )
         dim = int(shape[a])
         if st == 0:
             raise OpError("slice: steps must not be 0")
@@ -160,7 +165,7 @@ class Slice(OpDef):
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
-        params = _slice_params(x.static_shape, attrs)
+        params = _slice_params(x.shape, attrs)
         return [TensorType(tuple(c for _, _, c in params), x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
