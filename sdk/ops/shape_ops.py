@@ -138,11 +138,9 @@ def _slice_params(shape: Sequence[Dim], attrs: dict[str, Any]) -> list[tuple[int
     out: list[tuple[int, int, Dim]] = [(0, 1, d) for d in shape]
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
         a = normalize_axis(int(a), nd, "slice")
-        if not isinstance(shape[a], int):
-            raise OpError(
-                f"slice: cannot slice symbolic dimension {shape[a]} of {tuple(shape)}; bind it first"
-            )
-        dim = int(shape[a])
+        dim = shape[a]
+        if not isinstance(dim, int):
+            raise OpError(f"slice: cannot slice symbolic dimension {dim} of {tuple(shape)}; bind it first")
         if st == 0:
             raise OpError("slice: steps must not be 0")
         s = s + dim if s < 0 else s
@@ -172,7 +170,8 @@ class Slice(OpDef):
         x = inputs[0]
         params = _slice_params(x.shape, attrs)
         sl = tuple(
-            slice(s, s + st * c if s + st * c >= 0 else None, st) if c else slice(0, 0) for s, st, c in params
+            slice(s, s + st * int(c) if s + st * int(c) >= 0 else None, st) if c else slice(0, 0)
+            for s, st, c in params
         )
         return [x[sl].copy()]
 
