@@ -7,7 +7,7 @@ into attributes). Each lowering is a loop nest over the output that computes the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -155,6 +155,10 @@ def _slice_params(shape: Sequence[Dim], attrs: dict[str, Any]) -> list[tuple[int
     return out
 
 
+def _static_slice_params(shape: Sequence[int], attrs: dict[str, Any]) -> list[tuple[int, int, int]]:
+    return cast(list[tuple[int, int, int]], _slice_params(shape, attrs))
+
+
 class Slice(OpDef):
     """ONNX Slice with static ``starts``, ``ends``, optional ``axes`` and ``steps``."""
 
@@ -168,10 +172,9 @@ class Slice(OpDef):
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x = inputs[0]
-        params = _slice_params(x.shape, attrs)
+        params = _static_slice_params(x.shape, attrs)
         sl = tuple(
-            slice(s, s + st * int(c) if s + st * int(c) >= 0 else None, st) if c else slice(0, 0)
-            for s, st, c in params
+            slice(s, s + st * c if s + st * c >= 0 else None, st) if c else slice(0, 0) for s, st, c in params
         )
         return [x[sl].copy()]
 
