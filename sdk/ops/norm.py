@@ -20,6 +20,13 @@ class BatchNorm(OpDef):
     name = "batch_norm"
     kind = "injective"
 
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return (
+            2 * inputs[0].numel if inputs[0].is_static else 0
+        )  # one multiply-add per element once folded into scale and shift
+
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
         c = x.shape[1] if x.ndim > 1 else x.shape[0]
@@ -55,6 +62,13 @@ class LRN(OpDef):
 
     name = "lrn"
     kind = "injective"
+
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return (
+            (2 * int(attrs["size"]) + 4) * inputs[0].numel if inputs[0].is_static else 0
+        )  # window of squares, then scale, pow and divide
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         return [inputs[0]]

@@ -45,6 +45,13 @@ class Pool2D(OpDef):
     kind = "reduce"
     is_max = True
 
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return (
+            outputs[0].numel * attrs["kernel"][0] * attrs["kernel"][1] if outputs[0].is_static else 0
+        )  # one per tap
+
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
         if x.ndim != 4:
@@ -133,18 +140,29 @@ class Pool2D(OpDef):
 
 
 class MaxPool2D(Pool2D):
+    """Maximum over each window (padding never wins: it is ignored, not -inf)."""
+
     name = "max_pool2d"
     is_max = True
 
 
 class AvgPool2D(Pool2D):
+    """Mean over each window (see :class:`Pool2D` for how padding is counted)."""
+
     name = "avg_pool2d"
     is_max = False
 
 
 class GlobalAvgPool2D(OpDef):
+    """Mean over every axis after the first two (N, C), kept as size 1."""
+
     name = "global_avg_pool2d"
     kind = "reduce"
+
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return inputs[0].numel if inputs[0].is_static else 0
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]

@@ -65,6 +65,8 @@ def reduce_nest(
 
 
 class Reduce(OpDef):
+    """Reduce ``axes`` (all when absent or empty) of ``x``; ``keepdims`` (default 1) keeps them as size 1."""
+
     kind = "reduce"
     init = 0.0
 
@@ -108,8 +110,15 @@ class Reduce(OpDef):
     def final(self, acc: T.Expr, count: int) -> T.Expr:
         return acc
 
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return inputs[0].numel if inputs[0].is_static else 0  # one combine per input element
+
 
 class ReduceSum(Reduce):
+    """Sum over ``axes``."""
+
     name = "reduce_sum"
 
     def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
@@ -117,6 +126,8 @@ class ReduceSum(Reduce):
 
 
 class ReduceMean(Reduce):
+    """Arithmetic mean over ``axes``."""
+
     name = "reduce_mean"
 
     def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
@@ -127,6 +138,8 @@ class ReduceMean(Reduce):
 
 
 class ReduceMax(Reduce):
+    """Maximum over ``axes``."""
+
     name = "reduce_max"
     init = -float("inf")
 
@@ -143,6 +156,11 @@ class Softmax(OpDef):
     name = "softmax"
     kind = "opaque"
     log = False
+
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return 5 * inputs[0].numel if inputs[0].is_static else 0  # max, subtract, exp, sum, scale
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         normalize_axis(int(attrs.get("axis", -1)), inputs[0].ndim, self.name)
@@ -206,6 +224,8 @@ def _sum_then(
 
 
 class LogSoftmax(Softmax):
+    """``log(softmax(x))`` along ``axis``, computed as ``x - max - log(sum(exp(x - max)))``."""
+
     name = "log_softmax"
     log = True
 
@@ -215,6 +235,11 @@ class LayerNorm(OpDef):
 
     name = "layer_norm"
     kind = "opaque"
+
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return 8 * inputs[0].numel if inputs[0].is_static else 0  # mean, variance, normalize, scale, shift
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         normalize_axis(int(attrs.get("axis", -1)), inputs[0].ndim, self.name)

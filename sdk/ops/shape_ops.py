@@ -64,8 +64,15 @@ class Reshape(OpDef):
 
 
 class Transpose(OpDef):
+    """``np.transpose(x, perm)``; without ``perm`` the axes are reversed."""
+
     name = "transpose"
     kind = "injective"
+
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
@@ -92,8 +99,15 @@ class Transpose(OpDef):
 
 
 class Concat(OpDef):
+    """``np.concatenate(inputs, axis)``: all inputs agree on every other dimension."""
+
     name = "concat"
     kind = "injective"
+
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         first = inputs[0]
@@ -165,6 +179,11 @@ class Slice(OpDef):
     name = "slice"
     kind = "injective"
 
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return 0  # moves data only
+
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
         params = _slice_params(x.shape, attrs)
@@ -196,6 +215,11 @@ class Split(OpDef):
 
     name = "split"
     kind = "injective"
+
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
@@ -234,6 +258,11 @@ class Gather(OpDef):
     name = "gather"
     kind = "injective"
 
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return 0  # moves data only
+
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, ind = inputs
         axis = normalize_axis(int(attrs.get("axis", 0)), x.ndim, self.name)
@@ -271,6 +300,12 @@ class Pad(OpDef):
 
     name = "pad"
     kind = "injective"
+
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return 0  # moves data only
+
     modes = ("constant", "reflect", "edge", "wrap")
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
@@ -335,6 +370,11 @@ class Expand(OpDef):
 
     name = "expand"
     kind = "injective"
+
+    def flops(
+        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
+    ) -> int:
+        return 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         return [TensorType(broadcast_shapes(inputs[0].shape, tuple(attrs["shape"])), inputs[0].dtype)]
