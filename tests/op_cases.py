@@ -1,7 +1,7 @@
 """Single-node ONNX models, one or more per operator and attribute combination, with seeded random inputs.
 
-Shared by the operator tests: ``tests/ops/test_reference.py`` checks each kiln operator's NumPy reference (and
-shape inference) against onnxruntime on these models, ``tests/ops/test_lowering.py`` compiles them and checks
+Shared by the operator tests: ``tests/ops/test_ops_reference.py`` checks each kiln operator's NumPy reference (and
+shape inference) against onnxruntime on these models, ``tests/ops/test_ops_lowering.py`` compiles them and checks
 the generated code against the reference.
 
     from op_cases import CASES, ort_outputs, interpret_checked
