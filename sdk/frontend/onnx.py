@@ -383,14 +383,14 @@ def _softmax(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs
     if im.opset >= 13:
         return im.emit(op, [x], outs, axis=int(attrs.get("axis", -1)))
     # opset < 13: flatten to 2-D at `axis` (default 1), softmax over the second dimension, reshape back
-    axis = int(attrs.get("axis", 1)) % max(x.type.ndim, 1)
-    shape = x.type.static_shape
-    if axis == x.type.ndim - 1:
+    nd = x.type.ndim
+    axis = int(attrs.get("axis", 1)) % max(nd, 1)
+    if axis == nd - 1:
         return im.emit(op, [x], outs, axis=-1)
-    rows = int(np.prod(shape[:axis]))
-    flat = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(rows, int(np.prod(shape[axis:]))))[0]
+    rows, cols = _dim_product(im, x, 0, axis), _dim_product(im, x, axis, nd)
+    flat = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(rows, cols))[0]
     y = im.emit(op, [flat], [im.tmp(outs[0])], axis=-1)[0]
-    return im.emit("reshape", [y], outs, shape=shape)
+    return im.emit("reshape", [y], outs, shape=x.type.shape)
 
 
 def _resolve_shape(im: _Importer, x: Value, shape: Sequence[int], allowzero: bool) -> tuple[Dim, ...]:
@@ -520,13 +520,15 @@ def _slice(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
 def _split(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
     axis = int(attrs.get("axis", 0))
-    dim = x.type.static_shape[axis]
+    dim = x.type.shape[axis]
     if "split" in attrs:
         sizes = [int(s) for s in attrs["split"]]
     elif len(ins) > 1 and ins[1] is not None:
         sizes = [int(s) for s in im.const_input(ins[1], "split sizes").reshape(-1)]
     else:
         n = int(attrs.get("num_outputs", len(outs)))
+        if not isinstance(dim, int):
+            raise im.fail(f"splitting symbolic dimension {dim} of {x.type} into equal parts needs its size")
         chunk = -(-dim // n)
         sizes = [min(chunk, dim - i * chunk) for i in range(n)]
     return im.emit("split", [x], outs, axis=axis, sizes=tuple(sizes))
