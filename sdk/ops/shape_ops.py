@@ -243,9 +243,10 @@ class Split(OpDef):
         parts, off = [], 0
         for k, out in enumerate(outs):
 
-            def body(idx: tuple[T.LoopVar, ...], out: T.Buffer = out, off: int = off) -> T.Stmt:
+            def body(idx: tuple[T.LoopVar, ...], out: T.Buffer = out, off: int = off, k: int = k) -> T.Stmt:
                 src = tuple(i + off if d == axis else i for d, i in enumerate(idx))
-                return T.Store(out, idx, x[src])
+                # the epilogue contract covers the first output only
+                return _store(ctx, out, idx, x[src]) if k == 0 else T.Store(out, idx, x[src])
 
             parts.append(T.loop_nest(out.shape, body, prefix=f"{ctx.name}_p{k}_", innermost="vectorized"))
             off += out.shape[axis]
