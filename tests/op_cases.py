@@ -107,7 +107,7 @@ _rng = np.random.default_rng(1234)
 
 def _x(*shape: int, lo: float | None = None, hi: float | None = None, dtype: str = "float32") -> np.ndarray:
     if lo is not None:
-        return _rng.uniform(lo, hi, shape).astype(dtype)
+        return _rng.uniform(lo, lo if hi is None else hi, shape).astype(dtype)
     return _rng.standard_normal(shape).astype(dtype)
 
 
@@ -225,14 +225,14 @@ for op, kiln in (("ReduceMean", "reduce_mean"), ("ReduceSum", "reduce_sum"), ("R
     x = _x(2, 3, 4, 5)
     for axes, keep in (([1], 1), ([2, 3], 0), ([-1, 0], 1), (None, 0)):
         label = "all" if axes is None else "_".join(map(str, axes))
-        attrs: dict[str, Any] = {"keepdims": keep}
+        rattrs: dict[str, Any] = {"keepdims": keep}
         if op == "ReduceSum":  # axes is an input since opset 13
             ins = [("x", x)] + ([C("axes", _i(*axes))] if axes is not None else [])
-            case(f"{kiln}-axes{label}-keep{keep}", op, ins, kiln, opset=13, attrs=attrs)
+            case(f"{kiln}-axes{label}-keep{keep}", op, ins, kiln, opset=13, attrs=rattrs)
         else:
             if axes is not None:
-                attrs["axes"] = axes
-            case(f"{kiln}-axes{label}-keep{keep}", op, [("x", x)], kiln, opset=13, attrs=attrs)
+                rattrs["axes"] = axes
+            case(f"{kiln}-axes{label}-keep{keep}", op, [("x", x)], kiln, opset=13, attrs=rattrs)
     ins18: list[Any] = [("x", x), C("axes", _i(1, 2))]
     case(f"{kiln}-opset18-axes-input", op, ins18, kiln, opset=18, attrs={"keepdims": 0})
     case(f"{kiln}-noop-empty-axes", op, [("x", x)], "identity", opset=18, attrs={"noop_with_empty_axes": 1})
@@ -258,7 +258,7 @@ for axis in (0, 1, -1):
     ins = [("a", _x(*shapes[0])), C("b", _x(*shapes[1])), ("c", _x(*shapes[2]))]
     case(f"concat-axis{axis}", "Concat", ins, "concat", attrs={"axis": axis})
 _BIG = np.iinfo(np.int64).max
-for label, starts, ends, axes, steps in (
+for label, starts, ends, sl_axes, steps in (
     ("inner", (1, 1), (-1, -1), (1, 2), None),
     ("reverse", (-1,), (-_BIG,), (0,), (-1,)),
     ("reverse-step2", (_BIG, 4), (-_BIG, 0), (1, 2), (-2, -1)),
@@ -268,8 +268,8 @@ for label, starts, ends, axes, steps in (
 ):
     x = _x(4, 5, 6)
     ins = [("x", x), C("s", _i(*starts)), C("e", _i(*ends))]
-    if axes is not None or steps is not None:
-        ins.append(C("a", _i(*(axes if axes is not None else range(len(starts))))))
+    if sl_axes is not None or steps is not None:
+        ins.append(C("a", _i(*(sl_axes if sl_axes is not None else range(len(starts))))))
     if steps is not None:
         ins.append(C("st", _i(*steps)))
     case(f"slice-{label}", "Slice", ins, "slice", opset=13)
@@ -435,8 +435,8 @@ _UNARY: list[tuple[str, set[str] | str, dict[str, Any], np.ndarray]] = [
     ("Not", "not", {}, _x(3, 4) > 0),
     ("Identity", "identity", {}, _x(3, 4)),
 ]
-for op, kiln, attrs, x in _UNARY:
-    case(f"{op.lower()}", op, [("x", x)], kiln, opset=17 if op != "Gelu" else 20, attrs=attrs)
+for op, ukiln, uattrs, x in _UNARY:
+    case(f"{op.lower()}", op, [("x", x)], ukiln, attrs=uattrs)
 case("gelu-exact", "Gelu", [("x", _x(3, 4) * 3)], "gelu", opset=20)
 case("gelu-tanh", "Gelu", [("x", _x(3, 4) * 3)], "gelu", opset=20, attrs={"approximate": "tanh"})
 case("clip-opset6-attrs", "Clip", [("x", _x(3, 4))], "clip", opset=6, attrs={"min": -0.5, "max": 0.7})

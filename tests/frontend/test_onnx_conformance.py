@@ -129,6 +129,7 @@ def test_the_conformance_suite_covers_the_operators_kiln_imports() -> None:
 @pytest.mark.parametrize("name", SUPPORTED)
 def test_onnx_node_case(name: str) -> None:
     case = _CASES[name]
+    assert case.model is not None and case.data_sets is not None
     for inputs, outputs in case.data_sets:
         inputs = [numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else x for x in inputs]
         outputs = [numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else x for x in outputs]

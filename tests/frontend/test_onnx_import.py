@@ -146,7 +146,7 @@ def test_dynamic_batch_pytorch_mlp() -> None:
         torch.onnx.export(
             net,
             (torch.randn(2, 8),),
-            buf,
+            buf,  # type: ignore[arg-type]
             dynamo=False,
             input_names=["x"],
             output_names=["y"],
