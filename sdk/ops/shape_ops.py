@@ -317,6 +317,10 @@ class Pad(OpDef):
         nd = x.ndim
         if len(p) != 2 * nd:
             raise self.error(f"pads {p} must have 2 x {nd} entries for {x}")
+        if attrs.get("mode") == "reflect":
+            for d, size in enumerate(x.shape):
+                if isinstance(size, int) and max(p[d], p[d + nd]) >= size:
+                    raise self.error(f"reflect pads {p} must be smaller than the dimensions of {x}")
         shape = tuple(d + p[i] + p[i + nd] if isinstance(d, int) else d for i, d in enumerate(x.shape))
         return [TensorType(shape, x.dtype)]
 
