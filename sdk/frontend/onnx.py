@@ -5,7 +5,12 @@ graph inputs become parameters (symbolic dims become :class:`Sym` unless bound b
 maps to kiln operators through one converter in :data:`CONVERTERS`; data-dependent ONNX inputs (shapes, axes,
 pads, starts...) must be constants and become attributes. Nodes whose inputs are all constants are folded
 right away with the operators' NumPy references, so shape arithmetic (Shape -> Gather -> Concat -> Reshape),
-ConstantOfShape and Range disappear at import. Unsupported operators are reported all at once.
+ConstantOfShape and Range disappear at import. Identity and inference-mode Dropout disappear too.
+
+Errors: :class:`ModelLoadError` for a file that is not an ONNX model; :class:`UnsupportedOperatorError` listing
+every unsupported operator type with all its node names; :class:`ImportErrorInNode` (naming the node) for a
+supported operator used in a way kiln cannot import, e.g. a shape computed at run time, or an optional output
+kiln does not produce (reported only if something uses it).
 """
 
 from __future__ import annotations
