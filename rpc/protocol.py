@@ -286,7 +286,8 @@ _DEFAULT: Any = object()
 
 class Session:
     """A conversation with one device endpoint over ``reader`` (device -> host) and ``writer`` (host ->
-    device). ``timeout`` bounds each call in seconds (None: wait forever); TIME adds its expected duration.
+    device). ``timeout`` bounds each call in seconds (None: wait forever); TIME and PROFILE add their expected
+    duration, estimated from the slowest RUN seen so far (:attr:`run_seconds`).
 
     Not thread-safe, except :meth:`kill`, which another thread may call to abort a hung call.
     """
@@ -308,6 +309,7 @@ class Session:
         self._broken: str | None = None
         self._closed = False
         self._kill_lock = threading.Lock()
+        self.run_seconds = 0.0  # wall time of the slowest RUN so far (host side, so it includes emulation)
 
     # ---- frames
 
@@ -426,7 +428,9 @@ class Session:
         Returns the outputs by name (``{}`` when ``fetch_outputs`` is False)."""
         if inputs is not None:
             self.set_inputs(inputs, complete=True)
+        t0 = time.monotonic()
         self.call(MSG_RUN)
+        self.run_seconds = max(self.run_seconds, time.monotonic() - t0)
         if not fetch_outputs:
             return {}
         return {spec.name: self.get_output(i) for i, spec in enumerate(self.info().outputs)}
@@ -440,14 +444,19 @@ class Session:
     ) -> list[float]:
         """Seconds per run, one figure per repeat, measured on the device like TVM's time_evaluator: after
         one warm-up run, each repeat runs ``number`` times, growing ``number`` until a repeat lasts at least
-        ``min_repeat_ms``. ``timeout`` (default: the session's) is extended by 3 x repeat x min_repeat_ms."""
+        ``min_repeat_ms``. The first call runs the model once to learn its duration. ``timeout`` (default: the
+        session's) is extended by twice the expected duration:
+        ``(1 + number x repeat)`` runs of :attr:`run_seconds` plus ``repeat x min_repeat_ms``."""
         if number < 1 or repeat < 1 or min_repeat_ms < 0:
             raise ValueError(
                 f"time() needs number >= 1, repeat >= 1, min_repeat_ms >= 0; got {number}, "
                 f"{repeat}, {min_repeat_ms}"
             )
+        if self.run_seconds == 0.0:  # calibrate the budget (TIME's own warm-up run would be the same cost)
+            self.run(fetch_outputs=False)
         base = self.timeout if timeout is _DEFAULT else timeout
-        budget = None if base is None else base + 3.0 * repeat * min_repeat_ms / 1000.0
+        expected = (1 + number * repeat) * self.run_seconds + repeat * min_repeat_ms / 1000.0
+        budget = None if base is None else base + 2.0 * expected
         reply = _Cursor(
             self.call(MSG_TIME, struct.pack("<III", number, repeat, min_repeat_ms), timeout=budget)
         )
@@ -467,7 +476,8 @@ class Session:
         calls: list[KernelCall] = []
         tps = total = dropped = 0
         while not calls or len(calls) < total:
-            reply = _Cursor(self.call(MSG_PROFILE, struct.pack("<I", len(calls))))
+            budget = None if self.timeout is None else self.timeout + 2.0 * self.run_seconds
+            reply = _Cursor(self.call(MSG_PROFILE, struct.pack("<I", len(calls)), timeout=budget))
             tps, total, dropped, first, count = reply.unpack("<QIIII")
             if tps == 0 or first != len(calls) or (count == 0 and len(calls) < total):
                 self._fail_protocol("PROFILE replies are inconsistent")

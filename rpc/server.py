@@ -24,7 +24,8 @@ Runners
     a package built for another target (``FAILED_PRECONDITION``).
 
 Timeouts and crashes
-    Every call to a runner has a timeout (the request's ``timeout_ms``, else ``call_timeout``). A runner
+    Every call to a runner has a timeout (the request's ``timeout_ms``, else ``call_timeout`` plus the
+    model's FLOPs at the slowest device rate, :func:`kiln.build.package.run_timeout`). A runner
     that exceeds it is killed and the call fails with ``DEADLINE_EXCEEDED``; a runner that crashes or exits
     fails the call with ``INTERNAL`` and a message naming the model and how it died. Either way the runner is
     discarded and the next call starts a fresh one: the server keeps serving.
@@ -383,8 +384,10 @@ class DeviceService:
         Returns ``(result, seconds spent)``."""
         from kiln.rpc.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError
 
-        timeout = timeout_ms / 1000.0 if timeout_ms else self.call_timeout
+        from kiln.build.package import run_timeout
+
         r = self.load(sha)
+        timeout = timeout_ms / 1000.0 if timeout_ms else run_timeout(r.manifest, self.call_timeout)
         with r.lock:
             if self._runners.get(sha) is not r:  # discarded (crashed) while we waited for the lock
                 return self.call(sha, fn, timeout_ms, what)

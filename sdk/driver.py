@@ -77,9 +77,16 @@ def compile(
         extra_manifest={
             "pipeline": str(pipeline) if pipeline is not None else str(default_pipeline(t)),
             "weights_sha256": hashlib.sha256(code.weights).hexdigest(),
-            "flops": sum(int(f.attrs.get("flops", 0)) for f in lowered.tensor_functions().values()),
+            "flops": _flops(lowered),
         },
     )
+
+
+def _flops(mod: Module) -> int:
+    """Floating-point operations of one run: each tensor function's count times the calls to it."""
+    funcs = mod.tensor_functions()
+    calls = [n.attrs["func"] for n in mod.main.nodes if n.op == "call_tensor"]
+    return sum(int(funcs[f].attrs.get("flops", 0)) for f in calls)
 
 
 def load(path: str | Path) -> Any:

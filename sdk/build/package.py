@@ -46,7 +46,19 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 RUNNER = "bin/runner"
 SUFFIX = ".kpkg"
+_AUTO: Any = object()
 _RESERVED = {"format_version", "files", "name", "target", "inputs", "outputs", "runnable", "runtime"}
+
+
+# The slowest rate at which any device of ours runs generated code: scalar code under qemu-user with another job
+# beside it (VGG-19 runs at 2.4e8 FLOP/s under qemu-aarch64 here, natively at 2e10).
+SLOWEST_FLOPS_PER_S = 5e7
+
+
+def run_timeout(manifest: Mapping[str, Any], base: float = 60.0) -> float:
+    """A timeout for one run of the package's model: ``base`` seconds plus its FLOPs at the slowest rate a
+    device runs them, so that a large model under emulation is not mistaken for a hung one."""
+    return base + float(manifest.get("flops", 0)) / SLOWEST_FLOPS_PER_S
 
 
 class PackageError(ValueError):
@@ -244,11 +256,14 @@ class Package:
 
     @contextlib.contextmanager
     def open_session(
-        self, launcher: Launcher | None = None, *, timeout: float | None = 60.0
+        self, launcher: Launcher | None = None, *, timeout: float | None = _AUTO
     ) -> Iterator[Session]:
         """Extracts the package to a temporary directory, starts its runnable with ``launcher`` (default:
         :func:`kiln.rpc.launchers.launcher_for` the package's target) and yields the Session; closes the
-        session and removes the directory afterwards."""
+        session and removes the directory afterwards. ``timeout`` bounds each call (default:
+        :func:`run_timeout` of the manifest; None: no bound)."""
+        if timeout is _AUTO:
+            timeout = run_timeout(self._manifest)
         runnable = self._manifest.get("runnable")
         if not runnable:
             raise PackageError(

@@ -184,3 +184,43 @@ def test_garbage_is_not_a_package(tmp_path: Path) -> None:
         Package.from_bytes(_tar([(tarfile.TarInfo("x"), b"1")]))
     with pytest.raises(PackageError, match="cannot read package"):
         Package.load(tmp_path / "missing.kpkg")
+
+
+def _slow_matmuls(n: int = 1024, count: int = 4) -> Package:
+    """``count`` chained n x n matmuls: long enough per run that a short timeout is tight."""
+    import kiln
+    from kiln.frontend.nn import GraphBuilder
+
+    rng = np.random.default_rng(0)
+    g = GraphBuilder("slow")
+    y = g.input("x", (n, n))
+    for _ in range(count):
+        y = g.matmul(y, g.const((rng.standard_normal((n, n)) / n).astype("f4")))
+    g.output(y, "y")
+    return kiln.compile(g.build(), NATIVE)
+
+
+def test_default_timeout_grows_with_the_model_flops(pkg: Package) -> None:
+    from kiln.build.package import SLOWEST_FLOPS_PER_S, run_timeout
+
+    slow = _slow_matmuls()
+    assert slow.manifest["flops"] == 4 * 2 * 1024**3
+    assert run_timeout(slow.manifest) == pytest.approx(60.0 + 4 * 2 * 1024**3 / SLOWEST_FLOPS_PER_S)
+    assert run_timeout(pkg.manifest, 5.0) == pytest.approx(5.0 + pkg.manifest.get("flops", 0) / 5e7)
+    with slow.open_session() as s:
+        assert s.timeout == pytest.approx(run_timeout(slow.manifest))
+
+
+def test_time_budget_covers_every_timed_run() -> None:
+    """A per-call timeout longer than one run but shorter than the whole TIME call: TIME still finishes,
+    because its budget adds the runs it will make (measured by a calibrating RUN)."""
+    slow = _slow_matmuls()
+    x = {"x": np.ones((1024, 1024), np.float32)}
+    with slow.open_session(timeout=None) as s:
+        s.run(x, fetch_outputs=False)
+        one = s.run_seconds
+    with slow.open_session(timeout=max(0.5, 4 * one)) as s:
+        s.set_inputs(x)
+        secs = s.time(number=4, repeat=3)
+    assert len(secs) == 3 and sum(secs) * 4 > max(0.5, 4 * one)  # the call outlasted the per-call timeout
+    assert s.run_seconds > 0
