@@ -19,9 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import models  # noqa: E402  (tests/models.py builds the model files)
-
 import kiln  # noqa: E402
+import models  # noqa: E402  (tests/models.py builds the model files)
 
 
 def ort_latency(path: Path, inputs: dict[str, np.ndarray], number: int, repeat: int) -> float:
@@ -49,7 +48,9 @@ def main() -> int:
     ap.add_argument("--number", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    print(f"{'model':16} {'kiln ms':>10} {'onnxruntime ms':>15} {'ratio':>7}   (target {args.target}, 1 thread)")
+    print(
+        f"{'model':16} {'kiln ms':>10} {'onnxruntime ms':>15} {'ratio':>7}   (target {args.target}, 1 thread)"
+    )
     ratios = []
     for name in args.models.split(","):
         path = models.torch_onnx_path(name) if name in models.TORCH_MODELS else models.light_random_path(name)

@@ -382,9 +382,8 @@ class DeviceService:
     def call(self, sha: str, fn: Callable[[Any], Any], timeout_ms: int = 0, what: str = "run") -> Any:
         """Call ``fn(session)`` on the package's runner under its lock, with a timeout and crash isolation.
         Returns ``(result, seconds spent)``."""
-        from kiln.rpc.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError
-
         from kiln.build.package import run_timeout
+        from kiln.rpc.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError
 
         r = self.load(sha)
         timeout = timeout_ms / 1000.0 if timeout_ms else run_timeout(r.manifest, self.call_timeout)
