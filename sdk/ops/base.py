@@ -73,10 +73,12 @@ class OpDef:
     ) -> T.Stmt:
         raise OpError(f"operator {self.name} has no lowering to tensor code")
 
+    flops_per_element: int = 1  # the default count per output element; 0 for operators that only move data
+
     def flops(
         self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
     ) -> int:
-        return sum(t.numel for t in outputs if t.is_static)
+        return self.flops_per_element * sum(t.numel for t in outputs if t.is_static)
 
     def error(self, msg: str) -> OpError:
         return OpError(f"{self.name}: {msg}")

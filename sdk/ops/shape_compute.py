@@ -21,6 +21,7 @@ from .base import LowerContext, OpDef, register
 
 class _ImportOnly(OpDef):
     kind = "opaque"
+    flops_per_element = 0  # shape arithmetic, folded at import
 
     def lower(
         self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
@@ -29,11 +30,6 @@ class _ImportOnly(OpDef):
             "is only evaluated while importing (its inputs must be known then); bind the model's symbolic "
             "dimensions (shapes=...) so that it folds away"
         )
-
-    def flops(
-        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
-    ) -> int:
-        return 0
 
 
 class Shape(_ImportOnly):

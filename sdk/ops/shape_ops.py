@@ -36,6 +36,7 @@ class Reshape(OpDef):
 
     name = "reshape"
     kind = "view"
+    flops_per_element = 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         shape = tuple(attrs["shape"])
@@ -52,11 +53,6 @@ class Reshape(OpDef):
             raise self.error(f"shape {attrs['shape']} has several symbolic dimensions; bind them first")
         return [inputs[0].reshape(shape)]
 
-    def flops(
-        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
-    ) -> int:
-        return 0
-
     def lower(
         self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
     ) -> T.Stmt:
@@ -68,11 +64,7 @@ class Transpose(OpDef):
 
     name = "transpose"
     kind = "injective"
-
-    def flops(
-        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
-    ) -> int:
-        return 0  # moves data only
+    flops_per_element = 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
@@ -103,11 +95,7 @@ class Concat(OpDef):
 
     name = "concat"
     kind = "injective"
-
-    def flops(
-        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
-    ) -> int:
-        return 0  # moves data only
+    flops_per_element = 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         first = inputs[0]
@@ -178,11 +166,7 @@ class Slice(OpDef):
 
     name = "slice"
     kind = "injective"
-
-    def flops(
-        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
-    ) -> int:
-        return 0  # moves data only
+    flops_per_element = 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
@@ -215,11 +199,7 @@ class Split(OpDef):
 
     name = "split"
     kind = "injective"
-
-    def flops(
-        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
-    ) -> int:
-        return 0  # moves data only
+    flops_per_element = 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
@@ -258,11 +238,7 @@ class Gather(OpDef):
 
     name = "gather"
     kind = "injective"
-
-    def flops(
-        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
-    ) -> int:
-        return 0  # moves data only
+    flops_per_element = 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, ind = inputs
@@ -301,11 +277,7 @@ class Pad(OpDef):
 
     name = "pad"
     kind = "injective"
-
-    def flops(
-        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
-    ) -> int:
-        return 0  # moves data only
+    flops_per_element = 0  # moves data only
 
     modes = ("constant", "reflect", "edge", "wrap")
 
@@ -375,11 +347,7 @@ class Expand(OpDef):
 
     name = "expand"
     kind = "injective"
-
-    def flops(
-        self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
-    ) -> int:
-        return 0  # moves data only
+    flops_per_element = 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         return [TensorType(broadcast_shapes(inputs[0].shape, tuple(attrs["shape"])), inputs[0].dtype)]
