@@ -1,4 +1,4 @@
-"""Math functions generated inline (no libm): exp, log, tanh, erf, sigmoid, floor/ceil/round, pow.
+"""Math functions generated inline (no libm): exp, log, tanh, erf, sigmoid, sin/cos, floor/ceil/round, pow.
 
 Each is an internal ``alwaysinline`` LLVM function built from arithmetic, bit casts and selects only, so the
 loop vectorizer can vectorize loops that call them and bare-metal targets need no math library. Accuracy is
@@ -166,6 +166,31 @@ def _pow(b: ir.IRBuilder, args: list[ir.Value], m: MathLib) -> ir.Value:
     return b.select(b.fcmp_ordered("==", e, _c(1.0)), a, r)
 
 
+def _sin_quadrant(b: ir.IRBuilder, x: ir.Value, shift: int, m: MathLib) -> ir.Value:
+    """sin(x + shift * pi/2): x = k pi/2 + r with |r| <= pi/4 (Cody-Waite, pi/2 in three parts, accurate for
+    |x| up to about 1e5), then the sine or cosine polynomial of r by the quadrant k + shift (mod 4)."""
+    k = _floor(b, [b.fadd(b.fmul(x, _c(0.6366197723675814)), _c(0.5))], m)
+    r = b.fsub(x, b.fmul(k, _c(1.5703125)))
+    r = b.fsub(r, b.fmul(k, _c(4.837512969970703125e-4)))
+    r = b.fsub(r, b.fmul(k, _c(7.549789954891882e-8)))
+    r2 = b.fmul(r, r)
+    sin_r = b.fmul(r, _poly(b, r2, [1 / 362880, -1 / 5040, 1 / 120, -1 / 6, 1.0]))
+    cos_r = _poly(b, r2, [-1 / 3628800, 1 / 40320, -1 / 720, 1 / 24, -0.5, 1.0])
+    q = b.add(b.fptosi(k, I32), ir.Constant(I32, shift))
+    odd = b.trunc(q, I1)  # quadrants 1 and 3: the cosine polynomial
+    neg = b.icmp_signed("!=", b.and_(q, ir.Constant(I32, 2)), ir.Constant(I32, 0))  # quadrants 2 and 3
+    v = b.select(odd, cos_r, sin_r)
+    return b.select(neg, b.fneg(v), v)
+
+
+def _sin(b: ir.IRBuilder, args: list[ir.Value], m: MathLib) -> ir.Value:
+    return _sin_quadrant(b, args[0], 0, m)
+
+
+def _cos(b: ir.IRBuilder, args: list[ir.Value], m: MathLib) -> ir.Value:
+    return _sin_quadrant(b, args[0], 1, m)
+
+
 _BODIES: dict[str, Body] = {
     "floor": _floor,
     "ceil": _ceil,
@@ -176,4 +201,6 @@ _BODIES: dict[str, Body] = {
     "sigmoid": _sigmoid,
     "erf": _erf,
     "pow": _pow,
+    "sin": _sin,
+    "cos": _cos,
 }

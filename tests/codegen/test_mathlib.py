@@ -23,6 +23,8 @@ CASES = {
     "floor": ((-1e8, 1e8), np.floor, 0, 0),
     "ceil": ((-1e3, 1e3), np.ceil, 0, 0),
     "sqrt": ((0, 1e4), np.sqrt, 1e-7, 0),
+    "sin": ((-1e4, 1e4), np.sin, 0, 2e-7),
+    "cos": ((-1e4, 1e4), np.cos, 0, 2e-7),
     "gelu": ((-8, 8), lambda x: x * 0.5 * (1 + _erf(x / np.sqrt(2))), 1e-6, 2e-6),
 }
 

@@ -14,10 +14,7 @@ from kiln.ir.interpreter import interpret
 TARGET = "x86_64-linux"
 
 # Lowering gaps outside the operators (reported to the codegen owner); strict: they fail loudly once fixed.
-KNOWN_GAPS = {
-    "sin": "codegen: kiln.codegen.mathlib has no inline sin (the IR lists it as an intrinsic)",
-    "cos": "codegen: kiln.codegen.mathlib has no inline cos (the IR lists it as an intrinsic)",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _param(case_id: str) -> object:
