@@ -206,7 +206,9 @@ def test_default_timeout_grows_with_the_model_flops(pkg: Package) -> None:
     slow = _slow_matmuls()
     assert slow.manifest["flops"] == 4 * 2 * 1024**3
     assert run_timeout(slow.manifest) == pytest.approx(60.0 + 4 * 2 * 1024**3 / SLOWEST_FLOPS_PER_S)
-    assert run_timeout(pkg.manifest, 5.0) == pytest.approx(5.0 + pkg.manifest.get("flops", 0) / SLOWEST_FLOPS_PER_S)
+    assert run_timeout(pkg.manifest, 5.0) == pytest.approx(
+        5.0 + pkg.manifest.get("flops", 0) / SLOWEST_FLOPS_PER_S
+    )
     with slow.open_session() as s:
         assert s.timeout == pytest.approx(run_timeout(slow.manifest))
 
