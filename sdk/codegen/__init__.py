@@ -33,7 +33,7 @@ def build_llvm_ir(mod: Module, target: Target) -> tuple[str, bytes, list[str]]:
     llmod = ir.Module(name=mod.main.name)
     llmod.triple = target.triple
     math = MathLib(llmod)
-    tcg = TensorCodegen(llmod, math)
+    tcg = TensorCodegen(llmod, math, target.vector_bits)
     funcs = {name: tcg.emit(f) for name, f in sorted(mod.tensor_functions().items())}
     weights, const_offsets = layout_constants(mod)
     kernels = emit_entry(llmod, mod, funcs, const_offsets)

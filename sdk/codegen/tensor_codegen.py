@@ -4,18 +4,23 @@ Signature: ``void name(ptr noalias p0, ..., ptr noalias pN [, ptr scratch])``; b
 arrays with their element strides, loops become counted loops with phi nodes (``unrolled`` loops with a
 constant trip count are replicated here), ``local`` allocations become entry-block allocas (so SROA can keep
 accumulator tiles in registers) and ``workspace`` allocations are carved from the trailing ``scratch`` pointer.
-Vectorization of ``vectorized`` loops is left to LLVM's loop and SLP vectorizers, which the code is shaped for
+``vectorized`` loops with a constant trip count whose body is straight-line stores are emitted as SIMD code
+for the target's vector width here (see :mod:`kiln.codegen.vectorize`): every load and store is unit-stride
+or loop-invariant, so each becomes one vector access or a broadcast. Other ``vectorized`` loops (gathers,
+math calls, nested loops) are left to LLVM's loop and SLP vectorizers, which the code is shaped for
 (unit-stride inner loops, noalias parameters, constant trip counts).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
 
 from ..ir import tensor as T
 from ..ir.types import is_float
+from . import vectorize
 from .mathlib import MathLib
 
 PTR = ir.PointerType()
@@ -75,9 +80,10 @@ class _Ctx:
 
 
 class TensorCodegen:
-    def __init__(self, module: ir.Module, math: MathLib) -> None:
+    def __init__(self, module: ir.Module, math: MathLib, vector_bits: int = 0) -> None:
         self.module = module
         self.math = math
+        self.vector_bits = vector_bits
 
     def emit(self, f: T.TensorFunction) -> ir.Function:
         ws = workspace_bytes(f)
@@ -113,7 +119,7 @@ class TensorCodegen:
             if s.buffer.dtype == "bool":
                 val = c.b.zext(val, _MEM_TYPES["bool"])
             elif s.value.dtype != s.buffer.dtype:
-                val = self._convert(c, val, s.value.dtype, s.buffer.dtype)
+                val = self.convert(c, val, s.value.dtype, s.buffer.dtype)
             c.b.store(val, ptr)
         elif isinstance(s, T.IfThenElse):
             cond = self._expr(c, s.cond)
@@ -154,6 +160,8 @@ class TensorCodegen:
 
     def _for(self, c: _Ctx, s: T.For) -> None:
         start, extent = s.start, s.extent
+        if s.kind == "vectorized" and self.vector_bits and vectorize.emit_vector_loop(self, c, s):
+            return
         if (
             s.kind == "unrolled"
             and isinstance(extent, T.IntImm)
@@ -166,22 +174,27 @@ class TensorCodegen:
             return
         if isinstance(extent, T.IntImm) and extent.value <= 0:
             return
+        self.counted_loop(c, s.var, self._expr(c, start), extent, lambda: self._stmt(c, s.body))
+
+    def counted_loop(
+        self, c: _Ctx, var: T.LoopVar, lo: ir.Value, extent: T.Expr, body: Callable[[], None], step: int = 1
+    ) -> None:
+        """``for var = lo; var < lo + extent; var += step: body()`` (``extent`` a multiple of ``step``)."""
         b = c.b
-        lo = self._expr(c, start)
         hi = b.add(lo, self._expr(c, extent))
         pre = b.block
-        header = b.append_basic_block(f"{s.var.name}.loop")
-        after = b.append_basic_block(f"{s.var.name}.end")
+        header = b.append_basic_block(f"{var.name}.loop")
+        after = b.append_basic_block(f"{var.name}.end")
         if not (isinstance(extent, T.IntImm) and extent.value > 0):
             b.cbranch(b.icmp_signed("<", lo, hi), header, after)
         else:
             b.branch(header)
         b.position_at_end(header)
-        iv = b.phi(I64, name=s.var.name)
+        iv = b.phi(I64, name=var.name)
         iv.add_incoming(lo, pre)
-        c.vars[s.var.uid] = iv
-        self._stmt(c, s.body)
-        nxt = b.add(iv, ir.Constant(I64, 1), flags=["nsw", "nuw"])
+        c.vars[var.uid] = iv
+        body()
+        nxt = b.add(iv, ir.Constant(I64, step), flags=["nsw", "nuw"])
         iv.add_incoming(nxt, b.block)
         b.cbranch(b.icmp_signed("<", nxt, hi), header, after)
         b.position_at_end(after)
@@ -227,7 +240,7 @@ class TensorCodegen:
         if isinstance(e, T.Select):
             return b.select(self._expr(c, e.cond), self._expr(c, e.t), self._expr(c, e.f))
         if isinstance(e, T.Cast):
-            return self._convert(c, self._expr(c, e.value), e.value.dtype, e.dtype)
+            return self.convert(c, self._expr(c, e.value), e.value.dtype, e.dtype)
         if isinstance(e, T.Call):
             args = [self._expr(c, a) for a in e.args]
             if e.fn == "neg":
@@ -236,18 +249,19 @@ class TensorCodegen:
                 if e.fn == "abs" and not is_float(e.dtype):
                     x = args[0]
                     return b.select(b.icmp_signed("<", x, ir.Constant(x.type, 0)), b.neg(x), x)
-                args = [self._convert(c, a, x.dtype, "float32") for a, x in zip(args, e.args, strict=True)]
-                return self._convert(c, self.math.call(b, e.fn, args), "float32", e.dtype)
+                args = [self.convert(c, a, x.dtype, "float32") for a, x in zip(args, e.args, strict=True)]
+                return self.convert(c, self.math.call(b, e.fn, args), "float32", e.dtype)
             return self.math.call(b, e.fn, args)
         raise TypeError(f"codegen: unknown expression {e!r}")
 
     def _binop(self, c: _Ctx, e: T.BinOp) -> ir.Value:
+        return self.binop_values(c, e.op, self._expr(c, e.a), self._expr(c, e.b), e.a.dtype, e.b.dtype)
+
+    def binop_values(self, c: _Ctx, op: str, a: ir.Value, y: ir.Value, dt: str, dt_b: str) -> ir.Value:
+        """``a op y`` on emitted operands (scalars or vectors of one length) of kiln dtypes ``dt``/``dt_b``."""
         b = c.b
-        a, y = self._expr(c, e.a), self._expr(c, e.b)
-        dt = e.a.dtype
-        if e.b.dtype != dt:
-            y = self._convert(c, y, e.b.dtype, dt)
-        op = e.op
+        if dt_b != dt:
+            y = self.convert(c, y, dt_b, dt)
         if op in ("and", "or"):
             return b.and_(a, y) if op == "and" else b.or_(a, y)
         if is_float(dt):
@@ -258,6 +272,8 @@ class TensorCodegen:
             if op == "max":
                 return b.select(b.fcmp_ordered(">", a, y), a, y)
             if op == "//":
+                if isinstance(a.type, ir.VectorType):
+                    raise ValueError("codegen: floor division has no vector form")  # vectorize.py avoids it
                 return self.math.call(b, "floor", [b.fdiv(a, y)])
             fop = {"+": b.fadd, "-": b.fsub, "*": b.fmul, "/": b.fdiv, "%": b.frem}[op]
             return fop(a, y, flags=FP_FLAGS)
@@ -274,22 +290,25 @@ class TensorCodegen:
         iop = {"+": b.add, "-": b.sub, "*": b.mul}[op]
         return iop(a, y)
 
-    def _convert(self, c: _Ctx, v: ir.Value, src: str, dst: str) -> ir.Value:
+    def convert(self, c: _Ctx, v: ir.Value, src: str, dst: str) -> ir.Value:
+        """``v`` (a scalar or a vector) of kiln dtype ``src`` converted to ``dst``."""
         if src == dst:
             return v
         b = c.b
         st, dt = ll_type(src), ll_type(dst)
+        if isinstance(v.type, ir.VectorType):
+            st, dt = ir.VectorType(st, v.type.count), ir.VectorType(dt, v.type.count)
         if is_float(src) and is_float(dst):
             return b.fpext(v, dt) if _itemsize(dst) > _itemsize(src) else b.fptrunc(v, dt)
         if is_float(src):
             if dst == "bool":
-                return b.fcmp_unordered("!=", v, ir.Constant(st, 0.0))
+                return b.fcmp_unordered("!=", v, ir.Constant(st, None))
             return b.fptoui(v, dt) if dst == "uint8" else b.fptosi(v, dt)
         if is_float(dst):
             return b.uitofp(v, dt) if src in ("uint8", "bool") else b.sitofp(v, dt)
         if dst == "bool":
-            return b.icmp_unsigned("!=", v, ir.Constant(st, 0))
-        sw, dw = st.width, dt.width  # type: ignore[attr-defined]
+            return b.icmp_unsigned("!=", v, ir.Constant(st, None))
+        sw, dw = ll_type(src).width, ll_type(dst).width  # type: ignore[attr-defined]
         if dw == sw:
             return v
         if dw < sw:

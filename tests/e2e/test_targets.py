@@ -54,3 +54,40 @@ def test_wrong_input_shape_is_a_clear_error() -> None:
     pkg = kiln.compile(mlp(), "x86_64-linux")
     with pytest.raises(ValueError, match=r"x.*\(3, 20\).*\(2, 20\)|x.*\(2, 20\).*\(3, 20\)"):
         pkg.run({"x": np.zeros((2, 20), "f4")})
+
+
+def test_user_target_with_a_hook_compiles_and_runs(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """docs/how-to/add-a-target.md as a test: a TOML file in a KILN_TARGET_PATH directory, a hook pass named
+    in it, `kiln targets` listing it, and a model compiled for it running under its emulator."""
+    import subprocess
+    import sys
+
+    from kiln.driver import compile_module
+    from kiln.transform import default_pipeline
+
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "rpi3.toml").write_text(
+        'name = "rpi3"\ndescription = "Raspberry Pi 3 (Cortex-A53, NEON), static musl runner"\n'
+        'triple = "aarch64-unknown-linux-musl"\ncpu = "cortex-a53"\nfeatures = "+neon"\nvector_bits = 128\n'
+        'os = "linux"\nzig_target = "aarch64-linux-musl"\nzig_cpu = "cortex_a53"\n'
+        'emulator = ["qemu-aarch64", "-cpu", "cortex-a53"]\nemulator_package = "qemu-user"\n'
+        'hooks = { graph_opt = ["kiln_test_board_passes:tag_board"] }\n'
+    )
+    (tmp_path / "kiln_test_board_passes.py").write_text(
+        "def tag_board(mod):\n    return mod.with_attrs(board_revision='1.4')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("KILN_TARGET_PATH", str(tmp_path / "targets"))
+
+    names = default_pipeline("rpi3").names()
+    assert names.index("fuse-ops") < names.index("tag_board") < names.index("legalize")
+    mod = mlp()
+    assert compile_module(mod, "rpi3").attrs["board_revision"] == "1.4"
+    pkg = kiln.compile(mod, "rpi3")
+    assert pkg.manifest["target"]["cpu"] == "cortex-a53"
+    x = _inputs(mod, seed=5)
+    np.testing.assert_allclose(pkg.run(x)["y"], interpret(mod, x)["y"], rtol=1e-4, atol=1e-6)
+    listed = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "targets"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "rpi3" in listed and "cortex-a53" in listed
