@@ -132,7 +132,8 @@ def _key(x: Any) -> Any:
     if isinstance(x, tuple):
         return tuple(_key(y) for y in x)
     if isinstance(x, T.Expr):
-        return (type(x).__name__, *(_key(getattr(x, f.name)) for f in dataclasses.fields(x)))
+        fields = dataclasses.fields(x)  # type: ignore[arg-type]  # every Expr is a dataclass
+        return (type(x).__name__, *(_key(getattr(x, f.name)) for f in fields))
     return x
 
 
