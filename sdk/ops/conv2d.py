@@ -2,7 +2,9 @@
 
 ``attrs``: ``strides=(sh, sw)``, ``pads=(top, left, bottom, right)``, ``dilations=(dh, dw)``, ``groups``.
 Lowered per image and group as a GEMM ``W[OCg, Cg*KH*KW] @ col[Cg*KH*KW, OH*OW]`` (1x1/stride-1/unpadded
-convolutions use the input itself as ``col``; others build it in workspace scratch, zero-padded).
+convolutions use the input itself as ``col``; others build it in workspace scratch, zero-padded). The scratch
+``col`` holds a block of output rows at a time, at most :data:`COL_BLOCK_BYTES`, so that it is still in the
+cache when the GEMM reads it back; each block is built and multiplied before the next.
 """
 
 from __future__ import annotations
@@ -16,6 +18,16 @@ from ..ir import tensor as T
 from ..ir.types import TensorType
 from .base import LowerContext, OpDef, register, static_dims
 from .gemm_kernel import gemm
+
+COL_BLOCK_BYTES = 512 * 1024  # fits the L2 cache of the CPUs kiln targets, beside the weights' row panel
+MIN_BLOCK_COLUMNS = 128  # narrower GEMMs spend too much of their time in edge tiles
+
+
+def rows_per_block(kdim: int, oh: int, ow: int, itemsize: int = 4) -> int:
+    """Output rows per im2col block: as many as fit :data:`COL_BLOCK_BYTES`, but at least
+    :data:`MIN_BLOCK_COLUMNS` columns' worth (and at most all ``oh`` rows)."""
+    fit = COL_BLOCK_BYTES // max(1, kdim * ow * itemsize)
+    return max(1, min(oh, max(fit, -(-MIN_BLOCK_COLUMNS // ow))))
 
 
 def conv_out_size(size: int, k: int, stride: int, pad_total: int, dilation: int) -> int:
@@ -99,30 +111,54 @@ class Conv2D(OpDef):
         wf = w.with_(shape=(oc, kdim))
         of = out.with_(shape=(n, oc, ohw))
         direct = kh == kw == sh == sw == 1 and pt == pl == pb == pr == 0
+        rows = oh if direct else rows_per_block(kdim, oh, ow)
         col = (
             x.with_(shape=(n, c, h * wd))
             if direct
-            else T.Buffer(f"{ctx.name}_col", (kdim, ohw), x.dtype, scope="workspace")
+            else T.Buffer(f"{ctx.name}_col", (kdim, rows * ow), x.dtype, scope="workspace")
         )
 
         def per_image_group(ni: T.LoopVar, gi: T.LoopVar) -> T.Stmt:
             c0 = gi * cg if g > 1 else T.IntImm(0)
             oc0 = gi * ocg if g > 1 else T.IntImm(0)
 
-            def b_load(k: T.Expr, j: T.Expr) -> T.Expr:
-                return col[ni, c0 + k, j] if direct else col[k, j]
+            def block(y0: T.Expr, nrows: int) -> T.Stmt:
+                """Output rows ``y0 .. y0 + nrows``: im2col into ``col``, then the GEMM over its columns."""
 
-            def store(i: T.Expr, j: T.Expr, acc: T.Expr) -> T.Stmt:
-                ch = oc0 + i
-                v = acc + bias[ch] if bias is not None else acc
-                idx = (ni, ch, j // ow, j % ow) if ow > 1 else (ni, ch, j, T.IntImm(0))
-                flat = (ni * oc + ch) * ohw + j
-                return T.Store(of, (ni, ch, j), ctx.apply_epilogue(v, idx, flat))
+                def b_load(k: T.Expr, j: T.Expr) -> T.Expr:
+                    return col[ni, c0 + k, j] if direct else col[k, j]
 
-            mm = gemm(
-                ctx.name, ocg, ohw, kdim, lambda i, k: wf[oc0 + i, k], b_load, store, ctx.lanes, x.dtype
+                def store(i: T.Expr, j: T.Expr, acc: T.Expr) -> T.Stmt:
+                    ch = oc0 + i
+                    p = y0 * ow + j  # the output pixel
+                    v = acc + bias[ch] if bias is not None else acc
+                    idx = (ni, ch, p // ow, p % ow) if ow > 1 else (ni, ch, p, T.IntImm(0))
+                    flat = (ni * oc + ch) * ohw + p
+                    return T.Store(of, (ni, ch, p), ctx.apply_epilogue(v, idx, flat))
+
+                mm = gemm(
+                    ctx.name,
+                    ocg,
+                    nrows * ow,
+                    kdim,
+                    lambda i, k: wf[oc0 + i, k],
+                    b_load,
+                    store,
+                    ctx.lanes,
+                    x.dtype,
+                )
+                if direct:
+                    return mm
+                return T.seq(self._im2col(ctx, x, col, ni, c0, attrs, (kh, kw), (y0, nrows, ow)), mm)
+
+            full, tail = divmod(oh, rows)
+            blocks = (
+                T.loop(full, lambda yb: block(yb * rows, rows), name=f"{ctx.name}_yb") if full > 1 else None
             )
-            return T.seq(None if direct else self._im2col(ctx, x, col, ni, c0, attrs, (kh, kw), (oh, ow)), mm)
+            return T.seq(
+                blocks if full > 1 else block(T.IntImm(0), rows),
+                block(T.IntImm(full * rows), tail) if tail else None,
+            )
 
         body = T.loop(
             n,
@@ -140,12 +176,14 @@ class Conv2D(OpDef):
         c0: T.Expr,
         attrs: dict[str, Any],
         ksize: tuple[int, int],
-        osize: tuple[int, int],
+        rows: tuple[T.Expr, int, int],
     ) -> T.Stmt:
+        """``col[(c*KH + i)*KW + j, y*OW + z] = x[c0 + c, (y0 + y)*SH + i*DH - PT, z*SW + j*DW - PL]`` (zero
+        outside the input) for the ``nrows`` output rows from ``y0``; ``rows = (y0, nrows, OW)``."""
         (sh, sw), (pt, pl, _, _), (dh, dw), _ = _attrs(attrs)
         _, _, h, wd = x.shape
         kh, kw = ksize
-        oh, ow = osize
+        y0, oh, ow = rows
         cg = col.shape[0] // (kh * kw)
         zero = T.const(0.0, x.dtype)
 
@@ -153,7 +191,7 @@ class Conv2D(OpDef):
             k = (c * kh + i) * kw + j
 
             def pixel(y: T.LoopVar, z: T.LoopVar) -> T.Stmt:
-                iy = y * sh + (i * dh - pt)
+                iy = (y0 + y) * sh + (i * dh - pt)
                 ix = z * sw + (j * dw - pl)
                 inside = T.logical_and(iy >= 0, iy < h, ix >= 0, ix < wd)
                 val = x[ni, c0 + c, T.minimum(T.maximum(iy, 0), h - 1), T.minimum(T.maximum(ix, 0), wd - 1)]
