@@ -44,9 +44,13 @@ def _console() -> Any:
 def cmd_targets(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .targets import emulator_available, list_targets
+    from .targets import TargetError, emulator_available, list_targets, native_target
 
-    table = Table(title="kiln targets")
+    try:
+        caption = f"--target native is {native_target().name} on this host"
+    except TargetError:
+        caption = "no target runs natively on this host"
+    table = Table(title="kiln targets", caption=caption)
     for col in ("name", "triple", "cpu / features", "vector bits", "OS", "runs via"):
         table.add_column(col)
     for t in list_targets():

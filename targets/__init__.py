@@ -189,14 +189,28 @@ def list_targets() -> list[Target]:
     return sorted(_load_all().values(), key=lambda t: t.name)
 
 
+def native_target(targets: dict[str, Target] | None = None) -> Target:
+    """The Linux target that makes the most of this host: of those whose runner runs here without an
+    emulator, the one with the widest vectors (then the first by name)."""
+    found = [t for t in (targets or _load_all()).values() if t.runs_natively()]
+    if not found:
+        raise TargetError(
+            f"no target runs natively on this {platform.machine()} host; pick one with `kiln targets`"
+        )
+    return min(found, key=lambda t: (-t.vector_bits, t.name))
+
+
 def get_target(target: str | Target) -> Target:
-    """Look a target up by name (or pass a Target through); unknown names list the known ones."""
+    """Look a target up by name (or pass a Target through); ``native`` is :func:`native_target`. Unknown
+    names list the known ones."""
     if isinstance(target, Target):
         return target
     targets = _load_all()
+    if target == "native":
+        return native_target(targets)
     if target not in targets:
         raise TargetError(
-            f"unknown target {target!r}; known targets: {', '.join(sorted(targets))} "
+            f"unknown target {target!r}; known targets: native, {', '.join(sorted(targets))} "
             "(add your own TOML file to a directory in KILN_TARGET_PATH)"
         )
     return targets[target]
@@ -213,6 +227,7 @@ __all__ = [
     "emulator_available",
     "get_target",
     "list_targets",
+    "native_target",
     "parse_target",
     "register_hook",
 ]

@@ -135,3 +135,17 @@ def test_wrong_input_shape_and_dtype(package: Path, tmp_path: Path) -> None:
 def test_missing_input_says_what_to_pass(package: Path) -> None:
     msg = _one_line_error(kiln("run", str(package)))
     assert "missing input 'x'" in msg and "--random-inputs" in msg
+
+
+def test_native_target_is_the_widest_one_this_host_runs() -> None:
+    import platform
+
+    from kiln.targets import get_target
+
+    if platform.machine() != "x86_64":
+        pytest.fail("this check is written for x86-64 hosts (CI and the dev machines); extend it for others")
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    want = "x86_64-linux-avx512" if {"avx512f", "avx512bw", "avx512vl"} <= set(flags) else "x86_64-linux"
+    assert get_target("native").name == want
+    r = kiln("targets")
+    assert f"--target native is {want}" in " ".join(r.stdout.split())

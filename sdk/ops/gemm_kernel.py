@@ -5,6 +5,11 @@
 is marked ``vectorized``, the row loop ``unrolled``, so each step of the ``k`` loop is ``MR`` broadcasts and
 ``MR * NC / lanes`` fused multiply-adds. Edge tiles get their own loop nests with constant extents (``M`` and
 ``N`` are static), so every loop has a compile-time trip count.
+
+With ``pack_b`` (the default), when a column panel of ``B`` is reused by at least :data:`PACK_MIN_ROW_TILES`
+row tiles and ``K`` is at least :data:`PACK_MIN_K`, the panel (``K x NC``) is first copied into contiguous
+workspace scratch, so the tile loop streams it sequentially instead of striding through ``B`` by its row
+pitch. Callers whose ``B`` is already compact and cache-resident pass ``pack_b=False``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..ir import tensor as T
+
+PACK_MIN_ROW_TILES = 4
+PACK_MIN_K = 64
 
 Load2 = Callable[[T.Expr, T.Expr], T.Expr]
 Store2 = Callable[[T.Expr, T.Expr, T.Expr], T.Stmt]
@@ -36,6 +44,7 @@ def gemm(
     lanes: int,
     dtype: str = "float32",
     init: Load2 | None = None,
+    pack_b: bool = True,
 ) -> T.Stmt:
     """Loop nest computing ``store(i, j, sum_k a(i, k) * b(k, j) [+ init(i, j)])`` for all i < m, j < n."""
     mr, nc = tile_sizes(lanes, n)
@@ -47,7 +56,22 @@ def gemm(
             if m_count == 0 or n_count == 0:
                 continue
             parts.append(
-                _tiles(name, m_count, m_size, m_base, n_count, n_size, n_base, k, a, b, store, dtype, init)
+                _tiles(
+                    name,
+                    m_count,
+                    m_size,
+                    m_base,
+                    n_count,
+                    n_size,
+                    n_base,
+                    k,
+                    a,
+                    b,
+                    store,
+                    dtype,
+                    init,
+                    pack_b,
+                )
             )
     return T.seq(*parts)
 
@@ -66,13 +90,32 @@ def _tiles(
     store: Store2,
     dtype: str,
     init: Load2 | None,
+    pack_b: bool,
 ) -> T.Stmt:
     acc = T.Buffer(f"{name}_acc", (mr, nc), dtype, scope="local")
     zero = T.const(0.0, dtype)
+    packed = pack_b and m_count >= PACK_MIN_ROW_TILES and k >= PACK_MIN_K
+    panel = T.Buffer(f"{name}_panel", (k, nc), dtype, scope="workspace")
+
+    def column0(no: T.LoopVar) -> T.Expr:
+        return no * nc + n_base if n_count > 1 else T.const(n_base)
+
+    def pack(no: T.LoopVar) -> T.Stmt:
+        col0 = column0(no)
+        return T.loop(
+            k,
+            lambda kk: T.loop(
+                nc, lambda j: T.Store(panel, (kk, j), b(kk, col0 + j)), name=f"{name}_pj", kind="vectorized"
+            ),
+            name=f"{name}_pk",
+        )
 
     def tile(mo: T.LoopVar, no: T.LoopVar) -> T.Stmt:
         row0 = mo * mr + m_base if m_count > 1 else T.const(m_base)
-        col0 = no * nc + n_base if n_count > 1 else T.const(n_base)
+        col0 = column0(no)
+
+        def b_tile(kk: T.Expr, j: T.Expr) -> T.Expr:
+            return panel[kk, j] if packed else b(kk, col0 + j)
 
         def init_tile(i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
             v = init(row0 + i, col0 + j) if init is not None else zero
@@ -83,7 +126,7 @@ def _tiles(
                 mr,
                 lambda i: T.loop(
                     nc,
-                    lambda j: T.Store(acc, (i, j), acc[i, j] + a(row0 + i, kk) * b(kk, col0 + j)),
+                    lambda j: T.Store(acc, (i, j), acc[i, j] + a(row0 + i, kk) * b_tile(kk, j)),
                     name=f"{name}_j",
                     kind="vectorized",
                 ),
@@ -101,6 +144,17 @@ def _tiles(
         )
         return T.Allocate(acc, body)
 
+    if packed:  # m_count > 1
+
+        def column_panel(no: T.LoopVar) -> T.Stmt:
+            return T.seq(pack(no), T.loop(m_count, lambda mo: tile(mo, no), name=f"{name}_mo"))
+
+        body = (
+            column_panel(T.LoopVar("unused"))
+            if n_count == 1
+            else T.loop(n_count, column_panel, name=f"{name}_no")
+        )
+        return T.Allocate(panel, body)
     if m_count > 1 and n_count > 1:
         return T.loop(
             n_count, lambda no: T.loop(m_count, lambda mo: tile(mo, no), name=f"{name}_mo"), name=f"{name}_no"

@@ -94,7 +94,9 @@ def test_casts_and_integer_lanes_match_numpy() -> None:
     np.testing.assert_array_equal(b, (x > 0).astype(np.float32))
 
 
-@pytest.mark.parametrize(("m", "k", "n"), [(6, 8, 32), (7, 19, 33), (13, 64, 100), (1, 5, 17)])
+@pytest.mark.parametrize(
+    ("m", "k", "n"), [(6, 8, 32), (7, 19, 33), (13, 64, 100), (1, 5, 17), (30, 70, 100), (27, 64, 7)]
+)
 def test_matmul_tiles_and_edges_match_numpy(m: int, k: int, n: int) -> None:
     rng = np.random.default_rng(m * k * n)
     a = rng.standard_normal((m, k)).astype("f4")
