@@ -10,6 +10,11 @@ With ``pack_b`` (the default), when a column panel of ``B`` is reused by at leas
 row tiles and ``K`` is at least :data:`PACK_MIN_K`, the panel (``K x NC``) is first copied into contiguous
 workspace scratch, so the tile loop streams it sequentially instead of striding through ``B`` by its row
 pitch. Callers whose ``B`` is already compact and cache-resident pass ``pack_b=False``.
+
+Fewer rows than a tile (``M < MR``, a matrix-vector product such as a batch-1 fully connected layer) and a
+wide ``B``: there is no reuse of ``B`` to tile for, and the run time is the time to read ``B`` once. The
+rows are then computed together over blocks of :data:`STREAM_COLUMNS` columns, each ``k`` step reading one
+contiguous stretch of a row of ``B`` (the order that memory prefetchers stream at full bandwidth).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from ..ir import tensor as T
 
 PACK_MIN_ROW_TILES = 4
 PACK_MIN_K = 64
+STREAM_MIN_TILES = 4
+STREAM_COLUMNS = 512
 
 Load2 = Callable[[T.Expr, T.Expr], T.Expr]
 Store2 = Callable[[T.Expr, T.Expr, T.Expr], T.Stmt]
@@ -48,6 +55,8 @@ def gemm(
 ) -> T.Stmt:
     """Loop nest computing ``store(i, j, sum_k a(i, k) * b(k, j) [+ init(i, j)])`` for all i < m, j < n."""
     mr, nc = tile_sizes(lanes, n)
+    if m < mr and n >= STREAM_MIN_TILES * nc:
+        return _streaming(name, m, n, k, a, b, store, dtype, init)
     parts: list[T.Stmt] = []
     m_full, m_tail = divmod(m, mr)
     n_full, n_tail = divmod(n, nc)
@@ -164,6 +173,42 @@ def _tiles(
     if n_count > 1:
         return T.loop(n_count, lambda no: tile(T.LoopVar("unused"), no), name=f"{name}_no")
     return tile(T.LoopVar("unused"), T.LoopVar("unused"))
+
+
+def _streaming(
+    name: str, m: int, n: int, k: int, a: Load2, b: Load2, store: Store2, dtype: str, init: Load2 | None
+) -> T.Stmt:
+    parts = []
+    full, tail = divmod(n, STREAM_COLUMNS)
+    for count, nb, base in ((full, STREAM_COLUMNS, 0), (1 if tail else 0, tail, full * STREAM_COLUMNS)):
+        if count == 0:
+            continue
+        acc = T.Buffer(f"{name}_racc", (m, nb), dtype, scope="local")
+
+        def block(
+            no: T.LoopVar, acc: T.Buffer = acc, count: int = count, nb: int = nb, base: int = base
+        ) -> T.Stmt:
+            col0 = no * nb + base if count > 1 else T.const(base)
+
+            def init_row(i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
+                return T.Store(acc, (i, j), init(i, col0 + j) if init is not None else T.const(0.0, dtype))
+
+            def update(kk: T.LoopVar) -> T.Stmt:
+                return _nest2(
+                    m, nb, lambda i, j: T.Store(acc, (i, j), acc[i, j] + a(i, kk) * b(kk, col0 + j)), name
+                )
+
+            return T.Allocate(
+                acc,
+                T.seq(
+                    _nest2(m, nb, init_row, name),
+                    T.loop(k, update, name=f"{name}_k"),
+                    _nest2(m, nb, lambda i, j: store(i, col0 + j, acc[i, j]), name),
+                ),
+            )
+
+        parts.append(T.loop(count, block, name=f"{name}_nb") if count > 1 else block(T.LoopVar("unused")))
+    return T.seq(*parts)
 
 
 def _nest2(r: int, c: int, body: Callable[[T.LoopVar, T.LoopVar], T.Stmt], name: str) -> T.Stmt:

@@ -95,9 +95,21 @@ def test_casts_and_integer_lanes_match_numpy() -> None:
 
 
 @pytest.mark.parametrize(
-    ("m", "k", "n"), [(6, 8, 32), (7, 19, 33), (13, 64, 100), (1, 5, 17), (30, 70, 100), (27, 64, 7)]
+    ("m", "k", "n"),
+    [
+        (6, 8, 32),
+        (7, 19, 33),
+        (13, 64, 100),
+        (1, 5, 17),
+        (30, 70, 100),
+        (27, 64, 7),
+        (1, 100, 1100),
+        (5, 9, 512),
+    ],
 )
 def test_matmul_tiles_and_edges_match_numpy(m: int, k: int, n: int) -> None:
+    """Register tiles with row and column edges, packed panels (m >= 24, k >= 64) and the streaming
+    matrix-vector schedule (m < 6, wide n, with a short last block)."""
     rng = np.random.default_rng(m * k * n)
     a = rng.standard_normal((m, k)).astype("f4")
     w = rng.standard_normal((k, n)).astype("f4")
