@@ -7,13 +7,15 @@
 * PyTorch-built models (ResNet-18-style, MobileNetV2-style, MLP, 2-layer transformer encoder) with fixed
   seeds, exported to ONNX here.
 
-Files are cached per process in a temporary directory.
+Files are cached per process in a temporary directory, removed when the process exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import io
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,7 +32,10 @@ ORT_MAX_IR = 9
 
 @functools.cache
 def cache_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="kiln-models-"))
+    """A temporary directory for this process's model files (over 1 GB with VGG-19), removed at exit."""
+    d = Path(tempfile.mkdtemp(prefix="kiln-models-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d
 
 
 def light_path(name: str) -> Path:

@@ -71,11 +71,18 @@ def target_flags(target: Target) -> list[str]:
 
 
 def run_tool(args: Sequence[str], cwd: Path | None = None) -> str:
-    """Runs a toolchain command and returns its stdout; raises :class:`ToolchainError` on failure."""
-    try:
-        proc = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, check=False)
-    except OSError as e:
-        raise ToolchainError(f"cannot run {shlex.join(args)}: {e}") from e
+    """Runs a toolchain command and returns its stdout; raises :class:`ToolchainError` on failure.
+
+    zig keeps what it builds for a command (an object holding a model's weights, a linked runner) in its
+    "local" cache, which for ``zig cc`` is the global one (``~/.cache/zig``): every compiled model would stay
+    there for good. Each command gets a temporary local cache instead; the global cache keeps only what zig
+    puts there itself (each target's libc, built once)."""
+    with tempfile.TemporaryDirectory(prefix="kiln-zig-") as local_cache:
+        env = {**os.environ, "ZIG_LOCAL_CACHE_DIR": local_cache}
+        try:
+            proc = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, check=False, env=env)
+        except OSError as e:
+            raise ToolchainError(f"cannot run {shlex.join(args)}: {e}") from e
     if proc.returncode != 0:
         where = f" (in {cwd})" if cwd else ""
         raise ToolchainError(

@@ -8,7 +8,8 @@ target's vector bits over the widest element the loop touches), when:
 - every store, and every load that depends on ``v``, has unit stride in ``v``: its flat element offset is
   ``offset + v``, so it becomes one vector load or store; loads that do not depend on ``v`` are loaded once
   and broadcast;
-- a buffer the loop stores to is loaded only at indices it is stored at (lanes never depend on each other);
+- a buffer the loop stores to (or a view of it: views share its uid) is loaded only at the indices, in the
+  same view, that it is stored at (lanes never depend on each other);
 - the values use operations that have a vector form: arithmetic, comparisons, min/max, select, casts, neg,
   abs, sqrt (math functions like exp are left to LLVM, which vectorizes their inlined bodies).
 
@@ -161,8 +162,12 @@ def _qualifies(stores: list[T.Store], loads: list[T.Load], v: T.LoopVar) -> bool
     for st in stores:
         if _stride(st.buffer, st.indices, v) != 1 or not _vector_value(st.value, v):
             return False
-        stored.setdefault(st.buffer.uid, set()).add(_key(st.indices))
-    return all(_key(ld.indices) in stored[ld.buffer.uid] for ld in loads if ld.buffer.uid in stored)
+        stored.setdefault(st.buffer.uid, set()).add((st.buffer.elem_strides, _key(st.indices)))
+    return all(
+        (ld.buffer.elem_strides, _key(ld.indices)) in stored[ld.buffer.uid]
+        for ld in loads
+        if ld.buffer.uid in stored
+    )
 
 
 # ------------------------------------------------------------------------------------------------- emission

@@ -173,3 +173,18 @@ def test_bare_metal_targets_get_a_library_and_no_runner() -> None:
     assert pkg.manifest["runnable"] is None and "bin/runner" not in pkg.files
     with pytest.raises(PackageError, match="has no runnable"), pkg.open_session():
         pass
+
+
+def test_linking_leaves_nothing_of_the_model_in_zigs_global_cache(tmp_path: Path) -> None:
+    """zig caches each command's outputs; kiln gives every command a temporary local cache, so a model's
+    weights and runner never pile up in the global cache (only zig's own libc builds live there)."""
+    import os
+
+    zig_cache = Path(os.environ.get("ZIG_GLOBAL_CACHE_DIR") or Path.home() / ".cache" / "zig")
+    link_tiny(NATIVE, TINY_WEIGHTS)  # libc and runtime built (cached) before counting
+    before = set(zig_cache.rglob("*"))
+    marker = os.urandom(64) + TINY_WEIGHTS  # weights no earlier run can have produced
+    linked = link_tiny(NATIVE, marker)
+    assert linked.runner is not None and marker in linked.runner and marker in linked.libmodel
+    new = [p for p in set(zig_cache.rglob("*")) - before if p.is_file()]
+    assert not [p for p in new if marker in p.read_bytes()], f"model data cached by zig: {new[:3]}"
