@@ -85,6 +85,11 @@ class TensorCodegen:
         self.math = math
         self.vector_bits = vector_bits
 
+    @staticmethod
+    def mem_type(dtype: str) -> ir.Type:
+        """The LLVM type of one element of ``dtype`` in memory (``bool`` is a byte there, ``i1`` in values)."""
+        return _MEM_TYPES[dtype]
+
     def emit(self, f: T.TensorFunction) -> ir.Function:
         ws = workspace_bytes(f)
         nparams = len(f.params) + (1 if ws else 0)
@@ -101,37 +106,37 @@ class TensorCodegen:
             ctx.ptrs[p.uid] = arg
         if ws:
             ctx.scratch = fn.args[-1]
-        self._stmt(ctx, f.body)
+        self.stmt(ctx, f.body)
         ctx.b.ret_void()
         ir.IRBuilder(entry).branch(body)
         return fn
 
     # ----------------------------------------------------------------------------------------- statements
-    def _stmt(self, c: _Ctx, s: T.Stmt) -> None:
+    def stmt(self, c: _Ctx, s: T.Stmt) -> None:
         if isinstance(s, T.Seq):
             for x in s.stmts:
-                self._stmt(c, x)
+                self.stmt(c, x)
         elif isinstance(s, T.For):
             self._for(c, s)
         elif isinstance(s, T.Store):
-            ptr = self._addr(c, s.buffer, s.indices)
-            val = self._expr(c, s.value)
+            ptr = self.addr(c, s.buffer, s.indices)
+            val = self.expr(c, s.value)
             if s.buffer.dtype == "bool":
                 val = c.b.zext(val, _MEM_TYPES["bool"])
             elif s.value.dtype != s.buffer.dtype:
                 val = self.convert(c, val, s.value.dtype, s.buffer.dtype)
             c.b.store(val, ptr)
         elif isinstance(s, T.IfThenElse):
-            cond = self._expr(c, s.cond)
+            cond = self.expr(c, s.cond)
             if s.else_ is None:
                 with c.b.if_then(cond):
-                    self._stmt(c, s.then)
+                    self.stmt(c, s.then)
             else:
                 with c.b.if_else(cond) as (then, otherwise):
                     with then:
-                        self._stmt(c, s.then)
+                        self.stmt(c, s.then)
                     with otherwise:
-                        self._stmt(c, s.else_)
+                        self.stmt(c, s.else_)
         elif isinstance(s, T.Allocate):
             self._allocate(c, s)
         else:
@@ -146,14 +151,14 @@ class TensorCodegen:
             slot.align = 64
             slot.type = PTR  # llvmlite types allocas as typed pointers; LLVM 22 IR only has opaque ones
             c.ptrs[buf.uid] = slot
-            self._stmt(c, s.body)
+            self.stmt(c, s.body)
         elif buf.scope == "workspace":
             if c.scratch is None:
                 raise ValueError("workspace allocation without a scratch parameter")
             off = c.scratch_off
             c.ptrs[buf.uid] = c.b.gep(c.scratch, [ir.Constant(I64, off)], source_etype=ir.IntType(8))
             c.scratch_off += _align(buf.numel * _itemsize(buf.dtype))
-            self._stmt(c, s.body)
+            self.stmt(c, s.body)
             c.scratch_off = off
         else:
             raise ValueError(f"cannot allocate buffer {buf.name} in scope {buf.scope!r}")
@@ -170,18 +175,18 @@ class TensorCodegen:
         ):
             for i in range(extent.value):
                 c.vars[s.var.uid] = ir.Constant(I64, start.value + i)
-                self._stmt(c, s.body)
+                self.stmt(c, s.body)
             return
         if isinstance(extent, T.IntImm) and extent.value <= 0:
             return
-        self.counted_loop(c, s.var, self._expr(c, start), extent, lambda: self._stmt(c, s.body))
+        self.counted_loop(c, s.var, self.expr(c, start), extent, lambda: self.stmt(c, s.body))
 
     def counted_loop(
         self, c: _Ctx, var: T.LoopVar, lo: ir.Value, extent: T.Expr, body: Callable[[], None], step: int = 1
     ) -> None:
         """``for var = lo; var < lo + extent; var += step: body()`` (``extent`` a multiple of ``step``)."""
         b = c.b
-        hi = b.add(lo, self._expr(c, extent))
+        hi = b.add(lo, self.expr(c, extent))
         pre = b.block
         header = b.append_basic_block(f"{var.name}.loop")
         after = b.append_basic_block(f"{var.name}.end")
@@ -200,7 +205,7 @@ class TensorCodegen:
         b.position_at_end(after)
 
     # ----------------------------------------------------------------------------------------- expressions
-    def _addr(self, c: _Ctx, buf: T.Buffer, indices: tuple[T.Expr, ...]) -> ir.Value:
+    def addr(self, c: _Ctx, buf: T.Buffer, indices: tuple[T.Expr, ...]) -> ir.Value:
         try:
             base = c.ptrs[buf.uid]
         except KeyError:
@@ -211,7 +216,7 @@ class TensorCodegen:
             if isinstance(idx, T.IntImm):
                 const_off += idx.value * stride
                 continue
-            v = self._expr(c, idx)
+            v = self.expr(c, idx)
             if stride != 1:
                 v = c.b.mul(v, ir.Constant(I64, stride), flags=["nsw"])
             off = v if off is None else c.b.add(off, v, flags=["nsw"])
@@ -221,7 +226,7 @@ class TensorCodegen:
             off = c.b.add(off, ir.Constant(I64, const_off), flags=["nsw"])
         return c.b.gep(base, [off], inbounds=True, source_etype=_MEM_TYPES[buf.dtype])
 
-    def _expr(self, c: _Ctx, e: T.Expr) -> ir.Value:
+    def expr(self, c: _Ctx, e: T.Expr) -> ir.Value:
         b = c.b
         if isinstance(e, T.IntImm):
             return ir.Constant(ll_type(e.dtype), e.value)
@@ -233,16 +238,16 @@ class TensorCodegen:
             except KeyError:
                 raise ValueError(f"codegen: loop variable {e.name} used outside its loop") from None
         if isinstance(e, T.Load):
-            v = b.load(self._addr(c, e.buffer, e.indices), typ=_MEM_TYPES[e.buffer.dtype])
+            v = b.load(self.addr(c, e.buffer, e.indices), typ=_MEM_TYPES[e.buffer.dtype])
             return b.trunc(v, I1) if e.buffer.dtype == "bool" else v
         if isinstance(e, T.BinOp):
             return self._binop(c, e)
         if isinstance(e, T.Select):
-            return b.select(self._expr(c, e.cond), self._expr(c, e.t), self._expr(c, e.f))
+            return b.select(self.expr(c, e.cond), self.expr(c, e.t), self.expr(c, e.f))
         if isinstance(e, T.Cast):
-            return self.convert(c, self._expr(c, e.value), e.value.dtype, e.dtype)
+            return self.convert(c, self.expr(c, e.value), e.value.dtype, e.dtype)
         if isinstance(e, T.Call):
-            args = [self._expr(c, a) for a in e.args]
+            args = [self.expr(c, a) for a in e.args]
             if e.fn == "neg":
                 return b.fneg(args[0]) if is_float(e.dtype) else b.neg(args[0])
             if e.dtype != "float32":
@@ -255,7 +260,7 @@ class TensorCodegen:
         raise TypeError(f"codegen: unknown expression {e!r}")
 
     def _binop(self, c: _Ctx, e: T.BinOp) -> ir.Value:
-        return self.binop_values(c, e.op, self._expr(c, e.a), self._expr(c, e.b), e.a.dtype, e.b.dtype)
+        return self.binop_values(c, e.op, self.expr(c, e.a), self.expr(c, e.b), e.a.dtype, e.b.dtype)
 
     def binop_values(self, c: _Ctx, op: str, a: ir.Value, y: ir.Value, dt: str, dt_b: str) -> ir.Value:
         """``a op y`` on emitted operands (scalars or vectors of one length) of kiln dtypes ``dt``/``dt_b``."""

@@ -69,7 +69,7 @@ def emit_vector_loop(cg: TensorCodegen, c: Any, s: T.For) -> bool:
         )
     if rest:
         tail = ir.Constant(I64, start + steps * lanes)
-        cg.counted_loop(c, v, tail, T.IntImm(rest), lambda: cg._stmt(c, s.body))
+        cg.counted_loop(c, v, tail, T.IntImm(rest), lambda: cg.stmt(c, s.body))
     return True
 
 
@@ -187,15 +187,13 @@ def _store(cg: TensorCodegen, c: Any, st: T.Store, v: T.LoopVar, base: ir.Value,
         val = c.b.zext(val, ir.VectorType(I8, lanes))
     elif st.value.dtype != st.buffer.dtype:
         val = cg.convert(c, val, st.value.dtype, st.buffer.dtype)
-    ptr = cg._addr(c, st.buffer, st.indices)
+    ptr = cg.addr(c, st.buffer, st.indices)
     c.b.store(val, ptr, align=itemsize(st.buffer.dtype))
 
 
 def _vexpr(cg: TensorCodegen, c: Any, e: T.Expr, v: T.LoopVar, base: ir.Value, lanes: int) -> ir.Value:
-    from .tensor_codegen import _MEM_TYPES
-
     if not _depends(e, v):
-        return cg._expr(c, e)
+        return cg.expr(c, e)
     b = c.b
 
     def vec(x: T.Expr) -> ir.Value:
@@ -204,8 +202,8 @@ def _vexpr(cg: TensorCodegen, c: Any, e: T.Expr, v: T.LoopVar, base: ir.Value, l
     if isinstance(e, T.LoopVar):
         return b.add(_broadcast(c, base, lanes), ir.Constant(ir.VectorType(I64, lanes), list(range(lanes))))
     if isinstance(e, T.Load):
-        vt = ir.VectorType(_MEM_TYPES[e.buffer.dtype], lanes)
-        x = b.load(cg._addr(c, e.buffer, e.indices), typ=vt, align=itemsize(e.buffer.dtype))
+        vt = ir.VectorType(cg.mem_type(e.buffer.dtype), lanes)
+        x = b.load(cg.addr(c, e.buffer, e.indices), typ=vt, align=itemsize(e.buffer.dtype))
         return b.trunc(x, ir.VectorType(I1, lanes)) if e.buffer.dtype == "bool" else x
     if isinstance(e, T.BinOp):
         return cg.binop_values(c, e.op, vec(e.a), vec(e.b), e.a.dtype, e.b.dtype)
