@@ -183,9 +183,8 @@ def _streaming(
     for count, nb, base in ((full, STREAM_COLUMNS, 0), (1 if tail else 0, tail, full * STREAM_COLUMNS)):
         if count == 0:
             continue
-        acc = T.Buffer(
-            f"{name}_racc", (m, nb), dtype, scope="workspace"
-        )  # too big for the stack of a small device
+        # up to 10 KiB: too big for the stack of a small device, so in workspace scratch
+        acc = T.Buffer(f"{name}_racc", (m, nb), dtype, scope="workspace")
 
         def block(
             no: T.LoopVar, acc: T.Buffer = acc, count: int = count, nb: int = nb, base: int = base
