@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from ort_timing import ort_latency
 
 import kiln
 import kiln.targets
@@ -53,22 +53,6 @@ def _model(nodes: list, x: onnx.ValueInfoProto, w: onnx.TensorProto) -> onnx.Mod
     return m
 
 
-def ort_seconds(model: onnx.ModelProto, feed: dict[str, np.ndarray], number: int, repeat: int) -> float:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    sess.run(None, feed)
-    means = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            sess.run(None, feed)
-        means.append((time.perf_counter() - t0) / number)
-    return statistics.median(means)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default="native")
@@ -90,7 +74,7 @@ def main() -> int:
         with kiln.compile(model, target).open_session() as s:
             s.set_inputs(feed)
             k = statistics.median(s.time(number=args.number, repeat=args.repeat))
-        o = ort_seconds(model, feed, args.number, args.repeat)
+        o = ort_latency(model.SerializeToString(), feed, args.number, args.repeat)
         print(
             f"{name:28} {k * 1e3:9.3f} {flops / k / 1e9:8.1f} {o * 1e3:9.3f} {flops / o / 1e9:8.1f}",
             flush=True,

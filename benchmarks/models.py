@@ -12,34 +12,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from ort_timing import ort_latency  # noqa: E402
+
 import kiln  # noqa: E402
 import kiln.targets  # noqa: E402
 import models  # noqa: E402  (tests/models.py builds the model files)
-
-
-def ort_latency(path: Path, inputs: dict[str, np.ndarray], number: int, repeat: int) -> float:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    sess.run(None, inputs)
-    means = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            sess.run(None, inputs)
-        means.append((time.perf_counter() - t0) / number)
-    return statistics.median(means)
 
 
 def main() -> int:
