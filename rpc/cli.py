@@ -4,7 +4,7 @@ options of ``kiln run|bench|profile``.
 The top-level CLI (``kiln.cli``) calls :func:`register` to add the three farm commands, and for its own
 ``run``/``bench``/``profile`` commands calls :func:`add_remote_args` on their parsers and :func:`open_remote`
 with the parsed arguments: it returns ``None`` when neither ``--tracker`` nor ``--device`` was given (run
-locally), else a :class:`RemoteSession` with the run/time/profile interface of a local session.
+locally), else a :class:`kiln.rpc.client.RemoteModule`, an :class:`~kiln.device.Executable` like a local session.
 
 ``python -m kiln.rpc.cli tracker|serve|devices ...`` runs the same commands without the rest of the SDK.
 """
@@ -12,14 +12,18 @@ locally), else a :class:`RemoteSession` with the run/time/profile interface of a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from kiln.rpc.auth import AuthError, TLSConfig, load_token, server_security
+
+if TYPE_CHECKING:
+    from kiln.rpc.client import RemoteDevice, RemoteModule
 
 # ------------------------------------------------------------------------------------------------ options
 
@@ -169,7 +173,7 @@ def cmd_tracker(args: argparse.Namespace) -> int:
 
 def make_launcher(name: str | None, target: str) -> Any:
     """The launcher named ``name`` for ``target`` (``None``: the target's default)."""
-    from kiln.rpc import launchers
+    from kiln.device import launchers
 
     if name is None:
         return launchers.launcher_for(target)
@@ -300,51 +304,12 @@ def add_remote_args(parser: argparse.ArgumentParser) -> None:
     _add_token_args(parser, server=False)
 
 
-class RemoteSession:
-    """A package loaded on a remote device, with the run/time/profile interface of a local session.
-    Closing it releases the device lease (if any)."""
-
-    def __init__(self, device: Any, module: Any, tracker: Any = None) -> None:
-        self.device = device
-        self.module = module
-        self.manifest = module.manifest
-        self._tracker = tracker
-
-    def run(self, inputs: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-        return self.module.run(inputs, **kw)
-
-    run_inputs = run
-
-    def time(self, number: int = 10, repeat: int = 3, min_repeat_ms: int = 0, **kw: Any) -> list[float]:
-        return self.module.time(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms, **kw)
-
-    def profile(self, inputs: Mapping[str, Any] | None = None, **kw: Any) -> Any:
-        return self.module.profile(inputs, **kw)
-
-    def close(self) -> None:
-        release = getattr(self.device, "release", None)
-        if release is not None:
-            release()
-        else:
-            self.device.close()
-        if self._tracker is not None:
-            self._tracker.close()
-
-    def __enter__(self) -> RemoteSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"RemoteSession({self.module!r})"
-
-
-def open_remote(args: argparse.Namespace, package: Any) -> RemoteSession | None:
+def open_remote(args: argparse.Namespace, package: Any) -> RemoteModule | None:
     """Connect as ``args`` say, lease a device if through a tracker, upload and load ``package``.
 
-    Returns ``None`` when neither ``--tracker`` nor ``--device`` was given. Raises ``ValueError`` for
-    inconsistent options and :class:`kiln.rpc.client.RemoteError` when the farm refuses or fails."""
+    Returns ``None`` when neither ``--tracker`` nor ``--device`` was given; closing the module releases the
+    lease and the connections. Raises ``ValueError`` for inconsistent options and
+    :class:`kiln.rpc.client.RemoteError` when the farm refuses or fails."""
     from kiln.rpc.client import TrackerClient, connect_device
 
     tracker: str | None = getattr(args, "tracker", None)
@@ -357,26 +322,20 @@ def open_remote(args: argparse.Namespace, package: Any) -> RemoteSession | None:
         raise ValueError("--tracker needs --key: the device pool to lease from (see `kiln devices`)")
     token = load_token(None, getattr(args, "token_file", None))
     tls = _client_tls(args)
-    dev: Any
-    tr = None
-    if device:
-        dev = connect_device(device, token=token, tls=tls)
-    else:
-        assert tracker is not None
-        tr = TrackerClient(tracker, token=token, tls=tls)  # kept open: the lease renews through it
-        try:
-            dev = tr.request(args.key, timeout=args.queue_timeout, priority=args.priority)
-        except BaseException:
-            tr.close()
-            raise
-    try:
+    with contextlib.ExitStack() as stack:
+        dev: RemoteDevice
+        if device:
+            dev = stack.enter_context(connect_device(device, token=token, tls=tls))
+        else:
+            assert tracker is not None
+            tr = stack.enter_context(TrackerClient(tracker, token=token, tls=tls))  # the lease renews here
+            dev = stack.enter_context(
+                tr.request(args.key, timeout=args.queue_timeout, priority=args.priority)
+            )
         module = dev.load(package)
-    except BaseException:
-        getattr(dev, "release", dev.close)()
-        if tr is not None:
-            tr.close()
-        raise
-    return RemoteSession(dev, module, tr)
+        module.add_cleanup(stack.pop_all().close)
+        return module
+    raise AssertionError("unreachable")  # the with block returns or raises
 
 
 # --------------------------------------------------------------------------------------------------- main

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from kiln.device import Executable, Profile
 from kiln.rpc import device_pb2, device_pb2_grpc, tracker_pb2, tracker_pb2_grpc, wire
 from kiln.rpc.auth import METADATA_KEY, TLSConfig, load_token, open_channel
 from kiln.rpc.tracker import Capabilities
@@ -73,7 +74,7 @@ def _package_source(pkg: Any) -> tuple[str | None, Path | None, Callable[[], byt
         return None, None, lambda: data
     if isinstance(pkg, (str, os.PathLike)):
         return None, Path(pkg), None
-    if hasattr(pkg, "to_bytes") and hasattr(pkg, "sha256"):  # kiln.build.package.Package
+    if hasattr(pkg, "to_bytes") and hasattr(pkg, "sha256"):  # kiln.package.kpkg.Package
         return str(pkg.sha256), None, pkg.to_bytes
     raise TypeError(f"cannot upload a {type(pkg).__name__}: pass a kiln Package, a .kpkg path or its bytes")
 
@@ -89,26 +90,37 @@ def _sha256_file(path: Path) -> str:
 # -------------------------------------------------------------------------------------------------- device
 
 
-class RemoteModule:
-    """A package loaded on a remote device: the same run/time/profile interface as a local session."""
+class RemoteModule(Executable):
+    """A package loaded on a remote device: the :class:`~kiln.device.Executable` of the farm. ``timeout``
+    bounds each call on the device (None: the device server's own limit); closing runs the cleanups its
+    opener attached (e.g. releasing the lease). The device keeps the runner warm until it is evicted or
+    :meth:`unload` is called."""
 
-    def __init__(self, device: RemoteDevice, sha256: str, manifest: dict[str, Any], info: dict[str, Any]):
+    def __init__(
+        self,
+        device: RemoteDevice,
+        sha256: str,
+        manifest: dict[str, Any],
+        info: dict[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> None:
         self.device = device
         self.sha256 = sha256
         self.manifest = manifest
         self.info = info
+        self.timeout = timeout
         self.name = str(manifest.get("name", sha256[:12]))
+        self.label = f"{self.name} on {device.label}"
+        self._cleanups: list[Callable[[], None]] = []
 
-    def _deadline(self, timeout: float | None) -> tuple[int, float | None]:
-        if timeout is None:
+    def _deadline(self) -> tuple[int, float | None]:
+        if self.timeout is None:
             return 0, None
-        return max(1, int(timeout * 1000)), timeout + _DEADLINE_MARGIN_S
+        return max(1, int(self.timeout * 1000)), self.timeout + _DEADLINE_MARGIN_S
 
-    def run(
-        self, inputs: Mapping[str, Any] | None = None, *, timeout: float | None = None
-    ) -> dict[str, np.ndarray]:
-        """Run once on ``inputs`` (name -> array); returns the outputs by name."""
-        ms, deadline = self._deadline(timeout)
+    def run(self, inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        ms, deadline = self._deadline()
         req = device_pb2.RunRequest(sha256=self.sha256, inputs=wire.pack(inputs), timeout_ms=ms)
         reply = self.device._call("Run", req, deadline)
         return wire.unpack(reply.outputs)
@@ -120,10 +132,8 @@ class RemoteModule:
         min_repeat_ms: int = 0,
         *,
         inputs: Mapping[str, Any] | None = None,
-        timeout: float | None = None,
     ) -> list[float]:
-        """Seconds per run, one figure per repeat, measured by the runtime's clock on the device."""
-        ms, deadline = self._deadline(timeout)
+        ms, deadline = self._deadline()
         req = device_pb2.TimeRequest(
             sha256=self.sha256,
             inputs=wire.pack(inputs),
@@ -134,26 +144,26 @@ class RemoteModule:
         )
         return list(self.device._call("Time", req, deadline).seconds)
 
-    def profile(self, inputs: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> Any:
-        """Per-kernel timings of one run (a :class:`kiln.rpc.protocol.Profile`)."""
-        from kiln.rpc.protocol import Profile
-
-        ms, deadline = self._deadline(timeout)
+    def profile(self, inputs: Mapping[str, Any] | None = None) -> Profile:
+        ms, deadline = self._deadline()
         req = device_pb2.ProfileRequest(sha256=self.sha256, inputs=wire.pack(inputs), timeout_ms=ms)
         data = json.loads(self.device._call("Profile", req, deadline).profile_json)
         return Profile.from_dict(data)
 
     def unload(self) -> None:
+        """Stops the runner on the device (the package stays in its cache)."""
         self.device._call("Unload", device_pb2.PackageRef(sha256=self.sha256), 30.0)
 
+    def add_cleanup(self, fn: Callable[[], None]) -> None:
+        """Calls ``fn`` when the module is closed (last added, first called)."""
+        self._cleanups.append(fn)
+
     def close(self) -> None:
-        """Nothing to free locally; the device keeps the runner warm until it is evicted or unloaded."""
+        while self._cleanups:
+            self._cleanups.pop()()
 
     def __enter__(self) -> RemoteModule:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RemoteModule({self.name!r} on {self.device.address})"
@@ -244,11 +254,13 @@ class RemoteDevice:
         self._call("Upload", chunks(), None)
         return sha
 
-    def load(self, pkg: Any) -> RemoteModule:
-        """Upload ``pkg`` if needed and start its runner; returns the remote module."""
+    def load(self, pkg: Any, *, timeout: float | None = None) -> RemoteModule:
+        """Upload ``pkg`` if needed and start its runner; returns the remote module, whose calls time out
+        after ``timeout`` seconds (None: the device server's limit)."""
         sha = self.upload(pkg)
         r = self._call("Load", device_pb2.PackageRef(sha256=sha), None)
-        return RemoteModule(self, sha, json.loads(r.manifest_json), json.loads(r.info_json or "{}"))
+        manifest = json.loads(r.manifest_json)
+        return RemoteModule(self, sha, manifest, json.loads(r.info_json or "{}"), timeout=timeout)
 
     def close(self) -> None:
         self._channel.close()

@@ -7,7 +7,7 @@ Packages
     A package is addressed by the sha256 of its ``.kpkg`` archive. ``Upload`` streams it in chunks; the first
     chunk names the sha256 and the total size. The server writes to a temporary file, refuses more than the
     announced size or ``max_upload_bytes`` (``RESOURCE_EXHAUSTED``), then checks the sha256
-    (``DATA_LOSS`` on a mismatch) and the archive itself with :meth:`kiln.build.package.Package.load` (every
+    (``DATA_LOSS`` on a mismatch) and the archive itself with :meth:`kiln.package.kpkg.Package.load` (every
     member's sha256, no path traversal, a manifest; ``INVALID_ARGUMENT`` otherwise). Only then does the file
     enter the cache, atomically. A rejected upload leaves the cache untouched.
 
@@ -17,7 +17,7 @@ Cache
 
 Runners
     ``Load`` extracts a cached package and starts its runner through the launcher (local process, qemu-user,
-    and later qemu-system, ssh, serial); the runner speaks the device protocol (:mod:`kiln.rpc.protocol`).
+    and later qemu-system, ssh, serial); the runner speaks the device protocol (:mod:`kiln.device.protocol`).
     The runner stays alive, so repeated ``Run`` calls do not respawn it; at most ``max_runners`` live at once
     (least recently used closed first). ``Run``, ``Time`` and ``Profile`` load the package on demand.
     The server never executes anything but the runner of a package that passed the checks above, and refuses
@@ -25,7 +25,7 @@ Runners
 
 Timeouts and crashes
     Every call to a runner has a timeout (the request's ``timeout_ms``, else ``call_timeout`` plus the
-    model's FLOPs at the slowest device rate, :func:`kiln.build.package.run_timeout`). A runner
+    model's FLOPs at the slowest device rate, :func:`kiln.package.kpkg.run_timeout`). A runner
     that exceeds it is killed and the call fails with ``DEADLINE_EXCEEDED``; a runner that crashes or exits
     fails the call with ``INTERNAL`` and a message naming the model and how it died. Either way the runner is
     discarded and the next call starts a fresh one: the server keeps serving.
@@ -248,7 +248,7 @@ class Runner:
     sha: str
     name: str
     manifest: dict[str, Any]
-    session: Any  # kiln.rpc.protocol.Session
+    session: Any  # kiln.device.protocol.Session
     workdir: Path
     lock: threading.Lock
     info_json: str = "{}"
@@ -260,7 +260,7 @@ class DeviceService:
     def __init__(
         self,
         caps: Capabilities,
-        launcher: Any,  # kiln.rpc.launchers.Launcher
+        launcher: Any,  # kiln.device.launchers.Launcher
         cache: PackageCache,
         *,
         max_runners: int = MAX_RUNNERS,
@@ -280,7 +280,7 @@ class DeviceService:
     # ---- packages
 
     def verify_package(self, path: Path) -> None:
-        from kiln.build.package import Package, PackageError
+        from kiln.package.kpkg import Package, PackageError
 
         try:
             pkg = Package.load(path)
@@ -329,7 +329,7 @@ class DeviceService:
             return r
 
     def _start(self, sha: str) -> Runner:
-        from kiln.build.package import Package, PackageError
+        from kiln.package.kpkg import Package, PackageError
 
         path = self.cache.touch(sha)
         try:
@@ -382,8 +382,8 @@ class DeviceService:
     def call(self, sha: str, fn: Callable[[Any], Any], timeout_ms: int = 0, what: str = "run") -> Any:
         """Call ``fn(session)`` on the package's runner under its lock, with a timeout and crash isolation.
         Returns ``(result, seconds spent)``."""
-        from kiln.build.package import run_timeout
-        from kiln.rpc.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError
+        from kiln.device.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError
+        from kiln.package.kpkg import run_timeout
 
         r = self.load(sha)
         timeout = timeout_ms / 1000.0 if timeout_ms else run_timeout(r.manifest, self.call_timeout)
@@ -427,7 +427,7 @@ class DeviceService:
 def runtime_version() -> str:
     """The device-protocol version this server's runners speak (reported to the tracker)."""
     try:
-        from kiln.rpc import protocol
+        from kiln.device import protocol
     except ImportError:
         return "unknown"
     return str(getattr(protocol, "PROTOCOL_VERSION", "unknown"))
@@ -486,9 +486,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
     def Run(self, request, context):
         try:
             inputs = _inputs(request.inputs)
-            outputs, dt = self.s.call(
-                request.sha256, lambda sess: sess.run_inputs(inputs), request.timeout_ms
-            )
+            outputs, dt = self.s.call(request.sha256, lambda sess: sess.run(inputs), request.timeout_ms)
         except DeviceServerError as e:
             _abort(context, e)
         return device_pb2.RunReply(outputs=wire.pack(outputs), device_s=dt)
@@ -497,9 +495,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
         def fn(sess: Any) -> Any:
             if inputs:
                 sess.set_inputs(inputs)
-            return sess.time(
-                number=request.number or 1, repeat=request.repeat or 1, min_repeat_ms=request.min_repeat_ms
-            )
+            return sess.time(request.number or 1, request.repeat or 1, request.min_repeat_ms)
 
         try:
             inputs = _inputs(request.inputs)

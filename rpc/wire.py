@@ -7,27 +7,12 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from kiln.rpc import common_pb2
+from kiln.runtime_c import abi
 
 # Largest tensor payload one Run/Time/Profile message may carry, and the gRPC message limit of the Device
 # service that follows from it (inputs plus framing).
 MAX_TENSOR_BYTES = 64 * 1024 * 1024
 MAX_DEVICE_MESSAGE_BYTES = MAX_TENSOR_BYTES + 1024 * 1024
-
-_DTYPES = {
-    "bool",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "float16",
-    "float32",
-    "float64",
-    "bfloat16",
-}
 
 
 class TensorError(ValueError):
@@ -40,7 +25,7 @@ def to_proto(name: str, value: object) -> common_pb2.Tensor:
 
 
 def from_proto(t: common_pb2.Tensor) -> np.ndarray:
-    if t.dtype not in _DTYPES:
+    if t.dtype not in abi.DTYPES:
         raise TensorError(f"tensor {t.name!r}: unsupported dtype {t.dtype!r}")
     if t.dtype == "bfloat16":
         try:

@@ -1,7 +1,7 @@
-"""The kiln C runtime: sources and headers shipped as package data, compiled per target by ``kiln.build``.
+"""The kiln C runtime: sources and headers shipped as package data, compiled per target by ``kiln.package``.
 
-This module also holds the Python view of the runtime's ABI constants (the C headers in ``include/kiln/`` are
-the definition; ``tests/runtime/test_runtime_c.py`` checks that both agree).
+The constants C and Python share (alignment, dtype codes, status and exit codes, protocol numbers, symbol
+names) live in :mod:`kiln.runtime_c.abi`.
 """
 
 from __future__ import annotations
@@ -19,29 +19,6 @@ CORE_SOURCES = ("status.c", "model.c", "profiler.c", "crc32.c", "endpoint.c")
 PLATFORM_SOURCES = {"linux": "platform_posix.c", "none": "platform_none.c"}
 #: The Linux runner's ``main`` (platform glue: serves the device protocol on stdin/stdout).
 RUNNER_MAIN = "runner_main.c"
-
-#: ``KILN_ABI_VERSION`` (model.h): the version of the descriptor the build generates.
-ABI_VERSION = 1
-#: ``KILN_ALIGNMENT`` (config.h): alignment of the workspace, inputs, outputs and weights.
-ALIGNMENT = 64
-
-#: dtype name -> DLPack (type code, bits); lanes are always 1. ``bfloat16`` has no NumPy dtype and is
-#: exchanged as raw ``uint16``.
-DTYPES: dict[str, tuple[int, int]] = {
-    "bool": (6, 8),
-    "int8": (0, 8),
-    "int16": (0, 16),
-    "int32": (0, 32),
-    "int64": (0, 64),
-    "uint8": (1, 8),
-    "uint16": (1, 16),
-    "uint32": (1, 32),
-    "uint64": (1, 64),
-    "float16": (2, 16),
-    "float32": (2, 32),
-    "float64": (2, 64),
-    "bfloat16": (4, 16),
-}
 
 
 def sources(os_name: str) -> list[Path]:

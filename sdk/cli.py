@@ -8,15 +8,20 @@ temporary name and renamed into place.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .rpc.cli import add_remote_args, register
+
+if TYPE_CHECKING:
+    from .device import Executable
+    from .package import Package
 
 
 class CLIError(Exception):
@@ -92,7 +97,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    from .build.package import Package
+    from .package.kpkg import Package
 
     pkg = Package.load(args.package)
     m = pkg.manifest
@@ -161,19 +166,12 @@ def _load_inputs(args: argparse.Namespace, spec: Sequence[dict[str, Any]]) -> di
     return given
 
 
-@contextlib.contextmanager
-def _session(args: argparse.Namespace, pkg: Any) -> Iterator[Any]:
-    """A session on the package: remote when --tracker/--device is given, else local (native or QEMU)."""
-    if getattr(args, "tracker", None) or getattr(args, "device", None):
-        from .rpc.cli import open_remote
+def _open(args: argparse.Namespace, pkg: Package) -> Executable:
+    """The package loaded on its device: remote when --tracker/--device is given, else local (native or
+    QEMU)."""
+    from .rpc.cli import open_remote
 
-        remote = open_remote(args, pkg)
-        assert remote is not None
-        with remote:
-            yield remote
-    else:
-        with pkg.open_session() as sess:
-            yield sess
+    return open_remote(args, pkg) or pkg.open_session()
 
 
 def _write_outputs(outdir: Path, outputs: dict[str, np.ndarray]) -> list[Path]:
@@ -194,11 +192,11 @@ def _write_outputs(outdir: Path, outputs: dict[str, np.ndarray]) -> list[Path]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .build.package import Package
+    from .package.kpkg import Package
 
     pkg = Package.load(args.package)
     inputs = _load_inputs(args, pkg.manifest["inputs"])
-    with _session(args, pkg) as sess:
+    with _open(args, pkg) as sess:
         outputs = sess.run(inputs)
     if args.output:
         for p in _write_outputs(Path(args.output), outputs):
@@ -211,11 +209,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .build.package import Package
+    from .package.kpkg import Package
 
     pkg = Package.load(args.package)
     inputs = _load_inputs(args, pkg.manifest["inputs"])
-    with _session(args, pkg) as sess:
+    with _open(args, pkg) as sess:
         sess.run(inputs)
         times = np.asarray(
             sess.time(number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms)
@@ -229,11 +227,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .build.package import Package
+    from .package.kpkg import Package
 
     pkg = Package.load(args.package)
     inputs = _load_inputs(args, pkg.manifest["inputs"])
-    with _session(args, pkg) as sess:
+    with _open(args, pkg) as sess:
         sess.run(inputs)
         prof = sess.profile()
     print(prof.table())
@@ -251,10 +249,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--random-inputs", action="store_true", help="fill inputs not given with seeded random data"
     )
     p.add_argument("--seed", type=int, default=0)
-    with contextlib.suppress(ImportError):
-        from .rpc.cli import add_remote_args
-
-        add_remote_args(p)
+    add_remote_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,24 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--trace", help="write a Chrome trace JSON (opens in Perfetto)")
     pr.set_defaults(fn=cmd_profile)
 
-    with contextlib.suppress(ImportError):
-        from .rpc.cli import register
-
-        register(sub)
+    register(sub)
     return p
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [CLIError, ValueError, OSError, KeyError, TypeError]
-    with contextlib.suppress(ImportError):
-        import grpc
+    """Errors a user can cause (bad files, options, devices, farm refusals): one line, no traceback."""
+    import grpc
 
-        errs.append(grpc.RpcError)
-    with contextlib.suppress(ImportError):
-        from .rpc.protocol import DeviceError
+    from .device import DeviceError
+    from .rpc.client import RemoteError
 
-        errs.append(DeviceError)
-    return tuple(errs)
+    return (CLIError, ValueError, OSError, KeyError, TypeError, grpc.RpcError, DeviceError, RemoteError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,11 +49,11 @@ def compile(
     name: str | None = None,
     ctx: PassContext | None = None,
 ) -> Any:
-    """Compile ``model`` for ``target`` into a :class:`kiln.build.package.Package` (run it with ``.run``)."""
-    from .build import link_model
-    from .build.link import ModelInfo
-    from .build.package import Package
+    """Compile ``model`` for ``target`` into a :class:`kiln.package.kpkg.Package` (run it with ``.run``)."""
     from .codegen import generate
+    from .package import link_model
+    from .package.kpkg import Package
+    from .package.link import ModelInfo
 
     t = get_target(target)
     mod = load_model(model, shapes, name)
@@ -91,6 +91,6 @@ def _flops(mod: Module) -> int:
 
 def load(path: str | Path) -> Any:
     """Load a saved ``.kpkg``."""
-    from .build.package import Package
+    from .package.kpkg import Package
 
     return Package.load(path)

@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent / "runtime"))
 import tinymodel  # noqa: E402
-from kiln.build import ModelInfo, Package  # noqa: E402
+from kiln.package import ModelInfo, Package  # noqa: E402
 
 MODES = {"ok": 0, "hang": 1, "segfault": 2, "error": 3}
 

@@ -91,18 +91,18 @@ int main(int argc, char** argv) {
   if (argc > 1) {
     (void)fprintf(stderr, "usage: %s\nServes the kiln device protocol for model \"%s\" on stdin/stdout.\n",
                   argv[0], kiln_model.name != NULL ? kiln_model.name : "?");
-    return 2;
+    return KILN_RUNNER_EXIT_USAGE;
   }
   (void)signal(SIGPIPE, SIG_IGN); /* a closed stdout becomes a write error, not a silent death */
   kiln_status_t status = kiln_platform_init();
   if (status != KILN_OK) {
     log_status("platform init failed", status);
-    return 70;
+    return KILN_RUNNER_EXIT_PLATFORM;
   }
   status = kiln_model_check(&kiln_model);
   if (status != KILN_OK) {
     log_status("the linked model descriptor is invalid", status);
-    return 65;
+    return KILN_RUNNER_EXIT_MODEL;
   }
   void** inputs = NULL;
   void** outputs = NULL;
@@ -112,7 +112,7 @@ int main(int argc, char** argv) {
       !alloc_tensors(kiln_model.inputs, kiln_model.num_inputs, &inputs) ||
       !alloc_tensors(kiln_model.outputs, kiln_model.num_outputs, &outputs)) {
     (void)kiln_platform_log("kiln runner: out of memory allocating tensors, workspace or frame buffer");
-    return 71;
+    return KILN_RUNNER_EXIT_MEMORY;
   }
   kiln_profiler_t profiler;
   (void)kiln_profiler_init(g_records, KILN_PROFILE_MAX_RECORDS, &profiler);
@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
   }
   if (status != KILN_OK) {
     log_status("stopped serving", status);
-    return 1;
+    return KILN_RUNNER_EXIT_STREAM;
   }
   return 0;
 }

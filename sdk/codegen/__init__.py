@@ -2,7 +2,7 @@
 
 Input: a legalized module whose ``main`` only has ``call_tensor``/``call_extern``/``view`` nodes and whose
 ``memory_plan`` attribute was written by the plan-memory pass. Output: :class:`ObjectCode` (object bytes, the
-weights blob, kernel names, sizes) that :mod:`kiln.build` links with the C runtime.
+weights blob, kernel names, sizes) that :mod:`kiln.package` links with the C runtime.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..targets import Target
 from .entry import emit_entry, layout_constants
 from .mathlib import MathLib
 from .target_machine import compile_ir, emit_assembly
-from .tensor_codegen import TensorCodegen, workspace_bytes
+from .tensor_codegen import TensorCodegen
 
 
 @dataclass(frozen=True)
@@ -46,4 +46,4 @@ def generate(mod: Module, target: Target) -> ObjectCode:
     return ObjectCode(obj, weights, tuple(kernels), text, int(mod.attrs["memory_plan"]["arena_bytes"]))
 
 
-__all__ = ["ObjectCode", "build_llvm_ir", "compile_ir", "emit_assembly", "generate", "workspace_bytes"]
+__all__ = ["ObjectCode", "build_llvm_ir", "compile_ir", "emit_assembly", "generate"]

@@ -6,17 +6,17 @@ import llvmlite.ir as ir
 import numpy as np
 
 from ..ir import Constant, Module, Value, Var
-from .tensor_codegen import workspace_bytes
+from ..ir.tensor import workspace_bytes
+from ..runtime_c import abi
 
 PTR = ir.PointerType()
 I8 = ir.IntType(8)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
-WEIGHT_ALIGN = 64
 
 
 def layout_constants(mod: Module) -> tuple[bytes, dict[int, int]]:
-    """Pack every constant used by ``main`` into one blob (64-byte aligned entries, first-use order)."""
+    """Pack every constant used by ``main`` into one blob (entries aligned to ``abi.ALIGNMENT``, first-use order)."""
     parts: list[bytes] = []
     offsets: dict[int, int] = {}
     size = 0
@@ -24,7 +24,7 @@ def layout_constants(mod: Module) -> tuple[bytes, dict[int, int]]:
         if c.uid in offsets:
             continue
         data = np.ascontiguousarray(c.data).tobytes()
-        pad = (-size) % WEIGHT_ALIGN
+        pad = (-size) % abi.ALIGNMENT
         parts.append(b"\0" * pad)
         size += pad
         offsets[c.uid] = size

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 import llvmlite.ir as ir
 
 from ..ir import tensor as T
-from ..ir.types import is_float
+from ..ir.tensor import workspace_bytes
+from ..ir.types import is_float, itemsize
+from ..runtime_c import abi
 from . import vectorize
 from .mathlib import MathLib
 
@@ -42,30 +44,10 @@ _MEM_TYPES = {**_LL_TYPES, "bool": ir.IntType(8)}
 MAX_UNROLL = 64
 # Allow a*b+c to become one fused multiply-add (like C's -ffp-contract=fast); nothing else is relaxed.
 FP_FLAGS = ("contract",)
-SCRATCH_ALIGN = 64
 
 
 def ll_type(dtype: str) -> ir.Type:
     return _LL_TYPES[dtype]
-
-
-def workspace_bytes(fn: T.TensorFunction) -> int:
-    """Scratch bytes a tensor function needs (all its workspace allocations, each 64-byte aligned)."""
-    total = 0
-    for s in T.walk_stmts(fn.body):
-        if isinstance(s, T.Allocate) and s.buffer.scope == "workspace":
-            total += _align(s.buffer.numel * _itemsize(s.buffer.dtype))
-    return total
-
-
-def _align(n: int, a: int = SCRATCH_ALIGN) -> int:
-    return (n + a - 1) // a * a
-
-
-def _itemsize(dtype: str) -> int:
-    from ..ir.types import itemsize
-
-    return itemsize(dtype)
 
 
 @dataclass
@@ -148,7 +130,7 @@ class TensorCodegen:
             eb = ir.IRBuilder(c.entry)
             ty = ir.ArrayType(_MEM_TYPES[buf.dtype], buf.numel)
             slot = eb.alloca(ty, name=buf.name)
-            slot.align = 64
+            slot.align = abi.ALIGNMENT
             slot.type = PTR  # llvmlite types allocas as typed pointers; LLVM 22 IR only has opaque ones
             c.ptrs[buf.uid] = slot
             self.stmt(c, s.body)
@@ -157,7 +139,7 @@ class TensorCodegen:
                 raise ValueError("workspace allocation without a scratch parameter")
             off = c.scratch_off
             c.ptrs[buf.uid] = c.b.gep(c.scratch, [ir.Constant(I64, off)], source_etype=ir.IntType(8))
-            c.scratch_off += _align(buf.numel * _itemsize(buf.dtype))
+            c.scratch_off += abi.align_up(buf.nbytes)
             self.stmt(c, s.body)
             c.scratch_off = off
         else:
@@ -304,7 +286,7 @@ class TensorCodegen:
         if isinstance(v.type, ir.VectorType):
             st, dt = ir.VectorType(st, v.type.count), ir.VectorType(dt, v.type.count)
         if is_float(src) and is_float(dst):
-            return b.fpext(v, dt) if _itemsize(dst) > _itemsize(src) else b.fptrunc(v, dt)
+            return b.fpext(v, dt) if itemsize(dst) > itemsize(src) else b.fptrunc(v, dt)
         if is_float(src):
             if dst == "bool":
                 return b.fcmp_unordered("!=", v, ir.Constant(st, None))

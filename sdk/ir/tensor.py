@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .types import is_float
+from ..runtime_c.abi import align_up
+from .types import is_float, itemsize
 
 _ids = itertools.count()
 
@@ -301,6 +302,10 @@ class Buffer:
             n *= d
         return n
 
+    @property
+    def nbytes(self) -> int:
+        return self.numel * itemsize(self.dtype)
+
     def __getitem__(self, idx: ExprLike | tuple[ExprLike, ...]) -> Load:
         items = idx if isinstance(idx, tuple) else (idx,)
         if len(items) != self.ndim:
@@ -473,3 +478,13 @@ def stmt_exprs(s: Stmt) -> Iterable[Expr]:
         yield s.extent
     elif isinstance(s, IfThenElse):
         yield s.cond
+
+
+def workspace_bytes(fn: TensorFunction) -> int:
+    """Scratch bytes a tensor function needs: its workspace allocations, each rounded up to the ABI alignment
+    (codegen hands them out in this order; plan-memory reserves the largest over all functions)."""
+    return sum(
+        align_up(s.buffer.nbytes)
+        for s in walk_stmts(fn.body)
+        if isinstance(s, Allocate) and s.buffer.scope == "workspace"
+    )

@@ -5,20 +5,16 @@ Expects: a legalized ``main`` (``call_tensor``/``call_extern``/``view`` nodes). 
 or ``("const", constant uid)``), ``arena_bytes`` (all of it, scratch included), ``scratch_offset`` and
 ``scratch_bytes``. Views share their source's storage. Tensors whose lifetimes do not overlap share bytes:
 greedy placement by decreasing size at the lowest offset that does not collide with a live tensor (the
-TFLM/TVM greedy-by-size planner). Offsets are 64-byte aligned.
+TFLM/TVM greedy-by-size planner). Offsets are aligned to the ABI's
+``ALIGNMENT``.
 """
 
 from __future__ import annotations
 
-from ..codegen.tensor_codegen import workspace_bytes
 from ..ir import Constant, Module, Var
+from ..ir.tensor import workspace_bytes
+from ..runtime_c.abi import align_up
 from .pipeline import register_pass
-
-ALIGN = 64
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
 @register_pass("plan-memory", "tensor_opt")
@@ -50,7 +46,7 @@ def plan_memory(mod: Module) -> Module:
         for o in n.outputs:
             if o.uid not in storage:
                 first[o.uid] = last[o.uid] = pos
-                size[o.uid] = _align(o.type.nbytes)
+                size[o.uid] = align_up(o.type.nbytes)
     placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
     arena = 0
     for uid in sorted(size, key=lambda u: (-size[u], first[u])):
@@ -71,7 +67,7 @@ def plan_memory(mod: Module) -> Module:
         elif r.uid in storage:
             storage[vid] = storage[r.uid]
     scratch = max((workspace_bytes(f) for f in mod.tensor_functions().values()), default=0)
-    scratch_offset = _align(arena)
+    scratch_offset = align_up(arena)
     plan = {
         "storage": storage,
         "arena_bytes": scratch_offset + scratch,

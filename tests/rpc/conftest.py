@@ -50,7 +50,7 @@ def tiny_packages() -> dict[str, Any]:
 @pytest.fixture
 def make_device(token: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
     """Start a real device server: make_device("aarch64-linux", "qemu-user", key=..., tracker=..., ...)."""
-    from kiln.rpc.launchers import make_launcher
+    from kiln.device.launchers import make_launcher
     from kiln.rpc.server import DeviceServer
 
     servers: list[DeviceServer] = []

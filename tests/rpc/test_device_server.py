@@ -126,7 +126,9 @@ def test_crash_hang_and_model_error_are_isolated(
     assert_outputs(m.run(good), tinypkg.reference(good))  # a fresh runner serves the next call
 
     with pytest.raises(RemoteError, match="did not finish within 0.5 s") as ei:
-        m.run(tinypkg.inputs(mode="hang"), timeout=0.5)
+        m.timeout = 0.5
+        m.run(tinypkg.inputs(mode="hang"))
+    m.timeout = None
     assert ei.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert_outputs(m.run(good), tinypkg.reference(good))
 

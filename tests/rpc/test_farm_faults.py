@@ -61,12 +61,12 @@ def test_device_server_killed_mid_run(
     try:
         wait_until(lambda: len(tracker.tracker.devices()) == 1, what="device registered")
         dev = kiln.rpc.connect(tracker.address).request("x86", timeout=10)
-        m = dev.load(tiny_packages["x86_64-linux"])
+        m = dev.load(tiny_packages["x86_64-linux"], timeout=60)
         failure: list[BaseException] = []
 
         def hang() -> None:
             try:
-                m.run(tinypkg.inputs(mode="hang"), timeout=60)
+                m.run(tinypkg.inputs(mode="hang"))
             except BaseException as e:
                 failure.append(e)
 

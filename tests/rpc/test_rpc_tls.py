@@ -137,7 +137,7 @@ def test_settings_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.qemu
 def test_farm_over_tls(pki: dict[str, str], token: str, tiny_packages: dict[str, Any]) -> None:
     import tinypkg
-    from kiln.rpc.launchers import make_launcher
+    from kiln.device.launchers import make_launcher
     from kiln.rpc.server import DeviceServer
 
     server_tls = TLSConfig(cert=pki["server_cert"], key=pki["server_key"])

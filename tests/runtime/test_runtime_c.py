@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from kiln import runtime_c
-from kiln.build import toolchain
-from kiln.rpc import protocol
+from kiln.package import toolchain
 from kiln.targets import get_target, parse_target
 from tinymodel import LINUX_TARGETS
 
@@ -67,36 +66,6 @@ def test_core_builds_freestanding_without_libc(zig_target: str, zig_cpu: str, tm
     for src in runtime_c.sources("none"):
         obj = toolchain.compile_c(mcu, src, tmp_path / f"{src.stem}.o")
         assert obj.stat().st_size > 0
-
-
-def _c_defines() -> dict[str, int]:
-    """Integer #defines and enum constants of the public headers (KILN_*)."""
-    defines: dict[str, int] = {}
-    for h in runtime_c.headers():
-        text = _strip_comments(h.read_text())
-        pairs = re.findall(r"#define[ \t]+(KILN_\w+)[ \t]+([^\n]+)", text) + re.findall(
-            r"(KILN_MSG_\w+)\s*=\s*(\w+)", text
-        )
-        for name, value in pairs:
-            expr = re.sub(r"\b(0x[0-9A-Fa-f]+|\d+)u\b", r"\1", value.strip())
-            if re.fullmatch(r"[\s()0-9a-fA-Fx<]+", expr):
-                defines[name] = int(eval(expr, {"__builtins__": {}}))  # noqa: S307 - digits and << only
-    return defines
-
-
-def test_python_constants_match_the_headers() -> None:
-    c = _c_defines()
-    assert c["KILN_ABI_VERSION"] == runtime_c.ABI_VERSION
-    assert c["KILN_ALIGNMENT"] == runtime_c.ALIGNMENT
-    assert c["KILN_PROTOCOL_VERSION"] == protocol.PROTOCOL_VERSION
-    assert c["KILN_ENDPOINT_MAX_PAYLOAD"] == protocol.MAX_PAYLOAD
-    assert c["KILN_ENDPOINT_MIN_PAYLOAD"] == protocol.MIN_PAYLOAD
-    assert c["KILN_FRAME_HEADER_BYTES"] == protocol.HEADER.size
-    for value, name in protocol.MESSAGE_NAMES.items():
-        assert c[f"KILN_MSG_{name}"] == value
-    codes = {"INT": 0, "UINT": 1, "FLOAT": 2, "BFLOAT": 4, "BOOL": 6}
-    assert {k: c[f"KILN_DTYPE_{k}"] for k in codes} == codes
-    assert {code for code, _ in runtime_c.DTYPES.values()} <= set(codes.values())
 
 
 def test_runtime_hash_is_stable_and_covers_every_source() -> None:

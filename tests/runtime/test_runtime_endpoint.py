@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kiln.build import ModelInfo, Package
-from kiln.rpc import protocol
-from kiln.rpc.launchers import LocalLauncher
-from kiln.rpc.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError, Session, encode_frame
+from kiln.device import protocol
+from kiln.device.launchers import LocalLauncher
+from kiln.device.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError, Session, encode_frame
+from kiln.package import ModelInfo, Package
 from kiln.targets import get_target
 from tinymodel import (
     COPY_N,
@@ -131,7 +131,7 @@ def test_large_tensors_travel_in_several_frames(tmp_path: Path) -> None:
 )
 def test_run_inputs_rejects_mismatches_by_name(session: Session, inputs: dict, fragments: list[str]) -> None:
     with pytest.raises(InputError) as e:
-        session.run_inputs(inputs)
+        session.run(inputs)
     for f in fragments:
         assert f in str(e.value)
     assert session.alive

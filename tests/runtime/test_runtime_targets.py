@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kiln.rpc.launchers import (
+from kiln.device.launchers import (
     LauncherError,
     LocalLauncher,
     QemuUserLauncher,
@@ -16,7 +16,7 @@ from kiln.rpc.launchers import (
     launcher_for,
     make_launcher,
 )
-from kiln.rpc.protocol import DeviceLost
+from kiln.device.protocol import DeviceLost
 from kiln.targets import Target, get_target, parse_target
 from tinymodel import LINUX_TARGETS, TINY_PROBE_BYTE, tiny_expected, tiny_inputs, tiny_package
 

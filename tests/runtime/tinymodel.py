@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.build import ModelInfo, Package, link_model
-from kiln.build.link import LinkedModel
-from kiln.build.toolchain import compile_source
+from kiln.package import ModelInfo, Package, link_model
+from kiln.package.link import LinkedModel
+from kiln.package.toolchain import compile_source
 from kiln.targets import Target, get_target, list_targets
 
 DATA = Path(__file__).parent / "data"

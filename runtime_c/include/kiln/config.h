@@ -20,8 +20,8 @@
 /* Smallest frame buffer an endpoint accepts: every fixed-size request and reply fits in it. */
 #define KILN_ENDPOINT_MIN_PAYLOAD 256u
 
-/* Number of kernel-call records the runner's profiler buffer holds (16 bytes each). Calls beyond it are
- * counted as dropped, never written. */
+/* Number of kernel-call records the runner's profiler buffer holds (24 bytes each, kiln_profile_record_t).
+ * Calls beyond it are counted as dropped, never written. */
 #ifndef KILN_PROFILE_MAX_RECORDS
 #define KILN_PROFILE_MAX_RECORDS 16384u
 #endif

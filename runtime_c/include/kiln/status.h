@@ -57,6 +57,13 @@ typedef int32_t kiln_status_t;
 #define KILN_ERR_PLATFORM_UNSUPPORTED KILN_STATUS(KILN_CATEGORY_PLATFORM, 0x01) /* hook not implemented */
 #define KILN_ERR_PLATFORM_FAILED      KILN_STATUS(KILN_CATEGORY_PLATFORM, 0x02) /* hook failed */
 
+/* Exit statuses of the Linux runner (runner_main.c); the host explains them in its error messages. */
+#define KILN_RUNNER_EXIT_STREAM   1  /* the protocol stream failed */
+#define KILN_RUNNER_EXIT_USAGE    2  /* usage error */
+#define KILN_RUNNER_EXIT_MODEL    65 /* the linked model descriptor is invalid */
+#define KILN_RUNNER_EXIT_PLATFORM 70 /* platform init failed */
+#define KILN_RUNNER_EXIT_MEMORY   71 /* out of memory */
+
 /* Writes a static, NUL-terminated name for `status` (e.g. "KILN_ERR_PROTO_CRC") to *out_name.
  * Returns KILN_ERR_ARG_NULL if out_name is NULL and KILN_ERR_ARG_RANGE for an unknown status. */
 kiln_status_t kiln_status_describe(kiln_status_t status, const char** out_name);

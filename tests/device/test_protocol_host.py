@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kiln.rpc import protocol
-from kiln.rpc.protocol import DeviceError, DeviceInfo, DeviceLost, ProtocolError, Session, encode_frame
+from kiln.device import protocol
+from kiln.device.protocol import DeviceError, DeviceInfo, DeviceLost, ProtocolError, Session, encode_frame
 
 
 def _str(s: str) -> bytes:

@@ -1,15 +1,15 @@
-"""Launchers: start a package's runnable on a device and hand back a :class:`~kiln.rpc.protocol.Session`.
+"""Launchers: start a package's runnable on a device and hand back a :class:`~kiln.device.protocol.Session`.
 
 A launcher knows one way to reach a device. It starts the runnable of an extracted package (``bin/runner``
 for Linux targets) and returns a Session over the byte stream that carries the device protocol, together
-with a :class:`~kiln.rpc.protocol.Peer` that can explain and stop the device side. Implemented:
+with a :class:`~kiln.device.protocol.Peer` that can explain and stop the device side. Implemented:
 
 - ``local``: the host executes ``bin/runner`` directly (the target runs natively);
 - ``qemu-user``: the target's ``emulator`` command from its TOML (e.g. ``qemu-aarch64 -cpu cortex-a72``)
   runs ``bin/runner``.
 
 Both talk over the process's stdin/stdout; stderr is kept (last few KiB) for error messages. A runner that
-crashes, exits or hangs becomes a :class:`~kiln.rpc.protocol.DeviceLost` / ``DeviceTimeout`` naming the exit
+crashes, exits or hangs becomes a :class:`~kiln.device.protocol.DeviceLost` / ``DeviceTimeout`` naming the exit
 status or signal. ``qemu-system`` (firmware image, protocol over an emulated UART), ``ssh`` (runner on a
 board, protocol over the channel) and ``serial`` (flashed board, protocol over a UART) fit the same
 interface: their ``start`` opens that stream and returns a Session with their own Peer.
@@ -27,17 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from kiln.rpc.protocol import Session
+from kiln.device.protocol import Session
+from kiln.runtime_c import abi
 from kiln.targets import Target, get_target
 
-#: What the Linux runner's exit statuses mean (runtime_c/src/runner_main.c).
-RUNNER_EXIT_CODES = {
-    1: "the protocol stream failed",
-    2: "usage error",
-    65: "the linked model descriptor is invalid",
-    70: "platform init failed",
-    71: "out of memory",
-}
 STDERR_TAIL_BYTES = 4096
 
 
@@ -109,7 +102,7 @@ def describe_exit(code: int) -> str:
         except ValueError:
             return f"was killed by signal {-code}"
         return f"was killed by signal {sig.name} ({signal.strsignal(sig)})"
-    meaning = RUNNER_EXIT_CODES.get(code)
+    meaning = abi.RUNNER_EXIT_CODES.get(code)
     return f"exited with status {code}" + (f" ({meaning})" if meaning else "")
 
 

@@ -21,62 +21,35 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol
 
 import numpy as np
 
-from kiln.rpc.profile import KernelCall, KernelStats, Profile
+from kiln.device.executable import Executable
+from kiln.device.profile import KernelCall, KernelStats, Profile
+from kiln.runtime_c import abi
+from kiln.runtime_c.abi import Msg
 
-MAGIC = b"KILN"
-PROTOCOL_VERSION = 1
+MAGIC = abi.FRAME_MAGIC
+PROTOCOL_VERSION = abi.PROTOCOL_VERSION
 HEADER = struct.Struct("<4sBBHI")
-CRC_BYTES = 4
-#: KILN_ENDPOINT_MAX_PAYLOAD: no device sends or accepts a larger payload.
-MAX_PAYLOAD = 1 << 20
-#: KILN_ENDPOINT_MIN_PAYLOAD: every device accepts payloads of this size.
-MIN_PAYLOAD = 256
+assert HEADER.size == abi.FRAME_HEADER_BYTES
+CRC_BYTES = abi.FRAME_CRC_BYTES
+MAX_PAYLOAD = abi.MAX_PAYLOAD
+MIN_PAYLOAD = abi.MIN_PAYLOAD
 
-MSG_INFO = 0x01
-MSG_SET_INPUT = 0x02
-MSG_RUN = 0x03
-MSG_GET_OUTPUT = 0x04
-MSG_TIME = 0x05
-MSG_PROFILE = 0x06
-MSG_QUIT = 0x07
-MSG_REPLY = 0x80
-MSG_ERROR = 0xFF
-MESSAGE_NAMES = {
-    MSG_INFO: "INFO",
-    MSG_SET_INPUT: "SET_INPUT",
-    MSG_RUN: "RUN",
-    MSG_GET_OUTPUT: "GET_OUTPUT",
-    MSG_TIME: "TIME",
-    MSG_PROFILE: "PROFILE",
-    MSG_QUIT: "QUIT",
-    MSG_ERROR: "ERROR",
-}
-
-#: Status categories (status.h): ``status >> 8``.
-STATUS_CATEGORIES = {0: "OK", 1: "ARG", 2: "MODEL", 3: "PROTOCOL", 4: "IO", 5: "PLATFORM"}
-
-#: DLPack (code, bits) -> dtype name; the inverse of ``kiln.runtime_c.DTYPES``.
-_DTYPE_NAMES = {
-    (6, 8): "bool",
-    (0, 8): "int8",
-    (0, 16): "int16",
-    (0, 32): "int32",
-    (0, 64): "int64",
-    (1, 8): "uint8",
-    (1, 16): "uint16",
-    (1, 32): "uint32",
-    (1, 64): "uint64",
-    (2, 16): "float16",
-    (2, 32): "float32",
-    (2, 64): "float64",
-    (4, 16): "bfloat16",
-}
+MSG_INFO = Msg.INFO
+MSG_SET_INPUT = Msg.SET_INPUT
+MSG_RUN = Msg.RUN
+MSG_GET_OUTPUT = Msg.GET_OUTPUT
+MSG_TIME = Msg.TIME
+MSG_PROFILE = Msg.PROFILE
+MSG_QUIT = Msg.QUIT
+MSG_REPLY = Msg.REPLY
+MSG_ERROR = Msg.ERROR
+MESSAGE_NAMES = {int(m): m.name for m in Msg if m is not Msg.REPLY}
 
 
 class DeviceError(RuntimeError):
@@ -184,7 +157,7 @@ class _Cursor:
         code, bits, lanes, ndim = self.unpack("<BBHI")
         shape = self.unpack(f"<{ndim}q")
         (nbytes,) = self.unpack("<Q")
-        dtype = _DTYPE_NAMES.get((code, bits))
+        dtype = abi.DTYPE_NAMES.get((code, bits))
         if dtype is None or lanes != 1:
             raise ProtocolError(
                 f"tensor {name!r} has an unsupported dtype (code {code}, {bits} bits, {lanes} lanes)"
@@ -284,7 +257,7 @@ def _wait(fd: int, deadline: float | None, *, write: bool) -> None:
 _DEFAULT: Any = object()
 
 
-class Session:
+class Session(Executable):
     """A conversation with one device endpoint over ``reader`` (device -> host) and ``writer`` (host ->
     device). ``timeout`` bounds each call in seconds (None: wait forever); TIME and PROFILE add their expected
     duration, estimated from the slowest RUN seen so far (:attr:`run_seconds`).
@@ -309,6 +282,7 @@ class Session:
         self._broken: str | None = None
         self._closed = False
         self._kill_lock = threading.Lock()
+        self._cleanups: list[Callable[[], None]] = []
         self.run_seconds = 0.0  # wall time of the slowest RUN so far (host side, so it includes emulation)
 
     # ---- frames
@@ -435,12 +409,14 @@ class Session:
             return {}
         return {spec.name: self.get_output(i) for i, spec in enumerate(self.info().outputs)}
 
-    def run_inputs(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Sets every input, runs once, returns every output (by name)."""
-        return self.run(inputs)
-
     def time(
-        self, number: int = 10, repeat: int = 3, min_repeat_ms: int = 0, *, timeout: float | None = _DEFAULT
+        self,
+        number: int = 10,
+        repeat: int = 3,
+        min_repeat_ms: int = 0,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        timeout: float | None = _DEFAULT,
     ) -> list[float]:
         """Seconds per run, one figure per repeat, measured on the device like TVM's time_evaluator: after
         one warm-up run, each repeat runs ``number`` times, growing ``number`` until a repeat lasts at least
@@ -452,6 +428,8 @@ class Session:
                 f"time() needs number >= 1, repeat >= 1, min_repeat_ms >= 0; got {number}, "
                 f"{repeat}, {min_repeat_ms}"
             )
+        if inputs is not None:
+            self.set_inputs(inputs, complete=True)
         if self.run_seconds == 0.0:  # calibrate the budget (TIME's own warm-up run would be the same cost)
             self.run(fetch_outputs=False)
         base = self.timeout if timeout is _DEFAULT else timeout
@@ -470,8 +448,10 @@ class Session:
         reply.finish()
         return out
 
-    def profile(self) -> Profile:
-        """Runs once with the profiler on and returns every kernel call, in order."""
+    def profile(self, inputs: Mapping[str, Any] | None = None) -> Profile:
+        """Runs once (on ``inputs`` if given) with the profiler on and returns every kernel call, in order."""
+        if inputs is not None:
+            self.set_inputs(inputs, complete=True)
         names = self.info().kernel_names
         calls: list[KernelCall] = []
         tps = total = dropped = 0
@@ -502,23 +482,31 @@ class Session:
             if self.peer is not None:
                 self.peer.kill()
 
+    def add_cleanup(self, fn: Callable[[], None]) -> None:
+        """Calls ``fn`` when the session closes, after the peer was released (e.g. to remove the directory
+        the runner ran in)."""
+        self._cleanups.append(fn)
+
     def close(self) -> None:
-        """Says QUIT (if the session still works), closes the stream and releases the peer. Idempotent."""
+        """Says QUIT (if the session still works), closes the stream, releases the peer, then runs the
+        cleanups. Idempotent."""
         if self._closed:
             return
-        if self._broken is None:
-            with contextlib.suppress(DeviceError):
-                self.call(MSG_QUIT, timeout=min(5.0, self.timeout or 5.0))
-        self._closed = True
-        self._stream.close()
-        if self.peer is not None:
-            self.peer.close()
+        try:
+            if self._broken is None:
+                with contextlib.suppress(DeviceError):
+                    self.call(MSG_QUIT, timeout=min(5.0, self.timeout or 5.0))
+            self._closed = True
+            self._stream.close()
+            if self.peer is not None:
+                self.peer.close()
+        finally:
+            self._closed = True
+            while self._cleanups:
+                self._cleanups.pop()()
 
     def __enter__(self) -> Session:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "broken" if self._broken else "open"
@@ -570,7 +558,7 @@ def error_from_reply(payload: bytes, request: int) -> DeviceError:
     status, answered = struct.unpack_from("<iB", payload)
     text = payload[5:].decode("utf-8", errors="replace")
     what = MESSAGE_NAMES.get(answered or request, f"message 0x{answered:02x}")
-    category = STATUS_CATEGORIES.get(status >> 8, "?")
+    category = abi.STATUS_CATEGORIES.get(status >> 8, "?")
     return DeviceError(
         f"device rejected {what}: {text} (status 0x{status:04x}, {category})", status, answered
     )

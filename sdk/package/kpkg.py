@@ -21,7 +21,6 @@ sha256 or size differs from the manifest, or that the manifest does not list.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -29,7 +28,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import IO, Any
@@ -37,9 +36,10 @@ from typing import IO, Any
 import numpy as np
 
 from kiln import runtime_c
-from kiln.build.link import LinkedModel, ModelInfo
-from kiln.rpc.launchers import Launcher, launcher_for
-from kiln.rpc.protocol import PROTOCOL_VERSION, Profile, Session
+from kiln.device.launchers import Launcher, launcher_for
+from kiln.device.protocol import Session
+from kiln.package.link import LinkedModel, ModelInfo
+from kiln.runtime_c import abi
 from kiln.targets import Target, get_target
 
 FORMAT_VERSION = 1
@@ -100,7 +100,7 @@ class Package:
         *,
         extra_manifest: Mapping[str, Any] | None = None,
     ) -> Package:
-        """A package from the outputs of :func:`kiln.build.link.link_model`. ``extra_manifest`` adds keys to
+        """A package from the outputs of :func:`kiln.package.link.link_model`. ``extra_manifest`` adds keys to
         the manifest (it may not replace the structural ones: files, target, inputs, ...)."""
         t = get_target(target)
         files: dict[str, bytes] = {"lib/libmodel.a": linked.libmodel, "include/model.h": linked.model_h}
@@ -124,8 +124,8 @@ class Package:
             "kernels": list(info.kernel_names),
             "runnable": RUNNER if linked.runner is not None else None,
             "runtime": {
-                "abi_version": runtime_c.ABI_VERSION,
-                "protocol_version": PROTOCOL_VERSION,
+                "abi_version": abi.ABI_VERSION,
+                "protocol_version": abi.PROTOCOL_VERSION,
                 "sha256": runtime_c.runtime_hash(),
             },
             "compiler": f"kiln {_kiln_version()}",
@@ -255,14 +255,11 @@ class Package:
 
     # ---- running
 
-    @contextlib.contextmanager
-    def open_session(
-        self, launcher: Launcher | None = None, *, timeout: float | None = _AUTO
-    ) -> Iterator[Session]:
-        """Extracts the package to a temporary directory, starts its runnable with ``launcher`` (default:
-        :func:`kiln.rpc.launchers.launcher_for` the package's target) and yields the Session; closes the
-        session and removes the directory afterwards. ``timeout`` bounds each call (default:
-        :func:`run_timeout` of the manifest; None: no bound)."""
+    def open_session(self, launcher: Launcher | None = None, *, timeout: float | None = _AUTO) -> Session:
+        """Extracts the package to a temporary directory and starts its runnable with ``launcher`` (default:
+        :func:`kiln.device.launchers.launcher_for` the package's target). Returns the Session (an
+        :class:`~kiln.device.Executable`); closing it stops the runner and removes the directory.
+        ``timeout`` bounds each call (default: :func:`run_timeout` of the manifest; None: no bound)."""
         if timeout is _AUTO:
             timeout = run_timeout(self._manifest)
         runnable = self._manifest.get("runnable")
@@ -274,40 +271,17 @@ class Package:
         try:
             self.extract(tmp)
             session = (launcher or launcher_for(self.target)).start(tmp / runnable, timeout=timeout)
-            with session:
-                yield session
-        finally:
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        session.add_cleanup(lambda: shutil.rmtree(tmp, ignore_errors=True))
+        return session
 
     def run(self, inputs: Mapping[str, Any], *, launcher: Launcher | None = None) -> dict[str, np.ndarray]:
-        """Runs once on ``inputs`` (name -> array) and returns the outputs (name -> array)."""
+        """Runs once on ``inputs`` (name -> array) and returns the outputs (name -> array). To run, time or
+        profile several times, keep a session: ``with pkg.open_session() as s: ...``."""
         with self.open_session(launcher) as s:
             return s.run(inputs)
-
-    def time(
-        self,
-        number: int = 10,
-        repeat: int = 3,
-        min_repeat_ms: int = 0,
-        *,
-        inputs: Mapping[str, Any] | None = None,
-        launcher: Launcher | None = None,
-    ) -> list[float]:
-        """Seconds per run, one per repeat (see :meth:`kiln.rpc.protocol.Session.time`); inputs default to
-        zeros."""
-        with self.open_session(launcher) as s:
-            if inputs is not None:
-                s.set_inputs(inputs, complete=True)
-            return s.time(number, repeat, min_repeat_ms)
-
-    def profile(
-        self, inputs: Mapping[str, Any] | None = None, *, launcher: Launcher | None = None
-    ) -> Profile:
-        """Per-kernel timings of one run; inputs default to zeros."""
-        with self.open_session(launcher) as s:
-            if inputs is not None:
-                s.set_inputs(inputs, complete=True)
-            return s.profile()
 
     def __repr__(self) -> str:
         return (

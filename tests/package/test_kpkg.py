@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kiln.build import Package, PackageError
-from kiln.build.package import FORMAT_VERSION, MANIFEST
+from kiln.package import Package, PackageError
+from kiln.package.kpkg import FORMAT_VERSION, MANIFEST
 from tinymodel import TINY_INFO, TINY_PROBE_BYTE, link_tiny, tiny_expected, tiny_inputs, tiny_package
 
 NATIVE = "x86_64-linux"
@@ -112,13 +112,14 @@ def test_extract_writes_every_file(pkg: Package, tmp_path: Path) -> None:
     assert os.access(root / "bin" / "runner", os.X_OK)
 
 
-def test_run_time_profile_conveniences(pkg: Package) -> None:
+def test_run_and_a_session_that_times_and_profiles(pkg: Package) -> None:
     inputs = tiny_inputs(7)
     out = pkg.run(inputs)
     np.testing.assert_allclose(out["y"], tiny_expected(inputs), rtol=1e-6)
     assert out["probe"].tolist() == [TINY_PROBE_BYTE]
-    assert len(pkg.time(number=3, repeat=2, inputs=inputs)) == 2
-    assert [r.kernel for r in pkg.profile(inputs).rows()] != []
+    with pkg.open_session() as s:
+        assert len(s.time(number=3, repeat=2, inputs=inputs)) == 2
+        assert [r.kernel for r in s.profile(inputs).rows()] != []
 
 
 # ---- verification on load
@@ -201,7 +202,7 @@ def _slow_matmuls(n: int = 1024, count: int = 4) -> Package:
 
 
 def test_default_timeout_grows_with_the_model_flops(pkg: Package) -> None:
-    from kiln.build.package import SLOWEST_FLOPS_PER_S, run_timeout
+    from kiln.package.kpkg import SLOWEST_FLOPS_PER_S, run_timeout
 
     slow = _slow_matmuls()
     assert slow.manifest["flops"] == 4 * 2 * 1024**3

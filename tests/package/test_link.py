@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kiln import runtime_c
-from kiln.build import ModelInfo, Package, PackageError, ToolchainError, link_model, toolchain
-from kiln.build.link import c_string, descriptor_c, elf_code_size, model_header
+from kiln.package import ModelInfo, Package, PackageError, ToolchainError, link_model, toolchain
+from kiln.package.link import c_string, descriptor_c, elf_code_size, model_header
 from kiln.targets import get_target, parse_target
 from tinymodel import (
     DATA,

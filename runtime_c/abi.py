@@ -1,0 +1,189 @@
+"""The runtime ABI: every number and name that generated code, the C runtime and the Python host must agree
+on, written down once.
+
+The C headers in ``include/kiln/`` carry the same values for the C side (they document each one where it is
+used). :func:`c_assertions` turns this module into C ``_Static_assert`` lines, and
+``tests/runtime/test_abi.py`` compiles them against the headers with the real toolchain, so a value changed
+on one side only fails the build of that test. Nothing else in kiln spells these numbers out: every layer
+imports them from here. This module imports nothing of kiln, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+#: ``KILN_ABI_VERSION`` (model.h): the version of the model descriptor and entry-point contract.
+ABI_VERSION = 1
+#: ``KILN_ALIGNMENT`` (config.h): alignment of the workspace, every input/output buffer, every workspace
+#: offset the memory planner hands out, every scratch buffer and every constant in the weights blob.
+ALIGNMENT = 64
+
+
+def align_up(n: int, alignment: int = ALIGNMENT) -> int:
+    """``n`` rounded up to a multiple of ``alignment``."""
+    return (n + alignment - 1) // alignment * alignment
+
+
+# ---------------------------------------------------------------------------------------------- element types
+#: DLPack type codes (model.h ``KILN_DTYPE_*``).
+DTYPE_CODE_INT = 0
+DTYPE_CODE_UINT = 1
+DTYPE_CODE_FLOAT = 2
+DTYPE_CODE_BFLOAT = 4
+DTYPE_CODE_BOOL = 6
+
+#: dtype name -> (DLPack type code, bits); lanes are always 1. The names are NumPy's, except ``bfloat16``,
+#: which has no NumPy dtype and travels as raw ``uint16``.
+DTYPES: dict[str, tuple[int, int]] = {
+    "bool": (DTYPE_CODE_BOOL, 8),
+    "int8": (DTYPE_CODE_INT, 8),
+    "int16": (DTYPE_CODE_INT, 16),
+    "int32": (DTYPE_CODE_INT, 32),
+    "int64": (DTYPE_CODE_INT, 64),
+    "uint8": (DTYPE_CODE_UINT, 8),
+    "uint16": (DTYPE_CODE_UINT, 16),
+    "uint32": (DTYPE_CODE_UINT, 32),
+    "uint64": (DTYPE_CODE_UINT, 64),
+    "float16": (DTYPE_CODE_FLOAT, 16),
+    "float32": (DTYPE_CODE_FLOAT, 32),
+    "float64": (DTYPE_CODE_FLOAT, 64),
+    "bfloat16": (DTYPE_CODE_BFLOAT, 16),
+}
+#: (DLPack type code, bits) -> dtype name: the inverse of :data:`DTYPES`.
+DTYPE_NAMES: dict[tuple[int, int], str] = {v: k for k, v in DTYPES.items()}
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element of ``dtype`` (a name from :data:`DTYPES`)."""
+    return DTYPES[dtype][1] // 8
+
+
+# ------------------------------------------------------------------------------------------------ symbol names
+#: The model descriptor (``kiln_model_t``, model.h), the generated entry point and the weights blob.
+MODEL_SYMBOL = "kiln_model"
+ENTRY_SYMBOL = "kiln_model_entry"
+WEIGHTS_SYMBOL = "kiln_model_weights"
+#: Profiler hooks the generated code calls around each kernel when profiling is on (profiler.h).
+PROFILE_BEGIN_SYMBOL = "kiln_profile_begin"
+PROFILE_END_SYMBOL = "kiln_profile_end"
+
+# ------------------------------------------------------------------------------------------------ status codes
+#: Status categories (status.h): a status is ``category << 8 | code``.
+STATUS_CATEGORIES = {0: "OK", 1: "ARG", 2: "MODEL", 3: "PROTOCOL", 4: "IO", 5: "PLATFORM"}
+
+#: Every status the runtime returns (status.h), by its C name.
+STATUS: dict[str, int] = {
+    "KILN_OK": 0x000,
+    "KILN_ERR_ARG_NULL": 0x101,
+    "KILN_ERR_ARG_RANGE": 0x102,
+    "KILN_ERR_ARG_ALIGNMENT": 0x103,
+    "KILN_ERR_ARG_SIZE": 0x104,
+    "KILN_ERR_MODEL_ABI": 0x201,
+    "KILN_ERR_MODEL_INVALID": 0x202,
+    "KILN_ERR_MODEL_ENTRY": 0x203,
+    "KILN_ERR_PROTO_MAGIC": 0x301,
+    "KILN_ERR_PROTO_VERSION": 0x302,
+    "KILN_ERR_PROTO_CRC": 0x303,
+    "KILN_ERR_PROTO_OVERSIZE": 0x304,
+    "KILN_ERR_PROTO_TYPE": 0x305,
+    "KILN_ERR_PROTO_PAYLOAD": 0x306,
+    "KILN_ERR_PROTO_INDEX": 0x307,
+    "KILN_ERR_PROTO_SIZE": 0x308,
+    "KILN_ERR_PROTO_UNSUPPORTED": 0x309,
+    "KILN_ERR_IO_READ": 0x401,
+    "KILN_ERR_IO_WRITE": 0x402,
+    "KILN_ERR_IO_TRUNCATED": 0x403,
+    "KILN_ERR_PLATFORM_UNSUPPORTED": 0x501,
+    "KILN_ERR_PLATFORM_FAILED": 0x502,
+}
+
+
+def status_name(status: int) -> str:
+    """``KILN_ERR_PROTO_CRC`` for 0x303; ``category CAT, code N`` for a status the table does not know."""
+    for name, value in STATUS.items():
+        if value == status:
+            return name
+    return f"category {STATUS_CATEGORIES.get(status >> 8, status >> 8)}, code {status & 0xFF}"
+
+
+# ------------------------------------------------------------------------------------------- device protocol
+#: Frame layout (endpoint.h): magic, u8 version, u8 type, u16 reserved, u32 payload length; payload; CRC-32.
+FRAME_MAGIC = b"KILN"
+PROTOCOL_VERSION = 1
+FRAME_HEADER_BYTES = 12
+FRAME_CRC_BYTES = 4
+#: ``KILN_ENDPOINT_MAX_PAYLOAD``: no device sends or accepts a larger payload.
+MAX_PAYLOAD = 1 << 20
+#: ``KILN_ENDPOINT_MIN_PAYLOAD``: every device accepts payloads of this size.
+MIN_PAYLOAD = 256
+#: ``KILN_TIME_MAX_NUMBER`` and ``KILN_TIME_MAX_MIN_REPEAT_MS``: bounds of a TIME request.
+TIME_MAX_NUMBER = 1 << 30
+TIME_MAX_MIN_REPEAT_MS = 3_600_000
+#: Size of one ``kiln_profile_record_t`` (profiler.h) and the runner's record buffer.
+PROFILE_RECORD_BYTES = 24
+PROFILE_MAX_RECORDS = 16384
+
+
+class Msg(IntEnum):
+    """Device-protocol message types (endpoint.h ``KILN_MSG_*``)."""
+
+    INFO = 0x01
+    SET_INPUT = 0x02
+    RUN = 0x03
+    GET_OUTPUT = 0x04
+    TIME = 0x05
+    PROFILE = 0x06
+    QUIT = 0x07
+    REPLY = 0x80  # or-ed into the request type
+    ERROR = 0xFF
+
+
+# ------------------------------------------------------------------------------------------------ the runner
+#: Exit statuses of the Linux runner (status.h ``KILN_RUNNER_EXIT_*``, returned by runner_main.c) and what
+#: each means.
+RUNNER_EXIT: dict[str, tuple[int, str]] = {
+    "KILN_RUNNER_EXIT_STREAM": (1, "the protocol stream failed"),
+    "KILN_RUNNER_EXIT_USAGE": (2, "usage error"),
+    "KILN_RUNNER_EXIT_MODEL": (65, "the linked model descriptor is invalid"),
+    "KILN_RUNNER_EXIT_PLATFORM": (70, "platform init failed"),
+    "KILN_RUNNER_EXIT_MEMORY": (71, "out of memory"),
+}
+#: Exit status -> meaning.
+RUNNER_EXIT_CODES: dict[int, str] = dict(RUNNER_EXIT.values())
+
+
+def c_assertions() -> str:
+    """C source that includes every public header and ``_Static_assert``s each value above against it."""
+    checks: list[tuple[str, int]] = [
+        ("KILN_ABI_VERSION", ABI_VERSION),
+        ("KILN_ALIGNMENT", ALIGNMENT),
+        ("KILN_DTYPE_INT", DTYPE_CODE_INT),
+        ("KILN_DTYPE_UINT", DTYPE_CODE_UINT),
+        ("KILN_DTYPE_FLOAT", DTYPE_CODE_FLOAT),
+        ("KILN_DTYPE_BFLOAT", DTYPE_CODE_BFLOAT),
+        ("KILN_DTYPE_BOOL", DTYPE_CODE_BOOL),
+        ("KILN_PROTOCOL_VERSION", PROTOCOL_VERSION),
+        ("KILN_FRAME_HEADER_BYTES", FRAME_HEADER_BYTES),
+        ("KILN_FRAME_CRC_BYTES", FRAME_CRC_BYTES),
+        ("KILN_ENDPOINT_MAX_PAYLOAD", MAX_PAYLOAD),
+        ("KILN_ENDPOINT_MIN_PAYLOAD", MIN_PAYLOAD),
+        ("KILN_TIME_MAX_NUMBER", TIME_MAX_NUMBER),
+        ("KILN_TIME_MAX_MIN_REPEAT_MS", TIME_MAX_MIN_REPEAT_MS),
+        ("KILN_PROFILE_MAX_RECORDS", PROFILE_MAX_RECORDS),
+        ("sizeof(kiln_profile_record_t)", PROFILE_RECORD_BYTES),
+        *((f"KILN_MSG_{m.name}", int(m)) for m in Msg),
+        *STATUS.items(),
+        *((name, code) for name, (code, _) in RUNNER_EXIT.items()),
+        *((f"KILN_CATEGORY_{cat}", n) for n, cat in STATUS_CATEGORIES.items()),
+    ]
+    lines = [
+        "/* Generated by kiln.runtime_c.abi.c_assertions(): the Python ABI table checked against the headers. */",
+        '#include "kiln/config.h"',
+        '#include "kiln/endpoint.h"',
+        '#include "kiln/model.h"',
+        '#include "kiln/platform.h"',
+        '#include "kiln/profiler.h"',
+        '#include "kiln/status.h"',
+    ]
+    lines += [f'_Static_assert(({c}) == {v}, "{c} != {v} (kiln.runtime_c.abi)");' for c, v in checks]
+    return "\n".join(lines) + "\n"
