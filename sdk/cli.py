@@ -73,13 +73,13 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    import kiln
+    from . import driver
 
     shapes = dict(_parse_shape(s) for s in args.shape)
     model = Path(args.model)
     if not model.is_file():
         raise CLIError(f"model file {model} does not exist")
-    pkg = kiln.compile(
+    pkg = driver.compile(
         str(model), args.target, shapes=shapes or None, pipeline=args.pipeline, name=args.name or model.stem
     )
     out = Path(args.output or model.with_suffix(".kpkg").name)
