@@ -19,17 +19,19 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+
+from kiln.device import Launcher, Session
 
 TOKEN = "kiln-load-test-token"
 
 
-class NullLauncher:
+class NullLauncher(Launcher):
     """A launcher for servers that never run a package."""
 
     name = "null"
 
-    def start(self, runner: Any) -> Any:
+    def start(self, runnable: Path, *, timeout: float | None = 60.0) -> Session:
         raise RuntimeError("the load test's device servers run no packages")
 
 
@@ -87,8 +89,8 @@ def run(
 ) -> LoadResult:
     from kiln.rpc.auth import server_security
     from kiln.rpc.client import connect
-    from kiln.rpc.server import DeviceServer
-    from kiln.rpc.tracker import Tracker, TrackerServer
+    from kiln.rpc.servers import DeviceServer, TrackerServer
+    from kiln.rpc.tracker import Tracker
 
     security = server_security(TOKEN)
     tracker = TrackerServer(

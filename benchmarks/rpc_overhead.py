@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     import kiln.rpc
     import tinypkg
     from kiln.rpc.auth import server_security
-    from kiln.rpc.tracker import Tracker, TrackerServer
+    from kiln.rpc.servers import TrackerServer
+    from kiln.rpc.tracker import Tracker
 
     token = secrets.token_hex(16)
     os.environ["KILN_RPC_TOKEN"] = token

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.rpc.auth import AuthError, TLSConfig, load_token, server_security
 
+# The servers, the client and the launchers are imported inside the commands that use them, so that
+# `kiln --help` and the local commands do not load the farm's servers and the package layer (~0.1 s).
 if TYPE_CHECKING:
     from kiln.rpc.client import RemoteDevice, RemoteModule
 
@@ -149,7 +151,8 @@ def _wait_for_signal() -> None:
 
 
 def cmd_tracker(args: argparse.Namespace) -> int:
-    from kiln.rpc.tracker import Tracker, TrackerServer
+    from kiln.rpc.servers import TrackerServer
+    from kiln.rpc.tracker import Tracker
 
     try:
         security = server_security(token_file=args.token_file, insecure=args.insecure, tls=_server_tls(args))
@@ -181,7 +184,7 @@ def make_launcher(name: str | None, target: str) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from kiln.rpc.server import DeviceServer
+    from kiln.rpc.servers import DeviceServer
 
     try:
         security = server_security(token_file=args.token_file, insecure=args.insecure, tls=_server_tls(args))

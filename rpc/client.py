@@ -29,13 +29,18 @@ import grpc
 import numpy as np
 
 from kiln.device import Executable, Profile
-from kiln.rpc import device_pb2, device_pb2_grpc, tracker_pb2, tracker_pb2_grpc, wire
+from kiln.rpc import device_pb2, device_pb2_grpc, tracker_pb2, tracker_pb2_grpc
 from kiln.rpc.auth import METADATA_KEY, TLSConfig, load_token, open_channel
-from kiln.rpc.tracker import Capabilities
+from kiln.rpc.common import (
+    MAX_DEVICE_MESSAGE_BYTES,
+    UPLOAD_CHUNK_BYTES,
+    Capabilities,
+    pack_tensors,
+    unpack_tensors,
+)
 
 log = logging.getLogger("kiln.rpc.client")
 
-UPLOAD_CHUNK_BYTES = 1024 * 1024
 _DEADLINE_MARGIN_S = 10.0  # the server's own timeout answers first, with a clearer message
 
 
@@ -61,8 +66,8 @@ def _translate(e: grpc.RpcError, where: str) -> RemoteError:
 
 def _options() -> list[tuple[str, Any]]:
     return [
-        ("grpc.max_receive_message_length", wire.MAX_DEVICE_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", wire.MAX_DEVICE_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_DEVICE_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_DEVICE_MESSAGE_BYTES),
     ]
 
 
@@ -121,9 +126,9 @@ class RemoteModule(Executable):
 
     def run(self, inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         ms, deadline = self._deadline()
-        req = device_pb2.RunRequest(sha256=self.sha256, inputs=wire.pack(inputs), timeout_ms=ms)
+        req = device_pb2.RunRequest(sha256=self.sha256, inputs=pack_tensors(inputs), timeout_ms=ms)
         reply = self.device._call("Run", req, deadline)
-        return wire.unpack(reply.outputs)
+        return unpack_tensors(reply.outputs)
 
     def time(
         self,
@@ -136,7 +141,7 @@ class RemoteModule(Executable):
         ms, deadline = self._deadline()
         req = device_pb2.TimeRequest(
             sha256=self.sha256,
-            inputs=wire.pack(inputs),
+            inputs=pack_tensors(inputs),
             number=number,
             repeat=repeat,
             min_repeat_ms=min_repeat_ms,
@@ -146,7 +151,7 @@ class RemoteModule(Executable):
 
     def profile(self, inputs: Mapping[str, Any] | None = None) -> Profile:
         ms, deadline = self._deadline()
-        req = device_pb2.ProfileRequest(sha256=self.sha256, inputs=wire.pack(inputs), timeout_ms=ms)
+        req = device_pb2.ProfileRequest(sha256=self.sha256, inputs=pack_tensors(inputs), timeout_ms=ms)
         data = json.loads(self.device._call("Profile", req, deadline).profile_json)
         return Profile.from_dict(data)
 

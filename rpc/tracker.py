@@ -14,8 +14,10 @@ Heartbeats and liveness
     A device server sends ``Heartbeat`` at least every H (default 2 s). A device whose last Register or
     Heartbeat is older than L (default 3·H) is dropped: it leaves the pool, its lease is revoked, and its next
     heartbeat answers ``NOT_FOUND``. ``NOT_FOUND`` means "register again": the tracker keeps no state on disk,
-    so after a tracker restart every device server re-registers on its next heartbeat without human action.
-    A sweep runs every H/2, so a silent device is gone between L and L + H/2 after it was last heard.
+    so after a tracker restart every device server re-registers on its next heartbeat without human action
+    (the device side of this is :mod:`kiln.rpc.agent`). :meth:`Tracker.sweep` applies the rule; the tracker
+    server runs it every H/2 (:class:`kiln.rpc.servers.TrackerServer`), so a silent device is gone between L
+    and L + H/2 after it was last heard.
 
 Leases
     ``RequestDevice(key, priority, timeout)`` blocks until a free device with that key is leased to the caller
@@ -35,35 +37,32 @@ Queue and priority policy
     the registered keys. At most ``max_waiters`` requests wait at once; more are refused with
     ``RESOURCE_EXHAUSTED``, so waiting clients can never starve heartbeats of server threads.
 
-Message size bounds
-    Requests are at most 64 KiB (``MAX_REQUEST_BYTES``) and replies at most 4 MiB (``MAX_REPLY_BYTES``);
-    string fields are limited to ``MAX_FIELD_CHARS`` characters (``INVALID_ARGUMENT`` beyond).
+Field bounds
+    String fields (key, target, launcher, runtime version, address, client name) are limited to
+    :data:`MAX_FIELD_CHARS` characters, and the key must not be empty (``INVALID_ARGUMENT`` otherwise). The
+    bounds of whole messages are in :mod:`kiln.rpc.common`.
 
 Security
     Every RPC needs the shared token unless the tracker runs with ``--insecure`` (see :mod:`kiln.rpc.auth`).
 
-The logic is the plain class :class:`Tracker`, whose data sits behind :class:`TrackerState`; the gRPC
-servicer only translates messages and maps :class:`TrackerError` subclasses to status codes.
+This module is the logic only: the plain, thread-safe class :class:`Tracker`, whose data sits behind
+:class:`kiln.rpc.state.TrackerState`. It raises :class:`TrackerError` subclasses; the gRPC servicer
+(:class:`kiln.rpc.servicers.TrackerServicer`) translates messages and maps those errors to the status codes
+named above.
 """
 
 from __future__ import annotations
 
-import abc
-import heapq
 import itertools
 import logging
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass, field, replace
-from typing import NoReturn
 
-import grpc
-
-from kiln.rpc import common_pb2, tracker_pb2, tracker_pb2_grpc
-from kiln.rpc.auth import ServerSecurity
+from kiln.rpc.common import Capabilities
+from kiln.rpc.state import DeviceRecord, LeaseRecord, MemoryTrackerState, TrackerState, Waiter
 
 log = logging.getLogger("kiln.rpc.tracker")
 
@@ -72,8 +71,6 @@ LIVENESS_FACTOR = 3.0
 LEASE_TTL_S = 30.0
 MAX_WAIT_S = 3600.0
 MAX_WAITERS = 256
-MAX_REQUEST_BYTES = 64 * 1024
-MAX_REPLY_BYTES = 4 * 1024 * 1024
 MAX_FIELD_CHARS = 256
 
 
@@ -81,240 +78,26 @@ MAX_FIELD_CHARS = 256
 
 
 class TrackerError(Exception):
-    """A request the tracker cannot satisfy; subclasses map to gRPC status codes."""
+    """A request the tracker cannot satisfy; each subclass stands for one gRPC status code."""
 
 
 class NotFound(TrackerError):
-    """Unknown device or lease (dropped, expired or never registered)."""
+    """Unknown device or lease (dropped, expired or never registered): ``NOT_FOUND``."""
 
 
 class QueueTimeout(TrackerError):
-    """No device of the key became free within the request timeout."""
+    """No device of the key became free within the request timeout: ``DEADLINE_EXCEEDED``."""
 
 
 class QueueFull(TrackerError):
-    """Too many requests are waiting already."""
+    """Too many requests are waiting already: ``RESOURCE_EXHAUSTED``."""
 
 
 class InvalidRequest(TrackerError):
-    """A malformed request (empty key, oversized field)."""
+    """A malformed request (empty key, oversized field): ``INVALID_ARGUMENT``."""
 
 
-# ------------------------------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    key: str
-    target: str = ""
-    launcher: str = ""
-    runtime_version: str = ""
-    address: str = ""
-
-    @classmethod
-    def from_proto(cls, m: common_pb2.Capabilities) -> Capabilities:
-        return cls(m.key, m.target, m.launcher, m.runtime_version, m.address)
-
-    def to_proto(self) -> common_pb2.Capabilities:
-        return common_pb2.Capabilities(
-            key=self.key,
-            target=self.target,
-            launcher=self.launcher,
-            runtime_version=self.runtime_version,
-            address=self.address,
-        )
-
-
-@dataclass
-class DeviceRecord:
-    device_id: str
-    caps: Capabilities
-    registered_at: float
-    last_seen: float
-    free_since: float
-    runs_served: int = 0
-    lease_id: str | None = None
-
-
-@dataclass
-class LeaseRecord:
-    lease_id: str
-    device_id: str
-    key: str
-    client: str
-    granted_at: float
-    expires_at: float
-    queued_s: float
-
-
-@dataclass(order=True)
-class Waiter:
-    """A queued request. Ordering is the queue policy: higher priority first, then arrival order."""
-
-    sort_key: tuple[int, int] = field(init=False, repr=False)
-    ticket: int = field(compare=False)
-    key: str = field(compare=False)
-    priority: int = field(compare=False)
-    client: str = field(compare=False)
-    enqueued_at: float = field(compare=False)
-
-    def __post_init__(self) -> None:
-        self.sort_key = (-self.priority, self.ticket)
-
-
-@dataclass
-class KeyStats:
-    key: str
-    leases_granted: int = 0
-    leases_released: int = 0
-    leases_expired: int = 0
-    requests_timed_out: int = 0
-    lease_seconds_total: float = 0.0
-    lease_seconds_max: float = 0.0
-    wait_seconds_total: float = 0.0
-    runs_served: int = 0
-
-
-# --------------------------------------------------------------------------------------------------- state
-
-
-class TrackerState(abc.ABC):
-    """Storage of the tracker's devices, leases, queues and counters. Implementations need not be
-    thread-safe: :class:`Tracker` calls them under its lock. Every method is non-blocking."""
-
-    @abc.abstractmethod
-    def put_device(self, rec: DeviceRecord) -> None: ...
-
-    @abc.abstractmethod
-    def get_device(self, device_id: str) -> DeviceRecord | None: ...
-
-    @abc.abstractmethod
-    def remove_device(self, device_id: str) -> None: ...
-
-    @abc.abstractmethod
-    def devices(self) -> list[DeviceRecord]: ...
-
-    @abc.abstractmethod
-    def device_at(self, address: str) -> DeviceRecord | None: ...
-
-    @abc.abstractmethod
-    def free_devices(self, key: str) -> list[DeviceRecord]:
-        """Free devices of ``key``, the one free the longest first."""
-
-    @abc.abstractmethod
-    def put_lease(self, rec: LeaseRecord) -> None: ...
-
-    @abc.abstractmethod
-    def get_lease(self, lease_id: str) -> LeaseRecord | None: ...
-
-    @abc.abstractmethod
-    def remove_lease(self, lease_id: str) -> None: ...
-
-    @abc.abstractmethod
-    def leases(self) -> list[LeaseRecord]: ...
-
-    @abc.abstractmethod
-    def push_waiter(self, w: Waiter) -> None: ...
-
-    @abc.abstractmethod
-    def peek_waiter(self, key: str) -> Waiter | None:
-        """The waiter of ``key`` that is served next (queue policy order), without removing it."""
-
-    @abc.abstractmethod
-    def remove_waiter(self, ticket: int) -> Waiter | None: ...
-
-    @abc.abstractmethod
-    def queue_lengths(self) -> dict[str, int]: ...
-
-    @abc.abstractmethod
-    def key_stats(self, key: str) -> KeyStats:
-        """The mutable counters of ``key`` (created on first use)."""
-
-    @abc.abstractmethod
-    def all_key_stats(self) -> list[KeyStats]: ...
-
-
-class MemoryTrackerState(TrackerState):
-    """In-memory state. Lost when the tracker stops; device servers re-register (see protocol rules)."""
-
-    def __init__(self) -> None:
-        self._devices: dict[str, DeviceRecord] = {}
-        self._by_address: dict[str, str] = {}
-        self._leases: dict[str, LeaseRecord] = {}
-        self._queues: dict[str, list[Waiter]] = {}
-        self._tickets: dict[int, Waiter] = {}
-        self._stats: dict[str, KeyStats] = {}
-
-    def put_device(self, rec: DeviceRecord) -> None:
-        self._devices[rec.device_id] = rec
-        self._by_address[rec.caps.address] = rec.device_id
-
-    def get_device(self, device_id: str) -> DeviceRecord | None:
-        return self._devices.get(device_id)
-
-    def remove_device(self, device_id: str) -> None:
-        rec = self._devices.pop(device_id, None)
-        if rec is not None and self._by_address.get(rec.caps.address) == device_id:
-            del self._by_address[rec.caps.address]
-
-    def devices(self) -> list[DeviceRecord]:
-        return list(self._devices.values())
-
-    def device_at(self, address: str) -> DeviceRecord | None:
-        did = self._by_address.get(address)
-        return self._devices.get(did) if did else None
-
-    def free_devices(self, key: str) -> list[DeviceRecord]:
-        free = [d for d in self._devices.values() if d.caps.key == key and d.lease_id is None]
-        return sorted(free, key=lambda d: d.free_since)
-
-    def put_lease(self, rec: LeaseRecord) -> None:
-        self._leases[rec.lease_id] = rec
-
-    def get_lease(self, lease_id: str) -> LeaseRecord | None:
-        return self._leases.get(lease_id)
-
-    def remove_lease(self, lease_id: str) -> None:
-        self._leases.pop(lease_id, None)
-
-    def leases(self) -> list[LeaseRecord]:
-        return list(self._leases.values())
-
-    def push_waiter(self, w: Waiter) -> None:
-        heapq.heappush(self._queues.setdefault(w.key, []), w)
-        self._tickets[w.ticket] = w
-
-    def peek_waiter(self, key: str) -> Waiter | None:
-        q = self._queues.get(key)
-        while q and q[0].ticket not in self._tickets:  # lazily drop removed waiters
-            heapq.heappop(q)
-        return q[0] if q else None
-
-    def remove_waiter(self, ticket: int) -> Waiter | None:
-        w = self._tickets.pop(ticket, None)
-        if w is not None:
-            q = self._queues.get(w.key, [])
-            if q and q[0] is w:
-                heapq.heappop(q)
-        return w
-
-    def queue_lengths(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for w in self._tickets.values():
-            out[w.key] = out.get(w.key, 0) + 1
-        return out
-
-    def key_stats(self, key: str) -> KeyStats:
-        st = self._stats.get(key)
-        if st is None:
-            st = self._stats[key] = KeyStats(key)
-        return st
-
-    def all_key_stats(self) -> list[KeyStats]:
-        return list(self._stats.values())
-
-
-# --------------------------------------------------------------------------------------------------- logic
+# --------------------------------------------------------------------------------------------------- views
 
 
 @dataclass(frozen=True)
@@ -328,6 +111,36 @@ class DeviceView:
     lease_id: str
     last_seen_s: float
     runs_served: int
+
+
+@dataclass(frozen=True)
+class KeyStatsView:
+    """The pool and counters of one key (the fields of the ``KeyStats`` message)."""
+
+    key: str
+    devices: int
+    free: int
+    queue_length: int
+    leases_granted: int
+    leases_released: int
+    leases_expired: int
+    requests_timed_out: int
+    lease_seconds_total: float
+    lease_seconds_max: float
+    wait_seconds_total: float
+    runs_served: int
+
+
+@dataclass(frozen=True)
+class StatsView:
+    """Statistics of the whole tracker (the fields of the ``Stats`` message)."""
+
+    keys: list[KeyStatsView]
+    uptime_s: float
+    devices_dropped: int
+
+
+# --------------------------------------------------------------------------------------------------- logic
 
 
 @dataclass
@@ -557,7 +370,7 @@ class Tracker:
         with self._lock:
             return self.state.queue_lengths()
 
-    def stats(self) -> tracker_pb2.Stats:
+    def stats(self) -> StatsView:
         with self._lock:
             queues = self.state.queue_lengths()
             devs = self.state.devices()
@@ -565,7 +378,7 @@ class Tracker:
             for st in sorted(self.state.all_key_stats(), key=lambda s: s.key):
                 mine = [d for d in devs if d.caps.key == st.key]
                 keys.append(
-                    tracker_pb2.KeyStats(
+                    KeyStatsView(
                         key=st.key,
                         devices=len(mine),
                         free=sum(1 for d in mine if d.lease_id is None),
@@ -580,7 +393,7 @@ class Tracker:
                         runs_served=st.runs_served,
                     )
                 )
-            return tracker_pb2.Stats(
+            return StatsView(
                 keys=keys, uptime_s=self.clock() - self.started_at, devices_dropped=self.devices_dropped
             )
 
@@ -645,189 +458,3 @@ class Tracker:
             if p is not None:
                 p.lease = lease
                 p.event.set()
-
-
-# ------------------------------------------------------------------------------------------------- servicer
-
-
-_STATUS: dict[type[TrackerError], grpc.StatusCode] = {
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    QueueTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
-    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
-}
-
-
-def _abort(context: grpc.ServicerContext, e: TrackerError) -> NoReturn:
-    context.abort(_STATUS.get(type(e), grpc.StatusCode.UNKNOWN), str(e))
-    raise AssertionError("unreachable: context.abort raises")
-
-
-def _peer_host(context: grpc.ServicerContext) -> str:
-    peer = context.peer()  # "ipv4:127.0.0.1:5555" | "ipv6:[::1]:5555"
-    kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0]
-    if kind == "ipv6":
-        return rest.rpartition(":")[0]
-    return ""
-
-
-def _lease_proto(lease: LeaseRecord, dev: DeviceRecord, ttl: float) -> tracker_pb2.Lease:
-    return tracker_pb2.Lease(
-        lease_id=lease.lease_id,
-        device_id=dev.device_id,
-        device=dev.caps.to_proto(),
-        ttl_ms=int(ttl * 1000),
-        queued_s=lease.queued_s,
-    )
-
-
-class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
-    """Translates Tracker RPCs to :class:`Tracker` calls."""
-
-    def __init__(self, tracker: Tracker) -> None:
-        self.tracker = tracker
-
-    def Register(self, request, context):
-        try:
-            rec = self.tracker.register(Capabilities.from_proto(request.caps), _peer_host(context))
-        except TrackerError as e:
-            _abort(context, e)
-        return tracker_pb2.RegisterReply(
-            device_id=rec.device_id,
-            heartbeat_interval_ms=int(self.tracker.heartbeat_interval * 1000),
-            liveness_ms=int(self.tracker.liveness * 1000),
-        )
-
-    def Heartbeat(self, request, context):
-        try:
-            self.tracker.heartbeat(request.device_id, request.runs_served)
-        except TrackerError as e:
-            _abort(context, e)
-        return tracker_pb2.HeartbeatReply()
-
-    def Unregister(self, request, context):
-        try:
-            self.tracker.unregister(request.device_id)
-        except TrackerError as e:
-            _abort(context, e)
-        return tracker_pb2.UnregisterReply()
-
-    def RequestDevice(self, request, context):
-        t = self.tracker
-        try:
-            ticket = t.enqueue(request.key, request.priority, request.client or context.peer())
-            if not context.add_callback(lambda: t.cancel(ticket)):
-                t.cancel(ticket)
-            lease = t.wait(ticket, request.timeout_ms / 1000.0 if request.timeout_ms else None)
-            if not context.is_active():  # the caller left as the lease was granted
-                t.release(lease.lease_id)
-                context.abort(grpc.StatusCode.CANCELLED, "request cancelled by the client")
-            dev = t.device_for(lease)
-        except TrackerError as e:
-            _abort(context, e)
-        return _lease_proto(lease, dev, t.lease_ttl)
-
-    def RenewLease(self, request, context):
-        try:
-            lease = self.tracker.renew(request.lease_id)
-            dev = self.tracker.device_for(lease)
-        except TrackerError as e:
-            _abort(context, e)
-        return _lease_proto(lease, dev, self.tracker.lease_ttl)
-
-    def ReleaseLease(self, request, context):
-        try:
-            held = self.tracker.release(request.lease_id)
-        except TrackerError as e:
-            _abort(context, e)
-        return tracker_pb2.ReleaseReply(held_s=held)
-
-    def ListDevices(self, request, context):
-        devs = [
-            tracker_pb2.DeviceStatus(
-                device_id=v.device_id,
-                caps=v.caps.to_proto(),
-                state=v.state,
-                lease_holder=v.lease_holder,
-                lease_id=v.lease_id,
-                last_seen_s=v.last_seen_s,
-                runs_served=v.runs_served,
-            )
-            for v in self.tracker.devices()
-        ]
-        queues = [
-            tracker_pb2.KeyQueue(key=k, waiting=n) for k, n in sorted(self.tracker.queue_lengths().items())
-        ]
-        return tracker_pb2.DeviceList(devices=devs, queues=queues)
-
-    def GetStats(self, request, context):
-        return self.tracker.stats()
-
-
-# ---------------------------------------------------------------------------------------------------- server
-
-
-class TrackerServer:
-    """A gRPC server around a :class:`Tracker`, with a background sweeper.
-
-    >>> srv = TrackerServer(Tracker(), security=server_security(insecure=True)).start()  # doctest: +SKIP
-    >>> srv.address  # '127.0.0.1:41234'
-    """
-
-    def __init__(
-        self,
-        tracker: Tracker,
-        security: ServerSecurity,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-    ) -> None:
-        self.tracker = tracker
-        self.host = host
-        # Waiting requests hold a thread each; the reserve keeps heartbeats and releases flowing.
-        self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=tracker.max_waiters + 16, thread_name_prefix="tracker"),
-            interceptors=security.interceptors(),
-            options=[
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                ("grpc.max_send_message_length", MAX_REPLY_BYTES),
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerServicer(tracker), self._server)
-        self.port = security.add_port(self._server, host, port)
-        self._stop = threading.Event()
-        self._sweeper = threading.Thread(target=self._sweep_loop, name="tracker-sweep", daemon=True)
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def start(self) -> TrackerServer:
-        self._server.start()
-        self._sweeper.start()
-        log.info("tracker listening on %s", self.address)
-        return self
-
-    def _sweep_loop(self) -> None:
-        period = max(0.01, self.tracker.heartbeat_interval / 2)
-        while not self._stop.wait(period):
-            try:
-                self.tracker.sweep()
-            except Exception:  # pragma: no cover - never let the sweeper die
-                log.exception("tracker sweep failed")
-
-    def stop(self, grace: float | None = 0.5) -> None:
-        self._stop.set()
-        self._server.stop(grace).wait()
-
-    def wait(self) -> None:
-        self._server.wait_for_termination()
-
-    def __enter__(self) -> TrackerServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

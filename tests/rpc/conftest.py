@@ -8,9 +8,21 @@ from typing import Any
 import pytest
 
 from kiln.rpc.auth import server_security
-from kiln.rpc.tracker import Tracker, TrackerServer
+from kiln.rpc.servers import DeviceServer, TrackerServer
+from kiln.rpc.state import MemoryTrackerState, TrackerState
+from kiln.rpc.tracker import Tracker
 
 TOKEN = "kiln-test-token"
+
+#: Every TrackerState implementation. The state suite and the tracker logic tests
+#: (test_tracker_logic.py) take the ``state`` fixture, so each runs against every implementation listed here.
+STATE_IMPLS: list[type[TrackerState]] = [MemoryTrackerState]
+
+
+@pytest.fixture(params=STATE_IMPLS, ids=lambda c: c.__name__)
+def state(request: pytest.FixtureRequest) -> TrackerState:
+    """A fresh, empty tracker state, once per implementation."""
+    return request.param()
 
 
 @pytest.fixture
@@ -51,7 +63,6 @@ def tiny_packages() -> dict[str, Any]:
 def make_device(token: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
     """Start a real device server: make_device("aarch64-linux", "qemu-user", key=..., tracker=..., ...)."""
     from kiln.device.launchers import make_launcher
-    from kiln.rpc.server import DeviceServer
 
     servers: list[DeviceServer] = []
 

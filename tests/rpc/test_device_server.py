@@ -20,8 +20,7 @@ import tinypkg
 from kiln.rpc import device_pb2, device_pb2_grpc
 from kiln.rpc.auth import open_channel
 from kiln.rpc.client import RemoteError
-from kiln.rpc.server import DeviceServer
-from kiln.rpc.tracker import TrackerServer
+from kiln.rpc.servers import DeviceServer, TrackerServer
 
 pytestmark = pytest.mark.qemu
 

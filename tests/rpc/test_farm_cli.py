@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from farmproc import FarmProcess
-from kiln.rpc.server import TrackerAgent
-from kiln.rpc.tracker import Capabilities
+from kiln import cli
+from kiln.rpc.agent import TrackerAgent
+from kiln.rpc.common import Capabilities
 
 
 def kiln_rpc(*args: str) -> subprocess.CompletedProcess[str]:
@@ -78,7 +79,6 @@ def test_devices_wrong_token(token: str, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_kiln_cli_has_the_farm_commands(token: str) -> None:
     """Through the top-level `kiln` CLI (kiln.cli), not just `python -m kiln.rpc.cli`."""
-    cli = pytest.importorskip("kiln.cli")
     tr = FarmProcess("tracker", "--port", "0")
     try:
         code = "import sys; from kiln.cli import main; sys.exit(main(sys.argv[1:]))"

@@ -20,7 +20,7 @@ import kiln.rpc
 import tinypkg
 from farmproc import FarmProcess
 from kiln.rpc.client import RemoteError
-from kiln.rpc.tracker import TrackerServer
+from kiln.rpc.servers import TrackerServer
 
 pytestmark = pytest.mark.qemu
 
@@ -121,7 +121,6 @@ def _kiln(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_run_bench_profile_remote(
     make_tracker: Callable[..., TrackerServer], tiny_packages: dict[str, Any], tmp_path: Path
 ) -> None:
-    pytest.importorskip("kiln.cli")
     tracker = make_tracker()
     dev_proc = serve(tracker.address, "qemu-aarch64", "aarch64-linux", "qemu-user")
     try:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from kiln.rpc import device_pb2
-from kiln.rpc.server import BadRequest, CorruptUpload, InvalidPackage, NotCached, PackageCache, TooLarge
+from kiln.rpc.cache import BadRequest, CorruptUpload, NotCached, PackageCache, TooLarge
+from kiln.rpc.device_service import InvalidPackage
 
 
 def chunks(

@@ -14,7 +14,8 @@ import pytest
 import kiln.rpc
 from kiln.rpc.auth import AuthError, TLSConfig, server_security
 from kiln.rpc.client import RemoteError
-from kiln.rpc.tracker import Tracker, TrackerServer
+from kiln.rpc.servers import TrackerServer
+from kiln.rpc.tracker import Tracker
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -138,7 +139,7 @@ def test_settings_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_farm_over_tls(pki: dict[str, str], token: str, tiny_packages: dict[str, Any]) -> None:
     import tinypkg
     from kiln.device.launchers import make_launcher
-    from kiln.rpc.server import DeviceServer
+    from kiln.rpc.servers import DeviceServer
 
     server_tls = TLSConfig(cert=pki["server_cert"], key=pki["server_key"])
     client_tls = TLSConfig(ca=pki["ca"])

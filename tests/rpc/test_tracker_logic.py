@@ -7,22 +7,9 @@ import time
 
 import pytest
 
-from kiln.rpc.tracker import (
-    Capabilities,
-    DeviceRecord,
-    InvalidRequest,
-    KeyStats,
-    LeaseRecord,
-    MemoryTrackerState,
-    NotFound,
-    QueueFull,
-    QueueTimeout,
-    Tracker,
-    TrackerState,
-    Waiter,
-)
-
-STATE_IMPLS = [MemoryTrackerState]
+from kiln.rpc.common import Capabilities
+from kiln.rpc.state import DeviceRecord, KeyStats, LeaseRecord, TrackerState, Waiter
+from kiln.rpc.tracker import InvalidRequest, NotFound, QueueFull, QueueTimeout, Tracker
 
 
 class Clock:
@@ -40,11 +27,7 @@ def caps(key: str = "k", port: int = 1, host: str = "127.0.0.1") -> Capabilities
 
 
 # ------------------------------------------------------------------------------------- state interface suite
-
-
-@pytest.fixture(params=STATE_IMPLS, ids=lambda c: c.__name__)
-def state(request: pytest.FixtureRequest) -> TrackerState:
-    return request.param()
+# ``state`` (conftest.py) is each TrackerState implementation in turn.
 
 
 def test_state_devices(state: TrackerState) -> None:
@@ -110,9 +93,9 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=STATE_IMPLS, ids=lambda c: c.__name__)
-def tracker(request: pytest.FixtureRequest, clock: Clock) -> Tracker:
-    return Tracker(request.param(), heartbeat_interval=1.0, lease_ttl=10.0, clock=clock)
+@pytest.fixture
+def tracker(state: TrackerState, clock: Clock) -> Tracker:
+    return Tracker(state, heartbeat_interval=1.0, lease_ttl=10.0, clock=clock)
 
 
 def test_request_release_and_stats(tracker: Tracker, clock: Clock) -> None:

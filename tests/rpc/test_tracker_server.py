@@ -14,10 +14,11 @@ import pytest
 
 import kiln.rpc
 from kiln.rpc import tracker_pb2, tracker_pb2_grpc
+from kiln.rpc.agent import TrackerAgent
 from kiln.rpc.auth import open_channel
 from kiln.rpc.client import RemoteError
-from kiln.rpc.server import TrackerAgent
-from kiln.rpc.tracker import Capabilities, TrackerServer
+from kiln.rpc.common import Capabilities
+from kiln.rpc.servers import TrackerServer
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
