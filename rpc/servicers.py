@@ -52,13 +52,10 @@ def _abort(context: grpc.ServicerContext, e: TrackerError | DeviceServerError) -
 
 
 def _peer_host(context: grpc.ServicerContext) -> str:
+    """The caller's host as the tracker sees it ("" for a peer that is not IP, e.g. a Unix socket)."""
     peer = context.peer()  # "ipv4:127.0.0.1:5555" | "ipv6:[::1]:5555"
     kind, _, rest = peer.partition(":")
-    if kind == "ipv4":
-        return rest.rpartition(":")[0]
-    if kind == "ipv6":
-        return rest.rpartition(":")[0]
-    return ""
+    return rest.rpartition(":")[0] if kind in ("ipv4", "ipv6") else ""
 
 
 def _lease_proto(lease: LeaseRecord, dev: DeviceRecord, ttl: float) -> tracker_pb2.Lease:
