@@ -128,12 +128,13 @@ def _load_callable(spec: str, target: str) -> Callable[..., Any]:
 
 
 def _host_supports_x86_level(cpu: str) -> bool:
+    from kiln.targets.cpu import X86_LEVEL_FLAGS, cpuinfo_features  # the same tables check SSH boards
+
     try:
-        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split())
-    except (OSError, IndexError):
+        flags = cpuinfo_features(Path("/proc/cpuinfo").read_text())
+    except OSError:
         return False
-    need = {"x86-64-v4": {"avx512f", "avx512bw", "avx512vl", "avx2", "fma"}, "x86-64-v3": {"avx2", "fma"}}
-    return need.get(cpu, set()) <= flags
+    return X86_LEVEL_FLAGS.get(cpu, frozenset()) <= flags
 
 
 def _search_dirs() -> list[Path]:
