@@ -107,4 +107,11 @@ def cannot_run(target: Target, machine: str, cpuinfo: str | None) -> str | None:
     return None
 
 
-__all__ = ["CPUINFO_NAMES", "MACHINES", "X86_LEVEL_FLAGS", "cannot_run", "cpuinfo_features", "required_features"]
+__all__ = [
+    "CPUINFO_NAMES",
+    "MACHINES",
+    "X86_LEVEL_FLAGS",
+    "cannot_run",
+    "cpuinfo_features",
+    "required_features",
+]
