@@ -5,25 +5,21 @@ features, the vector width generic passes schedule for, the OS (``linux`` or ``n
 target used to build the C runtime, and how to emulate it. Users add their own targets by dropping TOML files
 into a directory named in ``KILN_TARGET_PATH`` (``os.pathsep``-separated); no SDK change is needed.
 
-Hooks (principle 4 of DESIGN.md): ``Target.hooks`` maps a phase name (``after_import``, ``graph_opt``,
-``legalize``, ``tensor_opt``, ``before_codegen``) to passes that the default pipeline inserts at that phase.
-A TOML file names them as ``hooks = { tensor_opt = ["my_pkg.my_module:my_pass"] }``; Python code may also
-register them with :func:`register_hook`.
+Hooks: a target adds passes to the default pipeline without forking it. A TOML file names them per phase of
+the pipeline, ``hooks = { tensor_opt = ["my_pkg.my_module:my_pass"] }``; the target keeps them as data
+(``Target.hook_specs``), and :mod:`kiln.transform.pipeline`, which owns the phases, checks the phase names
+and loads the passes (docs/topics/passes.md).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
 import shutil
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-PHASES = ("after_import", "graph_opt", "legalize", "tensor_opt", "before_codegen")
 
 _REQUIRED = {
     "name": str,
@@ -68,6 +64,7 @@ class Target:
     flash_bytes: int = 0
     ram_bytes: int = 0
     linker_script: str = ""
+    #: (phase, ("module:function", ...)) pairs from the file's ``hooks`` table, sorted by phase.
     hook_specs: tuple[tuple[str, tuple[str, ...]], ...] = ()
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -94,37 +91,6 @@ class Target:
         if self.arch == "x86_64":
             return _host_supports_x86_level(self.cpu)
         return True
-
-    def hooks(self) -> dict[str, list[Callable[..., Any]]]:
-        """Passes this target contributes per phase: TOML-declared ones first, then registered ones."""
-        out: dict[str, list[Callable[..., Any]]] = {p: [] for p in PHASES}
-        for phase, specs in self.hook_specs:
-            for spec in specs:
-                out[phase].append(_load_callable(spec, self.name))
-        for phase, fns in _REGISTERED_HOOKS.get(self.name, {}).items():
-            out[phase].extend(fns)
-        return out
-
-
-_REGISTERED_HOOKS: dict[str, dict[str, list[Callable[..., Any]]]] = {}
-
-
-def register_hook(target: str, phase: str, pass_: Callable[..., Any]) -> None:
-    """Make ``pass_`` run at ``phase`` whenever the default pipeline is built for ``target``."""
-    if phase not in PHASES:
-        raise TargetError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
-    _REGISTERED_HOOKS.setdefault(target, {}).setdefault(phase, []).append(pass_)
-
-
-def _load_callable(spec: str, target: str) -> Callable[..., Any]:
-    mod, _, attr = spec.partition(":")
-    if not attr:
-        raise TargetError(f"target {target}: hook {spec!r} must look like 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as e:
-        raise TargetError(f"target {target}: cannot load hook {spec!r}: {e}") from e
-    return fn  # type: ignore[no-any-return]
 
 
 def _host_supports_x86_level(cpu: str) -> bool:
@@ -162,8 +128,6 @@ def parse_target(data: dict[str, Any], source: str = "<dict>") -> Target:
         raise TargetError(f"{source}: vector_bits must be a non-negative multiple of 32")
     hooks = kwargs.pop("hooks")
     for phase, specs in hooks.items():
-        if phase not in PHASES:
-            raise TargetError(f"{source}: unknown hook phase {phase!r}; phases are {', '.join(PHASES)}")
         if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
             raise TargetError(f"{source}: hooks.{phase} must be a list of 'module:function' strings")
     kwargs["hook_specs"] = tuple((p, tuple(s)) for p, s in sorted(hooks.items()))
@@ -222,7 +186,6 @@ def emulator_available(t: Target) -> bool:
 
 
 __all__ = [
-    "PHASES",
     "Target",
     "TargetError",
     "emulator_available",
@@ -230,5 +193,4 @@ __all__ = [
     "list_targets",
     "native_target",
     "parse_target",
-    "register_hook",
 ]

@@ -81,7 +81,7 @@ def ort_outputs(model: onnx.ModelProto, feed: Mapping[str, np.ndarray]) -> dict[
 
 
 def interpret_checked(mod: Module, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Like :func:`kiln.ir.interpreter.interpret`, and also checks that every node's reference results have
+    """Like :func:`kiln.ops.interpreter.interpret`, and also checks that every node's reference results have
     exactly the shapes and dtypes its operator's ``infer`` gave them."""
     f = mod.main
     env: dict[int, np.ndarray] = {p.uid: np.asarray(feed[p.name]) for p in f.params}

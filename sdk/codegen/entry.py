@@ -5,7 +5,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 import numpy as np
 
-from ..ir import Constant, Module, Value, Var
+from ..ir import Constant, Module, Value
 from ..ir.tensor import workspace_bytes
 from ..runtime_c import abi
 
@@ -104,7 +104,3 @@ def emit_entry(
             b.call(end, [prof, kid])
     b.ret(ir.Constant(I32, 0))
     return kernels
-
-
-def is_var(v: Value) -> bool:
-    return isinstance(v, Var)

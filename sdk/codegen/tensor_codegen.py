@@ -14,7 +14,6 @@ math calls, nested loops) are left to LLVM's loop and SLP vectorizers, which the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
 
@@ -23,6 +22,7 @@ from ..ir.tensor import workspace_bytes
 from ..ir.types import is_float, itemsize
 from ..runtime_c import abi
 from . import vectorize
+from .context import FunctionContext
 from .mathlib import MathLib
 
 PTR = ir.PointerType()
@@ -50,17 +50,6 @@ def ll_type(dtype: str) -> ir.Type:
     return _LL_TYPES[dtype]
 
 
-@dataclass
-class _Ctx:
-    b: ir.IRBuilder
-    fn: ir.Function
-    entry: ir.Block
-    ptrs: dict[int, ir.Value] = field(default_factory=dict)  # buffer uid -> base pointer
-    vars: dict[int, ir.Value] = field(default_factory=dict)  # loop var uid -> i64 value
-    scratch: ir.Value | None = None
-    scratch_off: int = 0
-
-
 class TensorCodegen:
     def __init__(self, module: ir.Module, math: MathLib, vector_bits: int = 0) -> None:
         self.module = module
@@ -83,7 +72,7 @@ class TensorCodegen:
             arg.name = f.params[i].name if i < len(f.params) else "scratch"
         entry = fn.append_basic_block("entry")
         body = fn.append_basic_block("body")
-        ctx = _Ctx(ir.IRBuilder(body), fn, entry)
+        ctx = FunctionContext(ir.IRBuilder(body), fn, entry)
         for p, arg in zip(f.params, fn.args, strict=False):
             ctx.ptrs[p.uid] = arg
         if ws:
@@ -94,7 +83,7 @@ class TensorCodegen:
         return fn
 
     # ----------------------------------------------------------------------------------------- statements
-    def stmt(self, c: _Ctx, s: T.Stmt) -> None:
+    def stmt(self, c: FunctionContext, s: T.Stmt) -> None:
         if isinstance(s, T.Seq):
             for x in s.stmts:
                 self.stmt(c, x)
@@ -124,7 +113,7 @@ class TensorCodegen:
         else:
             raise TypeError(f"codegen: unknown statement {s!r}")
 
-    def _allocate(self, c: _Ctx, s: T.Allocate) -> None:
+    def _allocate(self, c: FunctionContext, s: T.Allocate) -> None:
         buf = s.buffer
         if buf.scope == "local":
             eb = ir.IRBuilder(c.entry)
@@ -145,7 +134,7 @@ class TensorCodegen:
         else:
             raise ValueError(f"cannot allocate buffer {buf.name} in scope {buf.scope!r}")
 
-    def _for(self, c: _Ctx, s: T.For) -> None:
+    def _for(self, c: FunctionContext, s: T.For) -> None:
         start, extent = s.start, s.extent
         if s.kind == "vectorized" and self.vector_bits and vectorize.emit_vector_loop(self, c, s):
             return
@@ -164,7 +153,13 @@ class TensorCodegen:
         self.counted_loop(c, s.var, self.expr(c, start), extent, lambda: self.stmt(c, s.body))
 
     def counted_loop(
-        self, c: _Ctx, var: T.LoopVar, lo: ir.Value, extent: T.Expr, body: Callable[[], None], step: int = 1
+        self,
+        c: FunctionContext,
+        var: T.LoopVar,
+        lo: ir.Value,
+        extent: T.Expr,
+        body: Callable[[], None],
+        step: int = 1,
     ) -> None:
         """``for var = lo; var < lo + extent; var += step: body()`` (``extent`` a multiple of ``step``)."""
         b = c.b
@@ -187,7 +182,7 @@ class TensorCodegen:
         b.position_at_end(after)
 
     # ----------------------------------------------------------------------------------------- expressions
-    def addr(self, c: _Ctx, buf: T.Buffer, indices: tuple[T.Expr, ...]) -> ir.Value:
+    def addr(self, c: FunctionContext, buf: T.Buffer, indices: tuple[T.Expr, ...]) -> ir.Value:
         try:
             base = c.ptrs[buf.uid]
         except KeyError:
@@ -208,7 +203,7 @@ class TensorCodegen:
             off = c.b.add(off, ir.Constant(I64, const_off), flags=["nsw"])
         return c.b.gep(base, [off], inbounds=True, source_etype=_MEM_TYPES[buf.dtype])
 
-    def expr(self, c: _Ctx, e: T.Expr) -> ir.Value:
+    def expr(self, c: FunctionContext, e: T.Expr) -> ir.Value:
         b = c.b
         if isinstance(e, T.IntImm):
             return ir.Constant(ll_type(e.dtype), e.value)
@@ -241,10 +236,12 @@ class TensorCodegen:
             return self.math.call(b, e.fn, args)
         raise TypeError(f"codegen: unknown expression {e!r}")
 
-    def _binop(self, c: _Ctx, e: T.BinOp) -> ir.Value:
+    def _binop(self, c: FunctionContext, e: T.BinOp) -> ir.Value:
         return self.binop_values(c, e.op, self.expr(c, e.a), self.expr(c, e.b), e.a.dtype, e.b.dtype)
 
-    def binop_values(self, c: _Ctx, op: str, a: ir.Value, y: ir.Value, dt: str, dt_b: str) -> ir.Value:
+    def binop_values(
+        self, c: FunctionContext, op: str, a: ir.Value, y: ir.Value, dt: str, dt_b: str
+    ) -> ir.Value:
         """``a op y`` on emitted operands (scalars or vectors of one length) of kiln dtypes ``dt``/``dt_b``."""
         b = c.b
         if dt_b != dt:
@@ -277,7 +274,7 @@ class TensorCodegen:
         iop = {"+": b.add, "-": b.sub, "*": b.mul}[op]
         return iop(a, y)
 
-    def convert(self, c: _Ctx, v: ir.Value, src: str, dst: str) -> ir.Value:
+    def convert(self, c: FunctionContext, v: ir.Value, src: str, dst: str) -> ir.Value:
         """``v`` (a scalar or a vector) of kiln dtype ``src`` converted to ``dst``."""
         if src == dst:
             return v

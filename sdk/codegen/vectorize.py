@@ -1,4 +1,5 @@
-"""Explicit SIMD code for ``vectorized`` loops (used by :class:`kiln.codegen.tensor_codegen.TensorCodegen`).
+"""Explicit SIMD code for ``vectorized`` loops (used by :class:`kiln.codegen.tensor_codegen.TensorCodegen`,
+through the :class:`~kiln.codegen.context.ScalarEmitter` interface).
 
 A ``vectorized`` loop over ``v`` is emitted here, as LLVM vector operations of ``lanes`` elements (the
 target's vector bits over the widest element the loop touches), when:
@@ -22,15 +23,13 @@ kernels (the GEMM micro-kernel's ``MR x NC`` accumulator tile) exactly as the sc
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import llvmlite.ir as ir
 
 from ..ir import tensor as T
 from ..ir.types import is_float, itemsize
-
-if TYPE_CHECKING:
-    from .tensor_codegen import TensorCodegen
+from .context import FunctionContext, ScalarEmitter
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -40,7 +39,7 @@ MAX_UNROLLED_STEPS = 4
 _VECTOR_CALLS = ("neg", "abs", "sqrt")
 
 
-def emit_vector_loop(cg: TensorCodegen, c: Any, s: T.For) -> bool:
+def emit_vector_loop(cg: ScalarEmitter, c: FunctionContext, s: T.For) -> bool:
     """Emit ``s`` as vector code into ``c`` if it qualifies (module docstring); returns whether it did."""
     if not (isinstance(s.start, T.IntImm) and isinstance(s.extent, T.IntImm)):
         return False
@@ -171,7 +170,7 @@ def _qualifies(stores: list[T.Store], loads: list[T.Load], v: T.LoopVar) -> bool
 
 
 # ------------------------------------------------------------------------------------------------- emission
-def _broadcast(c: Any, x: ir.Value, lanes: int) -> ir.Value:
+def _broadcast(c: FunctionContext, x: ir.Value, lanes: int) -> ir.Value:
     if isinstance(x.type, ir.VectorType):
         return x
     vt = ir.VectorType(x.type, lanes)
@@ -180,7 +179,9 @@ def _broadcast(c: Any, x: ir.Value, lanes: int) -> ir.Value:
     return c.b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), zeros)
 
 
-def _store(cg: TensorCodegen, c: Any, st: T.Store, v: T.LoopVar, base: ir.Value, lanes: int) -> None:
+def _store(
+    cg: ScalarEmitter, c: FunctionContext, st: T.Store, v: T.LoopVar, base: ir.Value, lanes: int
+) -> None:
     c.vars[v.uid] = base  # addresses are computed for lane 0
     val = _broadcast(c, _vexpr(cg, c, st.value, v, base, lanes), lanes)
     if st.buffer.dtype == "bool":
@@ -191,7 +192,9 @@ def _store(cg: TensorCodegen, c: Any, st: T.Store, v: T.LoopVar, base: ir.Value,
     c.b.store(val, ptr, align=itemsize(st.buffer.dtype))
 
 
-def _vexpr(cg: TensorCodegen, c: Any, e: T.Expr, v: T.LoopVar, base: ir.Value, lanes: int) -> ir.Value:
+def _vexpr(
+    cg: ScalarEmitter, c: FunctionContext, e: T.Expr, v: T.LoopVar, base: ir.Value, lanes: int
+) -> ir.Value:
     if not _depends(e, v):
         return cg.expr(c, e)
     b = c.b

@@ -2,11 +2,10 @@
 (loop nests over buffers). See :mod:`kiln.ir.graph` and :mod:`kiln.ir.tensor`."""
 
 from .graph import Constant, GraphFunction, Node, Value, Var
-from .module import Function, Module
-from .printer import print_module
+from .module import Function, Module, print_module
 from .tensor import Buffer, TensorFunction
 from .types import DTYPES, Dim, Sym, TensorType, dtype_of, itemsize, np_dtype
-from .verifier import VerifyError, verify
+from .verifier import InferFn, TypeRules, VerifyError, verify
 
 __all__ = [
     "DTYPES",
@@ -15,11 +14,13 @@ __all__ = [
     "Dim",
     "Function",
     "GraphFunction",
+    "InferFn",
     "Module",
     "Node",
     "Sym",
     "TensorFunction",
     "TensorType",
+    "TypeRules",
     "Value",
     "Var",
     "VerifyError",

@@ -1,11 +1,11 @@
 """Graph-level IR: a dataflow of operator calls on tensors.
 
 A :class:`GraphFunction` has parameters (:class:`Var`), a list of :class:`Node` in topological order and a
-list of outputs. A node applies an operator (from the registry in :mod:`kiln.ops`, or one of the two special
+list of outputs. A node applies an operator (from the registry in :mod:`kiln.ops`, or one of the special
 operators below) to values and binds its results to fresh vars. Values are vars or :class:`Constant` (which
 carry their NumPy data). Nodes are immutable; passes build new lists.
 
-Special operators (principle 1 of DESIGN.md):
+Special operators, which the IR itself defines:
 
 * ``call_tensor``: ``attrs["func"]`` names a :class:`~kiln.ir.tensor.TensorFunction` in the same module; its
   parameters are the node's inputs followed by its outputs (destination-passing style, like Relax's call_tir).
@@ -13,6 +13,8 @@ Special operators (principle 1 of DESIGN.md):
   convention (``void symbol(T* in0, ..., T* out0, ...)``).
 * ``view``: the output is the input reinterpreted with another shape (no data moves); created by legalize for
   reshapes and resolved by memory planning.
+* ``fused``: a group made by fuse-ops; ``attrs["body"]`` is a graph function whose parameters stand for the
+  node's inputs; legalize lowers it as one kernel.
 """
 
 from __future__ import annotations

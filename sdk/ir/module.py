@@ -1,4 +1,5 @@
-"""The module: graph functions, tensor functions and attributes, side by side (principle 1 of DESIGN.md)."""
+"""The module: graph functions, tensor functions and attributes, side by side, so a pass can lower one
+operator at a time and the graph keeps calling what it lowered (docs/topics/ir.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .graph import GraphFunction
+from .printer import print_function
 from .tensor import TensorFunction
 
 Function = GraphFunction | TensorFunction
@@ -45,6 +47,9 @@ class Module:
         return replace(self, attrs={**self.attrs, **attrs})
 
     def __str__(self) -> str:
-        from .printer import print_module
-
         return print_module(self)
+
+
+def print_module(m: Module) -> str:
+    """The readable text of every function of ``m``, in order (:mod:`kiln.ir.printer`)."""
+    return "\n\n".join(print_function(f) for f in m.functions.values())

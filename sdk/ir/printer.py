@@ -1,4 +1,5 @@
-"""A readable text form of modules, for humans and for partial-match tests (not a parseable format)."""
+"""A readable text form of functions, for humans and for tests (not a parseable format). A module's text
+is its functions' in order, blank-line separated (:func:`kiln.ir.module.print_module`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .graph import Constant, GraphFunction, Value, Var
+from .graph import Constant, GraphFunction, Value
 from .tensor import (
     Allocate,
     BinOp,
@@ -79,9 +80,11 @@ def _stmt(s: Stmt, ind: str, out: list[str]) -> None:
         for x in s.stmts:
             _stmt(x, ind, out)
     elif isinstance(s, For):
-        start = "" if isinstance(s.start, IntImm) and s.start.value == 0 else f"{print_expr(s.start)}, "
+        bounds = print_expr(s.extent)
+        if not (isinstance(s.start, IntImm) and s.start.value == 0):
+            bounds = f"{print_expr(s.start)}, {print_expr(s.start + s.extent)}"  # range(start, stop)
         kind = "" if s.kind == "serial" else f"  # {s.kind}"
-        out.append(f"{ind}for {s.var.name} in range({start}{print_expr(s.extent)}):{kind}")
+        out.append(f"{ind}for {s.var.name} in range({bounds}):{kind}")
         _stmt(s.body, ind + "  ", out)
     elif isinstance(s, Store):
         idx = ", ".join(print_expr(i) for i in s.indices)
@@ -113,12 +116,5 @@ def print_tensor(f: TensorFunction) -> str:
     return "\n".join(out)
 
 
-def print_module(m: Any) -> str:
-    parts = []
-    for f in m.functions.values():
-        parts.append(print_graph(f) if isinstance(f, GraphFunction) else print_tensor(f))
-    return "\n\n".join(parts)
-
-
-def print_value(v: Var | Constant) -> str:
-    return f"{_val(v)}: {v.type}"
+def print_function(f: GraphFunction | TensorFunction) -> str:
+    return print_graph(f) if isinstance(f, GraphFunction) else print_tensor(f)

@@ -373,7 +373,7 @@ class TensorFunction:
     """``name(*params)``: inputs first, the last ``num_outputs`` params are outputs.
 
     ``attrs`` carries what passes and codegen need (``ops``: graph ops covered, for profile names;
-    ``flops``; ``schedule``: which schedule was applied).
+    ``flops``: arithmetic operations per call, for the manifest).
     """
 
     name: str
@@ -419,6 +419,13 @@ def loop(
 ) -> For:
     v = LoopVar(name)
     return For(v, const(extent), body(v), kind, const(start))
+
+
+def loop_or_once(extent: int, body: Callable[[Expr], Stmt], name: str = "i", kind: str = "serial") -> Stmt:
+    """:func:`loop` over ``range(extent)``, except that a single iteration is ``body`` alone with the index
+    the constant 0: no loop, and index arithmetic on it folds to constants. For loops over tiles, whose count
+    is 1 for some shapes."""
+    return body(IntImm(0)) if extent == 1 else loop(extent, body, name, kind)
 
 
 def loop_nest(

@@ -6,18 +6,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# kiln dtype names, their NumPy equivalents and sizes. One table, used everywhere.
-DTYPES: dict[str, np.dtype] = {
-    "float32": np.dtype("float32"),
-    "float64": np.dtype("float64"),
-    "float16": np.dtype("float16"),
-    "int8": np.dtype("int8"),
-    "uint8": np.dtype("uint8"),
-    "int16": np.dtype("int16"),
-    "int32": np.dtype("int32"),
-    "int64": np.dtype("int64"),
-    "bool": np.dtype("bool"),
-}
+from ..runtime_c import abi
+
+
+def _abi_dtypes(*names: str) -> dict[str, np.dtype]:
+    """NumPy dtypes for element types named as in the ABI; a name the ABI does not have, or a size that
+    differs from the ABI's, fails at import, so the two tables cannot drift."""
+    out: dict[str, np.dtype] = {}
+    for name in names:
+        if name not in abi.DTYPES or abi.dtype_bytes(name) != np.dtype(name).itemsize:
+            raise TypeError(f"dtype {name!r} is not an element type of kiln.runtime_c.abi.DTYPES")
+        out[name] = np.dtype(name)
+    return out
+
+
+#: The element types the compiler handles and their NumPy equivalents: a subset of the ABI's
+#: (:data:`kiln.runtime_c.abi.DTYPES` also lists types that only pass through, such as ``bfloat16``, which has
+#: no NumPy dtype). One table, used everywhere.
+DTYPES: dict[str, np.dtype] = _abi_dtypes(
+    "float32", "float64", "float16", "int8", "uint8", "int16", "int32", "int64", "bool"
+)
 
 
 def dtype_of(arr: np.ndarray | np.dtype) -> str:

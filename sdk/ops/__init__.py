@@ -1,6 +1,16 @@
 """Operator registry: per operator one place with shape inference, a NumPy reference, its fusion kind and its
 lowering to a tensor function. See :mod:`kiln.ops.base`."""
 
-from .base import Elementwise, LowerContext, OpDef, OpError, all_ops, get_op, has_op, register
+from .base import Elementwise, LowerContext, OpDef, OpError, all_ops, get_op, has_op, register, type_rule
 
-__all__ = ["Elementwise", "LowerContext", "OpDef", "OpError", "all_ops", "get_op", "has_op", "register"]
+__all__ = [
+    "Elementwise",
+    "LowerContext",
+    "OpDef",
+    "OpError",
+    "all_ops",
+    "get_op",
+    "has_op",
+    "register",
+    "type_rule",
+]

@@ -18,13 +18,14 @@ Elementwise operators subclass :class:`Elementwise` and only give ``scalar`` (th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import Dim, Sym, TensorType, dtype_of, np_dtype
+from ..ir.verifier import InferFn
 from ..targets import Target
 
 # epilogue(value, out_index, flat_offset) -> value to store. ``flat_offset`` is the row-major element offset
@@ -47,7 +48,6 @@ class LowerContext:
     target: Target | None = None
     epilogue: Epilogue | None = None
     name: str = "k"
-    notes: dict[str, Any] = field(default_factory=dict)
 
     def apply_epilogue(self, value: T.Expr, idx: tuple[T.Expr, ...], flat: T.Expr | None = None) -> T.Expr:
         return self.epilogue(value, idx, flat) if self.epilogue is not None else value
@@ -104,6 +104,14 @@ def get_op(name: str) -> OpDef:
 def has_op(name: str) -> bool:
     _load_all()
     return name in _REGISTRY
+
+
+def type_rule(name: str) -> InferFn | None:
+    """Operator ``name``'s shape and type inference, or None if no such operator is registered: what
+    :func:`kiln.ir.verify` takes as ``infer`` (``verify(mod, infer=type_rule)``)."""
+    _load_all()
+    op = _REGISTRY.get(name)
+    return op.infer if op is not None else None
 
 
 def all_ops() -> dict[str, OpDef]:

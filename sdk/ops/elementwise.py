@@ -7,12 +7,13 @@ be fused into a producer's epilogue.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..ir import tensor as T
+from ..ir.types import TensorType
 from .base import Elementwise, register
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -186,9 +187,9 @@ class Cast(Elementwise):
 
     name = "cast"
 
-    def infer(self, inputs: Any, attrs: dict[str, Any]) -> Any:
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         t = super().infer(inputs, attrs)[0]
-        return [T_type(t.shape, attrs["to"])]
+        return [TensorType(t.shape, attrs["to"])]
 
     def scalar(self, attrs: dict[str, Any], *args: T.Expr) -> T.Expr:
         return T.cast(attrs["to"], args[0])
@@ -222,9 +223,9 @@ class Where(Elementwise):
 
     name = "where"
 
-    def infer(self, inputs: Any, attrs: dict[str, Any]) -> Any:
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         t = super().infer(inputs, attrs)[0]
-        return [T_type(t.shape, inputs[1].dtype)]
+        return [TensorType(t.shape, inputs[1].dtype)]
 
     def scalar(self, attrs: dict[str, Any], *args: T.Expr) -> T.Expr:
         c, a, b = args
@@ -232,12 +233,6 @@ class Where(Elementwise):
 
     def numpy(self, attrs: dict[str, Any], *args: np.ndarray) -> np.ndarray:
         return np.where(args[0], args[1], args[2])
-
-
-def T_type(shape: Any, dtype: str) -> Any:  # noqa: N802 - a constructor alias
-    from ..ir.types import TensorType
-
-    return TensorType(tuple(shape), dtype)
 
 
 register(Cast())

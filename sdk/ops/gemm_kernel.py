@@ -106,10 +106,12 @@ def _tiles(
     packed = pack_b and m_count >= PACK_MIN_ROW_TILES and k >= PACK_MIN_K
     panel = T.Buffer(f"{name}_panel", (k, nc), dtype, scope="workspace")
 
-    def column0(no: T.LoopVar) -> T.Expr:
-        return no * nc + n_base if n_count > 1 else T.const(n_base)
+    # ``mo``/``no`` index the row and column tiles; where there is one tile they are the constant 0
+    # (T.loop_or_once), so ``row0``/``col0`` fold to constants.
+    def column0(no: T.Expr) -> T.Expr:
+        return no * nc + n_base
 
-    def pack(no: T.LoopVar) -> T.Stmt:
+    def pack(no: T.Expr) -> T.Stmt:
         col0 = column0(no)
         return T.loop(
             k,
@@ -119,8 +121,8 @@ def _tiles(
             name=f"{name}_pk",
         )
 
-    def tile(mo: T.LoopVar, no: T.LoopVar) -> T.Stmt:
-        row0 = mo * mr + m_base if m_count > 1 else T.const(m_base)
+    def tile(mo: T.Expr, no: T.Expr) -> T.Stmt:
+        row0 = mo * mr + m_base
         col0 = column0(no)
 
         def b_tile(kk: T.Expr, j: T.Expr) -> T.Expr:
@@ -153,26 +155,14 @@ def _tiles(
         )
         return T.Allocate(acc, body)
 
+    def row_tiles(no: T.Expr) -> T.Stmt:
+        return T.loop_or_once(m_count, lambda mo: tile(mo, no), name=f"{name}_mo")
+
     if packed:  # m_count > 1
-
-        def column_panel(no: T.LoopVar) -> T.Stmt:
-            return T.seq(pack(no), T.loop(m_count, lambda mo: tile(mo, no), name=f"{name}_mo"))
-
-        body = (
-            column_panel(T.LoopVar("unused"))
-            if n_count == 1
-            else T.loop(n_count, column_panel, name=f"{name}_no")
+        return T.Allocate(
+            panel, T.loop_or_once(n_count, lambda no: T.seq(pack(no), row_tiles(no)), name=f"{name}_no")
         )
-        return T.Allocate(panel, body)
-    if m_count > 1 and n_count > 1:
-        return T.loop(
-            n_count, lambda no: T.loop(m_count, lambda mo: tile(mo, no), name=f"{name}_mo"), name=f"{name}_no"
-        )
-    if m_count > 1:
-        return T.loop(m_count, lambda mo: tile(mo, T.LoopVar("unused")), name=f"{name}_mo")
-    if n_count > 1:
-        return T.loop(n_count, lambda no: tile(T.LoopVar("unused"), no), name=f"{name}_no")
-    return tile(T.LoopVar("unused"), T.LoopVar("unused"))
+    return T.loop_or_once(n_count, row_tiles, name=f"{name}_no")
 
 
 def _streaming(
@@ -186,10 +176,8 @@ def _streaming(
         # up to 10 KiB: too big for the stack of a small device, so in workspace scratch
         acc = T.Buffer(f"{name}_racc", (m, nb), dtype, scope="workspace")
 
-        def block(
-            no: T.LoopVar, acc: T.Buffer = acc, count: int = count, nb: int = nb, base: int = base
-        ) -> T.Stmt:
-            col0 = no * nb + base if count > 1 else T.const(base)
+        def block(no: T.Expr, acc: T.Buffer = acc, nb: int = nb, base: int = base) -> T.Stmt:
+            col0 = no * nb + base
 
             def init_row(i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
                 return T.Store(acc, (i, j), init(i, col0 + j) if init is not None else T.const(0.0, dtype))
@@ -208,7 +196,7 @@ def _streaming(
                 ),
             )
 
-        parts.append(T.loop(count, block, name=f"{name}_nb") if count > 1 else block(T.LoopVar("unused")))
+        parts.append(T.loop_or_once(count, block, name=f"{name}_nb"))
     return T.seq(*parts)
 
 

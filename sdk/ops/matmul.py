@@ -13,7 +13,7 @@ import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import Dim, TensorType
-from .base import LowerContext, OpDef, broadcast_shapes, register
+from .base import LowerContext, OpDef, broadcast_shapes, flat_index, register
 from .gemm_kernel import gemm
 
 
@@ -71,7 +71,7 @@ class MatMul(OpDef):
 
             def store(i: T.Expr, j: T.Expr, acc: T.Expr) -> T.Stmt:
                 idx = (*bi, i, j)
-                flat = _flat(bi, batch) * (m * n) + i * n + j
+                flat = flat_index(bi, batch) * (m * n) + i * n + j
                 # The epilogue sees the operator's real output index (1-D operands squeezed away).
                 real = idx[:-2] + ((i,) if a0.ndim > 1 else ()) + ((j,) if b0.ndim > 1 else ())
                 return T.Store(out, idx, ctx.apply_epilogue(acc, real, flat))
@@ -91,13 +91,6 @@ class MatMul(OpDef):
         if nb == 0:
             return for_batch(())
         return T.loop_nest(batch, for_batch, prefix=f"{ctx.name}_b")
-
-
-def _flat(idx: tuple[T.Expr, ...], shape: tuple[int, ...]) -> T.Expr:
-    out: T.Expr = T.IntImm(0)
-    for i, d in zip(idx, shape, strict=True):
-        out = out * d + i
-    return out
 
 
 register(MatMul())

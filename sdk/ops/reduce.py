@@ -13,7 +13,7 @@ import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import TensorType
-from .base import LowerContext, OpDef, normalize_axis, register
+from .base import LowerContext, OpDef, normalize_axis, register, unflatten
 
 Index = tuple[T.Expr, ...]
 
@@ -300,8 +300,6 @@ class LayerNorm(OpDef):
 
 
 def _unflat(r: T.Expr, j: T.Expr, shape: Sequence[int], axis: int) -> Index:
-    from .base import unflatten
-
     return (*unflatten(r, shape[:axis]), *unflatten(j, shape[axis:]))
 
 

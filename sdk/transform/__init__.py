@@ -1,5 +1,27 @@
 """Passes (one per file, each a pure ``Module -> Module`` function) and pipelines."""
 
-from .pipeline import Pass, PassContext, Pipeline, all_passes, default_pipeline, get_pass, register_pass
+from .pipeline import (
+    PHASES,
+    Pass,
+    PassContext,
+    Pipeline,
+    all_passes,
+    default_pipeline,
+    get_pass,
+    register_hook,
+    register_pass,
+    target_hooks,
+)
 
-__all__ = ["Pass", "PassContext", "Pipeline", "all_passes", "default_pipeline", "get_pass", "register_pass"]
+__all__ = [
+    "PHASES",
+    "Pass",
+    "PassContext",
+    "Pipeline",
+    "all_passes",
+    "default_pipeline",
+    "get_pass",
+    "register_hook",
+    "register_pass",
+    "target_hooks",
+]

@@ -5,7 +5,7 @@ Expects: graph-level operators and ``fused`` groups with static shapes; ``attrs[
 ``call_extern`` and ``view`` nodes; every graph output is written by a kernel into its own output buffer
 (copies are added where an output is an input, a constant, or the same value twice); identical kernels
 (same operators, attributes, shapes) are shared, so the profile shows them as one kernel with several calls.
-A target may override this pass through its ``graph_to_tensor`` hook by replacing it in the pipeline.
+A target that lowers differently replaces this pass in its pipeline (``Pipeline.replace("legalize", ...)``).
 """
 
 from __future__ import annotations
@@ -35,12 +35,6 @@ def _key_attr(v: Any) -> Any:
 
 def _is_scalar_const(v: Value) -> bool:
     return isinstance(v, Constant) and v.data.size == 1
-
-
-def _scalar_expr(c: Constant) -> T.Expr:
-    dtype = c.type.dtype
-    val = c.data.reshape(()).item()
-    return T.const(float(val) if dtype.startswith("float") else int(val), dtype)
 
 
 def _ident(name: str) -> str:
@@ -115,8 +109,6 @@ class _Legalizer:
         return fname, call_inputs
 
     def _epilogue(self, chain_sig: list[Any], in_bufs: list[T.Buffer], out: T.Buffer) -> Any:
-        from ..ops import get_op as op_of
-
         def apply(value: T.Expr, idx: tuple[T.Expr, ...], flat: T.Expr | None) -> T.Expr:
             v = value
             for op_name, attrs_key, args in chain_sig:
@@ -133,7 +125,7 @@ class _Legalizer:
                             exprs.append(b.with_(shape=(b.numel,), strides=())[flat])
                         else:
                             exprs.append(b[broadcast_index(b, idx, out.ndim)])
-                v = op_of(op_name).scalar(dict(attrs_key) if attrs_key else {}, *exprs)  # type: ignore[attr-defined]
+                v = get_op(op_name).scalar(dict(attrs_key) if attrs_key else {}, *exprs)  # type: ignore[attr-defined]
             return v
 
         return apply

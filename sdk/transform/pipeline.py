@@ -5,22 +5,26 @@ module's ``target`` attribute tells target-dependent passes what to schedule for
 passes, printable as ``"fold-constants,fuse-ops,legalize"`` and parsed back from that string, so a user can
 edit it on the command line (``kiln compile --pipeline ...``) and a crash report can record it.
 
-:func:`default_pipeline` builds the standard flow per phase (DESIGN.md "Data flow") and splices in the
-target's hook passes at each phase (``after_import``, ``graph_opt``, ``legalize``, ``tensor_opt``,
-``before_codegen``).
+:func:`default_pipeline` builds the standard flow phase by phase (:data:`PHASES`, docs/topics/passes.md) and
+splices in the target's hook passes at each phase: those its TOML file names (``Target.hook_specs``, loaded
+and checked here) and those registered from Python with :func:`register_hook`.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..ir import Module, print_module, verify
-from ..targets import PHASES, Target
+from ..ops import type_rule
+from ..targets import Target, TargetError, get_target
 
 PassFn = Callable[[Module], Module]
+
+#: The phases of the default pipeline, in order; every pass and every target hook belongs to one.
+PHASES = ("after_import", "graph_opt", "legalize", "tensor_opt", "before_codegen")
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class Pipeline:
             ctx.timings.append((p.name, time.perf_counter() - t0))
             if ctx.verify_each:
                 try:
-                    verify(new)
+                    verify(new, infer=type_rule)
                 except Exception as e:
                     e.add_note(f"after pass {p.name!r}")
                     raise
@@ -154,12 +158,45 @@ LAST_IN_PHASE = {"tensor_opt": ("plan-memory",)}
 
 
 def default_pipeline(target: Target | str | None = None) -> Pipeline:
-    from ..targets import get_target
-
-    hooks: dict[str, list[Any]] = get_target(target).hooks() if target is not None else {}
+    hooks = target_hooks(get_target(target)) if target is not None else {}
     passes: list[Pass | PassFn | str] = []
     for phase in PHASES:
         passes.extend(DEFAULT_PHASES[phase])
         passes.extend(hooks.get(phase, []))
         passes.extend(LAST_IN_PHASE.get(phase, ()))
     return Pipeline(passes)
+
+
+# ---------------------------------------------------------------------------------------------- target hooks
+_REGISTERED_HOOKS: dict[str, dict[str, list[PassFn]]] = {}
+
+
+def register_hook(target: str, phase: str, pass_: PassFn) -> None:
+    """Make ``pass_`` run at ``phase`` whenever the default pipeline is built for ``target``."""
+    if phase not in PHASES:
+        raise TargetError(f"unknown phase {phase!r}; phases are {', '.join(PHASES)}")
+    _REGISTERED_HOOKS.setdefault(target, {}).setdefault(phase, []).append(pass_)
+
+
+def target_hooks(t: Target) -> dict[str, list[PassFn]]:
+    """The passes ``t`` adds per phase: those its file names (``hooks = {phase = ["module:function"]}``),
+    then those registered with :func:`register_hook`."""
+    out: dict[str, list[PassFn]] = {p: [] for p in PHASES}
+    for phase, specs in t.hook_specs:
+        if phase not in PHASES:
+            raise TargetError(f"{t.source}: unknown hook phase {phase!r}; phases are {', '.join(PHASES)}")
+        out[phase] += [_load_hook(spec, t) for spec in specs]
+    for phase, fns in _REGISTERED_HOOKS.get(t.name, {}).items():
+        out[phase] += fns
+    return out
+
+
+def _load_hook(spec: str, t: Target) -> PassFn:
+    mod, _, attr = spec.partition(":")
+    if not attr:
+        raise TargetError(f"{t.source}: hook {spec!r} must look like 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+        raise TargetError(f"{t.source}: cannot load hook {spec!r}: {e}") from e
+    return fn  # type: ignore[no-any-return]

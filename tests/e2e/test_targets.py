@@ -8,7 +8,7 @@ import pytest
 
 import kiln
 from graphs import conv_bn_relu, mlp, residual_block
-from kiln.ir.interpreter import interpret
+from kiln.ops.interpreter import interpret
 from kiln.targets import list_targets
 
 LINUX_TARGETS = [t.name for t in list_targets() if t.os == "linux"]

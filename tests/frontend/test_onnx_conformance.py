@@ -18,7 +18,7 @@ from onnx import numpy_helper
 
 from kiln.frontend import from_onnx
 from kiln.frontend.onnx import CONVERTERS
-from kiln.ir.interpreter import interpret
+from kiln.ops.interpreter import interpret
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

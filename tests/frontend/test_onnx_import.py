@@ -16,7 +16,7 @@ import models
 from kiln.frontend import ModelLoadError, UnsupportedOperatorError, from_onnx
 from kiln.frontend.onnx import ImportErrorInNode
 from kiln.ir import Constant, Sym
-from kiln.ir.interpreter import interpret
+from kiln.ops.interpreter import interpret
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17):  # noqa: ANN001, ANN202

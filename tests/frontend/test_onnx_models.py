@@ -17,7 +17,7 @@ import pytest
 import models
 from kiln.frontend import from_onnx
 from kiln.ir import Constant, Module
-from kiln.ir.interpreter import interpret
+from kiln.ops.interpreter import interpret
 
 RTOL, ATOL = 1e-4, 1e-5
 

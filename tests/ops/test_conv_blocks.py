@@ -10,8 +10,8 @@ import pytest
 
 import kiln
 from kiln.frontend.nn import GraphBuilder
-from kiln.ir.interpreter import interpret
 from kiln.ops.conv2d import conv_out_size, rows_per_block
+from kiln.ops.interpreter import interpret
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from op_cases import CASES
 
 import kiln
 from kiln.frontend import from_onnx
-from kiln.ir.interpreter import interpret
+from kiln.ops.interpreter import interpret
 
 TARGET = "x86_64-linux"
 TARGETS = (TARGET, "aarch64-linux", "armv7-linux", "riscv64-linux-rvv")

@@ -8,7 +8,7 @@ import pytest
 from graphs import conv_bn_relu, mlp, residual_block
 from jit import jit_run
 from kiln.driver import compile_module
-from kiln.ir.interpreter import interpret
+from kiln.ops.interpreter import interpret
 from kiln.targets import get_target
 
 MODELS = {"conv_bn_relu": conv_bn_relu, "residual": residual_block, "mlp": mlp}

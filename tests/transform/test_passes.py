@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from graphs import conv_bn_relu, mlp, residual_block
 from kiln.ir import Constant, verify
-from kiln.ir.interpreter import interpret
+from kiln.ops import type_rule
+from kiln.ops.interpreter import interpret
 from kiln.transform import get_pass
 from kiln.transform.pipeline import Pipeline
 
@@ -30,7 +33,7 @@ def _ops(mod):  # noqa: ANN001, ANN202
 def test_graph_pass_preserves_meaning(model: str, pass_name: str) -> None:
     mod = MODELS[model]()
     out = get_pass(pass_name)(mod)
-    verify(out)
+    verify(out, infer=type_rule)
     x = _inputs(mod)
     want, got = interpret(mod, x), interpret_fused(out, x)
     assert want.keys() == got.keys()
@@ -105,18 +108,68 @@ def test_pipeline_text_round_trip() -> None:
         Pipeline.parse("fold-constants,nope")
 
 
-def test_target_hooks_are_spliced_into_phases() -> None:
+def test_target_hooks_are_spliced_into_phases(monkeypatch: pytest.MonkeyPatch) -> None:
     from kiln.ir import Module
-    from kiln.targets import register_hook
-    from kiln.transform import default_pipeline
+    from kiln.transform import default_pipeline, pipeline, register_hook
 
     def my_pass(mod: Module) -> Module:
         return mod
 
+    monkeypatch.setattr(pipeline, "_REGISTERED_HOOKS", {})
     register_hook("riscv64-linux", "tensor_opt", my_pass)
     names = default_pipeline("riscv64-linux").names()
     assert names.index("legalize") < names.index("my_pass") < names.index("plan-memory")
     assert "my_pass" not in default_pipeline("aarch64-linux").names()
+
+
+_BOARD = {
+    "name": "board",
+    "triple": "aarch64-unknown-linux-musl",
+    "cpu": "cortex-a53",
+    "features": "+neon",
+    "vector_bits": 128,
+    "os": "linux",
+    "zig_target": "aarch64-linux-musl",
+}
+
+
+def test_target_hook_files_are_loaded_by_the_pipeline() -> None:
+    from kiln.targets import parse_target
+    from kiln.transform import PHASES, target_hooks
+
+    t = parse_target({**_BOARD, "hooks": {"before_codegen": ["graphs:mlp"]}}, "boards/board.toml")
+    hooks = target_hooks(t)
+    assert list(hooks) == list(PHASES)
+    assert [f.__name__ for f in hooks["before_codegen"]] == ["mlp"]
+
+
+@pytest.mark.parametrize(
+    ("hooks", "message"),
+    [
+        (
+            {"tensor_opts": ["graphs:mlp"]},
+            "boards/board.toml: unknown hook phase 'tensor_opts'; phases are after_import, graph_opt, "
+            "legalize, tensor_opt, before_codegen",
+        ),
+        ({"graph_opt": ["graphs.mlp"]}, "boards/board.toml: hook 'graphs.mlp' must look like"),
+        ({"graph_opt": ["graphs:nope"]}, "boards/board.toml: cannot load hook 'graphs:nope'"),
+    ],
+)
+def test_a_bad_target_hook_names_the_target_file(hooks: dict, message: str) -> None:
+    from kiln.targets import TargetError, parse_target
+    from kiln.transform import default_pipeline
+
+    t = parse_target({**_BOARD, "hooks": hooks}, "boards/board.toml")
+    with pytest.raises(TargetError, match=re.escape(message)):
+        default_pipeline(t)
+
+
+def test_registering_a_hook_for_an_unknown_phase_fails() -> None:
+    from kiln.targets import TargetError
+    from kiln.transform import register_hook
+
+    with pytest.raises(TargetError, match="unknown phase 'late'; phases are after_import, graph_opt"):
+        register_hook("board", "late", lambda m: m)
 
 
 def test_fuse_ops_gives_each_node_to_one_group() -> None:

@@ -7,15 +7,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .graph import Constant, GraphFunction, Value
-from .module import Module
-from .types import np_dtype
+from ..ir import Constant, GraphFunction, Module, Value, np_dtype
+from .base import get_op
 
 
 def interpret(mod: Module | GraphFunction, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Evaluate ``main`` (or the given graph function) on named inputs; returns outputs by name."""
-    from ..ops import get_op
-
     f = mod.main if isinstance(mod, Module) else mod
     env: dict[Value, np.ndarray] = {}
     for p in f.params:
