@@ -94,7 +94,6 @@ def register(op: OpDef) -> OpDef:
 
 
 def get_op(name: str) -> OpDef:
-    _load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -102,25 +101,18 @@ def get_op(name: str) -> OpDef:
 
 
 def has_op(name: str) -> bool:
-    _load_all()
     return name in _REGISTRY
 
 
 def type_rule(name: str) -> InferFn | None:
     """Operator ``name``'s shape and type inference, or None if no such operator is registered: what
     :func:`kiln.ir.verify` takes as ``infer`` (``verify(mod, infer=type_rule)``)."""
-    _load_all()
     op = _REGISTRY.get(name)
     return op.infer if op is not None else None
 
 
 def all_ops() -> dict[str, OpDef]:
-    _load_all()
     return dict(_REGISTRY)
-
-
-def _load_all() -> None:
-    from . import _all  # noqa: F401  (imports every operator file, which registers itself)
 
 
 # --------------------------------------------------------------------------------------------- shared shape rules

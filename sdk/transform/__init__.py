@@ -1,5 +1,6 @@
 """Passes (one per file, each a pure ``Module -> Module`` function) and pipelines."""
 
+from . import _all  # noqa: F401  (imports every pass file, which registers itself)
 from .pipeline import (
     PHASES,
     Pass,

@@ -55,19 +55,13 @@ def register_pass(name: str, phase: str) -> Callable[[PassFn], PassFn]:
 
 
 def get_pass(name: str) -> Pass:
-    _load_all()
     if name not in _PASSES:
         raise ValueError(f"unknown pass {name!r}; known passes: {', '.join(sorted(_PASSES))}")
     return _PASSES[name]
 
 
 def all_passes() -> dict[str, Pass]:
-    _load_all()
     return dict(_PASSES)
-
-
-def _load_all() -> None:
-    from . import _all  # noqa: F401
 
 
 def as_pass(p: Pass | PassFn | str) -> Pass:
