@@ -1,5 +1,5 @@
-"""Explicit SIMD code for ``vectorized`` loops (used by :class:`kiln.codegen.tensor_codegen.TensorCodegen`,
-through the :class:`~kiln.codegen.context.ScalarEmitter` interface).
+"""Explicit SIMD code for ``vectorized`` loops (used by :class:`kiln.codegen.tensor_codegen.TensorCodegen`;
+built on :class:`kiln.codegen.scalar.ScalarCodegen`).
 
 A ``vectorized`` loop over ``v`` is emitted here, as LLVM vector operations of ``lanes`` elements (the
 target's vector bits over the widest element the loop touches), when:
@@ -23,13 +23,14 @@ kernels (the GEMM micro-kernel's ``MR x NC`` accumulator tile) exactly as the sc
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import llvmlite.ir as ir
 
 from ..ir import tensor as T
 from ..ir.types import is_float, itemsize
-from .context import FunctionContext, ScalarEmitter
+from .scalar import FunctionContext, ScalarCodegen
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
@@ -39,8 +40,9 @@ MAX_UNROLLED_STEPS = 4
 _VECTOR_CALLS = ("neg", "abs", "sqrt")
 
 
-def emit_vector_loop(cg: ScalarEmitter, c: FunctionContext, s: T.For) -> bool:
-    """Emit ``s`` as vector code into ``c`` if it qualifies (module docstring); returns whether it did."""
+def emit_vector_loop(cg: ScalarCodegen, c: FunctionContext, s: T.For, body: Callable[[], None]) -> bool:
+    """Emit ``s`` as vector code into ``c`` if it qualifies (module docstring); returns whether it did.
+    ``body()`` emits one scalar iteration of ``s`` (for the remainder)."""
     if not (isinstance(s.start, T.IntImm) and isinstance(s.extent, T.IntImm)):
         return False
     stores = _stores(s.body)
@@ -68,7 +70,7 @@ def emit_vector_loop(cg: ScalarEmitter, c: FunctionContext, s: T.For) -> bool:
         )
     if rest:
         tail = ir.Constant(I64, start + steps * lanes)
-        cg.counted_loop(c, v, tail, T.IntImm(rest), lambda: cg.stmt(c, s.body))
+        cg.counted_loop(c, v, tail, T.IntImm(rest), body)
     return True
 
 
@@ -180,7 +182,7 @@ def _broadcast(c: FunctionContext, x: ir.Value, lanes: int) -> ir.Value:
 
 
 def _store(
-    cg: ScalarEmitter, c: FunctionContext, st: T.Store, v: T.LoopVar, base: ir.Value, lanes: int
+    cg: ScalarCodegen, c: FunctionContext, st: T.Store, v: T.LoopVar, base: ir.Value, lanes: int
 ) -> None:
     c.vars[v.uid] = base  # addresses are computed for lane 0
     val = _broadcast(c, _vexpr(cg, c, st.value, v, base, lanes), lanes)
@@ -193,7 +195,7 @@ def _store(
 
 
 def _vexpr(
-    cg: ScalarEmitter, c: FunctionContext, e: T.Expr, v: T.LoopVar, base: ir.Value, lanes: int
+    cg: ScalarCodegen, c: FunctionContext, e: T.Expr, v: T.LoopVar, base: ir.Value, lanes: int
 ) -> ir.Value:
     if not _depends(e, v):
         return cg.expr(c, e)
