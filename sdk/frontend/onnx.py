@@ -722,6 +722,491 @@ def _range(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
     return im.emit("range", [_a(ins, i) for i in range(3)], outs)
 
 
+# ---- operators added for real models (issue 10): math, indexing, ordering, normalization, ConvTranspose, Einsum
+_UNARY_MORE = {
+    "Tan": "tan",
+    "Atan": "atan",
+    "Asin": "asin",
+    "Acos": "acos",
+    "Sinh": "sinh",
+    "Cosh": "cosh",
+    "Asinh": "asinh",
+    "Acosh": "acosh",
+    "Atanh": "atanh",
+    "IsNaN": "is_nan",
+    "IsInf": "is_inf",
+    "Mish": "mish",
+    "Swish": "swish",
+    "Celu": "celu",
+    "ThresholdedRelu": "thresholded_relu",
+    "Shrink": "shrink",
+}
+
+
+@converter(*_UNARY_MORE)
+def _unary_more(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    return im.emit(_UNARY_MORE[im.op_type], [_a(ins, 0)], outs, **attrs)
+
+
+@converter("Mean")
+def _mean(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    vals = [v for v in ins if v is not None]
+    return vals if len(vals) == 1 else im.emit("mean", vals, outs)
+
+
+@converter("CastLike")
+def _cast_like(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit("cast", [_a(ins, 0)], outs, to=_a(ins, 1).type.dtype)
+
+
+_REDUCE_MORE = {
+    "ReduceMin": "reduce_min",
+    "ReduceProd": "reduce_prod",
+    "ReduceL1": "reduce_l1",
+    "ReduceL2": "reduce_l2",
+    "ReduceLogSum": "reduce_log_sum",
+    "ReduceLogSumExp": "reduce_log_sum_exp",
+    "ReduceSumSquare": "reduce_sum_square",
+}
+
+
+@converter(*_REDUCE_MORE)
+def _reduce_more(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    axes = _axes_attr_or_input(im, ins, attrs, 1)
+    x = _a(ins, 0)
+    if not axes and attrs.get("noop_with_empty_axes", 0):
+        return im.emit("identity", [x], outs)
+    if x.type.is_static and any(x.type.shape[a] == 0 for a in (axes or range(x.type.ndim))):
+        raise im.fail(f"reducing over an empty dimension of {x.type} is not supported")
+    return im.emit(
+        _REDUCE_MORE[im.op_type],
+        [x],
+        outs,
+        axes=tuple(axes) if axes else None,
+        keepdims=int(attrs.get("keepdims", 1)),
+    )
+
+
+@converter("ArgMax", "ArgMin")
+def _arg(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit(
+        "arg_max" if im.op_type == "ArgMax" else "arg_min",
+        [_a(ins, 0)],
+        outs,
+        axis=int(attrs.get("axis", 0)),
+        keepdims=int(attrs.get("keepdims", 1)),
+        select_last_index=int(attrs.get("select_last_index", 0)),
+    )
+
+
+@converter("TopK")
+def _topk(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    k = int(attrs["k"]) if im.opset < 10 else int(im.const_input(ins[1], "K").reshape(-1)[0])
+    return im.emit(
+        "top_k",
+        [_a(ins, 0)],
+        outs[:2],
+        k=k,
+        axis=int(attrs.get("axis", -1)),
+        largest=int(attrs.get("largest", 1)),
+    )
+
+
+@converter("CumSum")
+def _cumsum(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    axis = int(im.const_input(ins[1], "axis").reshape(-1)[0])
+    return im.emit(
+        "cumsum",
+        [_a(ins, 0)],
+        outs,
+        axis=axis,
+        exclusive=int(attrs.get("exclusive", 0)),
+        reverse=int(attrs.get("reverse", 0)),
+    )
+
+
+@converter("Hardmax")
+def _hardmax(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    if im.opset >= 13:
+        return im.emit("hardmax", [x], outs, axis=int(attrs.get("axis", -1)))
+    nd = x.type.ndim
+    axis = int(attrs.get("axis", 1)) % max(nd, 1)
+    rows, cols = _dim_product(im, x, 0, axis), _dim_product(im, x, axis, nd)
+    flat = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(rows, cols))[0]
+    y = im.emit("hardmax", [flat], [im.tmp(outs[0])], axis=-1)[0]
+    return im.emit("reshape", [y], outs, shape=x.type.shape)
+
+
+@converter("GatherElements")
+def _gather_elements(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    return im.emit("gather_elements", [_a(ins, 0), _a(ins, 1)], outs, axis=int(attrs.get("axis", 0)))
+
+
+@converter("GatherND")
+def _gather_nd(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit("gather_nd", [_a(ins, 0), _a(ins, 1)], outs, batch_dims=int(attrs.get("batch_dims", 0)))
+
+
+@converter("ScatterElements", "Scatter")
+def _scatter_elements(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    return im.emit(
+        "scatter_elements",
+        [_a(ins, 0), _a(ins, 1), _a(ins, 2)],
+        outs,
+        axis=int(attrs.get("axis", 0)),
+        reduction=str(attrs.get("reduction", "none")),
+    )
+
+
+@converter("ScatterND")
+def _scatter_nd(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    return im.emit(
+        "scatter_nd",
+        [_a(ins, 0), _a(ins, 1), _a(ins, 2)],
+        outs,
+        reduction=str(attrs.get("reduction", "none")),
+    )
+
+
+@converter("OneHot")
+def _one_hot(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    depth = int(im.const_input(ins[1], "depth").reshape(-1)[0])
+    return im.emit("one_hot", [_a(ins, 0), _a(ins, 2)], outs, depth=depth, axis=int(attrs.get("axis", -1)))
+
+
+@converter("Trilu")
+def _trilu(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    k = int(im.const_input(ins[1], "k").reshape(-1)[0]) if len(ins) > 1 and ins[1] is not None else 0
+    n, m = x.type.shape[-2:]
+    if not isinstance(n, int) or not isinstance(m, int):
+        raise im.fail(f"Trilu needs static matrix dimensions, got {x.type}")
+    diff = np.arange(m)[None, :] - np.arange(n)[:, None]
+    mask = diff >= k if int(attrs.get("upper", 1)) else diff <= k
+    zero = Constant(im.tmp("zero"), np.zeros((), np_dtype(x.type.dtype)))
+    return im.emit("where", [Constant(im.tmp("mask"), mask), x, zero], outs)
+
+
+@converter("DepthToSpace", "SpaceToDepth")
+def _depth_space(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    x = _a(ins, 0)
+    if x.type.ndim != 4 or not x.type.is_static:
+        raise im.fail(f"needs a static NCHW input, got {x.type}")
+    n, c, h, w = x.type.static_shape
+    b = int(attrs["blocksize"])
+    if im.op_type == "DepthToSpace":
+        if str(attrs.get("mode", "DCR")) == "CRD":
+            shape6, perm = (n, c // (b * b), b, b, h, w), (0, 1, 4, 2, 5, 3)
+        else:
+            shape6, perm = (n, b, b, c // (b * b), h, w), (0, 3, 4, 1, 5, 2)
+        final: tuple[int, ...] = (n, c // (b * b), h * b, w * b)
+    else:
+        crd = str(attrs.get("mode", "DCR")) == "CRD"
+        shape6, perm = (n, c, h // b, b, w // b, b), (0, 1, 3, 5, 2, 4) if crd else (0, 3, 5, 1, 2, 4)
+        final = (n, c * b * b, h // b, w // b)
+    t = im.emit("reshape", [x], [im.tmp(outs[0])], shape=shape6)[0]
+    t = im.emit("transpose", [t], [im.tmp(outs[0])], perm=perm)[0]
+    return im.emit("reshape", [t], outs, shape=final)
+
+
+def _scalar(im: _Importer, value: float, dtype: str) -> Constant:
+    return Constant(im.tmp("c"), np.array(value, dtype=np_dtype(dtype)))
+
+
+def _per_channel(im: _Importer, v: Value, nd: int, out: str) -> Value:
+    """A (C,) tensor reshaped to broadcast along axis 1 of a rank-``nd`` tensor."""
+    return im.emit("reshape", [v], [im.tmp(out)], shape=(v.type.shape[0],) + (1,) * (nd - 2))[0]
+
+
+def _normalize_rows(im: _Importer, x: Value, axis: int, eps: float, out: str) -> Value:
+    """``(x - mean) / sqrt(var + eps)`` over the axes from ``axis`` on (layer_norm with a unit scale)."""
+    one = Constant(im.tmp("one"), np.ones((1,), np_dtype(x.type.dtype)))
+    return im.emit("layer_norm", [x, one], [out], axis=axis, epsilon=eps)[0]
+
+
+@converter("InstanceNormalization")
+def _instance_norm(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    x, scale, bias = _a(ins, 0), _a(ins, 1), _a(ins, 2)
+    nd = x.type.ndim
+    y = _normalize_rows(im, x, 2, float(attrs.get("epsilon", 1e-5)), im.tmp(outs[0]))
+    y = im.emit("mul", [y, _per_channel(im, scale, nd, outs[0])], [im.tmp(outs[0])])[0]
+    return im.emit("add", [y, _per_channel(im, bias, nd, outs[0])], outs)
+
+
+@converter("GroupNormalization")
+def _group_norm(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    x, scale, bias = _a(ins, 0), _a(ins, 1), _a(ins, 2)
+    if not x.type.is_static:
+        raise im.fail(f"needs a static input shape, got {x.type}")
+    shape = x.type.static_shape
+    nd, c, g = len(shape), shape[1], int(attrs["num_groups"])
+    flat = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(shape[0], g, int(np.prod(shape[1:])) // g))[0]
+    y = _normalize_rows(im, flat, 2, float(attrs.get("epsilon", 1e-5)), im.tmp(outs[0]))
+    y = im.emit("reshape", [y], [im.tmp(outs[0])], shape=shape)[0]
+    if scale.type.shape[0] != c:  # opset 18: one scale and bias per group
+        scale, bias = (
+            im.emit(
+                "reshape",
+                [
+                    im.emit(
+                        "expand",
+                        [im.emit("reshape", [v], [im.tmp(outs[0])], shape=(g, 1))[0]],
+                        [im.tmp(outs[0])],
+                        shape=(g, c // g),
+                    )[0]
+                ],
+                [im.tmp(outs[0])],
+                shape=(c,),
+            )[0]
+            for v in (scale, bias)
+        )
+    y = im.emit("mul", [y, _per_channel(im, scale, nd, outs[0])], [im.tmp(outs[0])])[0]
+    return im.emit("add", [y, _per_channel(im, bias, nd, outs[0])], outs)
+
+
+@converter("RMSNormalization")
+def _rms_norm(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x, scale = _a(ins, 0), _a(ins, 1)
+    nd = x.type.ndim
+    axis = int(attrs.get("axis", -1)) % nd
+    dt = x.type.dtype
+    sq = im.emit("mul", [x, x], [im.tmp(outs[0])])[0]
+    ms = im.emit("reduce_mean", [sq], [im.tmp(outs[0])], axes=tuple(range(axis, nd)), keepdims=1)[0]
+    ms = im.emit("add", [ms, _scalar(im, float(attrs.get("epsilon", 1e-5)), dt)], [im.tmp(outs[0])])[0]
+    r = im.emit("sqrt", [ms], [im.tmp(outs[0])])[0]
+    y = im.emit("div", [x, r], [im.tmp(outs[0])])[0]
+    return im.emit("mul", [y, scale], outs)
+
+
+@converter("MeanVarianceNormalization")
+def _mvn(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    axes = tuple(int(a) for a in attrs.get("axes", (0, 2, 3)))
+    dt = x.type.dtype
+    mean = im.emit("reduce_mean", [x], [im.tmp(outs[0])], axes=axes, keepdims=1)[0]
+    xc = im.emit("sub", [x, mean], [im.tmp(outs[0])])[0]
+    sq = im.emit("mul", [xc, xc], [im.tmp(outs[0])])[0]
+    var = im.emit("reduce_mean", [sq], [im.tmp(outs[0])], axes=axes, keepdims=1)[0]
+    var = im.emit("add", [var, _scalar(im, 1e-9, dt)], [im.tmp(outs[0])])[0]
+    return im.emit("div", [xc, im.emit("sqrt", [var], [im.tmp(outs[0])])[0]], outs)
+
+
+@converter("LpNormalization")
+def _lp_norm(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    p = int(attrs.get("p", 2))
+    if p not in (1, 2):
+        raise im.fail(f"LpNormalization with p = {p} (1 and 2 are defined)")
+    op = "reduce_l2" if p == 2 else "reduce_l1"
+    norm = im.emit(op, [x], [im.tmp(outs[0])], axes=(int(attrs.get("axis", -1)),), keepdims=1)[0]
+    return im.emit("div", [x, norm], outs)
+
+
+def _conv_transpose_pads(
+    im: _Importer,
+    attrs: dict[str, Any],
+    in_hw: Sequence[Dim],
+    k: Sequence[int],
+    s: Sequence[int],
+    d: Sequence[int],
+    extra: Sequence[int],
+) -> tuple[int, ...]:
+    """(begins..., ends...) pads of a transposed convolution from ``pads``, ``output_shape`` or
+    ``auto_pad``, with ONNX's rules (the larger half at the end for SAME_UPPER, at the beginning
+    otherwise)."""
+    nd = len(k)
+    auto = str(attrs.get("auto_pad", "NOTSET"))
+    out_shape = attrs.get("output_shape")
+    if out_shape is None and auto in ("NOTSET", "", "VALID"):
+        return (
+            tuple(int(p) for p in attrs.get("pads", [0] * (2 * nd))) if auto != "VALID" else (0,) * (2 * nd)
+        )
+    if any(not isinstance(v, int) for v in in_hw):
+        raise im.fail("output_shape and auto_pad need static spatial sizes")
+    sizes = [int(v) for v in in_hw]  # type: ignore[arg-type]
+    if out_shape is None:
+        out_shape = [sizes[i] * s[i] for i in range(nd)]
+    out_shape = list(out_shape)[-nd:]
+    begins, ends = [], []
+    for i in range(nd):
+        total = s[i] * (sizes[i] - 1) + extra[i] + (k[i] - 1) * d[i] + 1 - int(out_shape[i])
+        small, big = total // 2, total - total // 2
+        begins.append(small if auto == "SAME_UPPER" else big)
+        ends.append(big if auto == "SAME_UPPER" else small)
+    return tuple(begins + ends)
+
+
+@converter("ConvTranspose")
+def _conv_transpose(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    x, w = _a(ins, 0), _a(ins, 1)
+    b = ins[2] if len(ins) > 2 else None
+    k = [int(v) for v in attrs.get("kernel_shape", w.type.shape[2:])]
+    nd = len(k)
+    if nd not in (1, 2):
+        raise im.fail(f"{nd}-D transposed convolution is not supported (1-D and 2-D are)")
+    s = [int(v) for v in attrs.get("strides", [1] * nd)]
+    d = [int(v) for v in attrs.get("dilations", [1] * nd)]
+    extra = [int(v) for v in attrs.get("output_padding", [0] * nd)]
+    pads = _conv_transpose_pads(im, attrs, x.type.shape[2:], k, s, d, extra)
+    g = int(attrs.get("group", 1))
+    tail = [b] if b is not None else []
+    if nd == 2:
+        return im.emit(
+            "conv_transpose2d",
+            [x, w, *tail],
+            outs,
+            strides=tuple(s),
+            pads=_to_2d(pads),
+            dilations=tuple(d),
+            groups=g,
+            output_padding=tuple(extra),
+        )
+    x2 = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(*x.type.shape[:2], 1, x.type.shape[2]))[0]
+    w2 = im.emit("reshape", [w], [im.tmp(outs[0])], shape=(*w.type.shape[:2], 1, w.type.shape[2]))[0]
+    y = im.emit(
+        "conv_transpose2d",
+        [x2, w2, *tail],
+        [im.tmp(outs[0])],
+        strides=(1, s[0]),
+        pads=(0, pads[0], 0, pads[1]),
+        dilations=(1, d[0]),
+        groups=g,
+        output_padding=(0, extra[0]),
+    )[0]
+    shp = y.type.shape
+    return im.emit("reshape", [y], outs, shape=(shp[0], shp[1], shp[3]))
+
+
+def _einsum_expand(im: _Importer, equation: str, ranks: Sequence[int]) -> str:
+    """The equation with ``...`` replaced by letters the equation does not use (right-aligned, like NumPy)."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in eq]
+    widths = [r - (len(t) - 3) for t, r in zip(terms, ranks, strict=True) if "..." in t]
+    width = max(widths, default=0)
+    ell = "".join(free[:width])
+    terms = [
+        t.replace("...", ell[width - (r - (len(t) - 3)) :]) if "..." in t else t
+        for t, r in zip(terms, ranks, strict=True)
+    ]
+    if arrow:
+        rhs = rhs.replace("...", ell)
+    else:
+        letters = "".join(t for t in terms)
+        rhs = ell + "".join(sorted(c for c in set(letters) if letters.count(c) == 1 and c not in ell))
+    return f"{','.join(terms)}->{rhs}"
+
+
+@converter("Einsum")
+def _einsum(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    vals = [v for v in ins if v is not None]
+    eq = _einsum_expand(im, str(attrs["equation"]), [v.type.ndim for v in vals])
+    if len(vals) == 2:
+        via = _einsum_matmul(im, eq, vals, outs)
+        if via is not None:
+            return via
+    return im.emit("einsum", vals, outs, equation=eq)
+
+
+def _einsum_matmul(im: _Importer, eq: str, vals: list[Value], outs: list[str]) -> list[Value] | None:
+    """A two-operand einsum as transposes, reshapes and one batched matmul, or None where the equation does
+    not fit that form (repeated letters in one operand, broadcast batch letters, symbolic sizes)."""
+    lhs, rhs = eq.split("->")
+    ta, tb = lhs.split(",")
+    a, b = vals
+    if len(set(ta)) != len(ta) or len(set(tb)) != len(tb) or len(set(rhs)) != len(rhs):
+        return None
+    if not (a.type.is_static and b.type.is_static) or a.type.dtype != b.type.dtype:
+        return None
+    if not a.type.dtype.startswith("float"):
+        return None
+    size = dict(zip(ta, a.type.static_shape, strict=True))
+    for ch, n in zip(tb, b.type.static_shape, strict=True):
+        if size.setdefault(ch, n) != n:
+            return None
+    # letters in one operand only and not in the output are summed first
+    for t, v, other in ((ta, a, tb), (tb, b, ta)):
+        lone = [i for i, ch in enumerate(t) if ch not in other and ch not in rhs]
+        if lone:
+            v2 = im.emit("reduce_sum", [v], [im.tmp(outs[0])], axes=tuple(lone), keepdims=0)[0]
+            t2 = "".join(ch for i, ch in enumerate(t) if i not in lone)
+            if t is ta:
+                a, ta = v2, t2
+            else:
+                b, tb = v2, t2
+    batch = [ch for ch in ta if ch in tb and ch in rhs]
+    contract = [ch for ch in ta if ch in tb and ch not in rhs]
+    am = [ch for ch in ta if ch not in tb]
+    bn = [ch for ch in tb if ch not in ta]
+    if set(rhs) != set(batch) | set(am) | set(bn):
+        return None
+
+    def prod(chs: Sequence[str]) -> int:
+        return int(np.prod([size[c] for c in chs], dtype=np.int64))
+
+    def arrange(v: Value, t: str, order: list[str], shape: tuple[int, ...]) -> Value:
+        perm = tuple(t.index(ch) for ch in order)
+        if perm != tuple(range(len(perm))):
+            v = im.emit("transpose", [v], [im.tmp(outs[0])], perm=perm)[0]
+        if tuple(v.type.shape) != shape:
+            v = im.emit("reshape", [v], [im.tmp(outs[0])], shape=shape)[0]
+        return v
+
+    nb, m, kk, n = prod(batch), prod(am), prod(contract), prod(bn)
+    a3 = arrange(a, ta, batch + am + contract, (nb, m, kk))
+    b3 = arrange(b, tb, batch + contract + bn, (nb, kk, n))
+    y = im.emit("matmul", [a3, b3], [im.tmp(outs[0])])[0]
+    order = batch + am + bn
+    y = im.emit("reshape", [y], [im.tmp(outs[0])], shape=tuple(size[c] for c in order))[0]
+    perm = tuple(order.index(ch) for ch in rhs)
+    if perm == tuple(range(len(perm))):
+        return im.emit("identity", [y], outs)
+    return im.emit("transpose", [y], outs, perm=perm)
+
+
+@converter("EyeLike")
+def _eye_like(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    if not x.type.is_static:
+        raise im.fail(f"needs a static input shape, got {x.type}")
+    dt = _ONNX_DTYPES.get(int(attrs["dtype"])) if "dtype" in attrs else x.type.dtype
+    if dt is None:
+        raise im.fail(f"EyeLike to ONNX type {attrs['dtype']} is not supported")
+    n, m = x.type.static_shape
+    return [Constant(outs[0], np.eye(n, m, k=int(attrs.get("k", 0)), dtype=np_dtype(dt)))]
+
+
+@converter("Compress")
+def _compress(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    x = _a(ins, 0)
+    cond = im.const_input(ins[1], "the condition").reshape(-1).astype(bool)
+    picked = np.nonzero(cond)[0].astype(np.int64)
+    if "axis" not in attrs:
+        flat = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(x.type.numel,))[0]
+        return im.emit("gather", [flat, Constant(im.tmp("idx"), picked)], outs, axis=0)
+    return im.emit("gather", [x, Constant(im.tmp("idx"), picked)], outs, axis=int(attrs["axis"]))
+
+
 # ---------------------------------------------------------------------------------------------------- driver
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out: dict[str, Any] = {}

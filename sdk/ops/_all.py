@@ -1,3 +1,20 @@
 """Imports every operator file so that each registers itself. Add new operator files here."""
 
-from . import conv2d, elementwise, matmul, norm, pool, reduce, resize, shape_compute, shape_ops, tile  # noqa: F401
+from . import (  # noqa: F401
+    conv2d,
+    conv_transpose,
+    einsum,
+    elementwise,
+    indexing,
+    math_fns,
+    matmul,
+    norm,
+    ordering,
+    pool,
+    reduce,
+    reduce_more,
+    resize,
+    shape_compute,
+    shape_ops,
+    tile,
+)
