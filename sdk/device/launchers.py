@@ -6,7 +6,9 @@ with a :class:`~kiln.device.protocol.Peer` that can explain and stop the device 
 
 - ``local``: the host executes ``bin/runner`` directly (the target runs natively);
 - ``qemu-user``: the target's ``emulator`` command from its TOML (e.g. ``qemu-aarch64 -cpu cortex-a72``)
-  runs ``bin/runner``.
+  runs ``bin/runner``;
+- ``ssh``: a Linux board runs it, reached over SSH (:mod:`kiln.device.ssh`: upload, checks, the protocol
+  over the channel).
 
 Both talk over the process's stdin/stdout; stderr is kept (last few KiB) for error messages. A runner that
 crashes, exits or hangs becomes a :class:`~kiln.device.protocol.DeviceLost` / ``DeviceTimeout`` naming the exit
@@ -25,7 +27,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from kiln.device.protocol import Session
 from kiln.runtime_c import abi
@@ -190,18 +192,26 @@ class QemuUserLauncher(ProcessLauncher):
         return [self.exe, *self.target.emulator[1:], str(runnable)]
 
 
-#: Launcher name -> factory taking the target.
-LAUNCHERS: dict[str, Callable[[Target | str], Launcher]] = {
+def _ssh(target: Target | str, **options: Any) -> Launcher:
+    from kiln.device.ssh import SshLauncher  # on first use: it loads paramiko
+
+    return SshLauncher(target, **options)
+
+
+#: Launcher name -> factory taking the target and the launcher's options (ssh: the board).
+LAUNCHERS: dict[str, Callable[..., Launcher]] = {
     "local": LocalLauncher,
     "qemu-user": QemuUserLauncher,
+    "ssh": _ssh,
 }
 
 
-def make_launcher(name: str, target: Target | str) -> Launcher:
-    """The launcher called ``name`` for ``target``."""
+def make_launcher(name: str, target: Target | str, **options: Any) -> Launcher:
+    """The launcher called ``name`` for ``target``; ``options`` go to its factory (``ssh``: the fields of
+    :class:`kiln.device.ssh.SshOptions`, or ``options=SshOptions(...)``)."""
     if name not in LAUNCHERS:
         raise LauncherError(f"unknown launcher {name!r}; known launchers: {', '.join(LAUNCHERS)}")
-    return LAUNCHERS[name](target)
+    return LAUNCHERS[name](target, **options)
 
 
 def launcher_for(target: Target | str) -> Launcher:
