@@ -14,9 +14,13 @@ profiler index order); ``runnable`` (path of the runnable or null); ``runtime`` 
 protocol_version, sha256 of the runtime sources}; ``compiler`` ("kiln X.Y.Z"); ``files`` {path: {sha256,
 size}} for every other member. Extra keys may be added by the compile driver.
 
-:meth:`Package.load` trusts nothing: it rejects members that are not regular files or whose paths are
-absolute, contain ``..`` or are not normalized (path traversal), unknown format versions, and files whose
-sha256 or size differs from the manifest, or that the manifest does not list.
+:meth:`Package.load` trusts nothing: it rejects members that are not plain regular files (links,
+directories, devices, GNU sparse members, whose declared size can be far larger than the archive) or whose
+paths are absolute, contain ``..`` or are not normalized (path traversal), a member that is also a directory
+of another (``bin`` and ``bin/runner``), unknown format versions, and files whose sha256 or size differs from
+the manifest, or that the manifest does not list. :func:`unpack` does the same checks streaming, in constant
+memory, under hard limits (:class:`UnpackLimits`: member count, member and total size, total no larger than the
+archive), optionally writing the files to a directory; the device farm uses it for untrusted uploads.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tarfile
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import IO, Any
@@ -56,10 +62,22 @@ _RESERVED = {"format_version", "files", "name", "target", "inputs", "outputs", "
 SLOWEST_FLOPS_PER_S = 2.5e7
 
 
+MAX_RUN_TIMEOUT_S = 24 * 3600.0
+
+
 def run_timeout(manifest: Mapping[str, Any], base: float = 60.0) -> float:
     """A timeout for one run of the package's model: ``base`` seconds plus its FLOPs at the slowest rate a
-    device runs them, so that a large model under emulation is not mistaken for a hung one."""
-    return base + float(manifest.get("flops", 0)) / SLOWEST_FLOPS_PER_S
+    device runs them, so that a large model under emulation is not mistaken for a hung one; at most a day.
+    A ``flops`` that is not a finite, non-negative number is a :class:`PackageError`."""
+    flops = manifest.get("flops", 0)
+    if (
+        isinstance(flops, bool)
+        or not isinstance(flops, (int, float))
+        or not math.isfinite(flops)
+        or flops < 0
+    ):
+        raise PackageError(f"the manifest's flops must be a finite number >= 0, not {flops!r}")
+    return min(MAX_RUN_TIMEOUT_S, base + float(flops) / SLOWEST_FLOPS_PER_S)
 
 
 class PackageError(ValueError):
@@ -155,12 +173,16 @@ class Package:
     def from_bytes(cls, data: bytes, *, source: str = "<bytes>") -> Package:
         """Parses and verifies a package archive held in memory."""
         contents: dict[str, bytes] = {}
+        paths = _PathSet(source)
+        limits = UnpackLimits()
+        total = 0
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-                for m in tar.getmembers():
+                for m in tar:
                     _check_member(m, source)
-                    if m.name in contents:
-                        raise PackageError(f"{source}: member {m.name!r} appears twice; it was tampered with")
+                    paths.add(m.name)
+                    total += m.size
+                    limits.check(len(contents) + 1, m, total, len(data), source)
                     f = tar.extractfile(m)
                     assert f is not None  # a regular file, checked above
                     contents[m.name] = f.read()
@@ -311,6 +333,123 @@ class _HashWriter(io.RawIOBase):
         return self._h.hexdigest()
 
 
+@dataclass(frozen=True)
+class UnpackLimits:
+    """Hard limits on what reading an archive may cost. The archive is uncompressed, so its members can
+    never hold more bytes than the archive itself: a larger total is a lie (or a sparse member) and refused."""
+
+    max_members: int = 4096
+    max_member_bytes: int = 1 << 30
+    max_total_bytes: int = 2 << 30
+
+    def check(self, count: int, m: tarfile.TarInfo, total: int, archive_bytes: int, source: str) -> None:
+        if count > self.max_members:
+            raise PackageError(f"{source}: more than {self.max_members} members; refusing to unpack it")
+        if m.size > self.max_member_bytes:
+            raise PackageError(
+                f"{source}: member {m.name!r} of {m.size} bytes is over the limit of {self.max_member_bytes}"
+            )
+        if total > min(self.max_total_bytes, archive_bytes):
+            raise PackageError(
+                f"{source}: its members declare {total} bytes, more than the archive's {archive_bytes} "
+                f"(or the limit of {self.max_total_bytes}); refusing to unpack it"
+            )
+
+
+class _PathSet:
+    """Member paths seen so far; refuses a path that is also a directory of another (``bin``, ``bin/x``)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.files: set[str] = set()
+        self.dirs: set[str] = set()
+
+    def add(self, name: str) -> None:
+        if name in self.files:
+            raise PackageError(f"{self.source}: member {name!r} appears twice; it was tampered with")
+        parents = [p.as_posix() for p in PurePosixPath(name).parents if p.as_posix() != "."]
+        if name in self.dirs or any(p in self.files for p in parents):
+            raise PackageError(
+                f"{self.source}: member {name!r} is both a file and a directory of another member; "
+                "refusing to unpack it"
+            )
+        self.files.add(name)
+        self.dirs.update(parents)
+
+
+def unpack(
+    path: str | os.PathLike[str],
+    dest: str | os.PathLike[str] | None = None,
+    *,
+    limits: UnpackLimits | None = None,
+) -> dict[str, Any]:
+    """Verify a ``.kpkg`` file streaming, in constant memory, and return its manifest: every check of
+    :meth:`Package.load` plus :class:`UnpackLimits`. With ``dest`` (a directory that must not exist yet) the
+    files are written there as they are read; if anything fails the directory is removed: it exists only
+    complete and verified."""
+    path = Path(path)
+    source = str(path)
+    limits = limits or UnpackLimits()
+    root = Path(dest) if dest is not None else None
+    if root is not None:
+        root.mkdir(mode=0o700)
+    try:
+        archive_bytes = path.stat().st_size
+        paths = _PathSet(source)
+        digests: dict[str, tuple[str, int]] = {}
+        manifest_data: bytes | None = None
+        total = count = 0
+        with path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            for m in tar:
+                _check_member(m, source)
+                paths.add(m.name)
+                count += 1
+                total += m.size
+                limits.check(count, m, total, archive_bytes, source)
+                f = tar.extractfile(m)
+                assert f is not None  # a regular file, checked above
+                if m.name == MANIFEST:
+                    if m.size > 16 << 20:
+                        raise PackageError(f"{source}: {MANIFEST} of {m.size} bytes is too large")
+                    manifest_data = f.read()
+                    if root is not None:
+                        (root / MANIFEST).write_bytes(manifest_data)
+                    continue
+                h = hashlib.sha256()
+                out = None
+                if root is not None:
+                    dest_path = root.joinpath(*PurePosixPath(m.name).parts)
+                    dest_path.parent.mkdir(parents=True, exist_ok=True)
+                    out = dest_path.open("wb")
+                try:
+                    while block := f.read(1 << 20):
+                        h.update(block)
+                        if out is not None:
+                            out.write(block)
+                finally:
+                    if out is not None:
+                        out.close()
+                        dest_path.chmod(0o755 if m.name.startswith("bin/") else 0o644)
+                digests[m.name] = (h.hexdigest(), m.size)
+        if manifest_data is None:
+            raise PackageError(f"{source} is not a kiln package: it has no {MANIFEST}")
+        manifest = _parse_manifest(manifest_data, source)
+        _verify_digests(manifest, digests, source)
+        return manifest
+    except tarfile.TarError as e:
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+        raise PackageError(f"{source} is not a kiln package (not a readable tar archive: {e})") from e
+    except OSError as e:
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+        raise PackageError(f"cannot unpack {source}: {e.strerror or e}") from e
+    except BaseException:
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
 def _check_member(m: tarfile.TarInfo, source: str) -> None:
     name = m.name
     parts = PurePosixPath(name).parts
@@ -325,16 +464,18 @@ def _check_member(m: tarfile.TarInfo, source: str) -> None:
             f"{source}: member {name!r} has an unsafe path (absolute, '..', or not normalized); refusing to "
             "load the package: it may try to write outside its directory. Rebuild it with kiln."
         )
-    if not m.isreg():
-        kind = (
-            "symlink"
-            if m.issym()
-            else "hard link"
-            if m.islnk()
-            else "directory"
-            if m.isdir()
-            else "device or special file"
-        )
+    sparse = m.type == tarfile.GNUTYPE_SPARSE or m.sparse is not None or _pax_sparse(m)
+    if m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or sparse:
+        if sparse:
+            kind = "sparse file (its declared size is not its size in the archive)"
+        elif m.issym():
+            kind = "symlink"
+        elif m.islnk():
+            kind = "hard link"
+        elif m.isdir():
+            kind = "directory"
+        else:
+            kind = "device or special file"
         raise PackageError(
             f"{source}: member {name!r} is a {kind}; kiln packages contain only regular files. "
             "Rebuild the package with kiln."
@@ -362,7 +503,15 @@ def _parse_manifest(data: bytes, source: str) -> dict[str, Any]:
     return manifest
 
 
+def _pax_sparse(m: tarfile.TarInfo) -> bool:
+    return any(k.startswith("GNU.sparse") for k in (m.pax_headers or {}))
+
+
 def _verify_files(manifest: dict[str, Any], contents: dict[str, bytes], source: str) -> None:
+    _verify_digests(manifest, {k: (_sha256(v), len(v)) for k, v in contents.items()}, source)
+
+
+def _verify_digests(manifest: dict[str, Any], contents: dict[str, tuple[str, int]], source: str) -> None:
     listed = manifest["files"]
     if not isinstance(listed, dict):
         raise PackageError(f"{source}: {MANIFEST} 'files' must map paths to {{sha256, size}}")
@@ -376,9 +525,8 @@ def _verify_files(manifest: dict[str, Any], contents: dict[str, bytes], source: 
                 f"{source}: the manifest lists {name!r} but the archive lacks it; the package is "
                 "incomplete (rebuild or download it again)"
             )
-        data = contents[name]
         meta = meta if isinstance(meta, dict) else {}
-        have = (_sha256(data), len(data))
+        have = contents[name]
         want = (meta.get("sha256"), meta.get("size"))
         if have != want:
             raise PackageError(
