@@ -19,6 +19,15 @@ CORE_SOURCES = ("status.c", "model.c", "profiler.c", "crc32.c", "endpoint.c")
 PLATFORM_SOURCES = {"linux": "platform_posix.c", "none": "platform_none.c"}
 #: The Linux runner's ``main`` (platform glue: serves the device protocol on stdin/stdout).
 RUNNER_MAIN = "runner_main.c"
+#: The firmware's ``main`` for bare-metal boards (serves the device protocol over the board's UART).
+FIRMWARE_MAIN = "firmware_main.c"
+#: Board ports (src/port), by the board file's ``startup``, ``uart.kind`` and ``timer.kind``.
+STARTUP_SOURCES = {
+    "cortex-m": ("port/startup_cortex_m.c",),
+    "riscv": ("port/startup_riscv.S", "port/startup_riscv_c.c"),
+}
+UART_SOURCES = {"cmsdk": "port/uart_cmsdk.c", "ns16550": "port/uart_ns16550.c"}
+TIMER_SOURCES = {"systick": "port/timer_systick.c", "mcycle": "port/timer_mcycle.c"}
 
 
 def sources(os_name: str) -> list[Path]:
@@ -26,6 +35,15 @@ def sources(os_name: str) -> list[Path]:
     if os_name not in PLATFORM_SOURCES:
         raise ValueError(f"no runtime platform for os {os_name!r}; known: {', '.join(PLATFORM_SOURCES)}")
     return [SOURCE_DIR / name for name in (*CORE_SOURCES, PLATFORM_SOURCES[os_name])]
+
+
+def firmware_sources(startup: str, uart: str, timer: str) -> list[Path]:
+    """The firmware glue of a board (on top of :func:`sources` for ``none``): main, startup, UART, timer."""
+    try:
+        names = [FIRMWARE_MAIN, *STARTUP_SOURCES[startup], UART_SOURCES[uart], TIMER_SOURCES[timer]]
+    except KeyError as e:
+        raise ValueError(f"no firmware port for {e.args[0]!r}") from None
+    return [SOURCE_DIR / name for name in names]
 
 
 def headers() -> list[Path]:

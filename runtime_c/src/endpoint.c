@@ -640,6 +640,15 @@ kiln_status_t kiln_endpoint_step(kiln_endpoint_t* ep, int* out_more) {
   return status;
 }
 
+kiln_status_t kiln_endpoint_send_error(kiln_endpoint_t* ep, kiln_status_t status, const char* message) {
+  if (ep == NULL || message == NULL) {
+    return KILN_ERR_ARG_NULL;
+  }
+  ep->message_len = 0;
+  msg_str(ep, message);
+  return write_error(ep, 0, status);
+}
+
 kiln_status_t kiln_endpoint_serve(kiln_endpoint_t* ep) {
   int more = 1;
   kiln_status_t status = KILN_OK;

@@ -31,6 +31,7 @@ static const status_name_t kNames[] = {
     {KILN_ERR_IO_TRUNCATED, "KILN_ERR_IO_TRUNCATED"},
     {KILN_ERR_PLATFORM_UNSUPPORTED, "KILN_ERR_PLATFORM_UNSUPPORTED"},
     {KILN_ERR_PLATFORM_FAILED, "KILN_ERR_PLATFORM_FAILED"},
+    {KILN_ERR_PLATFORM_FAULT, "KILN_ERR_PLATFORM_FAULT"},
 };
 
 kiln_status_t kiln_status_describe(kiln_status_t status, const char** out_name) {

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from kiln import runtime_c
 from kiln.targets import Target
+from kiln.targets.board import board_of
 
 #: Flags for every C file kiln compiles (runtime, descriptor, test models). The runtime must build cleanly
 #: with them on every target.
@@ -141,12 +142,15 @@ def archive(objects: Sequence[Path], output: Path) -> Path:
 @dataclass(frozen=True)
 class RuntimeBuild:
     """The runtime compiled for one target: core + platform objects, their archive, and (Linux) the runner
-    main object. Files live in the cache and must not be modified."""
+    main object or (boards) the firmware objects: main, startup, UART and timer port. Files live in the
+    cache and must not be modified."""
 
     directory: Path
     objects: tuple[Path, ...]
     library: Path
     runner_main: Path | None
+    firmware: tuple[Path, ...] = ()
+    compiler_rt: Path | None = None
 
 
 def cache_dir() -> Path:
@@ -156,6 +160,7 @@ def cache_dir() -> Path:
 def runtime_key(target: Target) -> str:
     """Cache key: everything that changes the compiled runtime."""
     parts = [
+        "layout 2",  # what a build directory holds (bumped when a build gains files: firmware, compiler_rt)
         target.name,
         target.zig_target,
         target.zig_cpu,
@@ -163,6 +168,7 @@ def runtime_key(target: Target) -> str:
         runtime_c.runtime_hash(),
         shlex.join(CFLAGS),
         shlex.join(runtime_defines(target)),
+        shlex.join(BARE_METAL_FLAGS),
         zig_version(),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
@@ -184,12 +190,22 @@ def runtime_build(target: Target) -> RuntimeBuild:
             shutil.rmtree(tmp, ignore_errors=True)
     objects = tuple(final / f"kiln_{src.stem}.o" for src in runtime_c.sources(target.os))
     main = final / "kiln_runner_main.o"
-    return RuntimeBuild(final, objects, final / "libkiln_runtime.a", main if main.exists() else None)
+    firmware = tuple(final / f"kiln_fw_{src.stem}.o" for src in _firmware_sources(target))
+    rt = final / "libcompiler_rt.a"
+    return RuntimeBuild(
+        final,
+        objects,
+        final / "libkiln_runtime.a",
+        main if main.exists() else None,
+        firmware,
+        rt if rt.exists() else None,
+    )
 
 
 def runtime_defines(target: Target) -> list[str]:
     """``-D`` flags from the target's optional ``runtime_defines = ["NAME=VALUE", ...]``, which override the
-    limits in ``kiln/config.h`` (e.g. a smaller ``KILN_ENDPOINT_MAX_PAYLOAD`` for a microcontroller)."""
+    limits in ``kiln/config.h`` (e.g. a smaller ``KILN_ENDPOINT_MAX_PAYLOAD`` for a microcontroller), and for
+    a board the addresses its firmware ports need (:meth:`kiln.targets.board.Board.defines`)."""
     defines = target.extra.get("runtime_defines", [])
     valid = isinstance(defines, list) and all(isinstance(d, str) and d.startswith("KILN_") for d in defines)
     if not valid:
@@ -197,14 +213,49 @@ def runtime_defines(target: Target) -> list[str]:
             f"target {target.name}: runtime_defines must be a list of 'KILN_NAME=VALUE' strings, "
             f"got {defines!r}"
         )
-    return [f"-D{d}" for d in defines]
+    board = board_of(target)
+    return [f"-D{d}" for d in defines] + (board.defines() if board is not None else [])
+
+
+def _firmware_sources(target: Target) -> list[Path]:
+    board = board_of(target)
+    if board is None:
+        return []
+    return runtime_c.firmware_sources(board.startup, board.uart_kind, board.timer_kind)
+
+
+#: Extra flags for the runtime on bare-metal targets: optimized for size, no unwind tables (C, no exceptions).
+BARE_METAL_FLAGS: tuple[str, ...] = ("-Os", "-fno-unwind-tables", "-fno-asynchronous-unwind-tables")
 
 
 def _build_runtime(target: Target, out: Path) -> None:
-    flags = runtime_defines(target)
+    flags = runtime_defines(target) + (list(BARE_METAL_FLAGS) if target.is_bare_metal else [])
     srcs = runtime_c.sources(target.os)
     objects = [compile_c(target, src, out / f"kiln_{src.stem}.o", flags=flags) for src in srcs]
     archive(objects, out / "libkiln_runtime.a")
     if target.os == "linux":
         main = runtime_c.SOURCE_DIR / runtime_c.RUNNER_MAIN
         compile_c(target, main, out / "kiln_runner_main.o", flags=flags)
+    for src in _firmware_sources(target):
+        compile_c(target, src, out / f"kiln_fw_{src.stem}.o", flags=flags)
+    if target.is_bare_metal:
+        shutil.copyfile(_compiler_rt(target, out), out / "libcompiler_rt.a")
+
+
+def _compiler_rt(target: Target, work: Path) -> Path:
+    """zig's compiler_rt archive for a bare-metal target (integer division, soft float, memcpy, ...): built
+    by zig into its global cache when it links a freestanding program, found in that link's command line.
+    Firmware images are linked with ``zig ld.lld`` directly (zig cc passes no -Map), against this archive."""
+    (work / "rt_probe.c").write_text("int kiln_rt_probe(void);\nint kiln_rt_probe(void) { return 0; }\n")
+    with tempfile.TemporaryDirectory(prefix="kiln-zig-") as local_cache:
+        env = {**os.environ, "ZIG_LOCAL_CACHE_DIR": local_cache}
+        cmd = [*zig(), "cc", *target_flags(target), "-O2", "-v", "-o", "rt_probe.elf", "rt_probe.c"]
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=False, env=env)
+    for line in proc.stderr.splitlines():
+        for word in shlex.split(line) if "ld.lld" in line else []:
+            if word.endswith("libcompiler_rt.a") and Path(word).is_file():
+                return Path(word)
+    raise ToolchainError(
+        f"target {target.name}: cannot find zig's compiler_rt for {target.zig_target}; the probe link "
+        f"{shlex.join(cmd)} said:\n{proc.stderr.strip()}"
+    )

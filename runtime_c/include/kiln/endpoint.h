@@ -115,6 +115,11 @@ kiln_status_t kiln_endpoint_init(const kiln_endpoint_config_t* config, kiln_endp
  * the stream itself fails (KILN_ERR_IO_*); the caller should then stop serving. */
 kiln_status_t kiln_endpoint_step(kiln_endpoint_t* endpoint, int* out_more);
 
+/* Sends an unrequested ERROR frame (request type 0) carrying `status` and `message` (cut to
+ * KILN_ENDPOINT_MESSAGE_BYTES), e.g. from a fault handler: the host reports it as the device's failure.
+ * Returns KILN_OK, KILN_ERR_ARG_NULL, or the stream's error. */
+kiln_status_t kiln_endpoint_send_error(kiln_endpoint_t* endpoint, kiln_status_t status, const char* message);
+
 /* Calls kiln_endpoint_step until QUIT, end of stream, or a stream error, which it returns. */
 kiln_status_t kiln_endpoint_serve(kiln_endpoint_t* endpoint);
 

@@ -56,6 +56,7 @@ typedef int32_t kiln_status_t;
 
 #define KILN_ERR_PLATFORM_UNSUPPORTED KILN_STATUS(KILN_CATEGORY_PLATFORM, 0x01) /* hook not implemented */
 #define KILN_ERR_PLATFORM_FAILED      KILN_STATUS(KILN_CATEGORY_PLATFORM, 0x02) /* hook failed */
+#define KILN_ERR_PLATFORM_FAULT       KILN_STATUS(KILN_CATEGORY_PLATFORM, 0x03) /* hardware fault; halted */
 
 /* Exit statuses of the Linux runner (runner_main.c); the host explains them in its error messages. */
 #define KILN_RUNNER_EXIT_STREAM   1  /* the protocol stream failed */
