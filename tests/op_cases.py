@@ -544,3 +544,307 @@ case(
     rtol=1e-4,
     atol=1e-5,
 )
+
+# --- operators from real models (issue 10). Small shapes: every case also runs under QEMU.
+for op, kiln_op, x in (
+    ("Tan", "tan", _x(3, 4, lo=-1.4, hi=1.4)),
+    ("Atan", "atan", _x(3, 4) * 4),
+    ("Asin", "asin", _x(3, 4, lo=-1.0, hi=1.0)),
+    ("Acos", "acos", _x(3, 4, lo=-1.0, hi=1.0)),
+    ("Sinh", "sinh", _x(3, 4) * 3),
+    ("Cosh", "cosh", _x(3, 4) * 3),
+    ("Asinh", "asinh", _x(3, 4) * 5),
+    ("Acosh", "acosh", _x(3, 4, lo=1.0, hi=20.0)),
+    ("Atanh", "atanh", _x(3, 4, lo=-0.95, hi=0.95)),
+    ("Mish", "mish", _x(3, 4) * 4),
+    ("Celu", "celu", _x(3, 4) * 3),
+    ("ThresholdedRelu", "thresholded_relu", _x(3, 4) * 2),
+    ("Shrink", "shrink", _x(3, 4) * 2),
+):
+    case(op.lower(), op, [("x", x)], kiln_op, opset=18)
+case("celu-alpha", "Celu", [("x", _x(3, 4) * 3)], "celu", opset=18, attrs={"alpha": 0.5})
+case("thresholded-relu-alpha", "ThresholdedRelu", [("x", _x(3, 4))], "thresholded_relu", attrs={"alpha": 0.3})
+case("shrink-bias", "Shrink", [("x", _x(3, 4) * 2)], "shrink", attrs={"lambd": 0.8, "bias": 0.3})
+_SPECIAL = np.array([np.nan, np.inf, -np.inf, 0.0, -1.5, 3.0], dtype=np.float32)
+case("isnan", "IsNaN", [("x", _SPECIAL)], "is_nan", opset=20)
+case("isinf", "IsInf", [("x", _SPECIAL)], "is_inf", opset=20)
+case("isinf-negative-only", "IsInf", [("x", _SPECIAL)], "is_inf", opset=20, attrs={"detect_positive": 0})
+case("mean-3", "Mean", [("a", _x(3, 4)), ("b", _x(4)), ("c", _x(3, 1))], "mean")
+case("castlike-int32", "CastLike", [("x", _x(3, 4) * 10), ("like", np.zeros(1, np.int32))], "cast", opset=19)
+case(
+    "where-broadcast-all",
+    "Where",
+    [("c", _x(3, 1) > 0), ("a", _x(1, 4)), C("b", _f(-1.0).reshape(()))],
+    "where",
+)
+
+# remaining reductions
+_RX4 = _x(2, 3, 4)
+for op, kiln_op, rx in (
+    ("ReduceMin", "reduce_min", _RX4),
+    ("ReduceProd", "reduce_prod", _RX4 * 0.5 + 1),
+    ("ReduceL1", "reduce_l1", _RX4),
+    ("ReduceL2", "reduce_l2", _RX4),
+    ("ReduceLogSum", "reduce_log_sum", np.abs(_RX4) + 0.1),
+    ("ReduceLogSumExp", "reduce_log_sum_exp", _RX4 * 30),
+    ("ReduceSumSquare", "reduce_sum_square", _RX4),
+):
+    case(f"{kiln_op}-axes1-keep", op, [("x", rx), C("a", _i(1))], kiln_op, opset=18, atol=1e-4)
+    case(f"{kiln_op}-all", op, [("x", rx)], kiln_op, opset=18, attrs={"keepdims": 0}, atol=1e-4)
+case(
+    "reduce_min-int32",
+    "ReduceMin",
+    [("x", _rng.integers(-50, 50, (3, 5)).astype(np.int32))],
+    "reduce_min",
+    opset=13,
+    attrs={"axes": [1]},
+)
+
+# arg extremes, top-k, running sums
+_TIES = np.round(_x(3, 6) * 1.5)  # small integers: ties on purpose
+for op, kiln_op in (("ArgMax", "arg_max"), ("ArgMin", "arg_min")):
+    case(f"{kiln_op}-axis1", op, [("x", _TIES)], kiln_op, opset=13, attrs={"axis": 1})
+    case(
+        f"{kiln_op}-axis0-last",
+        op,
+        [("x", _TIES)],
+        kiln_op,
+        opset=13,
+        attrs={"axis": 0, "keepdims": 0, "select_last_index": 1},
+    )
+case("topk-largest", "TopK", [("x", _TIES), C("k", _i(3))], "top_k", opset=11, outputs=2)
+case(
+    "topk-smallest-axis0",
+    "TopK",
+    [("x", _x(5, 3)), C("k", _i(2))],
+    "top_k",
+    opset=11,
+    outputs=2,
+    attrs={"axis": 0, "largest": 0},
+)
+case("cumsum-axis1", "CumSum", [("x", _x(2, 5)), C("a", _i(1))], "cumsum", opset=14)
+case(
+    "cumsum-exclusive-reverse",
+    "CumSum",
+    [("x", _x(3, 4)), C("a", np.array(0, np.int32))],
+    "cumsum",
+    opset=14,
+    attrs={"exclusive": 1, "reverse": 1},
+)
+case("cumsum-int64", "CumSum", [("x", _i(*range(1, 7)).reshape(2, 3)), C("a", _i(-1))], "cumsum", opset=14)
+case("hardmax", "Hardmax", [("x", _TIES)], "hardmax", opset=13)
+
+# gathers, scatters, one-hot, triangles
+case(
+    "gather-elements-axis1",
+    "GatherElements",
+    [("x", _x(3, 4)), ("i", _rng.integers(-4, 4, (3, 2)).astype(np.int64))],
+    "gather_elements",
+    attrs={"axis": 1},
+)
+case(
+    "gather-nd",
+    "GatherND",
+    [("x", _x(3, 4, 2)), ("i", np.array([[0, 1], [2, -1], [1, 3]], np.int64))],
+    "gather_nd",
+)
+case(
+    "gather-nd-batch1",
+    "GatherND",
+    [("x", _x(2, 3, 4)), ("i", np.array([[[1], [0]], [[2], [2]]], np.int64))],
+    "gather_nd",
+    attrs={"batch_dims": 1},
+)
+case(
+    "scatter-elements-axis1",
+    "ScatterElements",
+    [("x", _x(3, 4)), C("i", np.array([[1, 3], [0, -1], [2, 2]], np.int64)), ("u", _x(3, 2))],
+    "scatter_elements",
+    attrs={"axis": 1},
+)
+case(
+    "scatter-elements-add",
+    "ScatterElements",
+    [("x", _x(3, 4)), ("i", np.array([[1, 1], [0, 3], [2, 2]], np.int64)), ("u", _x(3, 2))],
+    "scatter_elements",
+    attrs={"axis": 1, "reduction": "add"},
+)
+case(
+    "scatter-nd",
+    "ScatterND",
+    [("x", _x(4, 3)), C("i", np.array([[2], [0]], np.int64)), ("u", _x(2, 3))],
+    "scatter_nd",
+)
+case(
+    "scatter-nd-mul",
+    "ScatterND",
+    [("x", _x(2, 3)), ("i", np.array([[0, 1], [1, 2], [0, 1]], np.int64)), ("u", _x(3))],
+    "scatter_nd",
+    attrs={"reduction": "mul"},
+)
+for axis in (-1, 0):
+    case(
+        f"onehot-axis{axis}",
+        "OneHot",
+        [("i", np.array([[0, 3], [-1, 2]], np.int64)), C("d", _i(4)), C("v", _f(-1.0, 2.0))],
+        "one_hot",
+        opset=11,
+        attrs={"axis": axis},
+    )
+case("trilu-upper", "Trilu", [("x", _x(2, 3, 4))], "where", opset=14)
+case("trilu-lower-k1", "Trilu", [("x", _x(4, 3)), C("k", _i(-1))], "where", opset=14, attrs={"upper": 0})
+
+# depth/space rearrangements (reshape + transpose)
+for mode in ("DCR", "CRD"):
+    case(
+        f"depth-to-space-{mode.lower()}",
+        "DepthToSpace",
+        [("x", _x(1, 8, 2, 3))],
+        {"reshape", "transpose"},
+        opset=13,
+        attrs={"blocksize": 2, "mode": mode},
+    )
+case(
+    "space-to-depth",
+    "SpaceToDepth",
+    [("x", _x(1, 2, 4, 6))],
+    {"reshape", "transpose"},
+    attrs={"blocksize": 2},
+)
+
+# normalizations built from layer_norm and elementwise operators
+case(
+    "instance-norm",
+    "InstanceNormalization",
+    [("x", _x(2, 3, 4, 5)), C("s", _x(3)), C("b", _x(3))],
+    {"layer_norm", "mul", "add"},
+    atol=1e-5,
+)
+case(
+    "group-norm",
+    "GroupNormalization",
+    [("x", _x(2, 4, 3, 3)), C("s", _x(4)), C("b", _x(4))],
+    {"reshape", "layer_norm", "mul", "add"},
+    opset=21,
+    attrs={"num_groups": 2},
+    atol=1e-5,
+)
+case(
+    "rms-norm",
+    "RMSNormalization",
+    [("x", _x(2, 3, 8)), C("s", _x(8))],
+    {"mul", "reduce_mean", "add", "sqrt", "div"},
+    opset=23,
+    atol=1e-5,
+)
+case("lp-norm", "LpNormalization", [("x", _x(3, 4))], {"reduce_l2", "div"}, attrs={"axis": 1})
+
+# transposed convolutions
+_CTX = _x(1, 2, 3, 4)
+for label, w_shape, attrs in (
+    ("basic-bias", (2, 3, 3, 3), {}),
+    ("s2-outpad", (2, 2, 3, 3), {"strides": [2, 2], "output_padding": [1, 0]}),
+    ("pads-dil", (2, 3, 2, 3), {"pads": [1, 0, 0, 1], "dilations": [2, 1]}),
+    ("group2", (2, 2, 3, 2), {"group": 2, "strides": [1, 2]}),
+    ("same-upper-s2", (2, 3, 3, 3), {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    ("output-shape", (2, 1, 3, 3), {"strides": [2, 2], "output_shape": [6, 9]}),
+):
+    ins = [("x", _CTX), C("w", _x(*w_shape))]
+    if label == "basic-bias":
+        ins.append(C("b", _x(w_shape[1])))
+    case(
+        f"conv-transpose-{label}", "ConvTranspose", ins, "conv_transpose2d", attrs=attrs, rtol=1e-4, atol=1e-5
+    )
+case(
+    "conv-transpose-1d",
+    "ConvTranspose",
+    [("x", _x(1, 2, 5)), C("w", _x(2, 3, 3)), C("b", _x(3))],
+    {"conv_transpose2d", "reshape"},
+    attrs={"strides": [2], "pads": [1, 0]},
+    rtol=1e-4,
+    atol=1e-5,
+)
+
+# einsum: two-operand contractions become matmul (+ transposes/reshapes); the rest the general operator
+case(
+    "einsum-batched-matmul",
+    "Einsum",
+    [("a", _x(2, 3, 4)), ("b", _x(2, 4, 5))],
+    "matmul",
+    opset=12,
+    attrs={"equation": "bij,bjk->bik"},
+    rtol=1e-4,
+    atol=1e-5,
+)
+case(
+    "einsum-attention-scores",
+    "Einsum",
+    [("q", _x(1, 2, 3, 4)), ("k", _x(1, 2, 5, 4))],
+    {"matmul", "reshape", "transpose"},
+    opset=12,
+    attrs={"equation": "bhqd,bhkd->bhqk"},
+    rtol=1e-4,
+    atol=1e-5,
+)
+case(
+    "einsum-ellipsis-transpose-out",
+    "Einsum",
+    [("a", _x(2, 3, 4)), C("b", _x(4, 5))],
+    {"matmul", "reshape", "transpose"},
+    opset=12,
+    attrs={"equation": "...ij,jk->k...i"},
+    rtol=1e-4,
+    atol=1e-5,
+)
+case(
+    "einsum-dot",
+    "Einsum",
+    [("a", _x(6)), ("b", _x(6))],
+    {"matmul", "reshape"},
+    opset=12,
+    attrs={"equation": "i,i"},
+    rtol=1e-4,
+    atol=1e-5,
+)
+case("einsum-diagonal", "Einsum", [("a", _x(4, 4))], "einsum", opset=12, attrs={"equation": "ii->i"})
+case(
+    "einsum-three-operands",
+    "Einsum",
+    [("a", _x(2, 3)), ("b", _x(3, 4)), ("c", _x(4))],
+    "einsum",
+    opset=12,
+    attrs={"equation": "ij,jk,k->i"},
+    rtol=1e-4,
+    atol=1e-5,
+)
+
+# 8-bit integer matrices: int32 accumulation (3s times 5s over K = 64 is 960, which int8 cannot hold)
+case(
+    "matmul-integer-int32-accumulation",
+    "MatMulInteger",
+    [("a", np.full((2, 64), 3, np.int8)), C("b", np.full((64, 3), 5, np.int8))],
+    "matmul",
+    opset=10,
+)
+case(
+    "matmul-integer-uint8-int8",
+    "MatMulInteger",
+    [
+        ("a", _rng.integers(0, 256, (3, 20)).astype(np.uint8)),
+        C("b", _rng.integers(-128, 128, (20, 4)).astype(np.int8)),
+    ],
+    "matmul",
+    opset=10,
+)
+case(
+    "matmul-integer-zero-points",
+    "MatMulInteger",
+    [
+        ("a", _rng.integers(0, 256, (3, 20)).astype(np.uint8)),
+        C("b", _rng.integers(0, 256, (20, 4)).astype(np.uint8)),
+        C("za", np.array(128, np.uint8)),
+        C("zb", np.array([3, 100, 0, 255], np.uint8)),
+    ],
+    {"cast", "sub", "matmul"},
+    opset=10,
+)

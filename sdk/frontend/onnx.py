@@ -311,9 +311,44 @@ def _gemm(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     return im.emit("add", [y, c], outs)
 
 
+_MATMUL_TYPES = ("float32", "float64", "float16", "int32", "int64")
+
+
 @converter("MatMul")
 def _matmul(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    return im.emit("matmul", [_a(ins, 0), _a(ins, 1)], outs)
+    a, b = _a(ins, 0), _a(ins, 1)
+    for v in (a, b):
+        if v.type.dtype not in _MATMUL_TYPES:
+            raise im.fail(
+                f"MatMul does not take {v.type.dtype} operands (ONNX allows float, double, float16, bfloat16, "
+                "int32, int64, uint32, uint64); 8-bit matrices are multiplied with MatMulInteger or "
+                "QLinearMatMul, which accumulate in int32"
+            )
+    return im.emit("matmul", [a, b], outs)
+
+
+@converter("MatMulInteger")
+def _matmul_integer(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    """int8/uint8 operands, optional zero points (per tensor, per row of A or per column of B); int32
+    accumulation and result. Zero points that are absent or all zero cost nothing: the 8-bit operands go
+    straight into the int32-accumulating matmul."""
+    a, b = _a(ins, 0), _a(ins, 1)
+    zps = [ins[i] if len(ins) > i else None for i in (2, 3)]
+    live = [zp is not None and not (isinstance(zp, Constant) and not np.any(zp.data)) for zp in zps]
+    if not any(live):
+        return im.emit("matmul", [a, b], outs)
+    args: list[Value] = []
+    for k, (v, zp) in enumerate(zip((a, b), zps, strict=True)):
+        wide = im.emit("cast", [v], [im.tmp(outs[0])], to="int32")[0]
+        if zp is not None and live[k]:
+            zp32 = im.emit("cast", [zp], [im.tmp(outs[0])], to="int32")[0]
+            if k == 0 and zp.type.ndim == 1 and zp.type.shape[0] != 1:  # one zero point per row of A
+                zp32 = im.emit("reshape", [zp32], [im.tmp(outs[0])], shape=(zp.type.shape[0], 1))[0]
+            wide = im.emit("sub", [wide, zp32], [im.tmp(outs[0])])[0]
+        args.append(wide)
+    return im.emit("matmul", args, outs)
 
 
 @converter("BatchNormalization")
@@ -1175,13 +1210,16 @@ def _einsum_matmul(im: _Importer, eq: str, vals: list[Value], outs: list[str]) -
     nb, m, kk, n = prod(batch), prod(am), prod(contract), prod(bn)
     a3 = arrange(a, ta, batch + am + contract, (nb, m, kk))
     b3 = arrange(b, tb, batch + contract + bn, (nb, kk, n))
-    y = im.emit("matmul", [a3, b3], [im.tmp(outs[0])])[0]
     order = batch + am + bn
-    y = im.emit("reshape", [y], [im.tmp(outs[0])], shape=tuple(size[c] for c in order))[0]
+    shape = tuple(size[c] for c in order)
     perm = tuple(order.index(ch) for ch in rhs)
-    if perm == tuple(range(len(perm))):
-        return im.emit("identity", [y], outs)
-    return im.emit("transpose", [y], outs, perm=perm)
+    steps = [("reshape", {"shape": shape})] if shape != (nb, m, n) else []
+    if perm != tuple(range(len(perm))):
+        steps.append(("transpose", {"perm": perm}))
+    y = im.emit("matmul", [a3, b3], [im.tmp(outs[0])] if steps else outs)[0]
+    for k, (op, kw) in enumerate(steps):
+        y = im.emit(op, [y], outs if k == len(steps) - 1 else [im.tmp(outs[0])], **kw)[0]
+    return [y]
 
 
 @converter("EyeLike")
@@ -1205,6 +1243,26 @@ def _compress(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], out
         flat = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(x.type.numel,))[0]
         return im.emit("gather", [flat, Constant(im.tmp("idx"), picked)], outs, axis=0)
     return im.emit("gather", [x, Constant(im.tmp("idx"), picked)], outs, axis=int(attrs["axis"]))
+
+
+# Operator categories kiln leaves out on purpose, with the reason the import error gives.
+_WHY_NOT_CATEGORIES = {
+    "it is a training-only operator (kiln compiles inference graphs)": (
+        "Adagrad Adam Momentum Gradient NegativeLogLikelihoodLoss SoftmaxCrossEntropyLoss"
+    ),
+    "it works on strings, and kiln's tensors hold numbers only": (
+        "StringConcat StringNormalizer StringSplit RegexFullMatch TfIdfVectorizer"
+    ),
+    "it produces or takes sequence or optional values, and kiln compiles graphs of tensors": (
+        "SequenceAt SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength SequenceMap "
+        "SplitToSequence ConcatFromSequence Optional OptionalGetElement OptionalHasElement"
+    ),
+    "it draws random numbers, and compiled models are deterministic": (
+        "Bernoulli RandomNormal RandomNormalLike RandomUniform RandomUniformLike Multinomial"
+    ),
+    "it decodes image files (decode them before running the model)": "ImageDecoder",
+}
+_WHY_NOT = {op: why for why, ops in _WHY_NOT_CATEGORIES.items() for op in ops.split()}
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -1277,7 +1335,11 @@ def from_onnx(
                 n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}", []
             ).append(n.name or n.output[0])
     if unsupported:
-        parts = [f"{op} (nodes: {', '.join(names)})" for op, names in sorted(unsupported.items())]
+        parts = [
+            f"{op} (nodes: {', '.join(names)})"
+            + (f": not supported, because {_WHY_NOT[op]}" if op in _WHY_NOT else "")
+            for op, names in sorted(unsupported.items())
+        ]
         raise UnsupportedOperatorError(f"unsupported ONNX operators: {'; '.join(parts)}")
     im = _Importer(g, opset)
     inits = {t.name for t in g.initializer}

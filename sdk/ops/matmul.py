@@ -2,6 +2,11 @@
 
 Lowered per batch index to the shared register-tiled GEMM; ONNX Gemm becomes matmul plus transposes and an
 elementwise bias add, which fusion folds into this kernel's epilogue.
+
+8- and 16-bit integer operands (int8, uint8, int16, and mixed int8 x uint8) are multiplied and accumulated
+in int32 and give an int32 result, like ONNX MatMulInteger (ONNX MatMul itself does not take them): the sum
+of K products of 8-bit values overflows 8 bits long before it overflows 32. Other dtypes accumulate in their
+own type (int32 and int64 products wrap like C and NumPy).
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ from ..ir import tensor as T
 from ..ir.types import Dim, TensorType
 from .base import LowerContext, OpDef, broadcast_shapes, flat_index, register
 from .gemm_kernel import gemm
+
+SMALL_INTS = ("int8", "uint8", "int16")
+
+
+def acc_dtype(a: str, b: str) -> str:
+    """The accumulator and result dtype of a product of ``a`` and ``b`` operands."""
+    return "int32" if a in SMALL_INTS and b in SMALL_INTS else a
 
 
 def _promote(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[tuple[Dim, ...], tuple[Dim, ...]]:
@@ -38,11 +50,17 @@ class MatMul(OpDef):
             del shape[-2]
         if b.ndim == 1:
             del shape[-1]
-        return [TensorType(tuple(shape), a.dtype)]
+        if a.dtype != b.dtype and not (a.dtype in SMALL_INTS and b.dtype in SMALL_INTS):
+            raise self.error(f"operands have different dtypes: {a} @ {b}")
+        return [TensorType(tuple(shape), acc_dtype(a.dtype, b.dtype))]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         a, b = inputs
-        return [np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(a.dtype)]
+        out = np.dtype(acc_dtype(str(a.dtype), str(b.dtype)))
+        if out.kind == "f":
+            return [np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(out)]
+        # exact in int64, then wrapped to the result type as the generated code's integer arithmetic does
+        return [np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(out)]
 
     def flops(
         self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
@@ -61,6 +79,10 @@ class MatMul(OpDef):
         m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
         out = out0.with_(shape=(*batch, m, n), strides=())
         nb = len(batch)
+        acc = acc_dtype(a.dtype, b.dtype)
+
+        def load(buf: T.Buffer, idx: tuple[T.Expr, ...]) -> T.Expr:
+            return T.cast(acc, buf[idx])
 
         def for_batch(bi: tuple[T.LoopVar, ...]) -> T.Stmt:
             def bidx(buf: T.Buffer) -> tuple[T.Expr, ...]:
@@ -81,11 +103,11 @@ class MatMul(OpDef):
                 m,
                 n,
                 k,
-                lambda i, kk: a[(*ab, i, kk)],
-                lambda kk, j: b[(*bb, kk, j)],
+                lambda i, kk: load(a, (*ab, i, kk)),
+                lambda kk, j: load(b, (*bb, kk, j)),
                 store,
                 ctx.lanes,
-                a.dtype,
+                acc,
             )
 
         if nb == 0:
