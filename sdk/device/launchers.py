@@ -198,10 +198,17 @@ def _ssh(target: Target | str, **options: Any) -> Launcher:
     return SshLauncher(target, **options)
 
 
+def _qemu_system(target: Target | str) -> Launcher:
+    from kiln.device.qemu_system import QemuSystemLauncher
+
+    return QemuSystemLauncher(target)
+
+
 #: Launcher name -> factory taking the target and the launcher's options (ssh: the board).
 LAUNCHERS: dict[str, Callable[..., Launcher]] = {
     "local": LocalLauncher,
     "qemu-user": QemuUserLauncher,
+    "qemu-system": _qemu_system,
     "ssh": _ssh,
 }
 
@@ -215,12 +222,11 @@ def make_launcher(name: str, target: Target | str, **options: Any) -> Launcher:
 
 
 def launcher_for(target: Target | str) -> Launcher:
-    """The default launcher: ``local`` when the host runs the target natively, else ``qemu-user``."""
+    """The default launcher: ``local`` when the host runs the target natively, else ``qemu-user``; for a
+    board, ``qemu-system``."""
     t = get_target(target)
     if t.is_bare_metal:
-        raise LauncherError(
-            f"target {t.name} is bare metal; it needs a qemu-system or serial launcher (not yet available)"
-        )
+        return _qemu_system(t)
     return LocalLauncher(t) if t.runs_natively() else QemuUserLauncher(t)
 
 

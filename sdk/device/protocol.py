@@ -39,6 +39,7 @@ assert HEADER.size == abi.FRAME_HEADER_BYTES
 CRC_BYTES = abi.FRAME_CRC_BYTES
 MAX_PAYLOAD = abi.MAX_PAYLOAD
 MIN_PAYLOAD = abi.MIN_PAYLOAD
+FAULT_STATUS = abi.STATUS["KILN_ERR_PLATFORM_FAULT"]
 
 MSG_INFO = Msg.INFO
 MSG_SET_INPUT = Msg.SET_INPUT
@@ -263,7 +264,13 @@ class Session(Executable):
     duration, estimated from the slowest RUN seen so far (:attr:`run_seconds`).
 
     Not thread-safe, except :meth:`kill`, which another thread may call to abort a hung call.
+
+    An ERROR reply with ``KILN_ERR_PLATFORM_FAULT`` (a board's fault handler sends one, then halts) raises
+    :class:`DeviceLost` naming the device and leaves the session unusable.
     """
+
+    #: What :meth:`time` and :meth:`profile` measure (launchers of emulated boards replace it).
+    clock = "wall-clock time on the device"
 
     def __init__(
         self,
@@ -328,7 +335,13 @@ class Session(Executable):
         self.send_bytes(encode_frame(request, payload), timeout)
         msg_type, reply = self.receive(request, timeout)
         if msg_type == MSG_ERROR:
-            raise error_from_reply(reply, request)
+            error = error_from_reply(reply, request)
+            if error.status == FAULT_STATUS:
+                text = reply[5:].decode("utf-8", errors="replace")
+                self._broken = f"{self.label} stopped during {MESSAGE_NAMES.get(request, request)}: {text}"
+                self.kill()
+                raise DeviceLost(self._broken, error.status, error.request)
+            raise error
         if msg_type != request | MSG_REPLY:
             self._fail_protocol(
                 f"expected the reply to {MESSAGE_NAMES.get(request)}, got type 0x{msg_type:02x}"
@@ -538,7 +551,10 @@ class Session(Executable):
     def _fail_timeout(self, what: str, timeout: float | None) -> NoReturn:
         t = self.timeout if timeout is _DEFAULT else timeout
         self.kill()
-        self._broken = f"{self.label} did not {what} within {t:g} s and was stopped"
+        hint = getattr(self.peer, "timeout_hint", "")
+        self._broken = f"{self.label} did not {what} within {t:g} s and was stopped" + (
+            f" ({hint})" if hint else ""
+        )
         raise DeviceTimeout(self._broken)
 
     def _fail_lost(self, when: str) -> NoReturn:

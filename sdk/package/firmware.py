@@ -75,7 +75,7 @@ def memory_c(info: Any, *, kernel_calls: int) -> str:
     if info.workspace_bytes:
         lines.append(
             f"static uint8_t k_arena[{abi.align_up(info.workspace_bytes)}] "
-            f'__attribute__((aligned({abi.ALIGNMENT}), section(".bss.kiln_arena")));'
+            f'__attribute__((aligned({abi.ALIGNMENT}), section(".bss.kiln_arena.model")));'
         )
         arena = "k_arena"
     calls = max(kernel_calls, 1)

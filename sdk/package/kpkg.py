@@ -5,12 +5,15 @@ first, then every other file sorted by path; every member is a regular file with
 user/group names and mode 0755 (``bin/*``) or 0644. So the same inputs always give byte-identical packages.
 
 Members: ``manifest.json``; ``bin/runner`` (Linux targets: the static runner serving the device protocol on
-stdin/stdout); ``lib/libmodel.a`` + ``include/model.h`` + ``include/kiln/*.h`` (for embedding).
+stdin/stdout) or ``bin/image.elf`` + ``lib/image.map`` (boards: the firmware image serving it over the UART,
+and its linker map); ``lib/libmodel.a`` + ``include/model.h`` + ``include/kiln/*.h`` (for embedding).
 
 ``manifest.json`` (JSON, sorted keys): ``format_version``; ``name``; ``target`` {name, triple, cpu,
 features, os}; ``inputs``/``outputs`` [{name, dtype, shape}]; ``arena_bytes`` (workspace); ``weight_bytes``;
 ``code_bytes`` (executable sections of the generated code); ``operators``; ``kernels`` (kernel names in
-profiler index order); ``runnable`` (path of the runnable or null); ``runtime`` {abi_version,
+profiler index order); ``runnable`` (path of the runnable or null); boards also ``memory`` (flash: code /
+weights / runtime, RAM: arena / io / stack / runtime, totals, limits, percent, output sections: measured on
+the linked image) and ``board`` (memory map, timer, emulator); ``runtime`` {abi_version,
 protocol_version, sha256 of the runtime sources}; ``compiler`` ("kiln X.Y.Z"); ``files`` {path: {sha256,
 size}} for every other member. Extra keys may be added by the compile driver.
 
@@ -47,13 +50,27 @@ from kiln.device.protocol import Session
 from kiln.package.link import LinkedModel, ModelInfo
 from kiln.runtime_c import abi
 from kiln.targets import Target, get_target
+from kiln.targets.board import board_of
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 RUNNER = "bin/runner"
+IMAGE = "bin/image.elf"
+IMAGE_MAP = "lib/image.map"
 SUFFIX = ".kpkg"
 _AUTO: Any = object()
-_RESERVED = {"format_version", "files", "name", "target", "inputs", "outputs", "runnable", "runtime"}
+_RESERVED = {
+    "format_version",
+    "files",
+    "name",
+    "target",
+    "inputs",
+    "outputs",
+    "runnable",
+    "runtime",
+    "memory",
+    "board",
+}
 
 
 # The slowest rate at which a device of ours runs generated code, with a margin: measured here with another job
@@ -123,8 +140,14 @@ class Package:
         t = get_target(target)
         files: dict[str, bytes] = {"lib/libmodel.a": linked.libmodel, "include/model.h": linked.model_h}
         files.update({f"include/kiln/{h.name}": h.read_bytes() for h in runtime_c.headers()})
+        runnable = None
         if linked.runner is not None:
             files[RUNNER] = linked.runner
+            runnable = RUNNER
+        if linked.image is not None:
+            files[IMAGE] = linked.image.elf
+            files[IMAGE_MAP] = linked.image.map_text.encode()
+            runnable = IMAGE
 
         def tensors(specs: Any) -> list[dict[str, Any]]:
             return [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in specs]
@@ -140,7 +163,7 @@ class Package:
             "code_bytes": linked.code_size,
             "operators": list(info.operators),
             "kernels": list(info.kernel_names),
-            "runnable": RUNNER if linked.runner is not None else None,
+            "runnable": runnable,
             "runtime": {
                 "abi_version": abi.ABI_VERSION,
                 "protocol_version": abi.PROTOCOL_VERSION,
@@ -148,6 +171,19 @@ class Package:
             },
             "compiler": f"kiln {_kiln_version()}",
         }
+        if linked.image is not None:
+            manifest["memory"] = linked.image.memory
+            board = board_of(t)
+            assert board is not None
+            manifest["board"] = {
+                "flash_base": board.flash_base,
+                "flash_bytes": board.flash_bytes,
+                "ram_base": board.ram_base,
+                "ram_bytes": board.ram_bytes,
+                "stack_bytes": board.stack_bytes,
+                "timer": {"kind": board.timer_kind, "hz": board.timer_hz},
+                "emulator": list(t.emulator),
+            }
         for key, value in (extra_manifest or {}).items():
             if key in _RESERVED:
                 raise ValueError(f"extra_manifest may not set {key!r}: the package build owns it")
