@@ -109,7 +109,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--launcher",
         default=None,
-        help="local | qemu-user (default: local if the target runs here, else qemu-user)",
+        help="local | qemu-user | ssh (default: ssh with --ssh, else local if the target runs here, else qemu-user)",
     )
     _listen_args(p, 9191)
     p.add_argument(
@@ -123,6 +123,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-runners", type=int, default=4, help="runner processes kept alive (default 4)")
     p.add_argument("--call-timeout", type=float, default=120.0, metavar="S", help="default per-call timeout")
     _add_token_args(p, server=True)
+    from kiln.device.ssh import add_ssh_args  # the board of --launcher ssh
+
+    add_ssh_args(p)
     p.set_defaults(fn=cmd_serve)
 
     p = subparsers.add_parser("devices", help="list the devices of a tracker")
@@ -174,21 +177,29 @@ def cmd_tracker(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_launcher(name: str | None, target: str) -> Any:
-    """The launcher named ``name`` for ``target`` (``None``: the target's default)."""
+def make_launcher(name: str | None, target: str, ssh: Any = None) -> Any:
+    """The launcher named ``name`` for ``target`` (``None``: the target's default); ``ssh``, the board's
+    :class:`kiln.device.ssh.SshOptions`, makes it ``ssh``, checked against the board now."""
     from kiln.device import launchers
 
+    if ssh is not None:
+        if name not in (None, "ssh"):
+            raise ValueError(f"--ssh runs the device on a board: use --launcher ssh, not {name}")
+        launcher = launchers.make_launcher("ssh", target, options=ssh)
+        launcher.check()  # refuse to serve a board that cannot run the target (before the first client)
+        return launcher
     if name is None:
         return launchers.launcher_for(target)
     return launchers.make_launcher(name, target)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from kiln.device.ssh import options_from_args
     from kiln.rpc.servers import DeviceServer
 
     try:
         security = server_security(token_file=args.token_file, insecure=args.insecure, tls=_server_tls(args))
-        launcher = make_launcher(args.launcher, args.target)
+        launcher = make_launcher(args.launcher, args.target, options_from_args(args))
     except (AuthError, ValueError, LookupError) as e:
         print(f"kiln serve: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""``kiln`` command line: targets, compile, inspect, run, bench, profile (+ tracker, serve, devices).
+"""``kiln`` command line: targets, compile, inspect, run, bench, profile (+ tracker, serve, devices; deploy and
+probe for boards over SSH).
 
 Every failure a user can cause prints one line ``kiln: error: ...`` and exits with status 1; ``--debug``
 shows the traceback instead. Nothing half-written is left behind: packages and output files are written to a
@@ -167,11 +168,24 @@ def _load_inputs(args: argparse.Namespace, spec: Sequence[dict[str, Any]]) -> di
 
 
 def _open(args: argparse.Namespace, pkg: Package) -> Executable:
-    """The package loaded on its device: remote when --tracker/--device is given, else local (native or
-    QEMU)."""
+    """The package loaded on its device: on a board over SSH with --ssh, on the farm with --tracker/--device,
+    else local (native or QEMU)."""
+    from .device.ssh import SshLauncher, options_from_args
     from .rpc.cli import open_remote
 
-    return open_remote(args, pkg) or pkg.open_session()
+    ssh = options_from_args(args)
+    if ssh is None:
+        return open_remote(args, pkg) or pkg.open_session()
+    if getattr(args, "tracker", None) or getattr(args, "device", None):
+        raise CLIError("--ssh runs on a board directly; give either --ssh or --tracker/--device")
+    launcher = SshLauncher(pkg.target, ssh)
+    try:
+        session = pkg.open_session(launcher)
+    except BaseException:
+        launcher.close()
+        raise
+    session.add_cleanup(launcher.close)
+    return session
 
 
 def _write_outputs(outdir: Path, outputs: dict[str, np.ndarray]) -> list[Path]:
@@ -241,8 +255,55 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from .device.ssh import SshLauncher, options_from_args
+    from .package.kpkg import RUNNER, Package
+
+    pkg = Package.load(args.package)
+    if RUNNER not in pkg.files:
+        raise CLIError(f"package {pkg.name!r} for {pkg.manifest['target']['name']} has no runner to deploy")
+    ssh = options_from_args(args)
+    assert ssh is not None  # --ssh is required
+    with SshLauncher(pkg.target, ssh) as launcher:
+        remote = launcher.deploy(pkg.files[RUNNER])
+    how = "uploaded" if remote.uploaded else "already there"
+    print(
+        f"kiln: {pkg.name} ({pkg.target.name}) on {remote.board}: {how}, {remote.size} bytes", file=sys.stderr
+    )
+    print(remote.path)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .device.ssh import SshConnection, options_from_args, probe
+    from .targets import list_targets
+
+    ssh = options_from_args(args)
+    assert ssh is not None  # --ssh is required
+    emulators = {t.emulator[0] for t in list_targets() if t.emulator} | set(ssh.exec_prefix[:1])
+    with SshConnection(ssh) as conn:
+        board = probe(conn, ssh.remote_dir, sorted(emulators))
+        status, out, _ = conn.run('ls -1 "$1"', board.remote_dir)
+    cached = [n for n in out.split() if len(n) == 64] if status == 0 else []
+    features = board.cpu_features
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "asimd", "asimddp", "sve", "neon", "vfpv4")
+    shown = " ".join(f for f in wanted if f in features)
+    free = "unknown" if board.free_bytes is None else f"{board.free_bytes / (1 << 20):.1f} MiB free"
+    print(f"board       {board.label}")
+    model = f", {board.model}" if board.model else ""
+    print(f"system      {board.system} {board.machine}, {board.cpus} CPU(s){model}")
+    print(f"cpu flags   {len(features)} in /proc/cpuinfo" + (f", including {shown}" if shown else ""))
+    print(f"remote dir  {board.remote_dir}: {free}, {len(cached)} cached runner(s)")
+    print("targets")
+    for t, how, why in board.runnable_targets():
+        print(f"  {t.name:22} {'runs: ' + how if how else 'no: ' + str(why)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- the parser
 def _add_run_args(p: argparse.ArgumentParser) -> None:
+    from .device.ssh import add_ssh_args
+
     p.add_argument("package", help="a .kpkg file made by kiln compile")
     p.add_argument("--input", "-i", action="append", default=[], metavar="NAME=FILE.npy")
     p.add_argument(
@@ -250,6 +311,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     add_remote_args(p)
+    add_ssh_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,6 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(pr)
     pr.add_argument("--trace", help="write a Chrome trace JSON (opens in Perfetto)")
     pr.set_defaults(fn=cmd_profile)
+
+    from .device.ssh import add_ssh_args
+
+    d = sub.add_parser("deploy", help="upload a package's runner to a board over SSH; print its remote path")
+    d.add_argument("package", help="a .kpkg file made by kiln compile")
+    add_ssh_args(d, required=True)
+    d.set_defaults(fn=cmd_deploy)
+
+    pb = sub.add_parser("probe", help="what a board over SSH is and which kiln targets run there")
+    add_ssh_args(pb, required=True)
+    pb.set_defaults(fn=cmd_probe)
 
     register(sub)
     return p

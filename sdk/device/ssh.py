@@ -319,7 +319,7 @@ def _connect_hop(hop: Hop, sock: Any, options: SshOptions) -> paramiko.SSHClient
     except paramiko.BadHostKeyException as e:
         client.close()
         raise HostKeyError(
-            f"HOST KEY CHANGED for {e.hostname}: {known_hosts} has {fingerprint(e.expected_key)}, the server "
+            f"HOST KEY CHANGED for {hop.known_hosts_name}: {known_hosts} has {fingerprint(e.expected_key)}, the server "
             f"offers {fingerprint(e.key)}; someone may be intercepting the connection, or the board was "
             f"reinstalled. Refusing to connect. If you know why it changed, remove the old key with "
             f"`ssh-keygen -f {known_hosts} -R '{hop.known_hosts_name}'` and connect again",
@@ -356,6 +356,12 @@ def _connect_hop(hop: Hop, sock: Any, options: SshOptions) -> paramiko.SSHClient
         raise SshError(f"cannot connect to {hop.label}: connection refused") from e
     except paramiko.SSHException as e:
         client.close()
+        if "No authentication methods" in str(e):
+            raise SshError(
+                f"no key to log in to {hop.label} with (no --ssh-identity, "
+                f"{'nothing in the ssh-agent' if options.use_agent else 'the ssh-agent not used'}, "
+                "no ~/.ssh/id_*); pass one with --ssh-identity KEY"
+            ) from e
         raise SshError(f"SSH handshake with {hop.label} failed: {e}") from e
     except (OSError, EOFError) as e:
         client.close()
@@ -522,8 +528,10 @@ echo "system=$(uname -sr)"
 echo "now=$(date +%s)"
 echo "df=$(df -Pk . 2>/dev/null | tail -n 1)"
 echo "cpus=$(grep -c '^processor' /proc/cpuinfo 2>/dev/null)"
-m='^(model name|model|uarch|cpu model|hardware)[[:space:]]*:'
-echo "model=$(grep -m 1 -i -E "$m" /proc/cpuinfo 2>/dev/null | cut -d: -f2-)"
+for k in 'model name' Model uarch 'cpu model' Hardware; do
+  m=$(grep -m 1 "^$k[[:space:]]*:" /proc/cpuinfo 2>/dev/null | cut -d: -f2-); [ -n "$m" ] && break
+done
+echo "model=$m"
 for e in "$@"; do command -v "$e" >/dev/null 2>&1 && echo "have=$e"; done
 if [ -r /proc/cpuinfo ]; then echo "cpuinfo:"; sed -n '1,/^[[:space:]]*$/p' /proc/cpuinfo; fi
 """

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sshboard import SSHD, Sshd, keygen, processes_mentioning, wait_until
+from sshboard import SSHD, Sshd, keygen, runners_in, wait_until
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -88,8 +88,6 @@ def no_runner_left() -> Callable[[str], None]:
     """``no_runner_left(remote_dir)``: waits until no process on the board mentions the remote dir."""
 
     def check(remote_dir: str, timeout: float = 10.0) -> None:
-        wait_until(
-            lambda: not processes_mentioning(remote_dir), timeout, f"the runners in {remote_dir} to end"
-        )
+        wait_until(lambda: not runners_in(remote_dir), timeout, f"the runners in {remote_dir} to end")
 
     return check

@@ -83,6 +83,11 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def runners_in(remote_dir: str) -> list[str]:
+    """The processes on the board running from ``remote_dir`` (runners, their wrappers)."""
+    return processes_mentioning(remote_dir.rstrip("/") + "/")
+
+
 def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -200,3 +205,42 @@ def python_client(script: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+class FarmCommand:
+    """``python -m kiln.rpc.cli tracker|serve ...`` as a process; ``address`` is where it listens."""
+
+    def __init__(self, *args: str, env: dict[str, str], log: Path, timeout: float = 30.0) -> None:
+        self.log = log
+        with log.open("w") as f:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kiln.rpc.cli", *args],
+                stdout=subprocess.PIPE,
+                stderr=f,
+                text=True,
+                env={**os.environ, **env},
+            )
+        assert self.proc.stdout is not None
+        line = ""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline()
+            if not line or "listening on " in line:
+                break
+        if "listening on " not in line:
+            self.stop()
+            raise RuntimeError(
+                f"kiln {' '.join(args[:1])} did not start: {line!r}\n{log.read_text()[-3000:]}"
+            )
+        self.address = line.rsplit("listening on ", 1)[1].split()[0]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

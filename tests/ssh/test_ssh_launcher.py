@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sshboard import Sshd, processes_mentioning, python_client
+from sshboard import Sshd, python_client, runners_in
 
 import tinypkg
 from kiln.device import DeviceLost, DeviceTimeout, make_launcher
@@ -133,7 +133,7 @@ def test_hung_runner_times_out_and_is_killed_on_the_board(
     with launcher("x86_64-linux", **env) as ssh:
         with packages["x86_64-linux"].open_session(ssh, timeout=1.0) as s:
             s.info()
-            assert processes_mentioning(env["remote_dir"])  # the runner is there...
+            assert runners_in(env["remote_dir"])  # the runner is there...
             t0 = time.monotonic()
             with pytest.raises(DeviceTimeout, match=r"\(ssh\) did not answer RUN within 1 s and was stopped"):
                 s.run(tinypkg.inputs(mode="hang"))
@@ -165,7 +165,7 @@ def test_a_killed_client_leaves_no_runner_on_the_board(
         assert client.stdout is not None
         assert client.stdout.readline().strip() == "ready", client.stderr.read() if client.stderr else ""
         time.sleep(0.3)  # the runner now spins in RUN and reads nothing
-        assert processes_mentioning(env["remote_dir"])
+        assert runners_in(env["remote_dir"])
         client.kill()
         client.wait()
     finally:
