@@ -10,6 +10,12 @@ while the tracker is unreachable it retries every ``retry_interval``, and gRPC r
 too instead of its default backoff of up to two minutes. A rejected token (``UNAUTHENTICATED``) is logged and
 retried like an outage. On stop the agent unregisters, so the device leaves the pool without waiting for the
 liveness window. The tracker's half of these rules is in :mod:`kiln.rpc.tracker`.
+
+The agent is also the device server's line to the tracker for leases: :meth:`TrackerAgent.verify_lease` asks
+``VerifyLease`` for a call's lease; each heartbeat reply names the device's current lease
+(``on_lease(lease_id, asked_at)``); a ``NOT_FOUND`` heartbeat calls ``on_forgot()`` before registering again
+(the leases the tracker granted before are gone). Registering, heartbeats and lease checks need the admin
+role, so the agent presents the farm's admin token.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -24,6 +31,7 @@ import grpc
 from kiln.rpc import tracker_pb2, tracker_pb2_grpc
 from kiln.rpc.auth import TLSConfig, open_channel
 from kiln.rpc.common import Capabilities
+from kiln.rpc.device_service import NotLeased, TrackerUnreachable
 
 log = logging.getLogger("kiln.rpc.agent")
 
@@ -41,11 +49,15 @@ class TrackerAgent:
         tls: TLSConfig | None = None,
         runs_served: Callable[[], int] = lambda: 0,
         retry_interval: float = 1.0,
+        on_lease: Callable[[str, float], None] | None = None,
+        on_forgot: Callable[[], None] | None = None,
     ) -> None:
         self.tracker_address = tracker_address
         self.caps = caps
         self.runs_served = runs_served
         self.retry_interval = retry_interval
+        self.on_lease = on_lease
+        self.on_forgot = on_forgot
         self.device_id: str | None = None
         self.registrations = 0
         self.registered = threading.Event()
@@ -78,6 +90,8 @@ class TrackerAgent:
                     reply = self._stub.Register(
                         tracker_pb2.RegisterRequest(caps=self.caps.to_proto()), timeout=max(1.0, interval)
                     )
+                    if self.on_forgot is not None and self.registrations:
+                        self.on_forgot()
                     self.device_id = reply.device_id
                     self.registrations += 1
                     interval = reply.heartbeat_interval_ms / 1000.0
@@ -85,12 +99,16 @@ class TrackerAgent:
                     self._outage = False
                     log.info("registered with tracker %s as %s", self.tracker_address, self.device_id)
                 else:
-                    self._stub.Heartbeat(
+                    asked = time.monotonic()
+                    hb = self._stub.Heartbeat(
                         tracker_pb2.HeartbeatRequest(
                             device_id=self.device_id, runs_served=self.runs_served()
                         ),
                         timeout=max(1.0, interval),
                     )
+                    self._outage = False
+                    if self.on_lease is not None:
+                        self.on_lease(hb.lease_id, asked)
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
                 if code == grpc.StatusCode.NOT_FOUND:
@@ -99,6 +117,8 @@ class TrackerAgent:
                     )
                     self.device_id = None
                     self.registered.clear()
+                    if self.on_forgot is not None:
+                        self.on_forgot()
                     continue
                 if code == grpc.StatusCode.UNAUTHENTICATED:
                     log.error("tracker %s rejected this device: %s", self.tracker_address, e.details())
@@ -114,6 +134,31 @@ class TrackerAgent:
                     self._stop.wait(self.retry_interval)
                     continue
             self._stop.wait(interval if self.device_id else self.retry_interval)
+
+    def verify_lease(self, lease_id: str) -> tuple[str, float]:
+        """Ask the tracker whether ``lease_id`` is a live lease of this device: (owner, seconds it is valid at
+        least). :class:`NotLeased` if not; :class:`TrackerUnreachable` if the tracker cannot say."""
+        device_id = self.device_id
+        if device_id is None:
+            raise TrackerUnreachable(
+                f"this device is not registered with tracker {self.tracker_address} right now; retry shortly"
+            )
+        try:
+            g = self._stub.VerifyLease(
+                tracker_pb2.VerifyLeaseRequest(device_id=device_id, lease_id=lease_id), timeout=5.0
+            )
+        except grpc.RpcError as e:
+            code = e.code() if hasattr(e, "code") else None
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise NotLeased(
+                    "the call's lease is not a live lease of this device (expired, released, or another "
+                    "device's); request the device from the tracker again"
+                ) from None
+            raise TrackerUnreachable(
+                f"cannot check the call's lease with tracker {self.tracker_address}: "
+                f"{code.name if code else e}"
+            ) from None
+        return g.owner, g.expires_in_ms / 1000.0
 
     def stop(self, unregister: bool = True) -> None:
         self._stop.set()

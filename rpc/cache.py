@@ -12,6 +12,15 @@ Uploads
     the file enter the cache, atomically (a rename). A rejected upload leaves the cache untouched, and
     temporary files left by a crash are removed when the cache opens.
 
+Owners
+    A package is visible only to the identities that uploaded it (``owner``; the device service passes the
+    caller's identity): asking for a package another identity uploaded answers ``NOT_FOUND`` exactly as if
+    it were not cached, so a client can neither probe nor load someone else's package by its sha256. An
+    identity that uploads a package the cache already holds sends it whole like any upload (proving it has
+    the bytes) and is added to its owners; the bytes are stored once. Owners are kept next to each archive
+    (``<sha>.owners``). The cache directory is private to the server (mode 0711: runners can pass through it
+    to their own work directories, never list it; archives are 0600).
+
 Size and eviction
     The cache holds at most ``limit_bytes``; when a new package does not fit, the least recently used
     packages that are not pinned (the device service pins the packages that have a live runner) are evicted.
@@ -82,28 +91,44 @@ class PackageCache:
     def __init__(self, root: Path, limit_bytes: int = CACHE_BYTES, max_upload_bytes: int = MAX_UPLOAD_BYTES):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o711)
         self.limit_bytes = limit_bytes
         self.max_upload_bytes = max_upload_bytes
         self._lock = threading.Lock()
         self._lru: OrderedDict[str, int] = OrderedDict()  # sha -> bytes, least recent first
+        self._owners: dict[str, set[str]] = {}
         for p in sorted(self.root.glob("*.kpkg"), key=lambda p: p.stat().st_mtime):
             self._lru[p.stem] = p.stat().st_size
+            owners = p.with_suffix(".owners")
+            self._owners[p.stem] = set(owners.read_text().split()) if owners.exists() else set()
         for p in self.root.glob("*.part"):
             p.unlink(missing_ok=True)
 
     def path(self, sha: str) -> Path:
         return self.root / f"{sha}.kpkg"
 
-    def has(self, sha: str) -> bool:
-        with self._lock:
-            return sha in self._lru
+    def _visible(self, sha: str, owner: str | None) -> bool:
+        return sha in self._lru and (owner is None or owner in self._owners.get(sha, ()))
 
-    def touch(self, sha: str) -> Path:
+    def has(self, sha: str, owner: str | None = None) -> bool:
+        """Whether ``sha`` is cached and visible to ``owner`` (None: to anyone)."""
         with self._lock:
-            if sha not in self._lru:
+            return self._visible(sha, owner)
+
+    def touch(self, sha: str, owner: str | None = None) -> Path:
+        with self._lock:
+            if not self._visible(sha, owner):
                 raise NotCached(f"package {sha[:12]} is not on this device; upload it first")
             self._lru.move_to_end(sha)
             return self.path(sha)
+
+    def _add_owner_locked(self, sha: str, owner: str | None) -> None:
+        if owner is None:
+            return
+        owners = self._owners.setdefault(sha, set())
+        if owner not in owners:
+            owners.add(owner)
+            self.path(sha).with_suffix(".owners").write_text("\n".join(sorted(owners)) + "\n")
 
     @property
     def total_bytes(self) -> int:
@@ -119,8 +144,10 @@ class PackageCache:
         chunks: Iterator[device_pb2.UploadChunk],
         verify: Callable[[Path], None],
         pinned: Callable[[], set[str]] = set,
+        owner: str | None = None,
     ) -> tuple[str, int]:
-        """Write an upload stream to a temporary file, verify it, and move it into the cache."""
+        """Write an upload stream to a temporary file, verify it, and move it into the cache, visible to
+        ``owner`` (None: to anyone)."""
         first = next(chunks, None)
         if first is None:
             raise BadRequest("empty upload")
@@ -151,12 +178,19 @@ class PackageCache:
                 raise CorruptUpload(
                     f"upload does not match its sha256: announced {sha[:12]}, received {h.hexdigest()[:12]}"
                 )
+            with self._lock:
+                if sha in self._lru:  # the same bytes are here already: the uploader becomes an owner
+                    self._add_owner_locked(sha, owner)
+                    self._lru.move_to_end(sha)
+                    return sha, size
             verify(tmp)
             with self._lock:
                 self._evict_locked(size, pinned())
                 os.replace(tmp, self.path(sha))
                 self._lru[sha] = size
                 self._lru.move_to_end(sha)
+                self._owners[sha] = set()
+                self._add_owner_locked(sha, owner)
             return sha, size
         finally:
             tmp.unlink(missing_ok=True)
@@ -169,7 +203,9 @@ class PackageCache:
             if sha in pinned:
                 continue
             total -= self._lru.pop(sha)
+            self._owners.pop(sha, None)
             self.path(sha).unlink(missing_ok=True)
+            self.path(sha).with_suffix(".owners").unlink(missing_ok=True)
             log.info("evicted package %s from the cache", sha[:12])
         if total + need > self.limit_bytes:
             raise TooLarge(f"cache full: {total} of {self.limit_bytes} bytes held by loaded packages")

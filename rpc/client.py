@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -30,7 +31,7 @@ import numpy as np
 
 from kiln.device import Executable, Profile
 from kiln.rpc import device_pb2, device_pb2_grpc, tracker_pb2, tracker_pb2_grpc
-from kiln.rpc.auth import METADATA_KEY, TLSConfig, load_token, open_channel
+from kiln.rpc.auth import LEASE_METADATA_KEY, METADATA_KEY, TLSConfig, load_token, open_channel
 from kiln.rpc.common import (
     MAX_DEVICE_MESSAGE_BYTES,
     UPLOAD_CHUNK_BYTES,
@@ -42,6 +43,21 @@ from kiln.rpc.common import (
 log = logging.getLogger("kiln.rpc.client")
 
 _DEADLINE_MARGIN_S = 10.0  # the server's own timeout answers first, with a clearer message
+_MAX_TIMEOUT_MS = 2**32 - 1  # timeout_ms is a uint32
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def check_timeout(value: float, what: str = "timeout") -> float:
+    """``value`` as seconds if it is a finite number in (0, one week], else ValueError (NaN, negative, 1e300)."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be a number of seconds, not {value!r}") from e
+    if not math.isfinite(t) or t <= 0 or t > MAX_TIMEOUT_S:
+        raise ValueError(
+            f"{what} must be a finite number of seconds in (0, {MAX_TIMEOUT_S:g}], not {value!r}"
+        )
+    return t
 
 
 class RemoteError(RuntimeError):
@@ -52,13 +68,35 @@ class RemoteError(RuntimeError):
         self.code = code
 
 
-def _translate(e: grpc.RpcError, where: str) -> RemoteError:
+_TLS_FAILURE = ("ssl", "tls", "handshake", "certificate", "wrong_version_number", "socket closed")
+
+
+def _translate(e: grpc.RpcError, where: str, *, service: str = "", tls: bool = False) -> RemoteError:
+    """A RemoteError that says what went wrong and, for the usual mistakes, what to do."""
     code = e.code() if hasattr(e, "code") else None
-    details = e.details() if hasattr(e, "details") else str(e)
+    details = (e.details() if hasattr(e, "details") else str(e)) or ""
+    low = details.lower()
     if code == grpc.StatusCode.UNAVAILABLE:
         msg = f"{where} is unreachable: {details}"
+        if not tls and any(w in low for w in _TLS_FAILURE):
+            msg += " (if the server uses TLS, connect with --tls or --tls-ca CA.pem)"
+        elif tls and any(w in low for w in _TLS_FAILURE):
+            msg += (
+                " (the TLS handshake failed: is the server serving TLS, does --tls-ca name the CA that signed "
+                "its certificate, and does the certificate name this host (--tls-server-name)?)"
+            )
     elif code == grpc.StatusCode.UNAUTHENTICATED:
         msg = f"{where} rejected the call ({details}); set KILN_RPC_TOKEN or pass --token-file"
+    elif code == grpc.StatusCode.UNIMPLEMENTED and service == "Tracker":
+        msg = (
+            f"{where} is not a kiln tracker (it does not serve the Tracker service; is it a device server? "
+            "--tracker takes the address `kiln tracker` listens on, --device a device server's)"
+        )
+    elif code == grpc.StatusCode.UNIMPLEMENTED and service == "Device":
+        msg = (
+            f"{where} is not a kiln device server (it does not serve the Device service; is it a tracker? "
+            "--device takes the address `kiln serve` listens on; lease through a tracker with --tracker)"
+        )
     else:
         msg = f"{where}: {details}"
     return RemoteError(msg, code)
@@ -122,7 +160,8 @@ class RemoteModule(Executable):
     def _deadline(self) -> tuple[int, float | None]:
         if self.timeout is None:
             return 0, None
-        return max(1, int(self.timeout * 1000)), self.timeout + _DEADLINE_MARGIN_S
+        t = check_timeout(self.timeout, "timeout")
+        return max(1, min(_MAX_TIMEOUT_MS, int(t * 1000))), t + _DEADLINE_MARGIN_S
 
     def run(self, inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         ms, deadline = self._deadline()
@@ -186,6 +225,7 @@ class RemoteDevice:
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.address = address
+        self._tls = tls is not None
         # The token goes into each call's metadata directly: cheaper than a channel interceptor on the
         # run path, which the remote-overhead benchmark measures.
         self._channel = open_channel(address, tls=tls, options=_options())
@@ -200,7 +240,7 @@ class RemoteDevice:
         try:
             return getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise _translate(e, self.label) from None
+            raise _translate(e, self.label, service="Device", tls=self._tls) from None
 
     def info(self) -> dict[str, Any]:
         r = self._call("Info", device_pb2.InfoRequest(), 30.0)
@@ -286,7 +326,7 @@ class LeasedDevice(RemoteDevice):
             lease.device.address,
             token=tracker._token,
             tls=tracker._tls,
-            metadata=(("kiln-lease", lease.lease_id),),
+            metadata=((LEASE_METADATA_KEY, lease.lease_id),),
         )
         self.tracker = tracker
         self.lease_id = lease.lease_id
@@ -295,10 +335,11 @@ class LeasedDevice(RemoteDevice):
         self.key = self.caps.key
         self.ttl = lease.ttl_ms / 1000.0
         self.queued_s = lease.queued_s
+        self.owner = lease.owner
         self.label = f"device {self.key!r} at {self.address}"
         self.lost = threading.Event()
         self._released = threading.Event()
-        self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-{self.lease_id}", daemon=True)
+        self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-{self.key}", daemon=True)
         self._renewer.start()
 
     def _renew_loop(self) -> None:
@@ -309,10 +350,10 @@ class LeasedDevice(RemoteDevice):
                 )
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND:
-                    log.warning("lease %s on %s was lost: %s", self.lease_id, self.label, e.details())
+                    log.warning("the lease on %s was lost: %s", self.label, e.details())
                     self.lost.set()
                     return
-                log.warning("cannot renew lease %s: %s", self.lease_id, e.details())
+                log.warning("cannot renew the lease on %s: %s", self.label, e.details())
 
     def release(self) -> None:
         if self._released.is_set():
@@ -330,11 +371,31 @@ class LeasedDevice(RemoteDevice):
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __repr__(self) -> str:
-        return f"LeasedDevice({self.key!r} at {self.address}, lease {self.lease_id})"
+    def __repr__(self) -> str:  # never the lease id: it is a secret
+        return f"LeasedDevice({self.key!r} at {self.address}, held by {self.owner or '?'})"
 
 
 # ------------------------------------------------------------------------------------------------- tracker
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Where a waiting request stands: ``position`` 1 is served next."""
+
+    key: str
+    position: int
+    waiting: int
+    devices: int
+    waited_s: float
+
+    def __str__(self) -> str:
+        devs = f"{self.devices} device{'s' if self.devices != 1 else ''}"
+        if not self.devices:
+            devs = "no device registered yet"
+        return (
+            f"waiting for a {self.key!r} device: position {self.position} of {self.waiting} in the queue, "
+            f"{devs}, waited {self.waited_s:.0f} s"
+        )
 
 
 @dataclass(frozen=True)
@@ -374,15 +435,43 @@ class TrackerClient:
         try:
             return getattr(self._stub, method)(request, timeout=timeout)
         except grpc.RpcError as e:
-            raise _translate(e, f"tracker {self.address}") from None
+            raise _translate(
+                e, f"tracker {self.address}", service="Tracker", tls=self._tls is not None
+            ) from None
 
-    def request(self, key: str, *, timeout: float = 60.0, priority: int = 0) -> LeasedDevice:
-        """Wait up to ``timeout`` s in the queue of ``key`` and lease a device (higher priority first)."""
+    def request(
+        self,
+        key: str,
+        *,
+        timeout: float = 60.0,
+        priority: int = 0,
+        progress: Callable[[QueueStatus], None] | None = None,
+    ) -> LeasedDevice:
+        """Wait up to ``timeout`` s in the queue of ``key`` and lease a device (higher priority first).
+        ``progress`` is called with a :class:`QueueStatus` while the request waits (at once, when its position
+        changes, and every few seconds)."""
+        timeout = check_timeout(timeout, "queue timeout")
         req = tracker_pb2.DeviceRequest(
-            key=key, priority=priority, timeout_ms=max(1, int(timeout * 1000)), client=self.client
+            key=key,
+            priority=priority,
+            timeout_ms=max(1, min(_MAX_TIMEOUT_MS, int(timeout * 1000))),
+            client=self.client,
         )
-        lease = self._call("RequestDevice", req, timeout + _DEADLINE_MARGIN_S)
-        return LeasedDevice(self, lease)
+        where = f"tracker {self.address}"
+        stream = self._stub.RequestDevice(req, timeout=timeout + _DEADLINE_MARGIN_S)
+        try:
+            for update in stream:
+                if update.HasField("lease"):
+                    return LeasedDevice(self, update.lease)
+                if progress is not None:
+                    p = update.position
+                    progress(QueueStatus(key, p.position, p.waiting, p.devices, p.waited_s))
+        except grpc.RpcError as e:
+            raise _translate(e, where, service="Tracker", tls=self._tls is not None) from None
+        except BaseException:
+            stream.cancel()  # Ctrl-C while queued: leave the queue at once
+            raise
+        raise RemoteError(f"{where} ended the request for {key!r} without a lease")
 
     def devices(self) -> list[DeviceStatus]:
         r = self._call("ListDevices", tracker_pb2.ListDevicesRequest(), 30.0)

@@ -9,23 +9,33 @@ Each server builds a ``grpc.server`` with a thread pool, the security intercepto
   reserve, so waiting clients never starve heartbeats and releases.
 - :class:`DeviceServer`: a :class:`~kiln.rpc.cache.PackageCache` and a
   :class:`~kiln.rpc.device_service.DeviceService` for one device, plus a
-  :class:`~kiln.rpc.agent.TrackerAgent` when it is given a tracker address. It reports
-  :func:`~kiln.rpc.device_service.runtime_fingerprint` as its runtime.
+  :class:`~kiln.rpc.agent.TrackerAgent` when it is given a tracker address (which turns lease enforcement
+  on: the agent checks each call's lease with the tracker). It reports
+  :func:`~kiln.rpc.device_service.runtime_fingerprint` as its runtime. Its files live in one state directory:
+  ``packages/`` (the cache) and ``work/`` (runner directories and records). With ``--cache-dir D`` that is
+  ``D``; otherwise ``$TMPDIR/kiln-serve-<pid>``, and a server starting this way first removes the directories
+  of servers that died without cleaning up, killing the runners they left. Of its worker threads,
+  :data:`RESERVED_WORKERS` are kept for the quick calls (Health, Info, HasPackage): long calls beyond the rest
+  are refused with ``RESOURCE_EXHAUSTED`` instead of starving them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from kiln.device import Launcher
+from kiln.device.launchers import Isolation
 from kiln.rpc import device_pb2_grpc, tracker_pb2_grpc
 from kiln.rpc.agent import TrackerAgent
 from kiln.rpc.auth import ServerSecurity, TLSConfig
@@ -36,12 +46,50 @@ from kiln.rpc.common import (
     MAX_TRACKER_REQUEST_BYTES,
     Capabilities,
 )
-from kiln.rpc.device_service import CALL_TIMEOUT_S, MAX_RUNNERS, DeviceService, runtime_fingerprint
+from kiln.rpc.device_service import (
+    CALL_TIMEOUT_S,
+    MAX_RUNNERS,
+    MAX_UPLOADS,
+    RUNNER_UID_BASE,
+    DeviceService,
+    runtime_fingerprint,
+)
 from kiln.rpc.servicers import DeviceServicer, TrackerServicer
 from kiln.rpc.tracker import Tracker
 
 log = logging.getLogger("kiln.rpc.servers")
 
+RESERVED_WORKERS = 4
+STATE_PREFIX = "kiln-serve-"
+
+
+def _reap_stale_state_dirs(base: Path) -> None:
+    """Remove ``kiln-serve-<pid>`` directories of device servers that are no longer running (killed before
+    they could clean up), killing the runners they recorded."""
+    for d in base.glob(f"{STATE_PREFIX}*"):
+        pid = d.name[len(STATE_PREFIX) :]
+        if not pid.isdigit() or not d.is_dir() or d.stat().st_uid != os.geteuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        work = d / "work"
+        if work.is_dir():
+            for rec in work.glob("*.pid"):
+                with contextlib.suppress(OSError, ValueError):
+                    rpid, start = rec.read_text().split()
+                    stat = Path(f"/proc/{rpid}/stat").read_text()
+                    if stat.rpartition(")")[2].split()[19] == start:
+                        os.kill(int(rpid), signal.SIGKILL)
+        shutil.rmtree(d, ignore_errors=True)
+        log.warning("removed %s, left by a device server that died", d)
+
+
+_DEFAULT_ISOLATION: Any = object()
 
 # ------------------------------------------------------------------------------------------------- tracker
 
@@ -73,7 +121,7 @@ class TrackerServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerServicer(tracker), self._server)
+        tracker_pb2_grpc.add_TrackerServicer_to_server(TrackerServicer(tracker, security), self._server)
         self.port = security.add_port(self._server, host, port)
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="tracker-sweep", daemon=True)
@@ -137,11 +185,28 @@ class DeviceServer:
         tracker_tls: TLSConfig | None = None,
         retry_interval: float = 1.0,
         max_workers: int = 16,
+        isolation: Isolation | None = _DEFAULT_ISOLATION,
+        runner_uid_base: int | None = RUNNER_UID_BASE,
+        max_uploads: int = MAX_UPLOADS,
     ) -> None:
         self.host = host
         self._own_cache = cache_dir is None
-        root = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="kiln-cache-"))
-        self.cache = PackageCache(root, cache_bytes, max_upload_bytes)
+        if cache_dir is None:
+            base = Path(tempfile.gettempdir())
+            _reap_stale_state_dirs(base)
+            state = base / f"{STATE_PREFIX}{os.getpid()}"
+            if state.exists():  # a previous server of this process (tests start several)
+                state = Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}{os.getpid()}-", dir=base))
+            state.mkdir(mode=0o711, exist_ok=True)
+        else:
+            state = Path(cache_dir)
+            state.mkdir(parents=True, exist_ok=True)
+        self.state_dir = state
+        self.cache = PackageCache(
+            state / "packages" if cache_dir is None else state, cache_bytes, max_upload_bytes
+        )
+        if isolation is _DEFAULT_ISOLATION:
+            isolation = Isolation()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="device"),
             interceptors=security.interceptors(),
@@ -160,10 +225,6 @@ class DeviceServer:
             runtime_version=runtime_fingerprint(),
             address=advertise or f"{host}:{self.port}",
         )
-        self.service = DeviceService(
-            self.caps, launcher, self.cache, max_runners=max_runners, call_timeout=call_timeout
-        )
-        device_pb2_grpc.add_DeviceServicer_to_server(DeviceServicer(self.service), self._server)
         self.agent = (
             TrackerAgent(
                 tracker,
@@ -172,10 +233,26 @@ class DeviceServer:
                 tls=tracker_tls,
                 runs_served=lambda: self.service.runs_served,
                 retry_interval=retry_interval,
+                on_lease=lambda lease_id, asked: self.service.tracker_lease(lease_id, asked),
+                on_forgot=lambda: self.service.tracker_forgot(),
             )
             if tracker
             else None
         )
+        self.service = DeviceService(
+            self.caps,
+            launcher,
+            self.cache,
+            workroot=state / "work",
+            max_runners=max_runners,
+            call_timeout=call_timeout,
+            isolation=isolation,
+            runner_uid_base=runner_uid_base,
+            verify_lease=self.agent.verify_lease if self.agent else None,
+            max_uploads=max_uploads,
+            max_calls=max(1, max_workers - RESERVED_WORKERS),
+        )
+        device_pb2_grpc.add_DeviceServicer_to_server(DeviceServicer(self.service, security), self._server)
 
     @property
     def address(self) -> str:
@@ -200,7 +277,7 @@ class DeviceServer:
         self._server.stop(grace).wait()
         self.service.close()
         if self._own_cache:
-            shutil.rmtree(self.cache.root, ignore_errors=True)
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def wait(self) -> None:
         self._server.wait_for_termination()

@@ -9,9 +9,10 @@ decides anything. The rules these codes express are written down with the logic 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import NoReturn
 
 import grpc
@@ -19,11 +20,35 @@ import numpy as np
 
 from kiln.device import Profile, Session
 from kiln.rpc import common_pb2, device_pb2, device_pb2_grpc, tracker_pb2, tracker_pb2_grpc
+from kiln.rpc.auth import LEASE_METADATA_KEY, Identity, ServerSecurity
 from kiln.rpc.cache import BadRequest, CorruptUpload, DeviceServerError, NotCached, TooLarge
 from kiln.rpc.common import Capabilities, TensorError, pack_tensors, unpack_tensors
-from kiln.rpc.device_service import DeviceService, InvalidPackage, RunnerFailed, RunnerTimeout, WrongTarget
+from kiln.rpc.device_service import (
+    UPLOAD_BASE_S,
+    UPLOAD_IDLE_S,
+    UPLOAD_MIN_BYTES_PER_S,
+    Alarm,
+    Cancelled,
+    CancelToken,
+    DeviceBusy,
+    DeviceService,
+    InvalidPackage,
+    NotLeased,
+    RunnerFailed,
+    RunnerTimeout,
+    TrackerUnreachable,
+    WrongTarget,
+)
 from kiln.rpc.state import DeviceRecord, LeaseRecord
-from kiln.rpc.tracker import InvalidRequest, NotFound, QueueFull, QueueTimeout, Tracker, TrackerError
+from kiln.rpc.tracker import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    QueueFull,
+    QueueTimeout,
+    Tracker,
+    TrackerError,
+)
 
 _STATUS: dict[type[Exception], grpc.StatusCode] = {
     # tracker
@@ -31,6 +56,7 @@ _STATUS: dict[type[Exception], grpc.StatusCode] = {
     QueueTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     # device server
     BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
     NotCached: grpc.StatusCode.NOT_FOUND,
@@ -40,6 +66,10 @@ _STATUS: dict[type[Exception], grpc.StatusCode] = {
     WrongTarget: grpc.StatusCode.FAILED_PRECONDITION,
     RunnerTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     RunnerFailed: grpc.StatusCode.INTERNAL,
+    NotLeased: grpc.StatusCode.PERMISSION_DENIED,
+    TrackerUnreachable: grpc.StatusCode.UNAVAILABLE,
+    DeviceBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Cancelled: grpc.StatusCode.CANCELLED,
 }
 
 
@@ -65,16 +95,36 @@ def _lease_proto(lease: LeaseRecord, dev: DeviceRecord, ttl: float) -> tracker_p
         device=dev.caps.to_proto(),
         ttl_ms=int(ttl * 1000),
         queued_s=lease.queued_s,
+        owner=lease.owner,
     )
 
 
 class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
-    """Translates Tracker RPCs to :class:`Tracker` calls."""
+    """Translates Tracker RPCs to :class:`Tracker` calls; ``security`` names the caller of each."""
 
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: Tracker, security: ServerSecurity) -> None:
         self.tracker = tracker
+        self.security = security
+
+    def _admin(self, context: grpc.ServicerContext, what: str) -> Identity:
+        ident = self.security.identify(context)
+        if not ident.is_admin:
+            _abort(
+                context,
+                PermissionDenied(
+                    f"{what} needs an admin token; identity {ident.name!r} is a client "
+                    "(device servers register with the farm's admin token)"
+                ),
+            )
+        return ident
+
+    def _owner(self, context: grpc.ServicerContext) -> str | None:
+        """The identity that must own a lease the caller names (None for admins: any lease)."""
+        ident = self.security.identify(context)
+        return None if ident.is_admin else ident.name
 
     def Register(self, request, context):
+        self._admin(context, "registering a device")
         try:
             rec = self.tracker.register(Capabilities.from_proto(request.caps), _peer_host(context))
         except TrackerError as e:
@@ -86,13 +136,25 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         )
 
     def Heartbeat(self, request, context):
+        self._admin(context, "a heartbeat")
         try:
-            self.tracker.heartbeat(request.device_id, request.runs_served)
+            lease_id = self.tracker.heartbeat(request.device_id, request.runs_served)
         except TrackerError as e:
             _abort(context, e)
-        return tracker_pb2.HeartbeatReply()
+        return tracker_pb2.HeartbeatReply(lease_id=lease_id)
+
+    def VerifyLease(self, request, context):
+        self._admin(context, "verifying a lease")
+        try:
+            lease = self.tracker.verify(request.device_id, request.lease_id)
+        except TrackerError as e:
+            _abort(context, e)
+        return tracker_pb2.LeaseGrant(
+            owner=lease.owner, expires_in_ms=int(self.tracker.expires_in(lease) * 1000)
+        )
 
     def Unregister(self, request, context):
+        self._admin(context, "unregistering a device")
         try:
             self.tracker.unregister(request.device_id)
         except TrackerError as e:
@@ -101,22 +163,33 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
 
     def RequestDevice(self, request, context):
         t = self.tracker
+        ident = self.security.identify(context)
         try:
-            ticket = t.enqueue(request.key, request.priority, request.client or context.peer())
+            ticket = t.enqueue(request.key, request.priority, request.client, ident.name, ident.max_priority)
             if not context.add_callback(lambda: t.cancel(ticket)):
                 t.cancel(ticket)
-            lease = t.wait(ticket, request.timeout_ms / 1000.0 if request.timeout_ms else None)
+            timeout = request.timeout_ms / 1000.0 if request.timeout_ms else None
+            for item in t.wait_updates(ticket, timeout):
+                if isinstance(item, LeaseRecord):
+                    lease = item
+                    break
+                position, waiting, devices, waited = item
+                yield tracker_pb2.QueueUpdate(
+                    position=tracker_pb2.QueuePosition(
+                        position=position, waiting=waiting, devices=devices, waited_s=waited
+                    )
+                )
             if not context.is_active():  # the caller left as the lease was granted
                 t.release(lease.lease_id)
                 context.abort(grpc.StatusCode.CANCELLED, "request cancelled by the client")
             dev = t.device_for(lease)
         except TrackerError as e:
             _abort(context, e)
-        return _lease_proto(lease, dev, t.lease_ttl)
+        yield tracker_pb2.QueueUpdate(lease=_lease_proto(lease, dev, t.lease_ttl))
 
     def RenewLease(self, request, context):
         try:
-            lease = self.tracker.renew(request.lease_id)
+            lease = self.tracker.renew(request.lease_id, self._owner(context))
             dev = self.tracker.device_for(lease)
         except TrackerError as e:
             _abort(context, e)
@@ -124,7 +197,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
 
     def ReleaseLease(self, request, context):
         try:
-            held = self.tracker.release(request.lease_id)
+            held = self.tracker.release(request.lease_id, self._owner(context))
         except TrackerError as e:
             _abort(context, e)
         return tracker_pb2.ReleaseReply(held_s=held)
@@ -136,7 +209,6 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                 caps=v.caps.to_proto(),
                 state=v.state,
                 lease_holder=v.lease_holder,
-                lease_id=v.lease_id,
                 last_seen_s=v.last_seen_s,
                 runs_served=v.runs_served,
             )
@@ -160,13 +232,39 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
 
 
 class DeviceServicer(device_pb2_grpc.DeviceServicer):
-    """Translates Device RPCs to :class:`DeviceService` calls."""
+    """Translates Device RPCs to :class:`DeviceService` calls; ``security`` names the caller, whose lease (if
+    the device is in a farm) the service checks before anything else."""
 
-    def __init__(self, service: DeviceService) -> None:
+    def __init__(self, service: DeviceService, security: ServerSecurity) -> None:
         self.s = service
+        self.security = security
+
+    @contextlib.contextmanager
+    def _leased(self, context: grpc.ServicerContext, *, heavy: bool = True) -> Iterator[str]:
+        """Authorize the call (lease) and take a call slot; yields the owner. Domain errors abort the call."""
+        ident = self.security.identify(context)
+        lease_id = None
+        for k, v in context.invocation_metadata() or ():
+            if k == LEASE_METADATA_KEY:
+                lease_id = v if isinstance(v, str) else v.decode(errors="replace")
+        try:
+            with contextlib.ExitStack() as stack:
+                if heavy:
+                    stack.enter_context(self.s.call_slot())
+                owner = stack.enter_context(self.s.leased(ident.name, ident.is_admin, lease_id))
+                yield owner
+        except DeviceServerError as e:
+            _abort(context, e)
+
+    def _cancel_token(self, context: grpc.ServicerContext) -> CancelToken:
+        tok = CancelToken()
+        if not context.add_callback(tok.fire):  # the RPC has ended already
+            tok.fire()
+        return tok
 
     def Info(self, request, context):
         s = self.s
+        ident = self.security.identify(context)
         return device_pb2.DeviceInfo(
             caps=s.caps.to_proto(),
             runs_served=s.runs_served,
@@ -174,53 +272,79 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
             cache_bytes=s.cache.total_bytes,
             cache_limit_bytes=s.cache.limit_bytes,
             max_upload_bytes=s.cache.max_upload_bytes,
-            loaded=sorted(s.loaded()),
+            loaded=sorted(s.loaded(None if ident.is_admin else ident.name)),
         )
 
     def Health(self, request, context):
         return device_pb2.HealthReply(serving=True)
 
     def HasPackage(self, request, context):
-        return device_pb2.HasPackageReply(cached=self.s.cache.has(request.sha256))
+        with self._leased(context, heavy=False) as owner:
+            return device_pb2.HasPackageReply(cached=self.s.cache.has(request.sha256, owner))
 
     def Upload(self, request_iterator, context):
-        try:
-            sha, size = self.s.upload(request_iterator)
-        except DeviceServerError as e:
-            _abort(context, e)
-        return device_pb2.UploadReply(sha256=sha, size=size)
+        with self._leased(context) as owner:
+            try:
+                with self.s.upload_slot():
+                    chunks = _watched(request_iterator, self.s, context)
+                    sha, size = self.s.upload(chunks, owner)
+            except DeviceServerError as e:
+                _abort(context, e)
+            return device_pb2.UploadReply(sha256=sha, size=size)
 
     def Load(self, request, context):
-        try:
-            r = self.s.load(request.sha256)
-        except DeviceServerError as e:
-            _abort(context, e)
-        return device_pb2.LoadReply(sha256=r.sha, manifest_json=json.dumps(r.manifest), info_json=r.info_json)
+        with self._leased(context) as owner:
+            try:
+                r = self.s.load(request.sha256, owner)
+            except DeviceServerError as e:
+                _abort(context, e)
+            return device_pb2.LoadReply(
+                sha256=r.sha, manifest_json=json.dumps(r.manifest), info_json=r.info_json
+            )
 
     def Unload(self, request, context):
-        self.s.unload(request.sha256)
-        return device_pb2.UnloadReply()
+        with self._leased(context) as owner:
+            self.s.unload(request.sha256, owner)
+            return device_pb2.UnloadReply()
 
     def Run(self, request, context):
-        try:
-            inputs = _inputs(request.inputs)
-            outputs, dt = self.s.call(request.sha256, lambda sess: sess.run(inputs), request.timeout_ms)
-        except DeviceServerError as e:
-            _abort(context, e)
-        return device_pb2.RunReply(outputs=pack_tensors(outputs), device_s=dt)
+        with self._leased(context) as owner:
+            try:
+                inputs = _inputs(request.inputs)
+                outputs, dt = self.s.call(
+                    request.sha256,
+                    lambda sess: sess.run(inputs),
+                    request.timeout_ms,
+                    owner=owner,
+                    cancel=self._cancel_token(context),
+                )
+            except DeviceServerError as e:
+                _abort(context, e)
+            return device_pb2.RunReply(outputs=pack_tensors(outputs), device_s=dt)
 
     def Time(self, request, context):
         def fn(sess: Session) -> list[float]:
             if inputs:
                 sess.set_inputs(inputs)
-            return sess.time(request.number or 1, request.repeat or 1, request.min_repeat_ms)
+            return sess.time(request.number, request.repeat, request.min_repeat_ms)
 
-        try:
-            inputs = _inputs(request.inputs)
-            secs, _ = self.s.call(request.sha256, fn, request.timeout_ms, what="time")
-        except DeviceServerError as e:
-            _abort(context, e)
-        return device_pb2.TimeReply(seconds=list(secs))
+        with self._leased(context) as owner:
+            try:
+                inputs = _inputs(request.inputs)
+                secs, _ = self.s.call(
+                    request.sha256,
+                    fn,
+                    request.timeout_ms,
+                    what="time",
+                    owner=owner,
+                    cancel=self._cancel_token(context),
+                    check=lambda r: self.s.check_time_args(
+                        r, request.number, request.repeat, request.min_repeat_ms
+                    ),
+                )
+            except DeviceServerError as e:
+                _abort(context, e)
+            return device_pb2.TimeReply(seconds=list(secs))
 
     def Profile(self, request, context):
         def fn(sess: Session) -> Profile:
@@ -228,12 +352,54 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
                 sess.set_inputs(inputs)
             return sess.profile()
 
-        try:
-            inputs = _inputs(request.inputs)
-            prof, _ = self.s.call(request.sha256, fn, request.timeout_ms, what="profile")
-        except DeviceServerError as e:
-            _abort(context, e)
-        return device_pb2.ProfileReply(profile_json=prof.to_json())
+        with self._leased(context) as owner:
+            try:
+                inputs = _inputs(request.inputs)
+                prof, _ = self.s.call(
+                    request.sha256,
+                    fn,
+                    request.timeout_ms,
+                    what="profile",
+                    owner=owner,
+                    cancel=self._cancel_token(context),
+                )
+            except DeviceServerError as e:
+                _abort(context, e)
+            return device_pb2.ProfileReply(profile_json=prof.to_json())
+
+
+def _watched(
+    chunks: Iterator[device_pb2.UploadChunk], service: DeviceService, context: grpc.ServicerContext
+) -> Iterator[device_pb2.UploadChunk]:
+    """The upload's chunks, cancelling the RPC when the client stalls: no chunk for UPLOAD_IDLE_S, or the
+    whole upload slower than UPLOAD_BASE_S plus its size at UPLOAD_MIN_BYTES_PER_S."""
+    stalled: list[str] = []
+
+    def stop(why: str) -> Callable[[], None]:
+        def fire() -> None:
+            stalled.append(why)
+            context.cancel()
+
+        return fire
+
+    idle = service.watchdog.arm(UPLOAD_IDLE_S, stop(f"no data for {UPLOAD_IDLE_S:g} s"))
+    total: Alarm | None = None
+    try:
+        for chunk in chunks:
+            idle.cancel()
+            if stalled:
+                break
+            if total is None:
+                limit = UPLOAD_BASE_S + chunk.size / UPLOAD_MIN_BYTES_PER_S
+                total = service.watchdog.arm(limit, stop(f"the upload took longer than {limit:.0f} s"))
+            yield chunk
+            idle = service.watchdog.arm(UPLOAD_IDLE_S, stop(f"no data for {UPLOAD_IDLE_S:g} s"))
+    finally:
+        idle.cancel()
+        if total is not None:
+            total.cancel()
+    if stalled:
+        raise CorruptUpload(f"upload cancelled: {stalled[0]}")
 
 
 def _inputs(tensors: Iterable[common_pb2.Tensor]) -> dict[str, np.ndarray]:

@@ -2,22 +2,28 @@
 
 :class:`kiln.rpc.tracker.Tracker` holds all its data in a :class:`TrackerState` and calls it under its own
 lock, so an implementation need not be thread-safe, and every method returns at once (no waiting happens in
-the state). :class:`MemoryTrackerState` keeps everything in memory and loses it when the tracker stops; the
-protocol makes that harmless, since device servers register again when their heartbeat is answered
-``NOT_FOUND`` (see :mod:`kiln.rpc.tracker`). A persistent or shared store (SQLite, Redis) is another
-subclass; ``STATE_IMPLS`` in ``tests/rpc/conftest.py`` lists the implementations the state test suite and the
-tracker tests run against.
+the state). :class:`MemoryTrackerState` keeps everything in memory and loses it when the tracker stops: device
+servers then register again when their heartbeat is answered ``NOT_FOUND`` and end the leases they were
+serving (see :mod:`kiln.rpc.tracker`). :class:`SqliteTrackerState` keeps devices, leases and counters in an
+SQLite file, so a restarted tracker still knows who holds which device; queued requests are not persisted
+(they belong to connections that die with the tracker). ``STATE_IMPLS`` in ``tests/rpc/conftest.py`` lists the
+implementations the state test suite and the tracker tests run against.
 
 Records are plain mutable dataclasses. A caller that changes a record it got from the state hands it back
-with ``put_device`` / ``put_lease`` so that a store that copies (serializes) records sees the change;
-:meth:`TrackerState.key_stats` is the exception: it returns the live counters of a key.
+with ``put_device`` / ``put_lease`` / ``put_key_stats`` so that a store that copies (serializes) records sees
+the change.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import heapq
+import json
+import os
+import sqlite3
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kiln.rpc.common import Capabilities
 
@@ -50,6 +56,7 @@ class LeaseRecord:
     granted_at: float
     expires_at: float
     queued_s: float
+    owner: str = ""  # the identity (token name) the lease belongs to; ``client`` is a free-form label
 
 
 @dataclass(order=True)
@@ -62,6 +69,7 @@ class Waiter:
     priority: int = field(compare=False)
     client: str = field(compare=False)
     enqueued_at: float = field(compare=False)
+    owner: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         self.sort_key = (-self.priority, self.ticket)
@@ -131,11 +139,18 @@ class TrackerState(abc.ABC):
     def remove_waiter(self, ticket: int) -> Waiter | None: ...
 
     @abc.abstractmethod
+    def queue_position(self, ticket: int) -> int | None:
+        """1 for the waiter served next in its key's queue, 2 for the one after, ...; None if not queued."""
+
+    @abc.abstractmethod
     def queue_lengths(self) -> dict[str, int]: ...
 
     @abc.abstractmethod
     def key_stats(self, key: str) -> KeyStats:
-        """The mutable counters of ``key`` (created on first use)."""
+        """The counters of ``key`` (created on first use); hand them back with :meth:`put_key_stats`."""
+
+    @abc.abstractmethod
+    def put_key_stats(self, st: KeyStats) -> None: ...
 
     @abc.abstractmethod
     def all_key_stats(self) -> list[KeyStats]: ...
@@ -206,6 +221,12 @@ class MemoryTrackerState(TrackerState):
                 heapq.heappop(q)
         return w
 
+    def queue_position(self, ticket: int) -> int | None:
+        w = self._tickets.get(ticket)
+        if w is None:
+            return None
+        return 1 + sum(1 for o in self._tickets.values() if o.key == w.key and o.sort_key < w.sort_key)
+
     def queue_lengths(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for w in self._tickets.values():
@@ -218,5 +239,71 @@ class MemoryTrackerState(TrackerState):
             st = self._stats[key] = KeyStats(key)
         return st
 
+    def put_key_stats(self, st: KeyStats) -> None:
+        self._stats[st.key] = st
+
     def all_key_stats(self) -> list[KeyStats]:
         return list(self._stats.values())
+
+
+class SqliteTrackerState(MemoryTrackerState):
+    """Devices, leases and counters in an SQLite file (``path``), written through on every change; queued
+    requests in memory. Reads are served from memory: the file is read once, when the state opens.
+
+    A tracker restarted over the same file knows every device and lease it had: heartbeats of the devices
+    keep working (no re-registration) and lease holders keep renewing. Timestamps in the file come from the
+    previous tracker's clock; :meth:`kiln.rpc.tracker.Tracker.restore` moves them to the new one."""
+
+    _TABLES = {"devices": "device_id", "leases": "lease_id", "stats": "key"}
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        for table, pk in self._TABLES.items():
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} ({pk} TEXT PRIMARY KEY, rec TEXT NOT NULL)")
+        for (rec,) in self._db.execute("SELECT rec FROM devices"):
+            d = json.loads(rec)
+            d["caps"] = Capabilities(**d["caps"])
+            super().put_device(DeviceRecord(**d))
+        for (rec,) in self._db.execute("SELECT rec FROM leases"):
+            super().put_lease(LeaseRecord(**json.loads(rec)))
+        for (rec,) in self._db.execute("SELECT rec FROM stats"):
+            super().put_key_stats(KeyStats(**json.loads(rec)))
+
+    def _put(self, table: str, pk: str, rec: object) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (pk, json.dumps(dataclasses.asdict(rec)))
+        )
+
+    def put_device(self, rec: DeviceRecord) -> None:
+        super().put_device(rec)
+        self._put("devices", rec.device_id, rec)
+
+    def remove_device(self, device_id: str) -> None:
+        super().remove_device(device_id)
+        self._db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
+
+    def put_lease(self, rec: LeaseRecord) -> None:
+        super().put_lease(rec)
+        self._put("leases", rec.lease_id, rec)
+
+    def remove_lease(self, lease_id: str) -> None:
+        super().remove_lease(lease_id)
+        self._db.execute("DELETE FROM leases WHERE lease_id = ?", (lease_id,))
+
+    def key_stats(self, key: str) -> KeyStats:
+        new = key not in self._stats
+        st = super().key_stats(key)
+        if new:
+            self._put("stats", key, st)
+        return st
+
+    def put_key_stats(self, st: KeyStats) -> None:
+        super().put_key_stats(st)
+        self._put("stats", st.key, st)
+
+    def close(self) -> None:
+        self._db.close()

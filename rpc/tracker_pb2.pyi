@@ -32,8 +32,26 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., runs_served: _Optional[int] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("lease_id",)
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    def __init__(self, lease_id: _Optional[str] = ...) -> None: ...
+
+class VerifyLeaseRequest(_message.Message):
+    __slots__ = ("device_id", "lease_id")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    lease_id: str
+    def __init__(self, device_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
+
+class LeaseGrant(_message.Message):
+    __slots__ = ("owner", "expires_in_ms")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_MS_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    expires_in_ms: int
+    def __init__(self, owner: _Optional[str] = ..., expires_in_ms: _Optional[int] = ...) -> None: ...
 
 class DeviceRef(_message.Message):
     __slots__ = ("device_id",)
@@ -57,19 +75,41 @@ class DeviceRequest(_message.Message):
     client: str
     def __init__(self, key: _Optional[str] = ..., priority: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., client: _Optional[str] = ...) -> None: ...
 
+class QueuePosition(_message.Message):
+    __slots__ = ("position", "waiting", "devices", "waited_s")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    WAITED_S_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    waiting: int
+    devices: int
+    waited_s: float
+    def __init__(self, position: _Optional[int] = ..., waiting: _Optional[int] = ..., devices: _Optional[int] = ..., waited_s: _Optional[float] = ...) -> None: ...
+
+class QueueUpdate(_message.Message):
+    __slots__ = ("position", "lease")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    position: QueuePosition
+    lease: Lease
+    def __init__(self, position: _Optional[_Union[QueuePosition, _Mapping]] = ..., lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+
 class Lease(_message.Message):
-    __slots__ = ("lease_id", "device_id", "device", "ttl_ms", "queued_s")
+    __slots__ = ("lease_id", "device_id", "device", "ttl_ms", "queued_s", "owner")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TTL_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_S_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     device_id: str
     device: _common_pb2.Capabilities
     ttl_ms: int
     queued_s: float
-    def __init__(self, lease_id: _Optional[str] = ..., device_id: _Optional[str] = ..., device: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., ttl_ms: _Optional[int] = ..., queued_s: _Optional[float] = ...) -> None: ...
+    owner: str
+    def __init__(self, lease_id: _Optional[str] = ..., device_id: _Optional[str] = ..., device: _Optional[_Union[_common_pb2.Capabilities, _Mapping]] = ..., ttl_ms: _Optional[int] = ..., queued_s: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class LeaseRef(_message.Message):
     __slots__ = ("lease_id",)

@@ -49,10 +49,15 @@ class TrackerStub:
                 request_serializer=kiln_dot_rpc_dot_tracker__pb2.DeviceRef.SerializeToString,
                 response_deserializer=kiln_dot_rpc_dot_tracker__pb2.UnregisterReply.FromString,
                 _registered_method=True)
-        self.RequestDevice = channel.unary_unary(
+        self.VerifyLease = channel.unary_unary(
+                '/kiln.rpc.Tracker/VerifyLease',
+                request_serializer=kiln_dot_rpc_dot_tracker__pb2.VerifyLeaseRequest.SerializeToString,
+                response_deserializer=kiln_dot_rpc_dot_tracker__pb2.LeaseGrant.FromString,
+                _registered_method=True)
+        self.RequestDevice = channel.unary_stream(
                 '/kiln.rpc.Tracker/RequestDevice',
                 request_serializer=kiln_dot_rpc_dot_tracker__pb2.DeviceRequest.SerializeToString,
-                response_deserializer=kiln_dot_rpc_dot_tracker__pb2.Lease.FromString,
+                response_deserializer=kiln_dot_rpc_dot_tracker__pb2.QueueUpdate.FromString,
                 _registered_method=True)
         self.RenewLease = channel.unary_unary(
                 '/kiln.rpc.Tracker/RenewLease',
@@ -80,7 +85,7 @@ class TrackerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Register(self, request, context):
-        """Device servers.
+        """Device servers (admin role).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,9 +104,16 @@ class TrackerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyLease(self, request, context):
+        """NOT_FOUND: not a live lease of this device
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RequestDevice(self, request, context):
-        """Clients.
-        blocks while queued; DEADLINE_EXCEEDED on timeout
+        """Clients. RequestDevice streams queue updates while the request waits; the last message carries the lease.
+        DEADLINE_EXCEEDED on timeout
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,10 +162,15 @@ def add_TrackerServicer_to_server(servicer, server):
                     request_deserializer=kiln_dot_rpc_dot_tracker__pb2.DeviceRef.FromString,
                     response_serializer=kiln_dot_rpc_dot_tracker__pb2.UnregisterReply.SerializeToString,
             ),
-            'RequestDevice': grpc.unary_unary_rpc_method_handler(
+            'VerifyLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyLease,
+                    request_deserializer=kiln_dot_rpc_dot_tracker__pb2.VerifyLeaseRequest.FromString,
+                    response_serializer=kiln_dot_rpc_dot_tracker__pb2.LeaseGrant.SerializeToString,
+            ),
+            'RequestDevice': grpc.unary_stream_rpc_method_handler(
                     servicer.RequestDevice,
                     request_deserializer=kiln_dot_rpc_dot_tracker__pb2.DeviceRequest.FromString,
-                    response_serializer=kiln_dot_rpc_dot_tracker__pb2.Lease.SerializeToString,
+                    response_serializer=kiln_dot_rpc_dot_tracker__pb2.QueueUpdate.SerializeToString,
             ),
             'RenewLease': grpc.unary_unary_rpc_method_handler(
                     servicer.RenewLease,
@@ -268,7 +285,7 @@ class Tracker:
             _registered_method=True)
 
     @staticmethod
-    def RequestDevice(request,
+    def VerifyLease(request,
             target,
             options=(),
             channel_credentials=None,
@@ -281,9 +298,36 @@ class Tracker:
         return grpc.experimental.unary_unary(
             request,
             target,
+            '/kiln.rpc.Tracker/VerifyLease',
+            kiln_dot_rpc_dot_tracker__pb2.VerifyLeaseRequest.SerializeToString,
+            kiln_dot_rpc_dot_tracker__pb2.LeaseGrant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
             '/kiln.rpc.Tracker/RequestDevice',
             kiln_dot_rpc_dot_tracker__pb2.DeviceRequest.SerializeToString,
-            kiln_dot_rpc_dot_tracker__pb2.Lease.FromString,
+            kiln_dot_rpc_dot_tracker__pb2.QueueUpdate.FromString,
             options,
             channel_credentials,
             insecure,

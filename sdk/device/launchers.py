@@ -20,12 +20,17 @@ interface: their ``start`` opens that stream and returns a Session with their ow
 from __future__ import annotations
 
 import collections
+import json
+import os
+import resource
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -119,6 +124,107 @@ class Launcher(ABC):
         time out after ``timeout`` seconds."""
 
 
+# ------------------------------------------------------------------------------------------------ isolation
+
+RUNNER_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+# Runs in a fresh, single-threaded interpreter between the server and the runner: applies the confinement
+# of an Isolation (argv[1], JSON), then replaces itself with the runner (argv[2:]), keeping its pid. A
+# separate process because confining in a fork of the multi-threaded server (preexec_fn) is not safe.
+_CONFINE = r"""
+import ctypes, json, os, resource, signal, sys
+cfg, cmd = json.loads(sys.argv[1]), sys.argv[2:]
+libc = ctypes.CDLL(None, use_errno=True)
+def check(rc, what):
+    if rc != 0:
+        sys.stderr.write("runner isolation: %s failed: %s\n" % (what, os.strerror(ctypes.get_errno())))
+        os._exit(126)
+if cfg["namespaces"]:
+    check(libc.unshare(0x00020000 | 0x08000000 | 0x40000000), "unshare (mount, ipc, net)")
+    check(libc.mount(None, b"/", None, 0x4000 | 0x40000, None), "making mounts private")
+    opts = ("size=%d,mode=1777" % cfg["tmp_bytes"]).encode()
+    for d in (b"/tmp", b"/dev/shm"):
+        if os.path.isdir(d):
+            check(libc.mount(b"tmpfs", d, b"tmpfs", 0x2 | 0x4, opts), "tmpfs on " + d.decode())
+if cfg["uid"] is not None:
+    os.setgroups([])
+    os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
+    os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
+check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")
+check(libc.prctl(1, signal.SIGKILL, 0, 0, 0), "parent-death signal")
+for res, value in cfg["limits"]:
+    resource.setrlimit(res, (value, value))
+try:
+    os.execv(cmd[0], cmd)
+except OSError as e:
+    sys.stderr.write("runner isolation: cannot execute %s: %s\n" % (cmd[0], e.strerror))
+    os._exit(127)
+"""
+
+
+def _clean_env() -> dict[str, str]:
+    return {"PATH": RUNNER_PATH, "LANG": "C.UTF-8", "TMPDIR": "/tmp"}
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How a runner process is confined when it runs someone else's code (the device farm's runners).
+
+    Always: a clean environment (``env``, nothing inherited from the server: no tokens, no proxies), the
+    package's own directory as working directory, resource limits (address space, CPU seconds, size of any
+    file written, open files, no core dumps), ``no_new_privs`` (no setuid/setcap gains) and death with the
+    server (``PR_SET_PDEATHSIG``). When the server runs as root, also: the dedicated ``uid``/``gid`` (no
+    supplementary groups; at most ``processes`` processes), and new mount, IPC and network namespaces with an
+    empty, size-bounded tmpfs on ``/tmp`` and ``/dev/shm`` and no network (only a loopback that is down).
+    A step that fails makes the start fail: a runner never runs less confined than asked. The confinement is
+    applied by a small single-threaded helper that then executes the runner in its place (same pid)."""
+
+    env: Mapping[str, str] = field(default_factory=_clean_env)
+    uid: int | None = None
+    gid: int | None = None
+    memory_bytes: int | None = 8 << 30
+    cpu_seconds: int | None = 3600
+    file_bytes: int | None = 256 << 20
+    open_files: int | None = 256
+    processes: int | None = 256
+    tmp_bytes: int = 64 << 20
+    namespaces: bool = True
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """``cmd`` run through the confining helper."""
+        root = os.geteuid() == 0
+        if self.uid is not None and not root:
+            raise LauncherError("a dedicated runner uid needs a device server running as root")
+        limits: list[tuple[int, int]] = [(resource.RLIMIT_CORE, 0)]
+        for res, value in (
+            (resource.RLIMIT_CPU, self.cpu_seconds),
+            (resource.RLIMIT_FSIZE, self.file_bytes),
+            (resource.RLIMIT_NOFILE, self.open_files),
+            (resource.RLIMIT_AS, self.memory_bytes),
+        ):
+            if value is not None:
+                limits.append((res, value))
+        if self.uid is not None and self.processes is not None:
+            limits.append((resource.RLIMIT_NPROC, self.processes))
+        cfg = {
+            "namespaces": self.namespaces and root,
+            "tmp_bytes": self.tmp_bytes,
+            "uid": self.uid,
+            "gid": self.gid if self.gid is not None else self.uid,
+            "limits": limits,
+        }
+        return [sys.executable, "-I", "-S", "-c", _CONFINE, json.dumps(cfg), *cmd]
+
+    def describe(self) -> str:
+        """What applies on this host, for logs and ``kiln serve``'s banner."""
+        parts = ["clean environment", "own directory", "rlimits", "no_new_privs"]
+        if self.uid is not None:
+            parts.append(f"uid {self.uid}")
+        if self.namespaces and os.geteuid() == 0:
+            parts.append("private /tmp, no network")
+        return ", ".join(parts)
+
+
 class ProcessLauncher(Launcher):
     """Runs a command on this host whose stdin/stdout carry the device protocol."""
 
@@ -129,11 +235,22 @@ class ProcessLauncher(Launcher):
     def command(self, runnable: Path) -> list[str]:
         """The command line that executes ``runnable``."""
 
-    def start(self, runnable: Path, *, timeout: float | None = 60.0) -> Session:
+    def start(
+        self, runnable: Path, *, timeout: float | None = 60.0, isolation: Isolation | None = None
+    ) -> Session:
+        """As :meth:`Launcher.start`; with ``isolation`` the runner is confined as it says (the device farm
+        does that), and runs from its package directory under a relative path (a private /tmp may hide the
+        absolute one)."""
         runnable = Path(runnable)
         if not runnable.is_file():
             raise LauncherError(f"{runnable} does not exist; extract the package first (Package.extract)")
-        cmd = self.command(runnable)
+        pkgdir = runnable.resolve().parent.parent
+        extra: dict[str, Any] = {}
+        if isolation is not None:
+            cmd = isolation.wrap(self.command(Path(".") / runnable.resolve().relative_to(pkgdir)))
+            extra = {"env": dict(isolation.env)}
+        else:
+            cmd = self.command(runnable)
         try:
             proc = subprocess.Popen(  # in the package directory, so that core dumps land there
                 cmd,
@@ -141,9 +258,10 @@ class ProcessLauncher(Launcher):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 bufsize=0,
-                cwd=runnable.resolve().parent.parent,
+                cwd=pkgdir,
+                **extra,
             )
-        except OSError as e:
+        except (OSError, subprocess.SubprocessError) as e:
             raise LauncherError(f"cannot start {' '.join(cmd)}: {e}") from e
         label = f"runner of {self.target.name} ({self.name}, pid {proc.pid})"
         stdout: IO[bytes] | None = proc.stdout
@@ -232,6 +350,7 @@ def launcher_for(target: Target | str) -> Launcher:
 
 __all__ = [
     "LAUNCHERS",
+    "Isolation",
     "Launcher",
     "LauncherError",
     "LocalLauncher",

@@ -87,10 +87,10 @@ def test_runner_is_persistent_time_and_profile(
     srv = make_device("aarch64-linux", "qemu-user")
     with kiln.rpc.connect_device(srv.address) as dev:
         m = dev.load(tiny_packages["aarch64-linux"])
-        pid = srv.service._runners[m.sha256].session.peer.proc.pid
+        pid = srv.service.runner(m.sha256).session.peer.proc.pid
         for _ in range(10):
             m.run(tinypkg.inputs())
-        assert srv.service._runners[m.sha256].session.peer.proc.pid == pid  # no respawn per run
+        assert srv.service.runner(m.sha256).session.peer.proc.pid == pid  # no respawn per run
         assert dev.info()["loaded"] == [m.sha256]
         times = m.time(number=5, repeat=3)
         assert len(times) == 3 and all(t > 0 for t in times)
@@ -106,7 +106,7 @@ def test_runner_is_persistent_time_and_profile(
         ]
         # loading the same package again reuses the upload and the runner
         assert dev.load(tiny_packages["aarch64-linux"]).sha256 == m.sha256
-        assert srv.service._runners[m.sha256].session.peer.proc.pid == pid
+        assert srv.service.runner(m.sha256).session.peer.proc.pid == pid
 
 
 @pytest.mark.parametrize("target, launcher", [("x86_64-linux", "local"), ("riscv64-linux", "qemu-user")])
@@ -131,11 +131,11 @@ def test_crash_hang_and_model_error_are_isolated(
     assert ei.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert_outputs(m.run(good), tinypkg.reference(good))
 
-    pid = srv.service._runners[m.sha256].session.peer.proc.pid
+    pid = srv.service.runner(m.sha256).session.peer.proc.pid
     with pytest.raises(RemoteError, match="device rejected RUN") as ei:
         m.run(tinypkg.inputs(mode="error"))
     assert ei.value.code == grpc.StatusCode.INTERNAL
-    assert srv.service._runners[m.sha256].session.peer.proc.pid == pid  # an error reply keeps the runner
+    assert srv.service.runner(m.sha256).session.peer.proc.pid == pid  # an error reply keeps the runner
 
     with pytest.raises(RemoteError, match="expects float32 \\(2, 4\\)") as ei:
         m.run({"x": np.zeros((3, 4), np.float32), "mode": np.zeros(1, np.int32)})

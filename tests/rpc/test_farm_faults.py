@@ -137,14 +137,16 @@ def test_cli_run_bench_profile_remote(
         r = _kiln("bench", str(pkg), *remote, *inputs, "--number", "20", "--repeat", "5")
         assert r.returncode == 0, r.stderr
         assert "median" in r.stdout and "5 repeats of 20 runs" in r.stdout
-        r = _kiln(
-            "profile", str(pkg), "--device", dev_proc.address, *inputs, "--trace", str(tmp_path / "t.json")
-        )
+        r = _kiln("profile", str(pkg), *remote, *inputs, "--trace", str(tmp_path / "t.json"))
         assert r.returncode == 0, r.stderr
         assert "scale" in r.stdout and "add_weights" in r.stdout
         assert json.loads((tmp_path / "t.json").read_text())["traceEvents"]
         r = _kiln("run", str(pkg), "--tracker", tracker.address, *inputs)
         assert r.returncode != 0 and "--key" in r.stderr
+        # a farm device serves lease holders only: --device straight to it is refused, with what to do
+        r = _kiln("run", str(pkg), "--device", dev_proc.address, *inputs)
+        assert r.returncode == 1 and "lease it from the tracker" in r.stderr
+        assert "Traceback" not in r.stderr
         assert all(d.state == "free" for d in tracker.tracker.devices())  # every command released its lease
     finally:
         dev_proc.kill_group()

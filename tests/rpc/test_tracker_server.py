@@ -104,9 +104,9 @@ def test_request_timeout_and_cancel(make_tracker: Callable[..., TrackerServer], 
     assert ei.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     # a waiting request whose client goes away leaves the queue at once
     stub = tracker_pb2_grpc.TrackerStub(open_channel(srv.address, token=token))
-    fut = stub.RequestDevice.future(tracker_pb2.DeviceRequest(key="nope", timeout_ms=60000))
+    call = stub.RequestDevice(tracker_pb2.DeviceRequest(key="nope", timeout_ms=60000))
     wait_until(lambda: tr.queues().get("nope") == 1, what="request queued")
-    fut.cancel()
+    call.cancel()
     wait_until(lambda: tr.queues().get("nope", 0) == 0, what="cancelled request to leave the queue")
 
 
@@ -114,10 +114,10 @@ def test_message_size_bound(make_tracker: Callable[..., TrackerServer], token: s
     srv = make_tracker()
     stub = tracker_pb2_grpc.TrackerStub(open_channel(srv.address, token=token))
     with pytest.raises(grpc.RpcError) as ei:
-        stub.RequestDevice(tracker_pb2.DeviceRequest(key="k" * 100_000), timeout=5)
+        list(stub.RequestDevice(tracker_pb2.DeviceRequest(key="k" * 100_000), timeout=5))
     assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     with pytest.raises(grpc.RpcError) as ei:
-        stub.RequestDevice(tracker_pb2.DeviceRequest(key="k" * 1000), timeout=5)
+        list(stub.RequestDevice(tracker_pb2.DeviceRequest(key="k" * 1000), timeout=5))
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
