@@ -39,6 +39,12 @@ def _add_token_args(p: argparse.ArgumentParser, *, server: bool) -> None:
     )
     if server:
         g.add_argument(
+            "--tokens",
+            metavar="TOML",
+            help="per-client tokens: a file mapping token sha256s to names, roles and priority caps "
+            "(`kiln token NAME` makes an entry); with --token-file as well, that token is an admin one",
+        )
+        g.add_argument(
             "--insecure", action="store_true", help="accept calls without a token (trusted networks only)"
         )
         g.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (needs --tls-key)")
@@ -99,8 +105,21 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--lease-ttl", type=float, default=30.0, metavar="S", help="lease TTL (default 30 s)")
     p.add_argument("--max-waiters", type=int, default=256, help="requests allowed to wait at once")
+    p.add_argument(
+        "--state",
+        metavar="FILE",
+        help="keep devices and leases in this SQLite file, so that leases survive a restart (default: memory)",
+    )
     _add_token_args(p, server=True)
     p.set_defaults(fn=cmd_tracker)
+
+    p = subparsers.add_parser(
+        "token", help="make a per-client token and its tokens-file entry", description=_TOKEN_DOC
+    )
+    p.add_argument("name", help="the identity: a person, team or CI system (letters, digits, _.@+-)")
+    p.add_argument("--role", choices=("client", "admin"), default="client", help="admin: device servers")
+    p.add_argument("--max-priority", type=int, default=None, help="highest queue priority it may ask for")
+    p.set_defaults(fn=cmd_token)
 
     p = subparsers.add_parser("serve", help="serve one device to a tracker", description=_SERVE_DOC)
     p.add_argument("--tracker", metavar="HOST:PORT", help="tracker to register with (none: direct use only)")
@@ -137,6 +156,9 @@ def register(subparsers: Any) -> None:
 
 _TRACKER_DOC = """Run a tracker that pools device servers and leases them to clients by key. Protocol rules
 (heartbeats, liveness, lease TTL, queue policy): see kiln.rpc.tracker."""
+_TOKEN_DOC = """Print a new random token (give it to the client, e.g. in a file for --token-file) and the entry
+to append to the farm's tokens file (--tokens on the tracker and the device servers). The file holds only the
+token's sha256, so it may be copied to every server."""
 _SERVE_DOC = """Serve one device (this machine, or an emulator on it) over gRPC; register it with a tracker.
 The server runs only the runners of uploaded packages that pass verification."""
 
@@ -155,20 +177,24 @@ def _wait_for_signal() -> None:
 
 def cmd_tracker(args: argparse.Namespace) -> int:
     from kiln.rpc.servers import TrackerServer
+    from kiln.rpc.state import SqliteTrackerState
     from kiln.rpc.tracker import Tracker
 
     try:
-        security = server_security(token_file=args.token_file, insecure=args.insecure, tls=_server_tls(args))
-    except AuthError as e:
+        security = server_security(
+            token_file=args.token_file, tokens_file=args.tokens, insecure=args.insecure, tls=_server_tls(args)
+        )
+        tracker = Tracker(
+            SqliteTrackerState(args.state) if args.state else None,
+            heartbeat_interval=args.heartbeat_interval,
+            liveness=args.liveness,
+            lease_ttl=args.lease_ttl,
+            max_waiters=args.max_waiters,
+        )
+        srv = TrackerServer(tracker, security, host=args.host, port=args.port).start()
+    except (AuthError, OSError, ValueError) as e:
         print(f"kiln tracker: {e}", file=sys.stderr)
         return 2
-    tracker = Tracker(
-        heartbeat_interval=args.heartbeat_interval,
-        liveness=args.liveness,
-        lease_ttl=args.lease_ttl,
-        max_waiters=args.max_waiters,
-    )
-    srv = TrackerServer(tracker, security, host=args.host, port=args.port).start()
     print(f"kiln tracker listening on {srv.address}", flush=True)
     try:
         _wait_for_signal()
@@ -195,15 +221,42 @@ def make_launcher(name: str | None, target: str, ssh: Any = None) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from kiln.device.ssh import options_from_args
-    from kiln.rpc.servers import DeviceServer
 
     try:
-        security = server_security(token_file=args.token_file, insecure=args.insecure, tls=_server_tls(args))
+        security = server_security(
+            token_file=args.token_file, tokens_file=args.tokens, insecure=args.insecure, tls=_server_tls(args)
+        )
         launcher = make_launcher(args.launcher, args.target, options_from_args(args))
     except (AuthError, ValueError, LookupError) as e:
         print(f"kiln serve: {e}", file=sys.stderr)
         return 2
-    srv = DeviceServer(
+    if args.tracker and security.token is None and not security.insecure:
+        print(
+            "kiln serve: registering with a tracker needs the farm's admin token (--token-file or "
+            "$KILN_RPC_TOKEN); a tokens file only lists the tokens clients present",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        srv = _start_device_server(args, launcher, security)
+    except (AuthError, OSError, ValueError) as e:
+        print(f"kiln serve: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"kiln device server {args.key!r} ({args.target}, {srv.caps.launcher}) listening on {srv.address}",
+        flush=True,
+    )
+    try:
+        _wait_for_signal()
+    finally:
+        srv.stop()
+    return 0
+
+
+def _start_device_server(args: argparse.Namespace, launcher: Any, security: Any) -> Any:
+    from kiln.rpc.servers import DeviceServer
+
+    return DeviceServer(
         key=args.key,
         target=args.target,
         launcher=launcher,
@@ -220,14 +273,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tracker_token=security.token,
         tracker_tls=_client_tls(args),
     ).start()
-    print(
-        f"kiln device server {args.key!r} ({args.target}, {srv.caps.launcher}) listening on {srv.address}",
-        flush=True,
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from kiln.rpc.auth import MAX_PRIORITY, new_token, token_digest
+
+    tok = new_token()
+    cap = (
+        args.max_priority if args.max_priority is not None else (MAX_PRIORITY if args.role == "admin" else 0)
     )
-    try:
-        _wait_for_signal()
-    finally:
-        srv.stop()
+    print(f"# token for {args.name} (give it to them; it is shown only once):", file=sys.stderr)
+    print(tok, file=sys.stderr)
+    print(f"[tokens.{args.name}]")
+    print(f'sha256 = "{token_digest(tok)}"')
+    print(f'role = "{args.role}"')
+    print(f"max_priority = {cap}")
     return 0
 
 
@@ -343,8 +403,12 @@ def open_remote(args: argparse.Namespace, package: Any) -> RemoteModule | None:
         else:
             assert tracker is not None
             tr = stack.enter_context(TrackerClient(tracker, token=token, tls=tls))  # the lease renews here
+
+            def progress(status: Any) -> None:
+                print(f"kiln: {status}", file=sys.stderr, flush=True)
+
             dev = stack.enter_context(
-                tr.request(args.key, timeout=args.queue_timeout, priority=args.priority)
+                tr.request(args.key, timeout=args.queue_timeout, priority=args.priority, progress=progress)
             )
         module = dev.load(package)
         module.add_cleanup(stack.pop_all().close)
