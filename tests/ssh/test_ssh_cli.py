@@ -67,6 +67,7 @@ def test_deploy_prints_the_remote_path_and_uploads_once(
     assert r.returncode == 0 and r.stdout.strip() == path and "already there" in r.stderr
 
 
+@pytest.mark.qemu
 def test_run_bench_profile_on_the_board(
     sshd: Sshd, ssh_env: Env, files: dict[str, Path], tmp_path: Path
 ) -> None:

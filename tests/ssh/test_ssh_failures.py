@@ -147,6 +147,20 @@ def test_config_alias_through_a_proxy_jump(
         run_tiny(ssh, packages["x86_64-linux"])
 
 
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client")
+def test_config_proxy_command(
+    sshd: Sshd, ssh_env: Env, ssh_keys: dict[str, Path], packages: dict[str, Any], tmp_path: Path
+) -> None:
+    known = ssh_env(sshd)["known_hosts"]
+    hop = f"ssh -F none -i {ssh_keys['user']} -o UserKnownHostsFile={known} -o BatchMode=yes -p {sshd.port}"
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host via-command\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n")
+    cfg.write_text(cfg.read_text() + f"  ProxyCommand {hop} -W %h:%p {sshd.user}@127.0.0.1\n")
+    env = ssh_env(sshd, destination="via-command", config_file=str(cfg))
+    with launcher("x86_64-linux", **env) as ssh:
+        run_tiny(ssh, packages["x86_64-linux"])
+
+
 @pytest.mark.skipif(shutil.which("ssh-agent") is None, reason="needs ssh-agent")
 def test_key_from_the_ssh_agent(
     sshd: Sshd, ssh_env: Env, ssh_keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

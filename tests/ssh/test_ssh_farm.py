@@ -64,6 +64,7 @@ def serve(
     )
 
 
+@pytest.mark.qemu
 def test_boards_serve_the_farm_run_bench_profile_from_other_clients(
     sshd: Sshd, ssh_env: Env, farm: Callable[..., FarmCommand], packages: dict[str, Any], tmp_path: Path
 ) -> None:

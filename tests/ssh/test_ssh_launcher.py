@@ -27,7 +27,14 @@ def launcher(target: str, **fields: Any) -> SshLauncher:
     return SshLauncher(target, SshOptions(**fields))
 
 
-@pytest.mark.parametrize("target", ["x86_64-linux", "aarch64-linux", "riscv64-linux"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "x86_64-linux",
+        pytest.param("aarch64-linux", marks=pytest.mark.qemu),
+        pytest.param("riscv64-linux", marks=pytest.mark.qemu),
+    ],
+)
 def test_outputs_match_the_reference_natively_and_under_the_boards_emulator(
     target: str, sshd: Sshd, ssh_env: Env, packages: dict[str, Any]
 ) -> None:
