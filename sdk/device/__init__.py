@@ -6,6 +6,8 @@
   runtime's endpoint), :class:`Session`, the local Executable;
 - :mod:`kiln.device.launchers`: start a package's runner on a device (``local``, ``qemu-user``) and hand back
   a Session;
+- :mod:`kiln.device.ssh`: the ``ssh`` launcher, a Linux board reached over SSH (content-addressed uploads,
+  checks of what the board can run, no runner outliving its session); imported on first use (paramiko);
 - :mod:`kiln.device.profile`: per-kernel profiles, tables and Chrome traces.
 
 This layer knows runners and byte streams, not packages: :meth:`kiln.package.Package.open_session` extracts

@@ -497,17 +497,19 @@ class SshConnection:
                         f"{self.label} offers no SFTP ({e}); enable `Subsystem sftp` in the board's sshd_config"
                     ) from e
                 assert self._sftp is not None
+                channel = self._sftp.get_channel()
+                if channel is not None:
+                    channel.settimeout(COMMAND_TIMEOUT_S)  # a board that stops answering fails the call
             yield self._sftp
 
     def close(self) -> None:
-        with self._sftp_lock:
-            if self._sftp is not None:
-                with contextlib.suppress(Exception):
-                    self._sftp.close()
-                self._sftp = None
+        """Closes the connection; operations in progress in other threads fail."""
         for c in reversed(self._clients):
             with contextlib.suppress(Exception):
                 c.close()
+        if self._sftp_lock.acquire(timeout=5.0):
+            self._sftp = None
+            self._sftp_lock.release()
 
     def __enter__(self) -> SshConnection:
         return self
