@@ -880,6 +880,8 @@ class SshLauncher(Launcher):
         with self._lock:
             gate = self._sha_locks.setdefault(sha, threading.Lock())
         with gate:
+            if sha in self._verified and not self._still_there(conn, path, len(data)):
+                self._verified.discard(sha)  # evicted meanwhile (another launcher shares the remote dir)
             if sha not in self._verified:
                 _, out, _ = conn.run(_VERIFY, path)
                 if out.split()[:1] != [sha]:
@@ -889,6 +891,15 @@ class SshLauncher(Launcher):
                     if self._conn is conn:
                         self._verified.add(sha)
         return RemoteRunner(path, sha, len(data), uploaded, conn.label)
+
+    @staticmethod
+    def _still_there(conn: SshConnection, path: str, size: int) -> bool:
+        """A runner verified on this connection is still in the cache (one SFTP stat, no shell)."""
+        try:
+            with conn.sftp() as sftp:
+                return sftp.stat(path).st_size == size
+        except OSError:
+            return False
 
     def _upload(self, conn: SshConnection, board: BoardInfo, data: bytes, sha: str, path: str) -> None:
         import paramiko
@@ -938,7 +949,7 @@ class SshLauncher(Launcher):
             stale = [
                 e
                 for e in entries
-                if e.filename.startswith(".tmp-") and now - (e.st_mtime or now) > STALE_UPLOAD_S
+                if e.filename.startswith((".tmp-", ".in-")) and now - (e.st_mtime or now) > STALE_UPLOAD_S
             ]
             total = sum(e.st_size or 0 for e in cached)
             free = _free_bytes(conn, board.remote_dir)

@@ -86,6 +86,18 @@ def test_upload_is_content_addressed_cached_and_verified(
     assert sorted(p.name for p in Path(env["remote_dir"]).iterdir()) == [sha]  # no temporary files left
 
 
+def test_a_runner_deleted_behind_the_launchers_back_is_uploaded_again(
+    sshd: Sshd, ssh_env: Env, packages: dict[str, Any]
+) -> None:
+    env = ssh_env(sshd)
+    with launcher("x86_64-linux", **env) as ssh:
+        path = ssh.deploy(packages["x86_64-linux"].files["bin/runner"]).path
+        Path(path).unlink()  # another launcher sharing the remote dir evicted it
+        with packages["x86_64-linux"].open_session(ssh) as s:
+            s.run(tinypkg.inputs())
+        assert Path(path).exists()
+
+
 def test_concurrent_uploads_of_the_same_runner_do_not_corrupt_it(
     sshd: Sshd, ssh_env: Env, packages: dict[str, Any]
 ) -> None:
