@@ -26,6 +26,17 @@ from onnx import numpy_helper
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 LIGHT_MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT_DIR.glob("light_*.onnx"))
+# The light models with 1-20 GFLOPs or 100-550 MB of weights: compiling, running or interpreting one takes tens
+# of seconds natively and minutes under emulation (the tests run them natively, in the slow tier).
+LARGE_LIGHT_MODELS = (
+    "bvlc_alexnet",
+    "densenet121",
+    "inception_v1",
+    "inception_v2",
+    "resnet50",
+    "vgg19",
+    "zfnet512",
+)
 TORCH_MODELS = ("resnet18ish", "mobilenetv2ish", "mlp", "transformer")
 ORT_MAX_IR = 9
 
@@ -53,11 +64,8 @@ def _random_weight(rng: np.random.Generator, shape: tuple[int, ...], role: str) 
     return (rng.standard_normal(shape) * 0.1).astype("f4")
 
 
-@functools.cache
-def light_random_path(name: str, seed: int = 0) -> Path:
-    """The light model with seeded random weights and its pre-softmax logits as a second output."""
-    m = onnx.load(str(light_path(name)))
-    g = m.graph
+def _randomize_weights(g: onnx.GraphProto, seed: int) -> None:
+    """Replace every ConstantOfShape weight of the light model graph ``g`` by a seeded random initializer."""
     rng = np.random.default_rng(seed)
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     roles: dict[str, str] = {}
@@ -78,6 +86,14 @@ def light_random_path(name: str, seed: int = 0) -> Path:
     del g.node[:]
     g.node.extend(keep)
     g.initializer.extend(new_inits)
+
+
+@functools.cache
+def light_random_path(name: str, seed: int = 0) -> Path:
+    """The light model with seeded random weights and its pre-softmax logits as a second output."""
+    m = onnx.load(str(light_path(name)))
+    g = m.graph
+    _randomize_weights(g, seed)
     softmax = [n for n in g.node if n.op_type == "Softmax"]
     if softmax:  # (DenseNet-121 ends in its logits already)
         g.output.append(
@@ -85,6 +101,58 @@ def light_random_path(name: str, seed: int = 0) -> Path:
         )
     path = cache_dir() / f"{name}_random{seed}.onnx"
     onnx.save(m, str(path))
+    return path
+
+
+# Light variants of the large light models, for the emulated targets: the random-weights model up to the tensor
+# named here (everything that computes it, nothing after it) on an image of the given size. They keep their
+# family's structure (inception modules with LRN; dense blocks with their transitions; stacks of 3x3
+# convolutions) at a few percent of the FLOPs, so a run under qemu-user takes seconds instead of minutes; the
+# full models run natively.
+LIGHT_VARIANTS: dict[str, tuple[str, int]] = {
+    "inception_v1": ("r137", 96),  # stem, LRNs, inception 3a-5b (not the 7x7 average pool or the classifier)
+    "densenet121": ("r293", 64),  # stem, dense blocks 1-2 and their transitions
+    "vgg19": ("r18", 32),  # blocks 1-3: eight 3x3 convolutions and three max pools
+}
+
+
+@functools.cache
+def light_variant_path(name: str, seed: int = 0) -> Path:
+    """The light variant of the large light model ``name`` (see :data:`LIGHT_VARIANTS`), with seeded random
+    weights (drawn for the part that is kept only: VGG-19's classifier alone holds 120 M weights)."""
+    cut, size = LIGHT_VARIANTS[name]
+    m = onnx.load(str(light_path(name)))
+    g = m.graph
+    producer = {o: n for n in g.node for o in n.output}
+    needed: set[str] = set()
+    todo = [cut]
+    while todo:
+        t = todo.pop()
+        if t and t not in needed:
+            needed.add(t)
+            if t in producer:
+                todo.extend(producer[t].input)
+    nodes = [n for n in g.node if any(o in needed for o in n.output)]
+    part = onnx.helper.make_graph(
+        nodes, f"{g.name}_light", [], [], [t for t in g.initializer if t.name in needed]
+    )
+    _randomize_weights(part, seed)
+    used = {i for n in part.node for i in n.input}
+    weights = [t for t in part.initializer if t.name in used]
+    constants = set(producer) | {t.name for t in g.initializer}
+    images = [vi for vi in g.input if vi.name in needed and vi.name not in constants]
+    assert len(images) == 1 and len(images[0].type.tensor_type.shape.dim) == 4, (
+        f"{name}: {len(images)} inputs"
+    )
+    dims = images[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = size  # N x C x size x size
+    del part.initializer[:]
+    part.initializer.extend(weights)
+    part.input.extend(images)
+    part.output.append(onnx.helper.make_tensor_value_info(cut, onnx.TensorProto.FLOAT, None))
+    variant = onnx.helper.make_model(part, opset_imports=m.opset_import, ir_version=m.ir_version)
+    path = cache_dir() / f"{name}_light{seed}.onnx"
+    onnx.save(variant, str(path))
     return path
 
 

@@ -1,36 +1,47 @@
-"""Real models end to end: import ONNX, compile for each target, run natively or under qemu-user, and compare
-every output with onnxruntime (rtol 1e-3, atol 1e-4).
+"""Real models end to end: import ONNX, compile for a target, run natively or under qemu-user, and compare
+every output with onnxruntime (rtol 1e-3, atol 1e-4). Every model compiled here is also run.
 
-Light models are compared through their random-weights variant (which also exposes the pre-softmax logits);
-the originals are compiled and run natively too. PyTorch-built models are exported to ONNX by tests/models.py.
+* Natively (x86-64): every light model of the ONNX zoo, both through its random-weights variant (which also
+  exposes the pre-softmax logits: the originals' weights are all 0.02, so their softmax is nearly uniform and a
+  wrong kernel could still "match") and as shipped. The large ones are ``slow``.
+* Under qemu-user (AArch64, Armv7, RV64 scalar and RVV), one light model per family, all ``slow``: SqueezeNet
+  and ShuffleNet whole; the light variants of Inception-v1, DenseNet-121 and VGG-19 (their own layers on a
+  smaller image, tests/models.py); ResNet and MobileNet through the PyTorch models. The large models
+  themselves run natively only: under emulation one of them takes minutes, longer on a loaded machine.
+* The PyTorch-built models (exported to ONNX by tests/models.py) on every target.
+
+Emulated runs have no wall-clock limit per call (tests/running.py).
 """
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
+import running
 
 import kiln
 import models
 
 RTOL, ATOL = 1e-3, 1e-4
-EMULATED = ("aarch64-linux", "riscv64-linux")
-ARMV7_MODELS = ("squeezenet", "shufflenet", "resnet50")
+NATIVE = "x86_64-linux"
+EMULATED = ("aarch64-linux", "armv7-linux", "riscv64-linux", "riscv64-linux-rvv")
+LARGE = models.LARGE_LIGHT_MODELS  # natively only, slow
+SMALL = tuple(m for m in models.LIGHT_MODELS if m not in LARGE)  # under 1 GFLOP: whole under emulation too
+QEMU = (pytest.mark.qemu, pytest.mark.slow)
 
 
 @functools.cache
 def _reference(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    from pathlib import Path
-
     x = models.inputs_for(Path(path))
     return x, models.onnxruntime_outputs(Path(path), x)
 
 
 def _check(path: str, target: str) -> None:
     x, want = _reference(path)
-    got = kiln.compile(path, target).run(x)
+    got = running.run(kiln.compile(path, target), x)
     assert sorted(got) == sorted(want)
     for name in want:
         np.testing.assert_allclose(
@@ -38,36 +49,45 @@ def _check(path: str, target: str) -> None:
         )
 
 
-def _light_cases() -> list:  # noqa: ANN202
-    cases = []
-    for m in models.LIGHT_MODELS:
-        targets = ["x86_64-linux", *EMULATED] + (["armv7-linux"] if m in ARMV7_MODELS else [])
-        heavy = m in ("vgg19", "densenet121", "resnet50", "inception_v2", "zfnet512")
-        for t in targets:
-            marks = [pytest.mark.slow] if heavy and t != "x86_64-linux" else []
-            cases.append(pytest.param(m, t, marks=marks, id=f"{m}-{t}"))
-    return cases
+def _param(model: str, target: str, *marks: pytest.MarkDecorator) -> object:
+    if target != NATIVE:
+        marks = (*marks, *QEMU)
+    return pytest.param(model, target, marks=marks, id=f"{model}-{target}")
 
 
-@pytest.mark.parametrize(("model", "target"), _light_cases())
+def _native_light(model: str, *, random_weights: bool) -> object:
+    if model not in LARGE:
+        return _param(model, NATIVE)
+    if random_weights:  # one worker draws them (VGG-19: 550 MB, 40 s) for here and tests/frontend
+        return _param(model, NATIVE, pytest.mark.slow, pytest.mark.xdist_group(f"light-{model}"))
+    return _param(model, NATIVE, pytest.mark.slow)
+
+
+@pytest.mark.parametrize(
+    ("model", "target"),
+    [_native_light(m, random_weights=True) for m in models.LIGHT_MODELS]
+    + [_param(m, t) for m in SMALL for t in EMULATED],
+)
 def test_light_model_with_random_weights(model: str, target: str) -> None:
     _check(str(models.light_random_path(model)), target)
 
 
-@pytest.mark.parametrize("model", models.LIGHT_MODELS)
-def test_original_light_model_natively(model: str) -> None:
-    _check(str(models.light_path(model)), "x86_64-linux")
+@pytest.mark.parametrize(
+    ("model", "target"), [_native_light(m, random_weights=False) for m in models.LIGHT_MODELS]
+)
+def test_original_light_model_natively(model: str, target: str) -> None:
+    _check(str(models.light_path(model)), target)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model", [m for m in models.LIGHT_MODELS if m not in ARMV7_MODELS])
-def test_light_model_compiles_for_armv7_and_rvv(model: str) -> None:
-    for target in ("armv7-linux", "riscv64-linux-rvv"):
-        pkg = kiln.compile(str(models.light_path(model)), target)
-        assert pkg.manifest["target"]["name"] == target and "bin/runner" in pkg.files
+@pytest.mark.parametrize(
+    ("model", "target"), [_param(m, t) for m in sorted(models.LIGHT_VARIANTS) for t in (NATIVE, *EMULATED)]
+)
+def test_light_variant_of_a_large_model(model: str, target: str) -> None:
+    _check(str(models.light_variant_path(model)), target)
 
 
-@pytest.mark.parametrize("target", ["x86_64-linux", *EMULATED, "riscv64-linux-rvv", "armv7-linux"])
-@pytest.mark.parametrize("model", models.TORCH_MODELS)
+@pytest.mark.parametrize(
+    ("model", "target"), [_param(m, t) for m in models.TORCH_MODELS for t in (NATIVE, *EMULATED)]
+)
 def test_pytorch_model(model: str, target: str) -> None:
     _check(str(models.torch_onnx_path(model)), target)

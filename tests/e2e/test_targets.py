@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import running
 
 import kiln
 from graphs import conv_bn_relu, mlp, residual_block
 from kiln.ops.interpreter import interpret
-from kiln.targets import list_targets
+from kiln.targets import get_target, list_targets
 
 LINUX_TARGETS = [t.name for t in list_targets() if t.os == "linux"]
 MODELS = {"conv_bn_relu": conv_bn_relu, "residual": residual_block, "mlp": mlp}
@@ -20,25 +21,35 @@ def _inputs(mod, seed: int = 0) -> dict[str, np.ndarray]:  # noqa: ANN001
     return {p.name: rng.standard_normal(p.type.static_shape).astype("f4") for p in mod.main.params}
 
 
-@pytest.mark.parametrize("target", LINUX_TARGETS)
+@pytest.mark.parametrize(
+    "target",
+    [t if get_target(t).runs_natively() else pytest.param(t, marks=pytest.mark.qemu) for t in LINUX_TARGETS],
+)
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_model_runs_on_target(target: str, model: str) -> None:
     mod = MODELS[model]()
     pkg = kiln.compile(mod, target)
     x = _inputs(mod)
-    got = pkg.run(x)
+    got = running.run(pkg, x)
     want = interpret(mod, x)
     assert sorted(got) == sorted(want)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=f"{model} on {target}: {k}")
 
 
+@pytest.mark.qemu
 def test_compiling_twice_gives_identical_packages(tmp_path) -> None:  # noqa: ANN001
-    a = kiln.compile(residual_block(), "aarch64-linux").save(tmp_path / "a.kpkg")
+    mod = residual_block()
+    a = kiln.compile(mod, "aarch64-linux").save(tmp_path / "a.kpkg")
     b = kiln.compile(residual_block(), "aarch64-linux").save(tmp_path / "b.kpkg")
     assert a.read_bytes() == b.read_bytes()
+    x = _inputs(mod, seed=4)  # and the package runs
+    got, want = running.run(kiln.load(a), x), interpret(mod, x)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+@pytest.mark.qemu
 def test_package_round_trips_through_a_file(tmp_path) -> None:  # noqa: ANN001
     mod = mlp()
     path = kiln.compile(mod, "riscv64-linux").save(tmp_path / "mlp.kpkg")
@@ -47,7 +58,7 @@ def test_package_round_trips_through_a_file(tmp_path) -> None:  # noqa: ANN001
     assert [t["name"] for t in m["inputs"]] == ["x"] and m["outputs"][0]["shape"] == [3, 5]
     assert m["target"]["name"] == "riscv64-linux" and m["arena_bytes"] > 0 and m["weight_bytes"] > 0
     x = _inputs(mod, seed=3)
-    np.testing.assert_allclose(pkg.run(x)["y"], interpret(mod, x)["y"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(running.run(pkg, x)["y"], interpret(mod, x)["y"], rtol=1e-4, atol=1e-6)
 
 
 def test_wrong_input_shape_is_a_clear_error() -> None:
@@ -56,6 +67,7 @@ def test_wrong_input_shape_is_a_clear_error() -> None:
         pkg.run({"x": np.zeros((2, 20), "f4")})
 
 
+@pytest.mark.qemu
 def test_user_target_with_a_hook_compiles_and_runs(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """docs/how-to/add-a-target.md as a test: a TOML file in a KILN_TARGET_PATH directory, a hook pass named
     in it, `kiln targets` listing it, and a model compiled for it running under its emulator."""
@@ -86,7 +98,7 @@ def test_user_target_with_a_hook_compiles_and_runs(tmp_path, monkeypatch) -> Non
     pkg = kiln.compile(mod, "rpi3")
     assert pkg.manifest["target"]["cpu"] == "cortex-a53"
     x = _inputs(mod, seed=5)
-    np.testing.assert_allclose(pkg.run(x)["y"], interpret(mod, x)["y"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(running.run(pkg, x)["y"], interpret(mod, x)["y"], rtol=1e-4, atol=1e-6)
     listed = subprocess.run(
         [sys.executable, "-m", "kiln.cli", "targets"], capture_output=True, text=True, check=True
     ).stdout

@@ -42,7 +42,12 @@ def _compare(path: str) -> None:
         np.testing.assert_allclose(got[name], w, rtol=RTOL, atol=ATOL * scale, err_msg=f"{path}: {name}")
 
 
-@pytest.mark.parametrize("name", models.LIGHT_MODELS)
+HEAVY = ("vgg19", "zfnet512", "bvlc_alexnet")  # 240-560 MB of weights: writing, loading, running them is slow
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(m, marks=pytest.mark.slow) if m in HEAVY else m for m in models.LIGHT_MODELS]
+)
 def test_light_model_imports(name: str) -> None:
     path = models.light_path(name)
     onnx_model = onnx.load(str(path))
@@ -61,12 +66,15 @@ def test_light_model_imports(name: str) -> None:
     assert [v.name for v in main.outputs] == [o.name for o in onnx_model.graph.output]
 
 
-HEAVY = ("vgg19", "zfnet512", "bvlc_alexnet")  # 240-560 MB of weights: writing, loading, running them is slow
+def _random_weights_param(name: str) -> object:
+    """The large models' interpretation (1-20 GFLOPs in NumPy) is slow; it shares a worker with their compiled
+    runs in tests/e2e, which need the same random weights (drawing VGG-19's takes 40 s)."""
+    if name not in models.LARGE_LIGHT_MODELS:
+        return name
+    return pytest.param(name, marks=(pytest.mark.slow, pytest.mark.xdist_group(f"light-{name}")))
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(m, marks=pytest.mark.slow) if m in HEAVY else m for m in models.LIGHT_MODELS]
-)
+@pytest.mark.parametrize("name", [_random_weights_param(m) for m in models.LIGHT_MODELS])
 def test_light_model_with_random_weights_matches_onnxruntime(name: str) -> None:
     _compare(str(models.light_random_path(name)))
 

@@ -1,11 +1,13 @@
 """Every operator's lowering: the single-node models of tests/op_cases.py compiled with ``kiln.compile`` for
 x86_64-linux (native) and for the emulated vector targets (AArch64 NEON, Armv7 NEON, RV64 with RVV, under
-qemu-user), and run (``Package.run``) against the operators' NumPy references."""
+qemu-user), and run (``Package.run``; emulated runs without a wall-clock limit, tests/running.py) against the
+operators' NumPy references. The emulated targets are ``slow``: the fast tier runs every operator natively."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import running
 from op_cases import CASES
 
 import kiln
@@ -30,8 +32,8 @@ def _params() -> list[object]:
         for case_id in sorted(CASES):
             gap = KNOWN_GAPS.get((target, case_id))
             marks = [pytest.mark.xfail(reason=gap, strict=True)] if gap else []
-            if target != TARGET:
-                marks.append(pytest.mark.qemu)
+            if target != TARGET:  # 564 runs under qemu-user: the full suite's, not the fast tier's
+                marks += [pytest.mark.qemu, pytest.mark.slow]
             out.append(pytest.param(target, case_id, marks=marks, id=f"{target}-{case_id}"))
     return out
 
@@ -41,7 +43,7 @@ def test_compiled_operator_matches_reference(target: str, case_id: str) -> None:
     case = CASES[case_id]
     mod = from_onnx(case.model, name=case_id.replace("-", "_"))
     want = interpret(mod, case.feed)
-    got = kiln.compile(mod, target).run(case.feed)
+    got = running.run(kiln.compile(mod, target), case.feed)
     assert sorted(got) == sorted(want)
     for name, w in want.items():
         g = got[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kiln.ir import Module
+from kiln.ops.interpreter import interpret
 from kiln.package import Package, PackageError
 from kiln.package.kpkg import FORMAT_VERSION, MANIFEST
 from tinymodel import TINY_INFO, TINY_PROBE_BYTE, link_tiny, tiny_expected, tiny_inputs, tiny_package
@@ -187,7 +190,8 @@ def test_garbage_is_not_a_package(tmp_path: Path) -> None:
         Package.load(tmp_path / "missing.kpkg")
 
 
-def _slow_matmuls(n: int = 1024, count: int = 4) -> Package:
+@functools.cache
+def _slow_matmuls(n: int = 1024, count: int = 4) -> tuple[Module, Package]:
     """``count`` chained n x n matmuls: long enough per run that a short timeout is tight."""
     import kiln
     from kiln.frontend.nn import GraphBuilder
@@ -198,13 +202,15 @@ def _slow_matmuls(n: int = 1024, count: int = 4) -> Package:
     for _ in range(count):
         y = g.matmul(y, g.const((rng.standard_normal((n, n)) / n).astype("f4")))
     g.output(y, "y")
-    return kiln.compile(g.build(), NATIVE)
+    mod = g.build()
+    return mod, kiln.compile(mod, NATIVE)
 
 
+@pytest.mark.xdist_group("slow-matmuls")  # one worker compiles the model for both
 def test_default_timeout_grows_with_the_model_flops(pkg: Package) -> None:
     from kiln.package.kpkg import SLOWEST_FLOPS_PER_S, run_timeout
 
-    slow = _slow_matmuls()
+    mod, slow = _slow_matmuls()
     assert slow.manifest["flops"] == 4 * 2 * 1024**3
     assert run_timeout(slow.manifest) == pytest.approx(60.0 + 4 * 2 * 1024**3 / SLOWEST_FLOPS_PER_S)
     assert run_timeout(pkg.manifest, 5.0) == pytest.approx(
@@ -212,12 +218,16 @@ def test_default_timeout_grows_with_the_model_flops(pkg: Package) -> None:
     )
     with slow.open_session() as s:
         assert s.timeout == pytest.approx(run_timeout(slow.manifest))
+        x = {"x": np.random.default_rng(1).standard_normal((1024, 1024)).astype("f4")}
+        want = interpret(mod, x)["y"]  # and the model computes what it should
+        np.testing.assert_allclose(s.run(x)["y"], want, rtol=1e-3, atol=1e-4 * float(np.abs(want).max()))
 
 
+@pytest.mark.xdist_group("slow-matmuls")  # one worker compiles the model for both
 def test_time_budget_covers_every_timed_run() -> None:
     """A per-call timeout longer than one run but shorter than the whole TIME call: TIME still finishes,
     because its budget adds the runs it will make (measured by a calibrating RUN)."""
-    slow = _slow_matmuls()
+    _, slow = _slow_matmuls()
     x = {"x": np.ones((1024, 1024), np.float32)}
     with slow.open_session(timeout=None) as s:
         s.run(x, fetch_outputs=False)

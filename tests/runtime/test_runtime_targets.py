@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import running
 
 from kiln.device.launchers import (
     LauncherError,
@@ -25,7 +26,7 @@ from tinymodel import LINUX_TARGETS, TINY_PROBE_BYTE, tiny_expected, tiny_inputs
 @pytest.mark.parametrize("target", LINUX_TARGETS)
 def test_tiny_model_runs_and_profiles_on_target(target: str) -> None:
     pkg = tiny_package(target)
-    with pkg.open_session(timeout=60.0) as s:
+    with running.open_session(pkg) as s:  # emulated: no wall-clock limit per call (tests/running.py)
         assert s.info().name == "tiny"
         for seed in range(2):
             inputs = tiny_inputs(seed)
@@ -52,7 +53,7 @@ def test_launcher_for_picks_local_or_qemu() -> None:
 
 @pytest.mark.qemu
 def test_segfault_under_qemu_names_the_signal() -> None:
-    with tiny_package("aarch64-linux").open_session(timeout=60.0) as s, pytest.raises(DeviceLost) as e:
+    with running.open_session(tiny_package("aarch64-linux")) as s, pytest.raises(DeviceLost) as e:
         s.run(tiny_inputs(mode=2))
     assert "SIGSEGV" in str(e.value)
 
