@@ -211,9 +211,11 @@ def make_launcher(name: str | None, target: str, ssh: Any = None) -> Any:
     if ssh is not None:
         if name not in (None, "ssh"):
             raise ValueError(f"--ssh runs the device on a board: use --launcher ssh, not {name}")
-        launcher = launchers.make_launcher("ssh", target, options=ssh)
-        launcher.check()  # refuse to serve a board that cannot run the target (before the first client)
-        return launcher
+        from kiln.device.ssh import SshLauncher
+
+        board = SshLauncher(target, ssh)
+        board.check()  # refuse to serve a board that cannot run the target (before the first client)
+        return board
     if name is None:
         return launchers.launcher_for(target)
     return launchers.make_launcher(name, target)
