@@ -20,11 +20,13 @@ Tensors
 
 A ``Tensor`` message is a dense, row-major array: a NumPy dtype name from :data:`kiln.runtime_c.abi.DTYPES`,
 the shape, and the raw little-endian bytes. :func:`unpack_tensors` refuses (with :class:`TensorError`) an
-unknown dtype, a negative extent, a byte count that does not match the shape, and a name that appears twice.
+unknown dtype, a rank over :data:`MAX_TENSOR_RANK`, a negative extent, a shape over :data:`MAX_TENSOR_BYTES`
+(computed without overflow), a byte count that does not match the shape, and a name that appears twice.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -36,6 +38,7 @@ from kiln.runtime_c import abi
 MAX_TRACKER_REQUEST_BYTES = 64 * 1024
 MAX_TRACKER_REPLY_BYTES = 4 * 1024 * 1024
 MAX_TENSOR_BYTES = 64 * 1024 * 1024
+MAX_TENSOR_RANK = 32
 MAX_DEVICE_MESSAGE_BYTES = MAX_TENSOR_BYTES + 1024 * 1024
 UPLOAD_CHUNK_BYTES = 1024 * 1024
 
@@ -94,9 +97,15 @@ def tensor_from_proto(t: common_pb2.Tensor) -> np.ndarray:
     else:
         dtype = np.dtype(t.dtype)
     shape = tuple(t.shape)
+    if len(shape) > MAX_TENSOR_RANK:
+        raise TensorError(f"tensor {t.name!r}: rank {len(shape)} is over the limit of {MAX_TENSOR_RANK}")
     if any(d < 0 for d in shape):
         raise TensorError(f"tensor {t.name!r}: negative extent in shape {shape}")
-    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    n = math.prod(shape) * dtype.itemsize  # Python integers: a huge product cannot wrap around
+    if n > MAX_TENSOR_BYTES:
+        raise TensorError(
+            f"tensor {t.name!r}: shape {shape} of {t.dtype} needs {n} bytes, over the limit of {MAX_TENSOR_BYTES}"
+        )
     if n != len(t.data):
         raise TensorError(f"tensor {t.name!r}: shape {shape} of {t.dtype} needs {n} bytes, got {len(t.data)}")
     return np.frombuffer(t.data, dtype=dtype).reshape(shape)

@@ -9,19 +9,21 @@ import pytest
 
 from kiln.rpc.auth import server_security
 from kiln.rpc.servers import DeviceServer, TrackerServer
-from kiln.rpc.state import MemoryTrackerState, TrackerState
+from kiln.rpc.state import MemoryTrackerState, SqliteTrackerState, TrackerState
 from kiln.rpc.tracker import Tracker
 
 TOKEN = "kiln-test-token"
 
 #: Every TrackerState implementation. The state suite and the tracker logic tests
 #: (test_tracker_logic.py) take the ``state`` fixture, so each runs against every implementation listed here.
-STATE_IMPLS: list[type[TrackerState]] = [MemoryTrackerState]
+STATE_IMPLS: list[type[TrackerState]] = [MemoryTrackerState, SqliteTrackerState]
 
 
 @pytest.fixture(params=STATE_IMPLS, ids=lambda c: c.__name__)
-def state(request: pytest.FixtureRequest) -> TrackerState:
+def state(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TrackerState:
     """A fresh, empty tracker state, once per implementation."""
+    if request.param is SqliteTrackerState:
+        return SqliteTrackerState(tmp_path_factory.mktemp("state") / "tracker.db")
     return request.param()
 
 

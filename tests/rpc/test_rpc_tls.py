@@ -166,3 +166,34 @@ def test_farm_over_tls(pki: dict[str, str], token: str, tiny_packages: dict[str,
     finally:
         device.stop(grace=None)
         tracker.stop(grace=None)
+
+
+def test_tls_mistakes_are_explained(pki: dict[str, str], token: str) -> None:
+    """Issue 9, item 10: a plaintext client against a TLS server, and swapped certificate and key."""
+    import subprocess
+    import sys
+
+    from farmproc import FarmProcess
+
+    tls = FarmProcess(
+        "tracker", "--port", "0", "--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"]
+    )
+    try:
+        with pytest.raises(RemoteError, match="if the server uses TLS, connect with --tls"):
+            kiln.rpc.connect(tls.address).devices()
+    finally:
+        tls.kill()
+    plain = FarmProcess("tracker", "--port", "0")
+    try:
+        with pytest.raises(RemoteError, match="TLS handshake failed"):
+            kiln.rpc.connect(plain.address, tls=TLSConfig(ca=pki["ca"])).devices()
+    finally:
+        plain.kill()
+    r = subprocess.run(
+        [sys.executable, "-m", "kiln.rpc.cli", "tracker", "--port", "0"]
+        + ["--tls-cert", pki["server_key"], "--tls-key", pki["server_cert"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "swapped" in r.stderr and "Traceback" not in r.stderr, r.stderr
