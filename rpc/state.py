@@ -273,7 +273,7 @@ class SqliteTrackerState(MemoryTrackerState):
         for (rec,) in self._db.execute("SELECT rec FROM stats"):
             super().put_key_stats(KeyStats(**json.loads(rec)))
 
-    def _put(self, table: str, pk: str, rec: object) -> None:
+    def _put(self, table: str, pk: str, rec: DeviceRecord | LeaseRecord | KeyStats) -> None:
         self._db.execute(
             f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (pk, json.dumps(dataclasses.asdict(rec)))
         )
