@@ -2,16 +2,22 @@
 
 ``kiln.compile(model, target)`` is the one-call API; each step is also reachable on its own
 (:func:`load_model`, :func:`compile_module`) so users can inspect or edit the module and the pipeline.
+
+Foreign code that passes attached to the module (library kernels behind ``call_extern``, code-generation
+overrides; :mod:`kiln.ir.extern`) is compiled for the target here (C with the target's zig toolchain, LLVM IR
+by codegen), linked into the package next to the generated object, and listed in the manifest (``externs``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .ir import Module
+from .ir.extern import ExternSource
 from .targets import Target, get_target
 from .transform import PassContext, Pipeline, default_pipeline
 
@@ -19,14 +25,20 @@ ModelLike = Any  # str | Path | bytes | onnx.ModelProto | Module
 
 
 def load_model(
-    model: ModelLike, shapes: Mapping[str, tuple[int, ...]] | None = None, name: str | None = None
+    model: ModelLike,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    name: str | None = None,
+    custom_ops: Mapping[str, Any] | None = None,
 ) -> Module:
-    """Import a model into a kiln Module: an ONNX file path, ONNX bytes, an ``onnx.ModelProto`` or a Module."""
+    """Import a model into a kiln Module: an ONNX file path, ONNX bytes, an ``onnx.ModelProto`` or a Module.
+    ``custom_ops`` maps ONNX custom-domain operators (``"domain:Name"``) to kiln operators
+    (:func:`kiln.frontend.onnx.from_onnx`)."""
     if isinstance(model, Module):
         return model
     from .frontend.onnx import from_onnx
 
-    return from_onnx(model, shapes=dict(shapes) if shapes else None, name=name)
+    kw = {"custom_ops": dict(custom_ops)} if custom_ops else {}
+    return from_onnx(model, shapes=dict(shapes) if shapes else None, name=name, **kw)
 
 
 def compile_module(
@@ -35,7 +47,7 @@ def compile_module(
     """Run the pipeline (default: :func:`kiln.transform.default_pipeline` for the target) on ``mod``."""
     t = get_target(target)
     if isinstance(pipeline, str):
-        pipeline = Pipeline.parse(pipeline)
+        pipeline = Pipeline.parse(pipeline, t)
     pipe = pipeline if pipeline is not None else default_pipeline(t)
     return pipe(mod.with_attrs(target=t), ctx)
 
@@ -48,17 +60,23 @@ def compile(
     pipeline: Pipeline | str | None = None,
     name: str | None = None,
     ctx: PassContext | None = None,
+    custom_ops: Mapping[str, Any] | None = None,
 ) -> Any:
-    """Compile ``model`` for ``target`` into a :class:`kiln.package.kpkg.Package` (run it with ``.run``)."""
+    """Compile ``model`` for ``target`` into a :class:`kiln.package.kpkg.Package` (run it with ``.run``).
+    ``pipeline`` is a :class:`Pipeline` or its text (default: the target's default pipeline, hooks
+    included); ``custom_ops`` maps ONNX custom-domain operators to kiln operators."""
     from .codegen import generate
     from .package import link_model
     from .package.kpkg import Package
     from .package.link import ModelInfo
 
     t = get_target(target)
-    mod = load_model(model, shapes, name)
+    mod = load_model(model, shapes, name, custom_ops)
     source_ops = sorted({n.op for n in mod.main.nodes})
-    lowered = compile_module(mod, t, pipeline, ctx)
+    if isinstance(pipeline, str):
+        pipeline = Pipeline.parse(pipeline, t)
+    pipe = pipeline if pipeline is not None else default_pipeline(t)
+    lowered = compile_module(mod, t, pipe, ctx)
     code = generate(lowered, t)
     main = lowered.main
     info = ModelInfo(
@@ -69,17 +87,44 @@ def compile(
         kernel_names=code.kernel_names,
         operators=source_ops,
     )
-    artifacts = link_model(t, code.object, code.weights, info)
-    return Package.create(
-        t,
-        info,
-        artifacts,
-        extra_manifest={
-            "pipeline": str(pipeline) if pipeline is not None else str(default_pipeline(t)),
-            "weights_sha256": hashlib.sha256(code.weights).hexdigest(),
-            "flops": _flops(lowered),
-        },
-    )
+    extra_objects = [*code.extra_objects, *compile_externs(t, code.externs)]
+    artifacts = link_model(t, code.object, code.weights, info, extra_objects=extra_objects)
+    manifest: dict[str, Any] = {
+        "pipeline": str(pipe),
+        "weights_sha256": hashlib.sha256(code.weights).hexdigest(),
+        "flops": _flops(lowered),
+    }
+    if code.externs:
+        manifest["externs"] = [e.describe() for e in code.externs]
+    return Package.create(t, info, artifacts, extra_manifest=manifest)
+
+
+def compile_externs(target: Target, sources: Sequence[ExternSource]) -> list[bytes]:
+    """Objects for the C externs among ``sources`` (one per ``.c`` file), compiled for ``target`` with the
+    same toolchain and flags as the runtime, warnings not fatal, plus each extern's own flags."""
+    from .package import toolchain
+
+    objects: list[bytes] = []
+    for src in sources:
+        if src.kind != "c":
+            continue
+        with tempfile.TemporaryDirectory(prefix="kiln-extern-") as tmp_name:
+            tmp = Path(tmp_name)
+            for fname, text in src.files:
+                (tmp / fname).write_text(text)
+            for fname, _ in src.sources:
+                try:
+                    obj = toolchain.compile_c(
+                        target,
+                        tmp / fname,
+                        tmp / f"{Path(fname).stem}.o",
+                        include_dirs=[tmp, *(Path(d) for d in src.include_dirs)],
+                        flags=["-Wno-error", *src.flags],
+                    )
+                except toolchain.ToolchainError as e:
+                    raise toolchain.ToolchainError(f"extern {src.name!r}, file {fname}: {e}") from e
+                objects.append(obj.read_bytes())
+    return objects
 
 
 def _flops(mod: Module) -> int:

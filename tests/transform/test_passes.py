@@ -140,7 +140,8 @@ def test_target_hook_files_are_loaded_by_the_pipeline() -> None:
     t = parse_target({**_BOARD, "hooks": {"before_codegen": ["graphs:mlp"]}}, "boards/board.toml")
     hooks = target_hooks(t)
     assert list(hooks) == list(PHASES)
-    assert [f.__name__ for f in hooks["before_codegen"]] == ["mlp"]
+    assert [p.fn.__name__ for p in hooks["before_codegen"]] == ["mlp"]
+    assert [p.text for p in hooks["before_codegen"]] == ["graphs:mlp"]
 
 
 @pytest.mark.parametrize(
