@@ -3,6 +3,12 @@
 Input: a legalized module whose ``main`` only has ``call_tensor``/``call_extern``/``view`` nodes and whose
 ``memory_plan`` attribute was written by the plan-memory pass. Output: :class:`ObjectCode` (object bytes, the
 weights blob, kernel names, sizes) that :mod:`kiln.package` links with the C runtime.
+
+Foreign code (:mod:`kiln.ir.extern`): a tensor function with ``attrs["extern_symbol"]`` (a code-generation
+override, :mod:`kiln.transform.codegen_override`) is declared, not emitted, and called under that symbol;
+``call_extern`` nodes call their symbol. The module's LLVM IR externs are compiled here for the target (one
+object each, in ``ObjectCode.extra_objects``); its C externs are passed on (``ObjectCode.externs``) for the
+package step to compile with the target's C toolchain.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from ..ir import Module
+from ..ir import Module, TensorFunction
+from ..ir.extern import ExternSource, externs
+from ..ir.tensor import workspace_bytes
 from ..targets import Target
 from .entry import emit_entry, layout_constants
 from .mathlib import MathLib
@@ -26,6 +34,10 @@ class ObjectCode:
     kernel_names: tuple[str, ...]
     llvm_ir: str
     workspace_bytes: int
+    #: objects compiled from the module's LLVM IR externs, to link next to ``object``
+    extra_objects: tuple[bytes, ...] = ()
+    #: every extern of the module (the C ones still to compile for the target)
+    externs: tuple[ExternSource, ...] = ()
 
 
 def build_llvm_ir(mod: Module, target: Target) -> tuple[str, bytes, list[str]]:
@@ -34,16 +46,38 @@ def build_llvm_ir(mod: Module, target: Target) -> tuple[str, bytes, list[str]]:
     llmod.triple = target.triple
     math = MathLib(llmod)
     tcg = TensorCodegen(llmod, math, target.vector_bits)
-    funcs = {name: tcg.emit(f) for name, f in sorted(mod.tensor_functions().items())}
+    funcs = {
+        name: _declare(llmod, f) if "extern_symbol" in f.attrs else tcg.emit(f)
+        for name, f in sorted(mod.tensor_functions().items())
+    }
     weights, const_offsets = layout_constants(mod)
     kernels = emit_entry(llmod, mod, funcs, const_offsets)
     return str(llmod), weights, kernels
 
 
+def _declare(llmod: ir.Module, f: TensorFunction) -> ir.Function:
+    """An external declaration of tensor function ``f`` under its override's symbol."""
+    nparams = len(f.params) + (1 if workspace_bytes(f) else 0)
+    fn = ir.Function(
+        llmod, ir.FunctionType(ir.VoidType(), [ir.PointerType()] * nparams), f.attrs["extern_symbol"]
+    )
+    fn.attributes.add("nounwind")
+    return fn
+
+
 def generate(mod: Module, target: Target) -> ObjectCode:
     text, weights, kernels = build_llvm_ir(mod, target)
     obj, _ = compile_ir(text, target)
-    return ObjectCode(obj, weights, tuple(kernels), text, int(mod.attrs["memory_plan"]["arena_bytes"]))
+    extra = tuple(compile_ir(e.files[0][1], target)[0] for e in externs(mod.attrs) if e.kind == "llvm")
+    return ObjectCode(
+        obj,
+        weights,
+        tuple(kernels),
+        text,
+        int(mod.attrs["memory_plan"]["arena_bytes"]),
+        extra,
+        externs(mod.attrs),
+    )
 
 
 __all__ = ["ObjectCode", "build_llvm_ir", "compile_ir", "emit_assembly", "generate"]
