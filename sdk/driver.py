@@ -30,11 +30,19 @@ def load_model(
     name: str | None = None,
     custom_ops: Mapping[str, Any] | None = None,
 ) -> Module:
-    """Import a model into a kiln Module: an ONNX file path, ONNX bytes, an ``onnx.ModelProto`` or a Module.
-    ``custom_ops`` maps ONNX custom-domain operators (``"domain:Name"``) to kiln operators
+    """Import a model into a kiln Module: an ONNX file path, ONNX bytes, an ``onnx.ModelProto``, a ``.pt2`` file
+    saved with ``torch.export.save`` or a ``torch.export.ExportedProgram`` (:mod:`kiln.frontend.torch`), or a
+    Module. ``custom_ops`` maps ONNX custom-domain operators (``"domain:Name"``) to kiln operators
     (:func:`kiln.frontend.onnx.from_onnx`)."""
     if isinstance(model, Module):
         return model
+    pt2 = isinstance(model, (str, Path)) and str(model).endswith(".pt2")
+    if pt2 or type(model).__name__ == "ExportedProgram":
+        try:
+            from .frontend.torch import from_exported_program
+        except ImportError as e:
+            raise ValueError(f"{model}: PyTorch programs need torch (pip install 'kiln[torch]'): {e}") from e
+        return from_exported_program(model, shapes=dict(shapes) if shapes else None, name=name)
     from .frontend.onnx import from_onnx
 
     kw = {"custom_ops": dict(custom_ops)} if custom_ops else {}
