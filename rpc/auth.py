@@ -35,6 +35,7 @@ clear text, which is fine on loopback or a private lab network and nowhere else.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import os
 import re
@@ -279,7 +280,12 @@ def identify(
     tok = _bearer(metadata)
     if not tok:
         return None
-    return identities.get(token_digest(tok))
+    return identities.get(_digest(tok))
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(token: str) -> str:  # the hot path hashes the same few tokens over and over
+    return token_digest(token)
 
 
 @dataclass(frozen=True)

@@ -164,13 +164,18 @@ class Watchdog:
         self._seq = itertools.count()
         self._thread = threading.Thread(target=self._loop, name="device-watchdog", daemon=True)
         self._stopped = False
+        self._wake_at = -math.inf
         self._thread.start()
 
     def arm(self, delay: float, fn: Callable[[], None]) -> Alarm:
         alarm = Alarm(fn)
+        at = time.monotonic() + delay
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), alarm))
-            self._cond.notify()
+            heapq.heappush(self._heap, (at, next(self._seq), alarm))
+            if (
+                at < self._wake_at
+            ):  # wake the thread only if it sleeps past this deadline (rarely: it is a hot path)
+                self._cond.notify()
         return alarm
 
     def _loop(self) -> None:
@@ -183,7 +188,9 @@ class Watchdog:
                     if self._heap and self._heap[0][0] <= now:
                         alarm = heapq.heappop(self._heap)[2]
                         break
+                    self._wake_at = self._heap[0][0] if self._heap else math.inf
                     self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                    self._wake_at = -math.inf  # awake: arm() need not notify
                 else:
                     return
             alarm.fire()
