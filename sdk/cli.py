@@ -56,21 +56,31 @@ def cmd_targets(args: argparse.Namespace) -> int:
         caption = f"--target native is {native_target().name} on this host"
     except TargetError:
         caption = "no target runs natively on this host"
+    from .targets.board import board_of
+
     table = Table(title="kiln targets", caption=caption)
-    for col in ("name", "triple", "cpu / features", "vector bits", "OS", "runs via"):
+    for col in ("name", "triple", "cpu / features", "vector bits", "OS", "memory", "runs via"):
         table.add_column(col)
     for t in list_targets():
+        board = board_of(t)
+        memory = f"flash {_kib(board.flash_bytes)}, RAM {_kib(board.ram_bytes)}" if board else "-"
         if t.runs_natively():
             via = "native"
         elif t.emulator:
-            via = " ".join(t.emulator[:1]) + (
+            via = " ".join(t.emulator[: 3 if board else 1]) + (
                 "" if emulator_available(t) else f" (install {t.emulator_package})"
             )
         else:
             via = "-"
-        table.add_row(t.name, t.triple, f"{t.cpu} {t.features}".strip(), str(t.vector_bits), t.os, via)
+        table.add_row(
+            t.name, t.triple, f"{t.cpu} {t.features}".strip(), str(t.vector_bits), t.os, memory, via
+        )
     _console().print(table)
     return 0
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -80,9 +90,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = Path(args.model)
     if not model.is_file():
         raise CLIError(f"model file {model} does not exist")
+    ctx = _pass_context(args)
+    custom_ops = dict(_parse_custom_op(s) for s in args.custom_op)
     pkg = driver.compile(
-        str(model), args.target, shapes=shapes or None, pipeline=args.pipeline, name=args.name or model.stem
+        str(model),
+        args.target,
+        shapes=shapes or None,
+        pipeline=args.pipeline,
+        name=args.name or model.stem,
+        ctx=ctx,
+        custom_ops=custom_ops or None,
     )
+    if args.time_passes:
+        print(ctx.timing_report(), file=sys.stderr)
     out = Path(args.output or model.with_suffix(".kpkg").name)
     pkg.save(out)
     m = pkg.manifest
@@ -90,6 +110,43 @@ def cmd_compile(args: argparse.Namespace) -> int:
         f"wrote {out} ({out.stat().st_size} bytes): target {m['target']['name']}, "
         f"arena {m['arena_bytes']} B, weights {m['weight_bytes']} B, code {m['code_bytes']} B"
     )
+    return 0
+
+
+def _pass_context(args: argparse.Namespace) -> Any:
+    from .transform import PassContext
+
+    after = args.print_ir_after
+    return PassContext(
+        print_ir_after="all" if "all" in after else after, printer=lambda text: print(text, file=sys.stderr)
+    )
+
+
+def _parse_custom_op(text: str) -> tuple[str, str]:
+    node, sep, impl = text.partition("=")
+    if not sep or ":" not in node or ":" not in impl:
+        raise CLIError(f"--custom-op expects DOMAIN:OpType=module:attribute, got {text!r}")
+    return node, impl
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    from .transform import all_passes, default_pipeline, target_hooks
+    from .transform.pipeline import PHASES
+
+    passes = sorted(all_passes().values(), key=lambda p: (PHASES.index(p.phase), p.name))
+    width = max(len(p.name) for p in passes)
+    for p in passes:
+        print(f"{p.name:<{width}}  {p.phase:<14}  {p.doc}")
+    if args.target:
+        from .targets import get_target
+
+        t = get_target(args.target)
+        hooks = [(phase, h) for phase, hs in target_hooks(t).items() for h in hs]
+        if hooks:
+            print(f"\nhooks of {t.name}:")
+            for phase, h in hooks:
+                print(f"{h.text}  {phase} ({h.when})  {h.doc}")
+        print(f"\ndefault pipeline for {t.name}:\n{default_pipeline(t)}")
     return 0
 
 
@@ -119,6 +176,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for t in m[kind]:
             io.add_row(kind[:-1], t["name"], t["dtype"], "x".join(str(d) for d in t["shape"]))
     con.print(io)
+    if "memory" in m:
+        _print_memory(con, m)
     con.print("operators: " + ", ".join(m.get("operators", [])))
     con.print(
         f"kernels ({len(m.get('kernels', []))}): "
@@ -130,6 +189,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         files.add_row(f, str(meta["size"]), meta["sha256"][:16] + "...")
     con.print(files)
     return 0
+
+
+def _print_memory(con: Any, m: dict[str, Any]) -> None:
+    """Flash and RAM of a board's firmware image, measured on the linked ELF (manifest ``memory``)."""
+    from rich.table import Table
+
+    table = Table(
+        "memory", "total", "of the board", "used", "breakdown", title=f"board {m['target']['name']}"
+    )
+    for mem in ("flash", "ram"):
+        r = m["memory"][mem]
+        cats = ("code", "weights", "runtime") if mem == "flash" else ("arena", "io", "stack", "runtime")
+        fits = "fits" if r["total"] <= r["limit"] else "DOES NOT FIT"
+        table.add_row(
+            "flash" if mem == "flash" else "RAM",
+            f"{r['total']} B",
+            f"{r['limit']} B",
+            f"{r['percent']:.2f} % ({fits})",
+            ", ".join(f"{c} {r[c]} B" for c in cats),
+        )
+    con.print(table)
 
 
 def _load_inputs(args: argparse.Namespace, spec: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -232,11 +312,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         times = np.asarray(
             sess.time(number=args.number, repeat=args.repeat, min_repeat_ms=args.min_repeat_ms)
         )
+        clock = str(getattr(sess, "clock", "wall-clock time on the device"))
     ms = times * 1e3
     print(
         f"{pkg.manifest['name']} on {pkg.manifest['target']['name']}: median {np.median(ms):.3f} ms, "
         f"min {ms.min():.3f} ms, max {ms.max():.3f} ms ({args.repeat} repeats of {args.number} runs)"
     )
+    board = pkg.manifest.get("board")
+    if board and clock.startswith("virtual"):
+        per_run = float(np.median(times)) * 1e9 / (1 << int(board.get("icount_shift", 0)))
+        print(f"  = {per_run:.0f} instructions per run")
+    print(f"  measured as: {clock}")
     return 0
 
 
@@ -334,7 +420,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--pipeline", help="comma-separated pass list (default: the target's default pipeline)")
     c.add_argument("--name", help="model name (default: the file name)")
+    c.add_argument(
+        "--custom-op",
+        action="append",
+        default=[],
+        metavar="DOMAIN:OpType=module:attr",
+        help="import custom-domain ONNX nodes as a kiln operator (a module path or a file.py)",
+    )
+    c.add_argument(
+        "--print-ir-after",
+        action="append",
+        default=[],
+        metavar="PASS|all",
+        help="print the IR after a pass (repeatable) or after every pass, to stderr",
+    )
+    c.add_argument("--time-passes", action="store_true", help="print the time of each pass, to stderr")
     c.set_defaults(fn=cmd_compile)
+
+    ps = sub.add_parser("passes", help="list the passes (and a target's hooks and default pipeline)")
+    ps.add_argument("--target", "-t", help="also show this target's hooks and default pipeline")
+    ps.set_defaults(fn=cmd_passes)
 
     i = sub.add_parser("inspect", help="show a package's manifest")
     i.add_argument("package")

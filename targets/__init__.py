@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .board import BoardError, is_board, parse_board
+
 _REQUIRED = {
     "name": str,
     "triple": str,
@@ -78,6 +80,11 @@ class Target:
         return self.os == "none"
 
     @property
+    def pointer_bits(self) -> int:
+        """Width of a pointer (and of index arithmetic in generated code): 32 on Arm (AArch32), RV32, x86."""
+        return 32 if self.arch.startswith(("arm", "thumb", "riscv32", "i386", "i686")) else 64
+
+    @property
     def vector_lanes_f32(self) -> int:
         """How many float32 lanes one vector register holds (1 when the target has no vector unit)."""
         return max(1, self.vector_bits // 32)
@@ -132,6 +139,11 @@ def parse_target(data: dict[str, Any], source: str = "<dict>") -> Target:
             raise TargetError(f"{source}: hooks.{phase} must be a list of 'module:function' strings")
     kwargs["hook_specs"] = tuple((p, tuple(s)) for p, s in sorted(hooks.items()))
     kwargs["emulator"] = tuple(str(x) for x in kwargs["emulator"])
+    if is_board(data):  # a board file: its memory map, UART, timer, ... (kiln.targets.board)
+        try:
+            parse_board(data, source)
+        except BoardError as e:
+            raise TargetError(str(e)) from None
     known = set(_REQUIRED) | set(_OPTIONAL)
     extra = {k: v for k, v in data.items() if k not in known}
     return Target(**kwargs, source=source, extra=extra)

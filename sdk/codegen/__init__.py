@@ -45,7 +45,7 @@ def build_llvm_ir(mod: Module, target: Target) -> tuple[str, bytes, list[str]]:
     llmod = ir.Module(name=mod.main.name)
     llmod.triple = target.triple
     math = MathLib(llmod)
-    tcg = TensorCodegen(llmod, math, target.vector_bits)
+    tcg = TensorCodegen(llmod, math, target.vector_bits, target.pointer_bits)
     funcs = {
         name: _declare(llmod, f) if "extern_symbol" in f.attrs else tcg.emit(f)
         for name, f in sorted(mod.tensor_functions().items())

@@ -4,6 +4,12 @@
 emission (:mod:`kiln.codegen.vectorize`) build on; :class:`FunctionContext` is the state of one function being
 emitted. Operations take LLVM scalars or vectors of one length alike (``binop_values``, ``convert``), so
 vector code reuses them lane-wise.
+
+Index arithmetic follows the target's pointer width (``index_bits``): on a 32-bit target, loop variables and
+``int64`` constants that fit in 32 bits are ``i32`` values, so addresses cost no 64-bit carry chains. A value
+loaded from or cast to ``int64`` stays ``i64``; where the two meet (an operation, a select, a store) the
+narrower one is sign-extended, and every address offset is truncated to the index width (a tensor on a 32-bit
+target has fewer than 2**31 elements).
 """
 
 from __future__ import annotations
@@ -48,19 +54,45 @@ class FunctionContext:
     fn: ir.Function
     entry: ir.Block
     ptrs: dict[int, ir.Value] = field(default_factory=dict)  # buffer uid -> base pointer
-    vars: dict[int, ir.Value] = field(default_factory=dict)  # loop var uid -> i64 value
+    vars: dict[int, ir.Value] = field(default_factory=dict)  # loop var uid -> value of the index type
     scratch: ir.Value | None = None
     scratch_off: int = 0
 
 
 class ScalarCodegen:
     """Emits expressions, addresses and counted loops into a :class:`FunctionContext` of ``module``;
-    ``vector_bits`` is the target's vector width (0: no vector unit)."""
+    ``vector_bits`` is the target's vector width (0: no vector unit), ``index_bits`` its pointer width (the
+    type of loop variables and address offsets)."""
 
-    def __init__(self, module: ir.Module, math: MathLib, vector_bits: int = 0) -> None:
+    def __init__(self, module: ir.Module, math: MathLib, vector_bits: int = 0, index_bits: int = 64) -> None:
         self.module = module
         self.math = math
         self.vector_bits = vector_bits
+        self.index_bits = index_bits
+        self.index = ir.IntType(index_bits)
+
+    def fit(self, c: FunctionContext, v: ir.Value, ty: ir.Type) -> ir.Value:
+        """Integer ``v`` (scalar or vector) at the width of ``ty`` (sign-extended or truncated)."""
+        have = v.type.element if isinstance(v.type, ir.VectorType) else v.type
+        want = ty.element if isinstance(ty, ir.VectorType) else ty
+        if not isinstance(have, ir.IntType) or not isinstance(want, ir.IntType) or have.width == want.width:
+            return v
+        if isinstance(v.type, ir.VectorType):
+            ty = ir.VectorType(want, v.type.count)
+        return c.b.sext(v, ty) if want.width > have.width else c.b.trunc(v, ty)
+
+    def widen(self, c: FunctionContext, a: ir.Value, y: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """Integer operands of one kiln dtype brought to one width (index-typed values meeting int64 data)."""
+        ea = a.type.element if isinstance(a.type, ir.VectorType) else a.type
+        ey = y.type.element if isinstance(y.type, ir.VectorType) else y.type
+        if isinstance(ea, ir.IntType) and isinstance(ey, ir.IntType) and ea.width != ey.width:
+            if ea.width < ey.width:
+                return self.fit(c, a, y.type), y
+            return a, self.fit(c, y, a.type)
+        return a, y
+
+    def index_const(self, value: int) -> ir.Constant:
+        return ir.Constant(self.index, value)
 
     @staticmethod
     def mem_type(dtype: str) -> ir.Type:
@@ -78,7 +110,8 @@ class ScalarCodegen:
     ) -> None:
         """``for var = lo; var < lo + extent; var += step: body()`` (``extent`` a multiple of ``step``)."""
         b = c.b
-        hi = b.add(lo, self.expr(c, extent))
+        lo = self.fit(c, lo, self.index)
+        hi = b.add(lo, self.fit(c, self.expr(c, extent), self.index))
         pre = b.block
         header = b.append_basic_block(f"{var.name}.loop")
         after = b.append_basic_block(f"{var.name}.end")
@@ -87,11 +120,11 @@ class ScalarCodegen:
         else:
             b.branch(header)
         b.position_at_end(header)
-        iv = b.phi(I64, name=var.name)
+        iv = b.phi(self.index, name=var.name)
         iv.add_incoming(lo, pre)
         c.vars[var.uid] = iv
         body()
-        nxt = b.add(iv, ir.Constant(I64, step), flags=["nsw", "nuw"])
+        nxt = b.add(iv, self.index_const(step), flags=["nsw", "nuw"])
         iv.add_incoming(nxt, b.block)
         b.cbranch(b.icmp_signed("<", nxt, hi), header, after)
         b.position_at_end(after)
@@ -108,19 +141,21 @@ class ScalarCodegen:
             if isinstance(idx, T.IntImm):
                 const_off += idx.value * stride
                 continue
-            v = self.expr(c, idx)
+            v = self.fit(c, self.expr(c, idx), self.index)
             if stride != 1:
-                v = c.b.mul(v, ir.Constant(I64, stride), flags=["nsw"])
+                v = c.b.mul(v, self.index_const(stride), flags=["nsw"])
             off = v if off is None else c.b.add(off, v, flags=["nsw"])
         if off is None:
-            off = ir.Constant(I64, const_off)
+            off = self.index_const(const_off)
         elif const_off:
-            off = c.b.add(off, ir.Constant(I64, const_off), flags=["nsw"])
+            off = c.b.add(off, self.index_const(const_off), flags=["nsw"])
         return c.b.gep(base, [off], inbounds=True, source_etype=_MEM_TYPES[buf.dtype])
 
     def expr(self, c: FunctionContext, e: T.Expr) -> ir.Value:
         b = c.b
         if isinstance(e, T.IntImm):
+            if e.dtype == "int64" and -(1 << (self.index_bits - 1)) <= e.value < 1 << (self.index_bits - 1):
+                return self.index_const(e.value)
             return ir.Constant(ll_type(e.dtype), e.value)
         if isinstance(e, T.FloatImm):
             return ir.Constant(ll_type(e.dtype), e.value)
@@ -135,7 +170,8 @@ class ScalarCodegen:
         if isinstance(e, T.BinOp):
             return self._binop(c, e)
         if isinstance(e, T.Select):
-            return b.select(self.expr(c, e.cond), self.expr(c, e.t), self.expr(c, e.f))
+            t, f = self.widen(c, self.expr(c, e.t), self.expr(c, e.f))
+            return b.select(self.expr(c, e.cond), t, f)
         if isinstance(e, T.Cast):
             return self.convert(c, self.expr(c, e.value), e.value.dtype, e.dtype)
         if isinstance(e, T.Call):
@@ -161,6 +197,7 @@ class ScalarCodegen:
         b = c.b
         if dt_b != dt:
             y = self.convert(c, y, dt_b, dt)
+        a, y = self.widen(c, a, y)
         if op in ("and", "or"):
             return b.and_(a, y) if op == "and" else b.or_(a, y)
         if is_float(dt):
@@ -207,7 +244,8 @@ class ScalarCodegen:
             return b.uitofp(v, dt) if src in ("uint8", "bool") else b.sitofp(v, dt)
         if dst == "bool":
             return b.icmp_unsigned("!=", v, ir.Constant(st, None))
-        sw, dw = ll_type(src).width, ll_type(dst).width  # type: ignore[attr-defined]
+        have = v.type.element if isinstance(v.type, ir.VectorType) else v.type
+        sw, dw = have.width, ll_type(dst).width  # type: ignore[attr-defined]  # an index value may be narrow
         if dw == sw:
             return v
         if dw < sw:

@@ -31,7 +31,12 @@ def target_machine(t: Target) -> llvm.TargetMachine:
     _init()
     tgt = llvm.Target.from_triple(t.triple)
     return tgt.create_target_machine(
-        cpu=t.cpu, features=t.features, opt=3, reloc="pic", codemodel="default", abiname=_abi(t)
+        cpu=t.cpu,
+        features=t.features,
+        opt=3,
+        reloc="static" if t.is_bare_metal else "pic",  # firmware is linked at fixed addresses: no GOT
+        codemodel="default",
+        abiname=_abi(t),
     )
 
 

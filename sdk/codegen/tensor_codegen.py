@@ -65,7 +65,7 @@ class TensorCodegen(ScalarCodegen):
                 val = c.b.zext(val, self.mem_type("bool"))
             elif s.value.dtype != s.buffer.dtype:
                 val = self.convert(c, val, s.value.dtype, s.buffer.dtype)
-            c.b.store(val, ptr)
+            c.b.store(self.fit(c, val, self.mem_type(s.buffer.dtype)), ptr)
         elif isinstance(s, T.IfThenElse):
             cond = self.expr(c, s.cond)
             if s.else_ is None:
@@ -118,7 +118,7 @@ class TensorCodegen(ScalarCodegen):
             and extent.value <= MAX_UNROLL
         ):
             for i in range(extent.value):
-                c.vars[s.var.uid] = ir.Constant(I64, start.value + i)
+                c.vars[s.var.uid] = self.index_const(start.value + i)
                 self.stmt(c, s.body)
             return
         if isinstance(extent, T.IntImm) and extent.value <= 0:

@@ -63,13 +63,13 @@ def emit_vector_loop(cg: ScalarCodegen, c: FunctionContext, s: T.For, body: Call
     start = s.start.value
     if steps <= MAX_UNROLLED_STEPS:
         for k in range(steps):
-            step(ir.Constant(I64, start + k * lanes))
+            step(cg.index_const(start + k * lanes))
     else:
         cg.counted_loop(
-            c, v, ir.Constant(I64, start), T.IntImm(steps * lanes), lambda: step(c.vars[v.uid]), step=lanes
+            c, v, cg.index_const(start), T.IntImm(steps * lanes), lambda: step(c.vars[v.uid]), step=lanes
         )
     if rest:
-        tail = ir.Constant(I64, start + steps * lanes)
+        tail = cg.index_const(start + steps * lanes)
         cg.counted_loop(c, v, tail, T.IntImm(rest), body)
     return True
 
@@ -190,6 +190,7 @@ def _store(
         val = c.b.zext(val, ir.VectorType(I8, lanes))
     elif st.value.dtype != st.buffer.dtype:
         val = cg.convert(c, val, st.value.dtype, st.buffer.dtype)
+    val = cg.fit(c, val, ir.VectorType(cg.mem_type(st.buffer.dtype), lanes))
     ptr = cg.addr(c, st.buffer, st.indices)
     c.b.store(val, ptr, align=itemsize(st.buffer.dtype))
 
@@ -205,7 +206,9 @@ def _vexpr(
         return _broadcast(c, _vexpr(cg, c, x, v, base, lanes), lanes)
 
     if isinstance(e, T.LoopVar):
-        return b.add(_broadcast(c, base, lanes), ir.Constant(ir.VectorType(I64, lanes), list(range(lanes))))
+        return b.add(
+            _broadcast(c, base, lanes), ir.Constant(ir.VectorType(base.type, lanes), list(range(lanes)))
+        )
     if isinstance(e, T.Load):
         vt = ir.VectorType(cg.mem_type(e.buffer.dtype), lanes)
         x = b.load(cg.addr(c, e.buffer, e.indices), typ=vt, align=itemsize(e.buffer.dtype))
@@ -213,7 +216,8 @@ def _vexpr(
     if isinstance(e, T.BinOp):
         return cg.binop_values(c, e.op, vec(e.a), vec(e.b), e.a.dtype, e.b.dtype)
     if isinstance(e, T.Select):
-        return b.select(_vexpr(cg, c, e.cond, v, base, lanes), vec(e.t), vec(e.f))
+        t, f = cg.widen(c, vec(e.t), vec(e.f))
+        return b.select(_vexpr(cg, c, e.cond, v, base, lanes), t, f)
     if isinstance(e, T.Cast):
         return cg.convert(c, vec(e.value), e.value.dtype, e.dtype)
     if isinstance(e, T.Call):

@@ -183,6 +183,7 @@ class Package:
                 "stack_bytes": board.stack_bytes,
                 "timer": {"kind": board.timer_kind, "hz": board.timer_hz},
                 "emulator": list(t.emulator),
+                "icount_shift": board.icount_shift,
             }
         for key, value in (extra_manifest or {}).items():
             if key in _RESERVED:

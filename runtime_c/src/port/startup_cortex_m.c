@@ -4,6 +4,7 @@
 #include "port.h"
 
 #define SCB_VTOR  0xE000ED08u
+#define SCB_SHCSR 0xE000ED24u
 #define SCB_CFSR  0xE000ED28u
 #define SCB_HFSR  0xE000ED2Cu
 #define SCB_MMFAR 0xE000ED34u
@@ -62,6 +63,9 @@ __attribute__((naked)) void kiln_reset_handler(void) {
 
 void kiln_reset_c(void) {
   KILN_REG32(SCB_VTOR) = (uint32_t)(uintptr_t)kiln_vectors;
+  /* MemManage, BusFault and UsageFault on: a fault whose stacking fails (stack overflow) then escalates to
+   * HardFault, which is taken, instead of a HardFault during HardFault entry, which locks the core up. */
+  KILN_REG32(SCB_SHCSR) |= (1u << 16) | (1u << 17) | (1u << 18);
   volatile uint32_t* dst = __kiln_data_start;
   const volatile uint32_t* src = __kiln_data_load;
   while (dst < __kiln_data_end) {
@@ -74,8 +78,11 @@ void kiln_reset_c(void) {
   kiln_port_halt();
 }
 
-/* Any fault or unexpected exception: the stack may be what failed, so move to the top of the (reset) stack
- * first; r0 = the stack pointer at the fault (the exception frame, if it could be pushed), r1 = IPSR. */
+/* The fault handler's own stack: the main stack may be what failed, or too small to report from. */
+uint64_t kiln_fault_stack[KILN_FAULT_STACK_BYTES / 8];
+
+/* Any fault or unexpected exception: move to the fault stack first; r0 = the stack pointer at the fault
+ * (the exception frame, if it could be pushed), r1 = IPSR. */
 __attribute__((naked)) void kiln_fault_entry(void) {
   __asm__ volatile(
       "mrs r0, msp\n"
@@ -84,7 +91,7 @@ __attribute__((naked)) void kiln_fault_entry(void) {
       "movs r2, #0\n"
       "msr msplim, r2\n"
 #endif
-      "ldr r2, =__kiln_stack_top\n"
+      "ldr r2, =kiln_fault_stack + " KILN_STR(KILN_FAULT_STACK_BYTES) "\n"
       "mov sp, r2\n"
       "b kiln_fault_c\n");
 }

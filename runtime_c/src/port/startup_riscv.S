@@ -1,6 +1,6 @@
 /* kiln firmware startup for RV32 boards: stack, global pointer, trap vector, then kiln_reset_c (C: .data
  * copy, .bss zeroing, main). A trap (machine mode, interrupts are never enabled) is a fault: it moves to the
- * top of the stack and calls kiln_trap_c(mcause, mepc, mtval, sp at the trap). */
+ * fault handler's own stack (kiln_fault_stack, startup_riscv_c.c) and calls kiln_trap_c(mcause, mepc, mtval, sp at the trap). */
   .section .kiln_vectors, "ax", %progbits
   .globl kiln_reset_handler
   .type kiln_reset_handler, %function
@@ -21,7 +21,7 @@ kiln_reset_handler:
   .type kiln_trap_entry, %function
 kiln_trap_entry:
   mv a3, sp
-  la sp, __kiln_stack_top
+  la sp, kiln_fault_stack + 768 /* KILN_FAULT_STACK_BYTES (port.h) */
   csrr a0, mcause
   csrr a1, mepc
   csrr a2, mtval

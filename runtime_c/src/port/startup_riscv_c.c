@@ -2,6 +2,8 @@
 #include "port.h"
 
 void kiln_reset_c(void);
+
+uint64_t kiln_fault_stack[KILN_FAULT_STACK_BYTES / 8];
 void kiln_trap_c(uint32_t mcause, uint32_t mepc, uint32_t mtval, uint32_t sp);
 
 void kiln_reset_c(void) {

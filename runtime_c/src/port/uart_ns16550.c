@@ -6,7 +6,6 @@
 
 #define UART_RBR (KILN_UART_BASE + 0u) /* receive buffer / transmit holding */
 #define UART_IER (KILN_UART_BASE + 1u)
-#define UART_FCR (KILN_UART_BASE + 2u)
 #define UART_LCR (KILN_UART_BASE + 3u)
 #define UART_MCR (KILN_UART_BASE + 4u)
 #define UART_LSR (KILN_UART_BASE + 5u) /* bit 0 data ready, bit 5 transmit holding empty */
@@ -22,7 +21,8 @@
 void kiln_port_uart_init(void) {
   KILN_REG8(UART_IER) = 0;
   KILN_REG8(UART_LCR) = 0x03u; /* 8N1 */
-  KILN_REG8(UART_FCR) = 0x07u; /* FIFOs on and cleared */
+  /* FCR untouched: turning the FIFOs on or off clears them, which would drop bytes the host sent before
+   * the firmware started (QEMU holds them back only while the receive buffer is full). */
   KILN_REG8(UART_MCR) = 0x08u; /* OUT2: interrupt line on */
 #ifdef KILN_UART_SLEEPS
   KILN_REG32(PLIC_PRIORITY(KILN_UART_RX_IRQ)) = 1;
