@@ -5,7 +5,9 @@ Expects: graph-level operators and ``fused`` groups with static shapes; ``attrs[
 ``call_extern`` and ``view`` nodes; every graph output is written by a kernel into its own output buffer
 (copies are added where an output is an input, a constant, or the same value twice); identical kernels
 (same operators, attributes, shapes) are shared, so the profile shows them as one kernel with several calls.
-A target that lowers differently replaces this pass in its pipeline (``Pipeline.replace("legalize", ...)``).
+``call_tensor`` nodes already in the graph (a script kernel called from kiln.frontend.nn, a lowering
+override) are kept with their tensor functions. A target that takes chosen operators over does so with a
+lowering override (:func:`kiln.transform.dispatch.lowering`), which runs just before this pass.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ class _Legalizer:
             return self.by_key[key], call_inputs
         name = _ident("_".join(n.op for n in chain))
         k = 0
-        while f"{name}_{k}" in self.funcs:
+        while f"{name}_{k}" in self.funcs or f"{name}_{k}" in self.mod.functions:
             k += 1
         fname = f"{name}_{k}"
         in_bufs = [T.Buffer(f"in{i}", v.type.static_shape, v.type.dtype) for i, v in enumerate(call_inputs)]
@@ -134,7 +136,10 @@ class _Legalizer:
         key = ("copy", v.type.shape, v.type.dtype)
         if key in self.by_key:
             return self.by_key[key]
-        fname = f"copy_{len(self.funcs)}"
+        k = len(self.funcs)
+        while f"copy_{k}" in self.funcs or f"copy_{k}" in self.mod.functions:
+            k += 1
+        fname = f"copy_{k}"
         src = T.Buffer("in0", v.type.static_shape, v.type.dtype)
         dst = T.Buffer("out0", v.type.static_shape, v.type.dtype)
         self.funcs[fname] = TensorFunction(
