@@ -15,6 +15,9 @@ kiln does not produce (reported only if something uses it).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from onnx import numpy_helper
 
 from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorType, Value, Var
 from ..ir.types import Dim, dtype_of, np_dtype
-from ..ops import get_op
+from ..ops import OpDef, get_op
 
 
 class ModelLoadError(ValueError):
@@ -1318,18 +1321,58 @@ def _value_type(vi: onnx.ValueInfoProto, shapes: dict[str, tuple[int, ...]]) -> 
     return TensorType(tuple(dims), dtype)
 
 
+def load_custom_op(spec: Any) -> OpDef:
+    """The kiln operator a custom-domain node maps to: an :class:`~kiln.ops.OpDef` (e.g. made with
+    :func:`kiln.ops.script.operator`), a registered operator's name, or ``"module:attribute"`` /
+    ``"path/to/file.py:attribute"`` naming one (``kiln compile --custom-op domain:Name=module:attribute``)."""
+    if isinstance(spec, OpDef):
+        return spec
+    if not isinstance(spec, str):
+        raise ValueError(f"custom operator {spec!r} is not a kiln operator")
+    if ":" not in spec:
+        return get_op(spec)
+    mod_name, _, attr = spec.rpartition(":")
+    try:
+        if mod_name.endswith(".py"):
+            path = Path(mod_name).resolve()
+            key = f"kiln_custom_op_{path.stem}"
+            module = sys.modules.get(key)
+            if module is None or getattr(module, "__file__", None) != str(path):
+                loader = importlib.util.spec_from_file_location(key, path)
+                if loader is None or loader.loader is None:
+                    raise ImportError(f"cannot load {path}")
+                module = importlib.util.module_from_spec(loader)
+                sys.modules[key] = module
+                loader.loader.exec_module(module)
+        else:
+            module = importlib.import_module(mod_name)
+        obj = getattr(module, attr)
+    except (ImportError, AttributeError, OSError) as e:
+        raise ValueError(f"cannot load custom operator {spec!r}: {e}") from e
+    if not isinstance(obj, OpDef):
+        raise ValueError(f"custom operator {spec!r} is a {type(obj).__name__}, not a kiln operator (OpDef)")
+    return obj
+
+
 def from_onnx(
     model: onnx.ModelProto | str | Path | bytes,
     shapes: dict[str, tuple[int, ...]] | None = None,
     name: str | None = None,
+    custom_ops: dict[str, Any] | None = None,
 ) -> Module:
-    """Import an ONNX model (path, bytes or ModelProto) into a kiln Module with graph function ``main``."""
+    """Import an ONNX model (path, bytes or ModelProto) into a kiln Module with graph function ``main``.
+
+    ``custom_ops`` maps custom-domain node types, ``"domain:OpType"``, to kiln operators (see
+    :func:`load_custom_op`); such a node becomes that operator, with the node's attributes."""
     m = _load(model)
     shapes = dict(shapes or {})
+    custom = {k: load_custom_op(v) for k, v in (custom_ops or {}).items()}
     g = m.graph
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
     unsupported: dict[str, list[str]] = {}
     for n in g.node:
+        if f"{n.domain}:{n.op_type}" in custom:
+            continue
         if n.op_type not in CONVERTERS or n.domain not in ("", "ai.onnx"):
             unsupported.setdefault(
                 n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}", []
@@ -1364,7 +1407,11 @@ def from_onnx(
         im.op_type = n.op_type
         ins: list[Value | None] = [im.lookup(i, f"node {im.node_name!r}") if i else None for i in n.input]
         try:
-            results = CONVERTERS[n.op_type](im, ins, _attrs(n), list(n.output))
+            if f"{n.domain}:{n.op_type}" in custom:
+                op = custom[f"{n.domain}:{n.op_type}"]
+                results = im.emit(op.name, [_a(ins, i) for i in range(len(ins))], list(n.output), **_attrs(n))
+            else:
+                results = CONVERTERS[n.op_type](im, ins, _attrs(n), list(n.output))
         except ImportErrorInNode:
             raise
         except (ValueError, KeyError, IndexError) as e:
