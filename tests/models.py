@@ -4,6 +4,9 @@
   (every ConstantOfShape weight replaced by an initializer; BatchNorm variances positive) that also exposes the
   pre-softmax logits as an extra output: the originals' weights are all 0.02, so their softmax is nearly
   uniform and a wrong kernel could still "match";
+* light variants of the large light models (:data:`LIGHT_VARIANTS`): their first layers, up to a chosen
+  tensor, on a smaller image, with random weights: the family's structure at a few percent of the cost, for
+  the emulated targets;
 * PyTorch-built models (ResNet-18-style, MobileNetV2-style, MLP, 2-layer transformer encoder) with fixed
   seeds, exported to ONNX here.
 

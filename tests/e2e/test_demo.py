@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from kiln.targets import get_target
 
@@ -23,6 +24,7 @@ def _demo():  # noqa: ANN202
     return module
 
 
+@pytest.mark.slow  # trains a classifier and starts a farm: about a minute on a loaded machine
 def test_trained_digits_classifier_through_the_farm(tmp_path: Path) -> None:
     demo = _demo()
     train_x, train_y, test_x, test_y = demo.digits()

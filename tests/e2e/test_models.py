@@ -3,13 +3,15 @@ every output with onnxruntime (rtol 1e-3, atol 1e-4). Every model compiled here 
 
 * Natively (x86-64): every light model of the ONNX zoo, both through its random-weights variant (which also
   exposes the pre-softmax logits: the originals' weights are all 0.02, so their softmax is nearly uniform and a
-  wrong kernel could still "match") and as shipped. The large ones are ``slow``.
-* Under qemu-user (AArch64, Armv7, RV64 scalar and RVV), one light model per family, all ``slow``: SqueezeNet
+  wrong kernel could still "match") and as shipped; the large ones (Inception, ResNet-50, VGG/AlexNet/ZFNet,
+  DenseNet) are ``slow``. The PyTorch-built models (exported to ONNX by tests/models.py).
+* Under qemu-user (AArch64, Armv7, RV64 scalar and RVV), all ``slow``: one light model per family. SqueezeNet
   and ShuffleNet whole; the light variants of Inception-v1, DenseNet-121 and VGG-19 (their own layers on a
-  smaller image, tests/models.py); ResNet and MobileNet through the PyTorch models. The large models
-  themselves run natively only: under emulation one of them takes minutes, longer on a loaded machine.
-* The PyTorch-built models (exported to ONNX by tests/models.py) on every target.
+  smaller image, tests/models.py LIGHT_VARIANTS; natively too); ResNet, MobileNet, an MLP and a transformer
+  through the PyTorch models. The large models themselves run natively only: under emulation one of them takes
+  minutes, many more on a loaded machine.
 
+The fast tier (``-m "not slow"``) keeps the native runs of the small light models and the PyTorch models.
 Emulated runs have no wall-clock limit per call (tests/running.py).
 """
 
@@ -80,7 +82,8 @@ def test_original_light_model_natively(model: str, target: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "target"), [_param(m, t) for m in sorted(models.LIGHT_VARIANTS) for t in (NATIVE, *EMULATED)]
+    ("model", "target"),
+    [_param(m, t, pytest.mark.slow) for m in sorted(models.LIGHT_VARIANTS) for t in (NATIVE, *EMULATED)],
 )
 def test_light_variant_of_a_large_model(model: str, target: str) -> None:
     _check(str(models.light_variant_path(model)), target)
