@@ -18,9 +18,8 @@ sends an ERROR frame with ``KILN_ERR_PLATFORM_FAULT`` (what and where) and halts
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from kiln.device.launchers import LauncherError, ProcessLauncher, ProcessPeer
 from kiln.device.protocol import Session
@@ -89,34 +88,14 @@ class QemuSystemLauncher(ProcessLauncher):
             str(runnable),
         ]
 
-    def start(self, runnable: Path, *, timeout: float | None = 60.0, isolation: Any = None) -> Session:
-        runnable = Path(runnable)
-        if not runnable.is_file():
-            raise LauncherError(f"{runnable} does not exist; extract the package first (Package.extract)")
-        pkgdir = runnable.resolve().parent.parent
-        extra: dict[str, Any] = {}
-        if isolation is not None:  # the device farm: confined like its other runners
-            cmd = self.command(Path(".") / runnable.resolve().relative_to(pkgdir))
-            extra = {"env": dict(isolation.env), "preexec_fn": isolation.preexec(), "close_fds": True}
-        else:
-            cmd = self.command(runnable)
-        try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                bufsize=0,
-                cwd=pkgdir,
-                **extra,
-            )
-        except (OSError, subprocess.SubprocessError) as e:
-            raise LauncherError(f"cannot start {' '.join(cmd)}: {e}") from e
-        label = f"board {self.target.name} ({self.name}, pid {proc.pid})"
-        stdout: IO[bytes] | None = proc.stdout
-        stdin: IO[bytes] | None = proc.stdin
-        assert stdout is not None and stdin is not None
-        session = Session(stdout, stdin, timeout=timeout, peer=QemuSystemPeer(proc, label))  # type: ignore[arg-type]
+    def start(self, runnable: Path, *, timeout: float | None = 60.0, **options: Any) -> Session:
+        """As :meth:`ProcessLauncher.start` (``options``: its ``isolation``, for the device farm), with a
+        :class:`QemuSystemPeer` that names the board."""
+        session = super().start(runnable, timeout=timeout, **options)
+        peer = session.peer
+        assert isinstance(peer, ProcessPeer)
+        peer.__class__ = QemuSystemPeer  # same state; closing stops QEMU at once, timeouts carry a hint
+        peer.label = session.label = f"board {self.target.name} ({self.name}, pid {peer.proc.pid})"
         session.clock = icount_clock(self.board)
         return session
 
