@@ -38,6 +38,13 @@ def _params() -> list[object]:
     return out
 
 
+def test_the_fast_tier_runs_every_operator_natively() -> None:
+    """``-m "not slow"`` compiles and runs every case on x86-64; only the emulated targets are slow."""
+    native = [p for p in _params() if p.values[0] == TARGET]
+    assert sorted(p.values[1] for p in native) == sorted(CASES)
+    assert not [p.id for p in native if any(m.name == "slow" for m in p.marks)]
+
+
 @pytest.mark.parametrize(("target", "case_id"), _params())
 def test_compiled_operator_matches_reference(target: str, case_id: str) -> None:
     case = CASES[case_id]
