@@ -2,7 +2,7 @@
 (weights stored transposed, as PyTorch holds them) run in a hand-written C library, handgemm.c, while kiln
 generates everything else.
 
-    python examples/byok_gemm/run.py [--target x86_64-linux]
+    python examples/byok_gemm/byok_cnn.py [--target x86_64-linux]
 
 It builds the model with kiln.frontend.nn, compiles it with handgemm's dispatch rewrites added to the default
 pipeline, checks the outputs against the NumPy reference, and prints the package's profile: the library
