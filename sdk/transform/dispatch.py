@@ -280,9 +280,9 @@ class _RewriteState:
 
     def _add_function(self, f: TensorFunction, rw: Rewrite) -> str:
         funcs = self.module.functions
-        for k, existing in funcs.items():
+        for fname, existing in funcs.items():
             if existing is f:
-                return k
+                return fname
         base = re.sub(r"[^A-Za-z0-9_]", "_", f.name) or "custom"
         name, k = base, 0
         while name in funcs:

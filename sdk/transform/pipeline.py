@@ -151,7 +151,7 @@ def as_pass(p: Pass | PassFn | str, phase: str | None = None, when: str | None =
     spec = spec_of(p)
     name = getattr(p, "__name__", None) or type(p).__name__
     ph = phase or getattr(p, "kiln_phase", None) or "graph_opt"
-    return Pass(name, p, ph, when or getattr(p, "kiln_when", "after"), spec)
+    return Pass(name, p, ph, str(when or getattr(p, "kiln_when", "after")), spec)
 
 
 def load_pass(spec: str, search: Sequence[Path] = ()) -> Pass:
