@@ -4,14 +4,15 @@ every output with onnxruntime (rtol 1e-3, atol 1e-4). Every model compiled here 
 * Natively (x86-64): every light model of the ONNX zoo, both through its random-weights variant (which also
   exposes the pre-softmax logits: the originals' weights are all 0.02, so their softmax is nearly uniform and a
   wrong kernel could still "match") and as shipped; the large ones (Inception, ResNet-50, VGG/AlexNet/ZFNet,
-  DenseNet) are ``slow``. The PyTorch-built models (exported to ONNX by tests/models.py).
+  DenseNet) and the originals are ``slow``. The PyTorch-built models (exported to ONNX by tests/models.py).
 * Under qemu-user (AArch64, Armv7, RV64 scalar and RVV), all ``slow``: one light model per family. SqueezeNet
   and ShuffleNet whole; the light variants of Inception-v1, DenseNet-121 and VGG-19 (their own layers on a
   smaller image, tests/models.py LIGHT_VARIANTS; natively too); ResNet, MobileNet, an MLP and a transformer
   through the PyTorch models. The large models themselves run natively only: under emulation one of them takes
   minutes, many more on a loaded machine.
 
-The fast tier (``-m "not slow"``) keeps the native runs of the small light models and the PyTorch models.
+The fast tier (``-m "not slow"``) keeps the native runs of the small light models (random weights) and the
+PyTorch models.
 Emulated runs have no wall-clock limit per call (tests/running.py).
 """
 
@@ -58,11 +59,12 @@ def _param(model: str, target: str, *marks: pytest.MarkDecorator) -> object:
 
 
 def _native_light(model: str, *, random_weights: bool) -> object:
+    if not random_weights:  # the same graphs as the random-weights runs, with weights that test less
+        return _param(model, NATIVE, pytest.mark.slow)
     if model not in LARGE:
         return _param(model, NATIVE)
-    if random_weights:  # one worker draws them (VGG-19: 550 MB, 40 s) for here and tests/frontend
-        return _param(model, NATIVE, pytest.mark.slow, pytest.mark.xdist_group(f"light-{model}"))
-    return _param(model, NATIVE, pytest.mark.slow)
+    # one worker draws the random weights (VGG-19: 550 MB, 40 s) for here and tests/frontend
+    return _param(model, NATIVE, pytest.mark.slow, pytest.mark.xdist_group(f"light-{model}"))
 
 
 @pytest.mark.parametrize(
