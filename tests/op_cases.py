@@ -737,7 +737,13 @@ case(
     opset=23,
     atol=1e-5,
 )
-case("lp-norm", "LpNormalization", [("x", _x(3, 4))], {"reduce_l2", "div"}, attrs={"axis": 1})
+case(
+    "lp-norm",
+    "LpNormalization",
+    [("x", np.concatenate([_x(3, 4), np.zeros((1, 4), np.float32)]))],
+    {"reduce_l2", "div", "equal", "where"},
+    attrs={"axis": 1},
+)
 
 # transposed convolutions
 _CTX = _x(1, 2, 3, 4)
@@ -847,4 +853,21 @@ case(
     ],
     {"cast", "sub", "matmul"},
     opset=10,
+)
+
+# NaN propagates through max, min, relu and clip (IEEE 754-2019 maximum/minimum; onnxruntime agrees)
+_NAN_X = np.array([[np.nan, 1.0, -2.0, 3.0], [0.5, np.nan, 2.0, -1.0]], np.float32)
+_NAN_Y = np.array([[1.0, np.nan, 0.0, 5.0]], np.float32)
+case("relu-nan", "Relu", [("x", _NAN_X)], "relu")
+case("max-nan", "Max", [("a", _NAN_X), ("b", _NAN_Y)], "maximum")
+case("min-nan", "Min", [("a", _NAN_X), ("b", _NAN_Y)], "minimum")
+case("clip-nan", "Clip", [("x", _NAN_X)], "clip", opset=6, attrs={"min": -1.0, "max": 1.0})
+case("clip-int8-default-bounds", "Clip", [("x", np.array([-128, -1, 0, 1, 127], np.int8))], "clip", opset=13)
+case(
+    "pow-int32-exponent",
+    "Pow",
+    [("a", _x(3, 4, lo=0.5, hi=2)), ("b", np.array([0, 1, 2, 3], np.int32))],
+    "pow",
+    opset=15,
+    atol=1e-5,
 )

@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import numpy_helper
 
 from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorType, Value, Var
 from ..ir.types import Dim, dtype_of, np_dtype
 from ..ops import OpDef, get_op
+from ..ops.base import limit_value
 
 
 class ModelLoadError(ValueError):
@@ -215,7 +217,10 @@ def _clip(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
         lo = im.const_input(ins[1], "min").reshape(-1)[0]
     if len(ins) > 2 and ins[2] is not None:
         hi = im.const_input(ins[2], "max").reshape(-1)[0]
-    return im.emit("clip", [_a(ins, 0)], outs, min=float(lo), max=float(hi))
+    x = _a(ins, 0)
+    if not x.type.dtype.startswith("float"):  # integer bounds: the type's limits stand for +-inf
+        lo, hi = limit_value(float(lo), x.type.dtype), limit_value(float(hi), x.type.dtype)
+    return im.emit("clip", [x], outs, min=float(lo), max=float(hi))
 
 
 @converter("Cast")
@@ -1054,7 +1059,10 @@ def _lp_norm(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs
         raise im.fail(f"LpNormalization with p = {p} (1 and 2 are defined)")
     op = "reduce_l2" if p == 2 else "reduce_l1"
     norm = im.emit(op, [x], [im.tmp(outs[0])], axes=(int(attrs.get("axis", -1)),), keepdims=1)[0]
-    return im.emit("div", [x, norm], outs)
+    y = im.emit("div", [x, norm], [im.tmp(outs[0])])[0]
+    zero = _scalar(im, 0.0, x.type.dtype)
+    at_zero = im.emit("equal", [norm, zero], [im.tmp(outs[0])])[0]
+    return im.emit("where", [at_zero, zero, y], outs)  # a zero vector stays zero (ONNX: 0/0 = 0)
 
 
 def _conv_transpose_pads(
@@ -1248,6 +1256,208 @@ def _compress(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], out
     return im.emit("gather", [x, Constant(im.tmp("idx"), picked)], outs, axis=int(attrs["axis"]))
 
 
+# ---- quantization: integer kernels (int32 accumulation) with the requantize as a fused elementwise epilogue
+_Q_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
+
+
+def _along(im: _Importer, v: Value, axis: int, nd: int, out: str) -> Value:
+    """A per-axis (1-D) parameter reshaped to broadcast along ``axis`` of a rank-``nd`` tensor; scalars and
+    one-element tensors as they are."""
+    if v.type.ndim == 0 or (v.type.ndim == 1 and v.type.shape[0] == 1 and nd != 1):
+        return v if v.type.ndim == 0 else im.emit("reshape", [v], [im.tmp(out)], shape=())[0]
+    if v.type.ndim == nd:  # already full rank (an unblocked blocked parameter)
+        return v
+    shape: list[Dim] = [1] * nd
+    shape[axis % nd] = v.type.shape[0]
+    return im.emit("reshape", [v], [im.tmp(out)], shape=tuple(shape))[0]
+
+
+def _unblock(im: _Importer, v: Value | None, axis: int, block: int, x: Value, out: str) -> Value | None:
+    """A blocked scale or zero point (``block`` consecutive elements along ``axis`` share one) repeated to the
+    full shape of ``x``."""
+    if v is None or block <= 0:
+        return v
+    nd = x.type.ndim
+    axis %= nd
+    shape = list(v.type.shape)
+    t = im.emit("reshape", [v], [im.tmp(out)], shape=(*shape[: axis + 1], 1, *shape[axis + 1 :]))[0]
+    t = im.emit("expand", [t], [im.tmp(out)], shape=(*shape[: axis + 1], block, *shape[axis + 1 :]))[0]
+    full = list(shape)
+    full[axis] = shape[axis] * block  # type: ignore[operator]
+    t = im.emit("reshape", [t], [im.tmp(out)], shape=tuple(full))[0]
+    if full[axis] != x.type.shape[axis]:  # the last block may be partial
+        t = im.emit("slice", [t], [im.tmp(out)], starts=(0,), ends=(x.type.shape[axis],), axes=(axis,))[0]
+    return t
+
+
+def _dequantize(im: _Importer, x: Value, scale: Value, zp: Value | None, axis: int, out: list[str]) -> Value:
+    nd = x.type.ndim
+    fdt = scale.type.dtype
+    xf = im.emit("cast", [x], [im.tmp(out[0])], to=fdt)[0]
+    if zp is not None and not (isinstance(zp, Constant) and not np.any(zp.data)):
+        zf = im.emit("cast", [_along(im, zp, axis, nd, out[0])], [im.tmp(out[0])], to=fdt)[0]
+        xf = im.emit("sub", [xf, zf], [im.tmp(out[0])])[0]
+    return im.emit("mul", [xf, _along(im, scale, axis, nd, out[0])], out)[0]
+
+
+def _requantize(im: _Importer, y: Value, zp: Value | None, dtype: str, out: list[str]) -> Value:
+    """``saturate(round(y) + zp)`` as ``dtype`` (``y`` already divided by the scale; halves to even)."""
+    y = im.emit("round", [y], [im.tmp(out[0])])[0]
+    if zp is not None and not (isinstance(zp, Constant) and not np.any(zp.data)):
+        zf = im.emit("cast", [zp], [im.tmp(out[0])], to=y.type.dtype)[0]
+        y = im.emit("add", [y, zf], [im.tmp(out[0])])[0]
+    lo, hi = _Q_RANGE[dtype]
+    y = im.emit("clip", [y], [im.tmp(out[0])], min=float(lo), max=float(hi))[0]
+    return im.emit("cast", [y], out, to=dtype)[0]
+
+
+def _zp_dtype(im: _Importer, zp: Value | None, attrs: dict[str, Any]) -> str:
+    if zp is not None:
+        dt = zp.type.dtype
+    elif int(attrs.get("output_dtype", 0)):
+        dt = _ONNX_DTYPES.get(int(attrs["output_dtype"]), "?")
+    else:
+        dt = "uint8"
+    if dt not in _Q_RANGE:
+        raise im.fail(f"quantizing to {dt} is not supported (uint8, int8, int16 are)")
+    return dt
+
+
+@converter("DequantizeLinear")
+def _dequantize_linear(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    x, scale = _a(ins, 0), _a(ins, 1)
+    zp = ins[2] if len(ins) > 2 else None
+    axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
+    if block:
+        scale = _unblock(im, scale, axis, block, x, outs[0])  # type: ignore[assignment]
+        zp = _unblock(im, zp, axis, block, x, outs[0])
+    return [_dequantize(im, x, scale, zp, axis, outs)]
+
+
+@converter("QuantizeLinear")
+def _quantize_linear(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    x, scale = _a(ins, 0), _a(ins, 1)
+    zp = ins[2] if len(ins) > 2 else None
+    dtype = _zp_dtype(im, zp, attrs)
+    nd = x.type.ndim
+    axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
+    if block:
+        scale = _unblock(im, scale, axis, block, x, outs[0])  # type: ignore[assignment]
+        zp = _unblock(im, zp, axis, block, x, outs[0])
+    xf = x if x.type.dtype == "float32" else im.emit("cast", [x], [im.tmp(outs[0])], to="float32")[0]
+    sf = _along(im, scale, axis, nd, outs[0])
+    if sf.type.dtype != "float32":
+        sf = im.emit("cast", [sf], [im.tmp(outs[0])], to="float32")[0]
+    y = im.emit("div", [xf, sf], [im.tmp(outs[0])])[0]
+    zp_b = _along(im, zp, axis, nd, outs[0]) if zp is not None else None
+    return [_requantize(im, y, zp_b, dtype, outs)]
+
+
+@converter("DynamicQuantizeLinear")
+def _dynamic_quantize(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    """uint8 with a scale and zero point from the tensor's range (widened to include 0)."""
+    x = _a(ins, 0)
+    t = im.tmp(outs[0])
+    hi = im.emit("reduce_max", [x], [t + "_max"], keepdims=0)[0]
+    lo = im.emit("reduce_min", [x], [t + "_min"], keepdims=0)[0]
+    zero = _scalar(im, 0.0, "float32")
+    hi = im.emit("maximum", [hi, zero], [t + "_hi"])[0]
+    lo = im.emit("minimum", [lo, zero], [t + "_lo"])[0]
+    span = im.emit("sub", [hi, lo], [t + "_span"])[0]
+    names = [n or im.tmp(f"dql{i}") for i, n in enumerate((outs + ["", "", ""])[:3])]
+    scale = im.emit("div", [span, _scalar(im, 255.0, "float32")], [names[1]])[0]
+    zf = im.emit("div", [im.emit("neg", [lo], [t + "_neg"])[0], scale], [t + "_zf"])[0]
+    zp = _requantize(im, zf, None, "uint8", [names[2]])
+    y = im.emit("div", [x, scale], [t + "_y"])[0]
+    y = _requantize(im, y, zp, "uint8", [names[0]])
+    return [y, scale, zp]
+
+
+def _int32_operand(im: _Importer, v: Value, zp: Value | None, axis: int, out: str) -> Value:
+    """``int32(v) - int32(zp)`` (``zp`` per tensor or along ``axis``)."""
+    wide = im.emit("cast", [v], [im.tmp(out)], to="int32")[0]
+    if zp is None or (isinstance(zp, Constant) and not np.any(zp.data)):
+        return wide
+    z = im.emit("cast", [_along(im, zp, axis, v.type.ndim, out)], [im.tmp(out)], to="int32")[0]
+    return im.emit("sub", [wide, z], [im.tmp(out)])[0]
+
+
+def _conv_int32(
+    im: _Importer, x: Value, w: Value, bias: Value | None, attrs: dict[str, Any], out: list[str]
+) -> Value:
+    """The int32 convolution of int32 operands through the Conv converter (pads, strides, groups, 1-D)."""
+    args: list[Value | None] = [x, w, bias] if bias is not None else [x, w]
+    keep = {
+        k: v
+        for k, v in attrs.items()
+        if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+    }
+    return CONVERTERS["Conv"](im, args, keep, out)[0]
+
+
+@converter("ConvInteger")
+def _conv_integer(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    x, w = _a(ins, 0), _a(ins, 1)
+    xz = ins[2] if len(ins) > 2 else None
+    wz = ins[3] if len(ins) > 3 else None
+    x32 = _int32_operand(im, x, xz, 1, outs[0])
+    w32 = _int32_operand(im, w, wz, 0, outs[0])
+    return [_conv_int32(im, x32, w32, None, attrs, outs)]
+
+
+@converter("QLinearMatMul")
+def _qlinear_matmul(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    a, a_s, a_z, b, b_s, b_z, y_s, y_z = (_a(ins, i) for i in range(8))
+    a32 = _int32_operand(im, a, a_z, -2, outs[0])  # per-row zero points are not allowed; per tensor
+    b32 = _int32_operand(im, b, b_z, -1, outs[0])
+    acc = im.emit("matmul", [a32, b32], [im.tmp(outs[0])])[0]
+    return [_requantize_acc(im, acc, a_s, b_s, -1, y_s, y_z, outs)]
+
+
+def _requantize_acc(
+    im: _Importer,
+    acc: Value,
+    s1: Value,
+    s2: Value,
+    axis2: int,
+    ys: Value,
+    yz: Value,
+    outs: list[str],
+) -> Value:
+    """``saturate(round(acc * s1 * s2 / ys) + yz)``: the int32 accumulator rescaled (``s2`` per tensor or
+    along ``axis2``); elementwise, so fusion puts it in the integer kernel's epilogue."""
+    nd = acc.type.ndim
+    f = im.emit("cast", [acc], [im.tmp(outs[0])], to="float32")[0]
+    s = im.emit(
+        "mul", [_along(im, s1, -2, nd, outs[0]), _along(im, s2, axis2, nd, outs[0])], [im.tmp(outs[0])]
+    )[0]
+    s = im.emit("div", [s, _along(im, ys, 0, nd, outs[0])], [im.tmp(outs[0])])[0]
+    f = im.emit("mul", [f, s], [im.tmp(outs[0])])[0]
+    return _requantize(im, f, yz, yz.type.dtype, outs)
+
+
+@converter("QLinearConv")
+def _qlinear_conv(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    x, x_s, x_z, w, w_s, w_z, y_s, y_z = (_a(ins, i) for i in range(8))
+    bias = ins[8] if len(ins) > 8 else None
+    x32 = _int32_operand(im, x, x_z, 1, outs[0])
+    w32 = _int32_operand(im, w, w_z, 0, outs[0])
+    acc = _conv_int32(im, x32, w32, bias, attrs, [im.tmp(outs[0])])
+    return [_requantize_acc(im, acc, x_s, w_s, 1, y_s, y_z, outs)]
+
+
 # Operator categories kiln leaves out on purpose, with the reason the import error gives.
 _WHY_NOT_CATEGORIES = {
     "it is a training-only operator (kiln compiles inference graphs)": (
@@ -1269,6 +1479,88 @@ _WHY_NOT = {op: why for why, ops in _WHY_NOT_CATEGORIES.items() for op in ops.sp
 
 
 # ---------------------------------------------------------------------------------------------------- driver
+def _expand_functions(m: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Nodes of standard operators without a converter whose ONNX schema defines them as a function of other
+    operators (Attention, RotaryEmbedding, SwiGLU, the window functions, ...) replaced by that function body,
+    inlined; nested functions are expanded in turn. Other nodes are left for the unsupported-operator check."""
+    for _ in range(4):
+        todo = [
+            n
+            for n in m.graph.node
+            if n.domain in ("", "ai.onnx") and n.op_type not in CONVERTERS and n.op_type not in _WHY_NOT
+        ]
+        if not todo:
+            return m
+        m = _copy_model(m)
+        types: dict[str, onnx.TypeProto] | None = None
+        funcs: list[onnx.FunctionProto] = []
+        for n in m.graph.node:
+            if n.domain not in ("", "ai.onnx") or n.op_type in CONVERTERS or n.op_type in _WHY_NOT:
+                continue
+            try:
+                schema = onnx.defs.get_schema(n.op_type, opset, "")
+            except onnx.defs.SchemaError:
+                continue
+            body = onnx.FunctionProto()
+            if schema.has_function:  # type: ignore[attr-defined]
+                body.CopyFrom(schema.function_body)
+            elif schema.has_context_dependent_function:  # type: ignore[attr-defined]
+                if types is None:
+                    types = _value_types(m)
+                if any(i and i not in types for i in n.input):
+                    continue
+                arg_types = [types[i].SerializeToString() if i else b"" for i in n.input]
+                try:
+                    body.ParseFromString(
+                        schema.get_context_dependent_function(  # type: ignore[attr-defined]
+                            n.SerializeToString(), arg_types
+                        )
+                    )
+                except Exception:  # noqa: BLE001 - the schema rejects the node: the importer will say so
+                    continue
+            else:
+                continue
+            given = {a.name for a in n.attribute}
+            for name, spec in schema.attributes.items():  # defaults the node omits (the body refers to them)
+                if name not in given and spec.default_value.type:
+                    d = onnx.AttributeProto()
+                    d.CopyFrom(spec.default_value)
+                    d.name = name
+                    n.attribute.append(d)
+            body.name, body.domain = f"{n.op_type}_{len(funcs)}", "kiln.expand"
+            n.op_type, n.domain = body.name, "kiln.expand"
+            funcs.append(body)
+        if not funcs:
+            return m
+        m.functions.extend(funcs)
+        m.opset_import.append(onnx.helper.make_opsetid("kiln.expand", 1))
+        m = onnx.inliner.inline_local_functions(m)
+        del m.functions[:]
+        keep = [o for o in m.opset_import if o.domain != "kiln.expand"]
+        del m.opset_import[:]
+        m.opset_import.extend(keep)
+    return m
+
+
+def _copy_model(m: onnx.ModelProto) -> onnx.ModelProto:
+    c = onnx.ModelProto()
+    c.CopyFrom(m)
+    return c
+
+
+def _value_types(m: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """The ONNX types of the graph's values, from ONNX shape inference, inputs and initializers."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m)
+    except Exception:  # noqa: BLE001 - best effort: nodes whose types stay unknown are not expanded
+        inferred = m
+    g = inferred.graph
+    out = {vi.name: vi.type for vi in [*g.input, *g.value_info, *g.output]}
+    for t in g.initializer:
+        out[t.name] = onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims))
+    return out
+
+
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for a in node.attribute:
@@ -1369,6 +1661,8 @@ def from_onnx(
     custom = {k: load_custom_op(v) for k, v in (custom_ops or {}).items()}
     g = m.graph
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    m = _expand_functions(m, opset)
+    g = m.graph
     unsupported: dict[str, list[str]] = {}
     for n in g.node:
         if f"{n.domain}:{n.op_type}" in custom:

@@ -141,6 +141,29 @@ def normalize_axis(axis: int, ndim: int, op: str = "") -> int:
     return axis % ndim if ndim else 0
 
 
+def nan_max(a: T.Expr, b: T.ExprLike) -> T.Expr:
+    """``max(a, b)`` with IEEE 754-2019 ``maximum`` semantics for floats: NaN if either operand is NaN (as
+    NumPy's ``np.maximum``), so a NaN is never lost in a relu, clip, max-pool or max reduction."""
+    m = T.maximum(a, b)
+    return T.select(a.eq(a), m, a) if a.dtype.startswith("float") else m
+
+
+def nan_min(a: T.Expr, b: T.ExprLike) -> T.Expr:
+    """``min(a, b)``, NaN if either operand is NaN (see :func:`nan_max`)."""
+    m = T.minimum(a, b)
+    return T.select(a.eq(a), m, a) if a.dtype.startswith("float") else m
+
+
+def limit_value(value: float, dtype: str) -> float | int:
+    """``value`` as a start value of ``dtype``: infinities become the integer type's limits (bool: 0/1)."""
+    if dtype.startswith("float") or abs(value) != float("inf"):
+        return value if dtype.startswith("float") else int(value)
+    if dtype == "bool":
+        return int(value > 0)
+    info = np.iinfo(np_dtype(dtype))
+    return int(info.max) if value > 0 else int(info.min)
+
+
 def ref_cast(x: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(x).astype(np_dtype(dtype), copy=False)
 

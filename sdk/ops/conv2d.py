@@ -193,7 +193,7 @@ class Conv2D(OpDef):
         _, _, oh, ow = out.shape
         hp, wp = h + pt + pb, wd + pl + pr
         plane = T.Buffer(f"{ctx.name}_plane", (hp, wp), x.dtype, scope="workspace")
-        zero = T.const(0.0, x.dtype)
+        zero = T.const(0, x.dtype)  # IntImm for integer convolutions (ConvInteger)
 
         def channel(ni: T.LoopVar, ch: T.LoopVar) -> T.Stmt:
             def pixel(y: T.LoopVar, z: T.LoopVar) -> T.Stmt:
@@ -248,7 +248,7 @@ class Conv2D(OpDef):
         kh, kw = ksize
         y0, oh, ow = rows
         cg = col.shape[0] // (kh * kw)
-        zero = T.const(0.0, x.dtype)
+        zero = T.const(0, x.dtype)  # IntImm for integer convolutions (ConvInteger)
 
         def row(c: T.LoopVar, i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
             k = (c * kh + i) * kw + j

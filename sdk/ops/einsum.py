@@ -71,7 +71,10 @@ class Einsum(OpDef):
     ) -> int:
         terms, _ = parse(attrs["equation"], [t.ndim for t in inputs])
         sizes = letter_sizes(terms, [t.static_shape for t in inputs])
-        return len(inputs) * int(np.prod([int(v) for v in sizes.values()]))
+        total = 1
+        for v in sizes.values():
+            total *= int(v)  # type: ignore[arg-type]
+        return len(inputs) * total
 
     def lower(
         self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
@@ -100,7 +103,7 @@ class Einsum(OpDef):
                 T.seq(
                     T.Store(acc, z, T.const(0, out.dtype)),
                     T.loop_nest(
-                        [int(sizes[ch]) for ch in summed],
+                        [int(sizes[ch]) for ch in summed],  # type: ignore[arg-type]
                         lambda sidx: T.Store(acc, z, acc[0] + product(sidx)),
                         prefix=f"{ctx.name}_s",
                     ),

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import TensorType
-from .base import Elementwise, register
+from .base import Elementwise, nan_max, nan_min, register
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
@@ -68,9 +68,9 @@ _binary(
     lambda a, b: a / b if a.dtype.startswith("float") else a // b,
     lambda a, b: a / b if a.dtype.kind == "f" else np.trunc(a / b).astype(a.dtype),
 )
-_binary("pow", lambda a, b: T.Call("pow", (a, b), a.dtype), np.power)
-_binary("maximum", T.maximum, np.maximum)
-_binary("minimum", T.minimum, np.minimum)
+_binary("pow", lambda a, b: T.Call("pow", (a, T.cast(a.dtype, b)), a.dtype), np.power)  # any exponent dtype
+_binary("maximum", nan_max, np.maximum)  # NaN-propagating, like np.maximum
+_binary("minimum", nan_min, np.minimum)
 # --- comparisons (bool result)
 _binary("equal", lambda a, b: a.eq(b), np.equal, "bool")
 _binary("less", lambda a, b: a < b, np.less, "bool")
@@ -84,7 +84,7 @@ _binary("xor", lambda a, b: a.ne(b), np.logical_xor, "bool")
 _unary("not", lambda at, x: x.eq(False), lambda at, x: np.logical_not(x))
 
 # --- activations and math
-_unary("relu", lambda at, x: T.maximum(x, T.const(0.0, x.dtype)), lambda at, x: np.maximum(x, 0))
+_unary("relu", lambda at, x: nan_max(x, T.const(0, x.dtype)), lambda at, x: np.maximum(x, 0))
 _unary("neg", lambda at, x: -x, lambda at, x: -x)
 _unary("abs", lambda at, x: T.call("abs", x), lambda at, x: np.abs(x))
 _unary("exp", lambda at, x: T.call("exp", x), lambda at, x: np.exp(x))
@@ -111,8 +111,8 @@ _unary(
 )
 _unary(
     "clip",
-    lambda at, x: T.minimum(
-        T.maximum(x, T.const(_f(at, "min", -math.inf), x.dtype)), T.const(_f(at, "max", math.inf), x.dtype)
+    lambda at, x: nan_min(
+        nan_max(x, T.const(_f(at, "min", -math.inf), x.dtype)), T.const(_f(at, "max", math.inf), x.dtype)
     ),
     lambda at, x: np.clip(x, _f(at, "min", -math.inf), _f(at, "max", math.inf)),
 )
@@ -209,9 +209,7 @@ class Mod(Elementwise):
         r = a % b  # C semantics (srem / frem)
         if int(attrs.get("fmod", 0)):
             return r
-        if a.dtype.startswith("float"):
-            return a - T.call("floor", a / b) * b
-        zero = T.const(0, a.dtype)
+        zero = T.const(0, a.dtype)  # floats too: frem, then the sign fix-up (exact, and x mod inf is right)
         return T.select(T.logical_and(r.ne(zero), (r < zero).ne(b < zero)), r + b, r)
 
     def numpy(self, attrs: dict[str, Any], *args: np.ndarray) -> np.ndarray:

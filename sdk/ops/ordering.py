@@ -117,7 +117,8 @@ class TopK(OpDef):
         x = inputs[0]
         axis = normalize_axis(int(attrs.get("axis", -1)), x.ndim, self.name)
         k = int(attrs["k"])
-        if isinstance(x.shape[axis], int) and not 0 <= k <= x.shape[axis]:
+        n = x.shape[axis]
+        if isinstance(n, int) and not 0 <= k <= n:
             raise self.error(f"k = {k} is out of range for axis {axis} of {x}")
         shape = tuple(k if d == axis else x.shape[d] for d in range(x.ndim))
         return [TensorType(shape, x.dtype), TensorType(shape, "int64")]

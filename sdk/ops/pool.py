@@ -13,7 +13,7 @@ import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import TensorType
-from .base import LowerContext, OpDef, register
+from .base import LowerContext, OpDef, limit_value, nan_max, register
 
 
 def _params(
@@ -108,7 +108,7 @@ class Pool2D(OpDef):
                 inside = T.logical_and(iy >= 0, iy < h, ix >= 0, ix < w)
                 v = x[n, c, T.minimum(T.maximum(iy, 0), h - 1), T.minimum(T.maximum(ix, 0), w - 1)]
                 if self.is_max:
-                    return T.Store(acc, zero, T.select(inside, T.maximum(acc[0], v), acc[0]))
+                    return T.Store(acc, zero, T.select(inside, nan_max(acc[0], v), acc[0]))
                 counted = (
                     T.logical_and(iy >= -p[0], iy < h + p[2], ix >= -p[1], ix < w + p[3])
                     if include_pad
@@ -125,7 +125,7 @@ class Pool2D(OpDef):
                 kh, lambda a: T.loop(kw, lambda b: tap(a, b), name=f"{ctx.name}_kx"), name=f"{ctx.name}_ky"
             )
             if self.is_max:
-                init = T.Store(acc, zero, T.const(-float("inf"), x.dtype))
+                init = T.Store(acc, zero, T.const(limit_value(-float("inf"), x.dtype), x.dtype))
                 body = T.seq(init, taps, T.Store(out, idx, ctx.apply_epilogue(acc[0], idx, None)))
                 return T.Allocate(acc, body)
             body = T.seq(

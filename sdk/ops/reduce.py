@@ -13,7 +13,7 @@ import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import TensorType
-from .base import LowerContext, OpDef, normalize_axis, register, unflatten
+from .base import LowerContext, OpDef, limit_value, nan_max, normalize_axis, register, unflatten
 
 Index = tuple[T.Expr, ...]
 
@@ -104,7 +104,13 @@ class Reduce(OpDef):
             return T.Store(out, oidx, ctx.apply_epilogue(self.final(acc[0], count), oidx, None))
 
         return reduce_nest(
-            ctx.name, x.shape, axes, x.dtype, self.init, lambda acc, idx: self.combine(acc, x[idx]), finish
+            ctx.name,
+            x.shape,
+            axes,
+            x.dtype,
+            limit_value(self.init, x.dtype),
+            lambda acc, idx: self.combine(acc, x[idx]),
+            finish,
         )
 
     def final(self, acc: T.Expr, count: int) -> T.Expr:
@@ -144,7 +150,7 @@ class ReduceMax(Reduce):
     init = -float("inf")
 
     def combine(self, acc: T.Expr, x: T.Expr) -> T.Expr:
-        return T.maximum(acc, x)
+        return nan_max(acc, x)
 
     def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
         return np.max(x, axis=axes, keepdims=keepdims)

@@ -1,8 +1,8 @@
 """The remaining ONNX reductions: reduce_min, reduce_prod, reduce_l1, reduce_l2, reduce_sum_square,
 reduce_log_sum, reduce_log_sum_exp.
 
-They share :class:`kiln.ops.reduce.Reduce` (``axes``, ``keepdims``, one accumulator per kept index); the
-accumulator starts at a value of the input's dtype (the dtype's largest value for a minimum over integers).
+They share :class:`kiln.ops.reduce.Reduce` (``axes``, ``keepdims``, one accumulator per kept index; a
+minimum over integers starts at the dtype's largest value). A NaN in the input gives a NaN result.
 ``reduce_log_sum_exp`` takes the maximum first and sums ``exp(x - max)``, so large inputs do not overflow.
 """
 
@@ -14,63 +14,25 @@ from typing import Any
 import numpy as np
 
 from ..ir import tensor as T
-from ..ir.types import is_float, np_dtype
-from .base import LowerContext, register
+from ..ir.types import is_float
+from .base import LowerContext, nan_max, nan_min, register
 from .reduce import Index, Reduce, _axes, reduce_nest
 
 
-class _Reduce(Reduce):
-    """A :class:`Reduce` whose ``init`` is converted to the input's dtype (infinities to its limits)."""
-
-    def start(self, dtype: str) -> float | int:
-        if is_float(dtype):
-            return self.init
-        if dtype == "bool":
-            return int(self.init > 0)
-        info = np.iinfo(np_dtype(dtype))
-        if self.init == float("inf"):
-            return int(info.max)
-        if self.init == -float("inf"):
-            return int(info.min)
-        return int(self.init)
-
-    def lower(
-        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
-    ) -> T.Stmt:
-        x, out = ins[0], outs[0]
-        axes = _axes(attrs, x.ndim, self.name)
-        count = int(np.prod([x.shape[d] for d in axes])) if axes else 1
-        keep = bool(attrs.get("keepdims", 1))
-
-        def finish(idx: Index, acc: T.Buffer) -> T.Stmt:
-            oidx = tuple(idx[d] for d in range(x.ndim) if keep or d not in axes)
-            return T.Store(out, oidx, ctx.apply_epilogue(self.final(acc[0], count), oidx, None))
-
-        return reduce_nest(
-            ctx.name,
-            x.shape,
-            axes,
-            x.dtype,
-            self.start(x.dtype),
-            lambda acc, idx: self.combine(acc, x[idx]),
-            finish,
-        )
-
-
-class ReduceMin(_Reduce):
+class ReduceMin(Reduce):
     """Minimum over ``axes``."""
 
     name = "reduce_min"
     init = float("inf")
 
     def combine(self, acc: T.Expr, x: T.Expr) -> T.Expr:
-        return T.minimum(acc, x)
+        return nan_min(acc, x)
 
     def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
         return np.min(x, axis=axes, keepdims=keepdims)
 
 
-class ReduceProd(_Reduce):
+class ReduceProd(Reduce):
     """Product over ``axes``."""
 
     name = "reduce_prod"
@@ -83,7 +45,7 @@ class ReduceProd(_Reduce):
         return np.prod(x, axis=axes, keepdims=keepdims)
 
 
-class ReduceL1(_Reduce):
+class ReduceL1(Reduce):
     """Sum of absolute values over ``axes``."""
 
     name = "reduce_l1"
@@ -95,7 +57,7 @@ class ReduceL1(_Reduce):
         return np.sum(np.abs(x), axis=axes, keepdims=keepdims)
 
 
-class ReduceSumSquare(_Reduce):
+class ReduceSumSquare(Reduce):
     """Sum of squares over ``axes``."""
 
     name = "reduce_sum_square"
@@ -119,7 +81,7 @@ class ReduceL2(ReduceSumSquare):
         return np.sqrt(np.sum(x * x, axis=axes, keepdims=keepdims))
 
 
-class ReduceLogSum(_Reduce):
+class ReduceLogSum(Reduce):
     """``log(sum(x))`` over ``axes``."""
 
     name = "reduce_log_sum"
@@ -132,7 +94,7 @@ class ReduceLogSum(_Reduce):
             return np.log(np.sum(x, axis=axes, keepdims=keepdims))
 
 
-class ReduceLogSumExp(_Reduce):
+class ReduceLogSumExp(Reduce):
     """``log(sum(exp(x)))`` over ``axes``, as ``max + log(sum(exp(x - max)))``."""
 
     name = "reduce_log_sum_exp"
@@ -175,7 +137,7 @@ class ReduceLogSumExp(_Reduce):
             )
 
         return reduce_nest(
-            f"{ctx.name}_m", x.shape, axes, dt, -float("inf"), lambda acc, i: T.maximum(acc, x[i]), finish_max
+            f"{ctx.name}_m", x.shape, axes, dt, -float("inf"), lambda acc, i: nan_max(acc, x[i]), finish_max
         )
 
 

@@ -36,9 +36,9 @@ def _init(name: str, value: np.ndarray) -> onnx.TensorProto:
 def test_unsupported_operators_are_all_listed_with_their_nodes() -> None:
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="ok"),
-        helper.make_node("Hardmax", ["a"], ["b"], name="hm1"),
-        helper.make_node("TopK", ["b", "k"], ["c", "ci"], name="top"),
-        helper.make_node("Hardmax", ["c"], ["d"], name="hm2"),
+        helper.make_node("Unique", ["a"], ["b"], name="hm1"),
+        helper.make_node("ReverseSequence", ["b", "k"], ["c"], name="top"),
+        helper.make_node("Unique", ["c"], ["d"], name="hm2"),
         helper.make_node("Mystery", ["d"], ["e"], name="custom", domain="com.example"),
         helper.make_node("Det", ["e"], ["y"]),  # unnamed: reported by its output
     ]
@@ -49,8 +49,8 @@ def test_unsupported_operators_are_all_listed_with_their_nodes() -> None:
     msg = str(err.value)
     assert isinstance(err.value, ValueError)
     for op, nodes_ in (
-        ("Hardmax", ("hm1", "hm2")),
-        ("TopK", ("top",)),
+        ("Unique", ("hm1", "hm2")),
+        ("ReverseSequence", ("top",)),
         ("com.example.Mystery", ("custom",)),
         ("Det", ("y",)),
     ):
@@ -59,11 +59,29 @@ def test_unsupported_operators_are_all_listed_with_their_nodes() -> None:
 
 
 def test_every_node_of_an_unsupported_operator_is_named() -> None:
-    nodes = [helper.make_node("Hardmax", [f"v{i}"], [f"v{i + 1}"], name=f"hardmax_{i}") for i in range(25)]
+    nodes = [helper.make_node("Unique", [f"v{i}"], [f"v{i + 1}"], name=f"hardmax_{i}") for i in range(25)]
     m = _model(nodes, [_vi("v0", (2, 3))], [_vi("v25", None)])
     with pytest.raises(UnsupportedOperatorError, match="hardmax_24") as err:
         from_onnx(m)
     assert all(f"hardmax_{i}" in str(err.value) for i in range(25))
+
+
+@pytest.mark.parametrize(
+    ("op", "why"),
+    [
+        ("Adam", "training-only"),
+        ("StringNormalizer", "strings"),
+        ("SequenceLength", "sequence or optional"),
+        ("RandomUniformLike", "random numbers"),
+        ("ImageDecoder", "decodes image files"),
+    ],
+)
+def test_unsupported_categories_say_why(op: str, why: str) -> None:
+    m = _model([helper.make_node(op, ["x"], ["y"], name="the_node")], [_vi("x", (2, 3))], [_vi("y", None)])
+    with pytest.raises(
+        UnsupportedOperatorError, match=f"{op} \\(nodes: the_node\\): not supported, because .*{why}"
+    ):
+        from_onnx(m)
 
 
 def test_truncated_file_is_a_clear_load_error(tmp_path: Path) -> None:
