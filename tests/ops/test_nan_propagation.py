@@ -37,3 +37,20 @@ def test_nan_in_the_window_gives_nan(name: str, build, want: np.ndarray) -> None
     got = _run(build, X)
     assert np.isnan(want).any() and not np.isnan(want).all()
     np.testing.assert_array_equal(got, want)  # NaNs in the same places, the other values exact
+
+
+def test_nan_and_inf_through_a_fused_matmul_add_relu() -> None:
+    """The case found in the farm review: relu(NaN) was 0 in the fused epilogue; onnxruntime gives NaN."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    x[0, 3], x[1, 2] = np.nan, np.inf
+    g = GraphBuilder("fused_nan")
+    y = g.relu(g.add(g.matmul(g.input("x", x.shape), g.const(w)), g.const(b)))
+    g.output(y, name="y")
+    got = kiln.compile(g.build(), "x86_64-linux").run({"x": x})["y"]
+    with np.errstate(invalid="ignore"):
+        want = np.maximum(x @ w + b, 0, where=True)  # np.maximum propagates NaN
+    assert np.isnan(want[0]).all() and not np.isnan(want[1]).any()
+    np.testing.assert_array_equal(got, want)
