@@ -871,3 +871,177 @@ case(
     opset=15,
     atol=1e-5,
 )
+
+# running products, sequence reversal, Lp pooling
+case(
+    "cumprod-axis1",
+    "CumProd",
+    [("x", _x(2, 5, lo=0.5, hi=1.5)), C("a", _i(1))],
+    "cumprod",
+    opset=26,
+    rtol=1e-4,
+)
+case(
+    "cumprod-exclusive-reverse",
+    "CumProd",
+    [("x", _x(3, 4, lo=0.5, hi=1.5)), C("a", _i(0))],
+    "cumprod",
+    opset=26,
+    attrs={"exclusive": 1, "reverse": 1},
+    rtol=1e-4,
+)
+case(
+    "reverse-sequence",
+    "ReverseSequence",
+    [("x", _x(4, 3, 2)), ("lens", np.array([4, 1, 3], np.int64))],
+    "reverse_sequence",
+    attrs={"batch_axis": 1, "time_axis": 0},
+)
+case(
+    "lp-pool-p2",
+    "LpPool",
+    [("x", _x(1, 2, 5, 5))],
+    {"abs", "pow", "avg_pool2d", "mul"},
+    opset=18,
+    attrs={"kernel_shape": [2, 2], "strides": [2, 2], "p": 2},
+    rtol=1e-4,
+    atol=1e-5,
+)
+
+# recurrent layers, unrolled (sequence length 3, hidden size 4)
+_RNN_X = _x(3, 2, 5)
+for op, gates in (("RNN", 1), ("GRU", 3), ("LSTM", 4)):
+    ops = {"matmul", "reshape", "slice", "add", "concat", "tanh", "identity"}  # weight transposes fold
+    ops |= {"sigmoid", "mul"} if op != "RNN" else set()
+    ops |= {"sub"} if op == "GRU" else set()
+    case(
+        f"{op.lower()}-forward-bias",
+        op,
+        [
+            ("x", _RNN_X),
+            C("w", _x(1, gates * 4, 5)),
+            C("r", _x(1, gates * 4, 4)),
+            C("b", _x(1, 2 * gates * 4)),
+        ],
+        ops,
+        opset=14,
+        outputs=2,
+        attrs={"hidden_size": 4},
+        rtol=1e-4,
+        atol=1e-5,
+    )
+case(
+    "lstm-bidirectional-initial-state-lens",
+    "LSTM",
+    [
+        ("x", _RNN_X),
+        C("w", _x(2, 16, 5)),
+        C("r", _x(2, 16, 4)),
+        ("", None),
+        ("lens", np.array([3, 2], np.int32)),
+        ("h0", _x(2, 2, 4)),
+        ("c0", _x(2, 2, 4)),
+    ],
+    {
+        "matmul",
+        "reshape",
+        "slice",
+        "add",
+        "concat",
+        "tanh",
+        "sigmoid",
+        "mul",
+        "less",
+        "where",
+        "reverse_sequence",
+        "identity",
+    },
+    opset=14,
+    outputs=3,
+    attrs={"hidden_size": 4, "direction": "bidirectional"},
+    rtol=1e-4,
+    atol=1e-5,
+)
+
+# quantization: integer kernels with a fused requantize
+_QX = _x(2, 3, 4)
+case(
+    "quantize-linear-uint8",
+    "QuantizeLinear",
+    [("x", _QX * 3), C("s", _f(0.05).reshape(())), C("z", np.array(128, np.uint8))],
+    {"div", "round", "cast", "add", "clip"},
+    opset=13,
+)
+case(
+    "quantize-linear-per-axis-int8",
+    "QuantizeLinear",
+    [("x", _QX * 3), C("s", _f(0.02, 0.05, 0.1)), C("z", np.array([0, -3, 5], np.int8))],
+    {"div", "round", "cast", "add", "clip"},
+    opset=13,
+    attrs={"axis": 1},
+)
+case(
+    "dequantize-linear-per-axis",
+    "DequantizeLinear",
+    [
+        ("q", _rng.integers(-128, 128, (2, 3, 4)).astype(np.int8)),
+        C("s", _f(0.02, 0.05, 0.1)),
+        C("z", np.array([0, -3, 5], np.int8)),
+    ],
+    {"cast", "sub", "mul"},
+    opset=13,
+    attrs={"axis": 1},
+)
+case(
+    "dynamic-quantize-linear",
+    "DynamicQuantizeLinear",
+    [("x", _QX * 3)],
+    {"reduce_max", "reduce_min", "maximum", "minimum", "sub", "div", "neg", "round", "clip", "cast", "add"},
+    opset=11,
+    outputs=3,
+)
+case(
+    "qlinear-matmul",
+    "QLinearMatMul",
+    [
+        ("a", _rng.integers(0, 256, (3, 16)).astype(np.uint8)),
+        C("as", _f(0.02).reshape(())),
+        C("az", np.array(120, np.uint8)),
+        C("b", _rng.integers(-128, 128, (16, 5)).astype(np.int8)),
+        C("bs", _f(0.01).reshape(())),
+        C("bz", np.array(0, np.int8)),
+        C("ys", _f(0.05).reshape(())),
+        C("yz", np.array(10, np.uint8)),
+    ],
+    {"cast", "sub", "matmul", "mul", "round", "add", "clip"},
+    opset=10,
+)
+case(
+    "qlinear-conv-per-channel",
+    "QLinearConv",
+    [
+        ("x", _rng.integers(0, 256, (1, 2, 5, 5)).astype(np.uint8)),
+        C("xs", _f(0.02).reshape(())),
+        C("xz", np.array(100, np.uint8)),
+        C("w", _rng.integers(-128, 128, (3, 2, 3, 3)).astype(np.int8)),
+        C("ws", _f(0.01, 0.02, 0.005)),
+        C("wz", np.zeros(3, np.int8)),
+        C("ys", _f(0.1).reshape(())),
+        C("yz", np.array(128, np.uint8)),
+        C("bias", np.array([100, -50, 0], np.int32)),
+    ],
+    {"cast", "sub", "conv2d", "mul", "round", "add", "clip"},
+    opset=10,
+    attrs={"pads": [1, 1, 1, 1]},
+)
+case(
+    "conv-integer",
+    "ConvInteger",
+    [
+        ("x", _rng.integers(0, 256, (1, 2, 4, 4)).astype(np.uint8)),
+        C("w", _rng.integers(0, 256, (2, 2, 2, 2)).astype(np.uint8)),
+        C("xz", np.array(7, np.uint8)),
+    ],
+    {"cast", "sub", "conv2d"},
+    opset=10,
+)

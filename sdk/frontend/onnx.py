@@ -859,17 +859,45 @@ def _topk(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     )
 
 
-@converter("CumSum")
+@converter("CumSum", "CumProd")
 def _cumsum(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     axis = int(im.const_input(ins[1], "axis").reshape(-1)[0])
     return im.emit(
-        "cumsum",
+        "cumsum" if im.op_type == "CumSum" else "cumprod",
         [_a(ins, 0)],
         outs,
         axis=axis,
         exclusive=int(attrs.get("exclusive", 0)),
         reverse=int(attrs.get("reverse", 0)),
     )
+
+
+@converter("ReverseSequence")
+def _reverse_sequence(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    return im.emit(
+        "reverse_sequence",
+        [_a(ins, 0), _a(ins, 1)],
+        outs,
+        batch_axis=int(attrs.get("batch_axis", 1)),
+        time_axis=int(attrs.get("time_axis", 0)),
+    )
+
+
+@converter("LpPool")
+def _lp_pool(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``(sum over the window of |x|^p)^(1/p)``: an average pool that counts the padding, times the window
+    size, between two powers."""
+    x = _a(ins, 0)
+    p = float(attrs.get("p", 2))
+    k = list(attrs["kernel_shape"])
+    dt = x.type.dtype
+    t = im.emit("abs", [x], [im.tmp(outs[0])])[0]
+    t = im.emit("pow", [t, _scalar(im, p, dt)], [im.tmp(outs[0])])[0]
+    avg = _pool(im, "avg_pool2d", [t], {**attrs, "count_include_pad": 1}, [im.tmp(outs[0])])[0]
+    s = im.emit("mul", [avg, _scalar(im, float(np.prod(k)), dt)], [im.tmp(outs[0])])[0]
+    return im.emit("pow", [s, _scalar(im, 1.0 / p, dt)], outs)
 
 
 @converter("Hardmax")
@@ -1254,6 +1282,246 @@ def _compress(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], out
         flat = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(x.type.numel,))[0]
         return im.emit("gather", [flat, Constant(im.tmp("idx"), picked)], outs, axis=0)
     return im.emit("gather", [x, Constant(im.tmp("idx"), picked)], outs, axis=int(attrs["axis"]))
+
+
+# ---- recurrent layers (RNN, GRU, LSTM): unrolled over the (static) sequence length
+_RNN_ACTS = {
+    "sigmoid": ("sigmoid", ()),
+    "tanh": ("tanh", ()),
+    "relu": ("relu", ()),
+    "softsign": ("softsign", ()),
+    "softplus": ("softplus", ()),
+    "leakyrelu": ("leaky_relu", ("alpha",)),
+    "thresholdedrelu": ("thresholded_relu", ("alpha",)),
+    "hardsigmoid": ("hard_sigmoid", ("alpha", "beta")),
+    "elu": ("elu", ("alpha",)),
+}
+
+
+class _Recurrent:
+    """One ONNX RNN/GRU/LSTM node unrolled: the input projections of every step in one matmul, then per step
+    a matmul with the recurrence weights and the gates as elementwise operators (which fuse into it)."""
+
+    GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+    DEFAULT_ACTS = {"RNN": ["Tanh"], "GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}
+
+    def __init__(
+        self, im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+    ) -> None:
+        self.im, self.attrs, self.outs = im, attrs, outs
+        self.kind = im.op_type
+        self.g = self.GATES[self.kind]
+        self.x, self.w, self.r = _a(ins, 0), _a(ins, 1), _a(ins, 2)
+        opt = [ins[i] if len(ins) > i else None for i in range(8)]
+        self.b, self.lens, self.h0 = opt[3], opt[4], opt[5]
+        self.c0 = opt[6] if self.kind == "LSTM" else None
+        self.peep = opt[7] if self.kind == "LSTM" else None
+        self.hidden = int(attrs["hidden_size"]) if "hidden_size" in attrs else int(self.r.type.shape[-1])  # type: ignore[arg-type]
+        self.direction = str(attrs.get("direction", "forward"))
+        self.dirs = 2 if self.direction == "bidirectional" else 1
+        self.layout = int(attrs.get("layout", 0))
+        self.clip = float(attrs["clip"]) if "clip" in attrs else None
+        if int(attrs.get("input_forget", 0)):
+            raise im.fail("LSTM with input_forget=1 is not supported")
+        if not self.x.type.is_static:
+            raise im.fail(f"needs a static input shape (the sequence is unrolled), got {self.x.type}")
+        if self.layout:
+            self.x = self.emit("transpose", [self.x], perm=(1, 0, 2))
+        self.seq, self.batch, _ = self.x.type.static_shape
+        acts = [str(a) for a in attrs.get("activations", self.DEFAULT_ACTS[self.kind] * self.dirs)]
+        alphas = list(attrs.get("activation_alpha", []))
+        betas = list(attrs.get("activation_beta", []))
+        self.acts: list[tuple[str, dict[str, float]]] = []
+        ia = ib = 0
+        for a in acts:
+            if a.lower() not in _RNN_ACTS:
+                raise im.fail(
+                    f"activation {a!r} is not supported (supported: {', '.join(sorted(_RNN_ACTS))})"
+                )
+            op, params = _RNN_ACTS[a.lower()]
+            kw: dict[str, float] = {}
+            if "alpha" in params and ia < len(alphas):
+                kw["alpha"], ia = float(alphas[ia]), ia + 1
+            if "beta" in params and ib < len(betas):
+                kw["beta"], ib = float(betas[ib]), ib + 1
+            self.acts.append((op, kw))
+        self.dt = self.x.type.dtype
+
+    def emit(self, op: str, args: Sequence[Value], name: str | None = None, **kw: Any) -> Value:
+        return self.im.emit(op, list(args), [name or self.im.tmp(self.outs[0] or "rnn")], **kw)[0]
+
+    def act(self, k: int, v: Value) -> Value:
+        op, kw = self.acts[k]
+        return self.emit(op, [v], **kw)
+
+    def part(self, v: Value, d: int) -> Value:
+        """Direction ``d`` of a per-direction parameter (first axis)."""
+        shape = v.type.shape
+        return self.emit(
+            "reshape", [self.emit("slice", [v], starts=(d,), ends=(d + 1,), axes=(0,))], shape=shape[1:]
+        )
+
+    def gate(self, v: Value, k: int) -> Value:
+        h = self.hidden
+        return self.emit("slice", [v], starts=(k * h,), ends=((k + 1) * h,), axes=(1,))
+
+    def clipped(self, v: Value) -> Value:
+        return v if self.clip is None else self.emit("clip", [v], min=-self.clip, max=self.clip)
+
+    def zeros(self) -> Value:
+        return Constant(self.im.tmp("zeros"), np.zeros((self.batch, self.hidden), np_dtype(self.dt)))
+
+    def run(self) -> list[Value]:
+        ys, hs, cs = [], [], []
+        for d in range(self.dirs):
+            rev = self.direction == "reverse" or d == 1
+            y, h, c = self.direction_pass(d, rev)
+            ys.append(y)
+            hs.append(h)
+            cs.append(c)
+        y = ys[0] if self.dirs == 1 else self.emit("concat", ys, axis=1)  # (seq, dirs, batch, hidden)
+        if self.layout:
+            y = self.emit("transpose", [y], perm=(2, 0, 1, 3))
+        results = [y]
+        for states in (hs, cs) if self.kind == "LSTM" else (hs,):
+            st = [self.emit("reshape", [s], shape=(1, self.batch, self.hidden)) for s in states]
+            s = st[0] if self.dirs == 1 else self.emit("concat", st, axis=0)
+            if self.layout:
+                s = self.emit("transpose", [s], perm=(1, 0, 2))
+            results.append(s)
+        named = []
+        for k, v in enumerate(results):
+            name = self.outs[k] if k < len(self.outs) and self.outs[k] else self.im.tmp(f"rnn_out{k}")
+            named.append(self.im.emit("identity", [v], [name])[0])
+        return named
+
+    def direction_pass(self, d: int, rev: bool) -> tuple[Value, Value, Value | None]:
+        g, hsz = self.g, self.hidden
+        w, r = self.part(self.w, d), self.part(self.r, d)  # (g*h, in), (g*h, h)
+        x = self.x
+        if rev and self.lens is not None:
+            x = self.emit("reverse_sequence", [x, self.lens], batch_axis=1, time_axis=0)
+        seq, batch = self.seq, self.batch
+        xf = self.emit("reshape", [x], shape=(seq * batch, x.type.shape[2]))
+        proj = self.emit("matmul", [xf, self.emit("transpose", [w], perm=(1, 0))])
+        wb = rb = None
+        if self.b is not None:
+            bd = self.part(self.b, d)
+            wb = self.emit("slice", [bd], starts=(0,), ends=(g * hsz,), axes=(0,))
+            rb = self.emit("slice", [bd], starts=(g * hsz,), ends=(2 * g * hsz,), axes=(0,))
+            if not (self.kind == "GRU" and int(self.attrs.get("linear_before_reset", 0))):
+                proj = self.emit("add", [proj, self.emit("add", [wb, rb])])
+                rb_sep = None
+            else:
+                proj = self.emit("add", [proj, wb])
+                rb_sep = rb
+        else:
+            rb_sep = None
+        proj = self.emit("reshape", [proj], shape=(seq, batch, g * hsz))
+        rt = self.emit("transpose", [r], perm=(1, 0))  # (h, g*h)
+        h = self.part(self.h0, d) if self.h0 is not None else self.zeros()
+        c = (self.part(self.c0, d) if self.c0 is not None else self.zeros()) if self.kind == "LSTM" else None
+        peep = self.part(self.peep, d) if self.peep is not None else None
+        a0 = 0 if d == 0 else len(self.acts) // 2
+        steps: list[Value] = []
+        order = range(seq - 1, -1, -1) if rev and self.lens is None else range(seq)
+        for t in order:
+            xt = self.emit(
+                "reshape",
+                [self.emit("slice", [proj], starts=(t,), ends=(t + 1,), axes=(0,))],
+                shape=(batch, g * hsz),
+            )
+            h_new, c_new = self.cell(xt, h, c, rt, rb_sep, peep, a0)
+            if self.lens is not None:
+                mask = self.emit(
+                    "reshape",
+                    [
+                        self.emit(
+                            "less",
+                            [
+                                Constant(self.im.tmp("t"), np.array(t, np_dtype(self.lens.type.dtype))),
+                                self.lens,
+                            ],
+                        )
+                    ],
+                    shape=(batch, 1),
+                )
+                h_new = self.emit("where", [mask, h_new, h])
+                if c is not None and c_new is not None:
+                    c_new = self.emit("where", [mask, c_new, c])
+                y_t = self.emit("where", [mask, h_new, self.zeros()])
+            else:
+                y_t = h_new
+            h, c = h_new, c_new
+            steps.append(self.emit("reshape", [y_t], shape=(1, 1, batch, hsz)))
+        if rev and self.lens is None:
+            steps.reverse()
+        y = steps[0] if len(steps) == 1 else self.emit("concat", steps, axis=0)
+        if rev and self.lens is not None:
+            y = self.emit("reverse_sequence", [y, self.lens], batch_axis=2, time_axis=0)
+        return y, h, c
+
+    def cell(
+        self, xt: Value, h: Value, c: Value | None, rt: Value, rb: Value | None, peep: Value | None, a0: int
+    ) -> tuple[Value, Value | None]:
+        hsz = self.hidden
+        if self.kind == "RNN":
+            pre = self.emit("add", [xt, self.emit("matmul", [h, rt])])
+            return self.act(a0, self.clipped(pre)), None
+        if self.kind == "GRU":
+            lbr = int(self.attrs.get("linear_before_reset", 0))
+            r_zr = self.emit("slice", [rt], starts=(0,), ends=(2 * hsz,), axes=(1,))
+            r_h = self.emit("slice", [rt], starts=(2 * hsz,), ends=(3 * hsz,), axes=(1,))
+            zr = self.emit(
+                "add",
+                [
+                    self.emit("slice", [xt], starts=(0,), ends=(2 * hsz,), axes=(1,)),
+                    self.emit("matmul", [h, r_zr]),
+                ],
+            )
+            if rb is not None:
+                zr = self.emit("add", [zr, self.emit("slice", [rb], starts=(0,), ends=(2 * hsz,), axes=(0,))])
+            z = self.act(a0, self.clipped(self.gate(zr, 0)))
+            rg = self.act(a0, self.clipped(self.gate(zr, 1)))
+            xh = self.gate(xt, 2)
+            if lbr:
+                hr = self.emit("matmul", [h, r_h])
+                if rb is not None:
+                    hr = self.emit(
+                        "add", [hr, self.emit("slice", [rb], starts=(2 * hsz,), ends=(3 * hsz,), axes=(0,))]
+                    )
+                pre = self.emit("add", [xh, self.emit("mul", [rg, hr])])
+            else:
+                pre = self.emit("add", [xh, self.emit("matmul", [self.emit("mul", [rg, h]), r_h])])
+            hh = self.act(a0 + 1, self.clipped(pre))
+            one = Constant(self.im.tmp("one"), np.array(1, np_dtype(self.dt)))
+            new = self.emit(
+                "add", [self.emit("mul", [self.emit("sub", [one, z]), hh]), self.emit("mul", [z, h])]
+            )
+            return new, None
+        assert c is not None
+        pre = self.emit("add", [xt, self.emit("matmul", [h, rt])])
+        gi, go, gf, gc = (self.gate(pre, k) for k in range(4))
+        if peep is not None:
+            pi, po, pf = (
+                self.emit("slice", [peep], starts=(k * hsz,), ends=((k + 1) * hsz,), axes=(0,))
+                for k in range(3)
+            )
+            gi = self.emit("add", [gi, self.emit("mul", [pi, c])])
+            gf = self.emit("add", [gf, self.emit("mul", [pf, c])])
+        i = self.act(a0, self.clipped(gi))
+        f = self.act(a0, self.clipped(gf))
+        cc = self.act(a0 + 1, self.clipped(gc))
+        c_new = self.emit("add", [self.emit("mul", [f, c]), self.emit("mul", [i, cc])])
+        if peep is not None:
+            go = self.emit("add", [go, self.emit("mul", [po, c_new])])
+        o = self.act(a0, self.clipped(go))
+        return self.emit("mul", [o, self.act(a0 + 2, c_new)]), c_new
+
+
+@converter("RNN", "GRU", "LSTM")
+def _recurrent(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return _Recurrent(im, ins, attrs, outs).run()
 
 
 # ---- quantization: integer kernels (int32 accumulation) with the requantize as a fused elementwise epilogue

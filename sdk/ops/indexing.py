@@ -1,4 +1,5 @@
-"""Indexed reads and writes: gather_elements, gather_nd, scatter_elements, scatter_nd, one_hot.
+"""Indexed reads and writes: gather_elements, gather_nd, scatter_elements, scatter_nd, one_hot,
+reverse_sequence.
 
 Index tensors may be run-time values (int32 or int64). Negative indices count from the end, as in ONNX; an
 index still out of range after that is clamped to the valid range in tensor code, so generated code never
@@ -331,5 +332,48 @@ class OneHot(OpDef):
         return T.loop_nest(out.shape, body, prefix=f"{ctx.name}_i")
 
 
-for _op in (GatherElements(), GatherND(), ScatterElements(), ScatterND(), OneHot()):
+class ReverseSequence(OpDef):
+    """ONNX ReverseSequence: for each batch index ``b`` (along ``batch_axis``), the first ``lens[b]`` steps
+    along ``time_axis`` reversed, the rest unchanged."""
+
+    name = "reverse_sequence"
+    kind = "injective"
+    flops_per_element = 0
+
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        return [inputs[0]]
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
+        x, lens = inputs
+        bax, tax = int(attrs.get("batch_axis", 1)), int(attrs.get("time_axis", 0))
+        out = x.copy()
+        for b, n in enumerate(np.asarray(lens).astype(np.int64)):
+            src = [slice(None)] * x.ndim
+            src[bax], src[tax] = b, slice(0, int(n))
+            dst = list(src)
+            dst[tax] = slice(int(n) - 1, None, -1) if n > 0 else slice(0, 0)
+            out[tuple(dst)] = x[tuple(src)]
+        return [out]
+
+    def lower(
+        self, ctx: LowerContext, ins: Sequence[T.Buffer], outs: Sequence[T.Buffer], attrs: dict[str, Any]
+    ) -> T.Stmt:
+        x, lens = ins
+        out = outs[0]
+        bax, tax = int(attrs.get("batch_axis", 1)), int(attrs.get("time_axis", 0))
+
+        def body(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
+            n = T.cast("int64", lens[idx[bax]])
+            t = idx[tax]
+            src_t = T.select(t < n, n - 1 - t, t)
+            src = tuple(
+                T.minimum(T.maximum(src_t, 0), x.shape[tax] - 1) if d == tax else idx[d]
+                for d in range(x.ndim)
+            )
+            return T.Store(out, idx, ctx.apply_epilogue(x[src], idx))
+
+        return T.loop_nest(out.shape, body, prefix=f"{ctx.name}_i")
+
+
+for _op in (GatherElements(), GatherND(), ScatterElements(), ScatterND(), OneHot(), ReverseSequence()):
     register(_op)

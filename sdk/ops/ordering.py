@@ -1,4 +1,4 @@
-"""Operators that walk one axis in order: arg_max/arg_min, top_k, cumsum, hardmax.
+"""Operators that walk one axis in order: arg_max/arg_min, top_k, cumsum/cumprod, hardmax.
 
 Each computes, per index of the other axes, a result along ``axis``: the position of the extreme value
 (first or last of equal ones), the ``k`` largest or smallest values with their positions (ties: the lower
@@ -177,6 +177,13 @@ class CumSum(OpDef):
 
     name = "cumsum"
     kind = "opaque"
+    unit = 0
+
+    def combine(self, acc: T.Expr, x: T.Expr) -> T.Expr:
+        return acc + x
+
+    def np_scan(self, x: np.ndarray, axis: int) -> np.ndarray:
+        return np.cumsum(x, axis=axis, dtype=x.dtype)
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         normalize_axis(int(attrs["axis"]), inputs[0].ndim, self.name)
@@ -187,9 +194,10 @@ class CumSum(OpDef):
         axis = normalize_axis(int(attrs["axis"]), x.ndim, self.name)
         rev = int(attrs.get("reverse", 0))
         y = np.flip(x, axis) if rev else x
-        c = np.cumsum(y, axis=axis, dtype=x.dtype)
+        c = self.np_scan(y, axis)
         if int(attrs.get("exclusive", 0)):
-            c = c - y
+            shifted = np.concatenate([np.full_like(np.take(c, [0], axis=axis), self.unit), c], axis=axis)
+            c = np.take(shifted, np.arange(y.shape[axis]), axis=axis)
         return [np.ascontiguousarray(np.flip(c, axis) if rev else c)]
 
     def lower(
@@ -208,12 +216,30 @@ class CumSum(OpDef):
                 p = _at(idx, axis, (n - 1 - j) if rev else j)
                 v = x[p]
                 if excl:
-                    return T.seq(T.Store(out, p, ctx.apply_epilogue(acc[0], p)), T.Store(acc, z, acc[0] + v))
-                return T.seq(T.Store(acc, z, acc[0] + v), T.Store(out, p, ctx.apply_epilogue(acc[0], p)))
+                    return T.seq(
+                        T.Store(out, p, ctx.apply_epilogue(acc[0], p)),
+                        T.Store(acc, z, self.combine(acc[0], v)),
+                    )
+                return T.seq(
+                    T.Store(acc, z, self.combine(acc[0], v)), T.Store(out, p, ctx.apply_epilogue(acc[0], p))
+                )
 
-            return T.seq(T.Store(acc, z, T.const(0, x.dtype)), T.loop(n, step, name=f"{ctx.name}_j"))
+            return T.seq(T.Store(acc, z, T.const(self.unit, x.dtype)), T.loop(n, step, name=f"{ctx.name}_j"))
 
         return T.Allocate(acc, _outer(ctx.name, x.shape, axis, body))
+
+
+class CumProd(CumSum):
+    """ONNX CumProd: the running product (``exclusive``: the product before each element, 1 first)."""
+
+    name = "cumprod"
+    unit = 1
+
+    def combine(self, acc: T.Expr, x: T.Expr) -> T.Expr:
+        return acc * x
+
+    def np_scan(self, x: np.ndarray, axis: int) -> np.ndarray:
+        return np.cumprod(x, axis=axis, dtype=x.dtype)
 
 
 class Hardmax(OpDef):
@@ -262,5 +288,5 @@ class Hardmax(OpDef):
         return T.Allocate(best, T.Allocate(pos, _outer(ctx.name, x.shape, axis, body)))
 
 
-for _op in (ArgMax(), ArgMin(), TopK(), CumSum(), Hardmax()):
+for _op in (ArgMax(), ArgMin(), TopK(), CumSum(), CumProd(), Hardmax()):
     register(_op)

@@ -101,6 +101,7 @@ STATIC_INPUTS: dict[str, set[int] | None] = {
     "Dropout": {1, 2},
     "TopK": {1},
     "CumSum": {1},
+    "CumProd": {1},
     "OneHot": {1},
     "Trilu": {1},
     "Compress": {1},
@@ -282,9 +283,16 @@ def compiled_runner(
     import kiln
     from kiln.frontend import from_onnx
 
+    try:
+        from running import run as run_package  # tests/running.py: emulated runs without a wall-clock limit
+    except ImportError:  # outside the test suite's path
+
+        def run_package(pkg: Any, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+            return pkg.run(inputs)  # type: ignore[no-any-return]
+
     def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         mod = from_onnx(model, name="node_case")
-        return kiln.compile(mod, target).run(feed)
+        return run_package(kiln.compile(mod, target), feed)
 
     return run
 
