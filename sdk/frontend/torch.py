@@ -142,15 +142,35 @@ def decomposition_table() -> dict[Any, Callable[..., Any]]:
     return table  # type: ignore[return-value]
 
 
+def supported_operators() -> dict[str, list[str]]:
+    """The ATen operators :data:`CONVERTERS` maps: operator name -> overload names."""
+    out: dict[str, list[str]] = {}
+    for op in CONVERTERS:
+        out.setdefault(f"{op.namespace}.{op._opname}", []).append(op._overloadname)
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def supported_operators_markdown() -> str:
+    """The list in docs/how-to/import-from-pytorch.md (generated: tests check that the page carries it)."""
+    return "".join(
+        f"- `{name}`: {', '.join(overloads)}\n" for name, overloads in supported_operators().items()
+    )
+
+
 # ------------------------------------------------------------------------------------------------ the importer
 def location(node: fx.Node) -> str:
     """Where ``node`` came from: the innermost source line torch.export recorded and the module path."""
     parts = []
-    trace = node.meta.get("stack_trace") or ""
-    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)\n?(?:[ \t]+(\S[^\n]*))?', trace)
-    if frames:
-        f, line, fn, code = frames[-1]
-        parts.append(f"{f}:{line} in {fn}" + (f": {code.strip()}" if code else ""))
+    frame = None  # the innermost frame: (file, line, function, source line)
+    for text in (node.meta.get("stack_trace") or "").splitlines():
+        m = re.match(r'\s*File "(.+)", line (\d+), in (.+)$', text)
+        if m:
+            frame = (*m.groups(), "")
+        elif frame is not None and text.strip() and not frame[3]:
+            frame = (*frame[:3], text.strip())
+    if frame is not None:
+        f, line, fn, code = frame
+        parts.append(f"{f}:{line} in {fn}" + (f": {code}" if code else ""))
     stack = node.meta.get("nn_module_stack") or {}
     if stack:
         path, cls = list(stack.values())[-1]
@@ -187,7 +207,7 @@ class _Importer:
         self.nodes: list[Node] = []
         self.node: fx.Node | None = None
         self.count = 0
-        self.bind: dict[sympy.Symbol, int] = {}
+        self.bind: dict[sympy.Symbol, sympy.Integer] = {}
         self.sym_names: dict[sympy.Symbol, sympy.Symbol] = {}
 
     # ---- shapes and types
@@ -196,7 +216,7 @@ class _Importer:
         if isinstance(d, int):
             return d
         expr = d.node.expr if isinstance(d, torch.SymInt) else d
-        expr = sympy.sympify(expr).xreplace(self.bind)
+        expr = sympy.sympify(sympy.sympify(expr).xreplace(self.bind))
         if expr.is_Integer:
             return int(expr)
         return Sym(str(expr.xreplace(self.sym_names)))
@@ -379,7 +399,7 @@ class _Importer:
                             f"shapes[{n.name!r}] axis {axis} = {size} is outside the range [{r.lower}, {r.upper}] "
                             "the program was exported for"
                         )
-                    self.bind[expr] = size
+                    self.bind[expr] = sympy.Integer(size)
                 elif expr.is_Integer and int(expr) != size:
                     raise ValueError(
                         f"shapes[{n.name!r}] axis {axis} = {size}, but the program was exported with size "
@@ -423,6 +443,12 @@ class _Importer:
         if conv is None:
             if isinstance(target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in target.tags:
                 raise _Unsupported("it draws random numbers, and compiled models are deterministic")
+            syms = sorted({str(a) for a in _leaves([args, kwargs]) if isinstance(a, Sym)})
+            if syms and not any(isinstance(a, Var) for a in _leaves([args, kwargs])):
+                raise _Unsupported(
+                    f"it is computed from the symbolic sizes {', '.join(syms)}, and kiln evaluates it while "
+                    "importing once they are known: bind them with shapes="
+                )
             raise _Unsupported("__op__")
         result = conv(self, _bind(target, args, kwargs))
         self.env[n] = result
@@ -438,17 +464,7 @@ class _Importer:
     def _foldable(self, target: Any, args: list[Any], kwargs: dict[str, Any]) -> bool:
         if torch.Tag.nondeterministic_seeded in target.tags or target in (aten.empty.memory_format,):
             return False
-        leaves: list[Any] = []
-
-        def walk(a: Any) -> None:
-            if isinstance(a, (list, tuple)):
-                for x in a:
-                    walk(x)
-            else:
-                leaves.append(a)
-
-        walk(args)
-        walk(list(kwargs.values()))
+        leaves = _leaves([args, kwargs])
         if any(isinstance(a, (Var, Sym)) for a in leaves):
             return False
         val = self.out_val()
@@ -526,6 +542,15 @@ class _Importer:
         ]
         main = GraphFunction("main", tuple(params), tuple(nodes), tuple(final), {"model_name": name})
         return Module({"main": main})
+
+
+def _leaves(a: Any) -> list[Any]:
+    """The scalars and values in nested lists, tuples and dicts of arguments."""
+    if isinstance(a, dict):
+        a = list(a.values())
+    if isinstance(a, (list, tuple)):
+        return [x for v in a for x in _leaves(v)]
+    return [a]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -1117,6 +1142,70 @@ def _index(im: _Importer, a: dict[str, Any]) -> Value:
     return im.emit("gather", [x, ind], axis=used[0])
 
 
+@converter(aten.gather.default)
+def _gather_elements(im: _Importer, a: dict[str, Any]) -> Value:
+    x = a["self"]
+    return im.emit("gather_elements", [x, a["index"]], axis=int(a["dim"]) % x.type.ndim)
+
+
+_SCATTER_REDUCTIONS = {
+    "sum": "add",
+    "add": "add",
+    "prod": "mul",
+    "multiply": "mul",
+    "amax": "max",
+    "amin": "min",
+}
+
+
+@converter(
+    aten.scatter.src,
+    aten.scatter.value,
+    aten.scatter_add.default,
+    aten.scatter.reduce,
+    aten.scatter_reduce.two,
+)
+def _scatter(im: _Importer, a: dict[str, Any]) -> Value:
+    x, index = a["self"], a["index"]
+    axis = int(a["dim"]) % x.type.ndim
+    reduction = "add" if im.target == aten.scatter_add.default else "none"
+    if a.get("reduce") is not None:
+        if a["reduce"] not in _SCATTER_REDUCTIONS or not a.get("include_self", True):
+            raise _Unsupported(
+                f"scatter with reduce={a['reduce']!r} (sum, prod, amax and amin are supported)"
+            )
+        reduction = _SCATTER_REDUCTIONS[a["reduce"]]
+    if "src" in a:
+        src = im.cast(a["src"], x.type.dtype)
+        if tuple(src.type.shape) != tuple(
+            index.type.shape
+        ):  # torch reads only the index-shaped corner of src
+            src = im.emit(
+                "slice",
+                [src],
+                starts=(0,) * src.type.ndim,
+                ends=tuple(index.type.shape),
+                axes=tuple(range(src.type.ndim)),
+                steps=(1,) * src.type.ndim,
+            )
+    else:
+        if not index.type.is_static:
+            raise _Unsupported("scatter of a value with a symbolic index shape; bind it with shapes=")
+        src = im.const(np.full(index.type.static_shape, im.scalar(a["value"])), x.type.dtype)
+    return im.emit("scatter_elements", [x, index, src], axis=axis, reduction=reduction)
+
+
+@converter(aten.sort.default, aten.sort.stable, aten.argsort.default)
+def _sort(im: _Importer, a: dict[str, Any]) -> Any:
+    x = a["self"]
+    axis = int(a["dim"]) % x.type.ndim
+    n = x.type.shape[axis]
+    if not isinstance(n, int):
+        raise _Unsupported("sorting along a symbolic dimension; bind it with shapes=")
+    values, indices = im.emit_n("top_k", [x], k=n, axis=axis, largest=int(bool(a["descending"])))
+    return indices if im.target == aten.argsort.default else (values, indices)
+
+
 @converter(aten.embedding.default)
 def _embedding(im: _Importer, a: dict[str, Any]) -> Value:
     return im.emit("gather", [a["weight"], a["indices"]], axis=0)
@@ -1259,6 +1348,25 @@ for _aops, _kop in (
     ((aten.logsumexp.default,), "reduce_log_sum_exp"),
 ):
     converter(*_aops)(_reduce(_kop))
+
+
+@converter(aten.linalg_vector_norm.default)
+def _vector_norm(im: _Importer, a: dict[str, Any]) -> Value:
+    t = im.out_type()
+    x = im.cast(a["self"], t.dtype)
+    order = float(im.scalar(a["ord"]))
+    axes = tuple(_axes(a["dim"], x.type.ndim))
+    keep = int(bool(a["keepdim"]))
+    ops = {
+        2.0: ("reduce_l2", x),
+        1.0: ("reduce_l1", x),
+        math.inf: ("reduce_max", None),
+        -math.inf: ("reduce_min", None),
+    }
+    if order not in ops:
+        raise _Unsupported(f"vector norm of order {order} is not supported (1, 2, inf and -inf are)")
+    op, arg = ops[order]
+    return im.emit(op, [arg if arg is not None else im.emit("abs", [x])], axes=axes, keepdims=keep)
 
 
 @converter(aten.any.dim, aten.any.dims, aten.any.default, aten.all.dim, aten.all.dims, aten.all.default)
@@ -1495,6 +1603,26 @@ def _bn(im: _Importer, a: dict[str, Any]) -> Any:
     return y if im.target == aten.batch_norm.default else (y,) + _unused(im, 1)
 
 
+@converter(aten._native_batch_norm_legit.no_stats)
+def _bn_batch_stats(im: _Importer, a: dict[str, Any]) -> tuple[Any, ...]:
+    """Normalization by the batch's own statistics (what ``instance_norm`` becomes): over every axis but 1."""
+    x = a["input"]
+    if not a["training"]:
+        raise _Unsupported("batch norm in inference mode without running statistics")
+    axes = tuple(d for d in range(x.type.ndim) if d != 1)
+    mean = im.emit("reduce_mean", [x], axes=axes, keepdims=1)
+    xc = im.emit("sub", [x, mean])
+    var = im.emit("reduce_mean", [im.emit("mul", [xc, xc])], axes=axes, keepdims=1)
+    std = im.emit("sqrt", [im.emit("add", [var, im.const(float(a["eps"]), x.type.dtype)])])
+    y = im.emit("div", [xc, std])
+    per_channel = (x.type.shape[1],) + (1,) * (x.type.ndim - 2)
+    if a["weight"] is not None:
+        y = im.emit("mul", [y, im.reshape(a["weight"], per_channel)])
+    if a["bias"] is not None:
+        y = im.emit("add", [y, im.reshape(a["bias"], per_channel)])
+    return (y,) + _unused(im, 1)
+
+
 def _unused(im: _Importer, first: int) -> tuple[Any, ...]:
     """Placeholders for a node's secondary outputs (statistics, indices) that kiln does not compute: an error
     if something uses them."""
@@ -1601,15 +1729,32 @@ def _adaptive(im: _Importer, a: dict[str, Any], is_max: bool) -> Value:
         return im.emit("reduce_mean", [x], axes=(x.type.ndim - 2, x.type.ndim - 1), keepdims=1)
     if is_max and out == [1, 1]:
         return im.emit("reduce_max", [x], axes=(x.type.ndim - 2, x.type.ndim - 1), keepdims=1)
-    if not isinstance(h, int) or not isinstance(w, int) or h % out[0] or w % out[1]:
-        raise _Unsupported(
-            f"adaptive pooling of {x.type} to {tuple(out)}: supported when the output size divides the input size"
-        )
+    if not isinstance(h, int) or not isinstance(w, int):
+        raise _Unsupported(f"adaptive pooling of {x.type}: needs static H and W; bind them with shapes=")
+    if h % out[0] or w % out[1]:
+        if is_max:
+            raise _Unsupported(
+                f"adaptive max pooling of {x.type} to {tuple(out)}: supported when the output size divides the "
+                "input size"
+            )
+        # windows of unequal sizes: the average is separable, P_h @ x @ P_w^T with averaging matrices
+        ph, pw = _adaptive_weights(h, out[0], x.type.dtype), _adaptive_weights(w, out[1], x.type.dtype)
+        y = im.emit("matmul", [im.const(ph, x.type.dtype), x])
+        return im.emit("matmul", [y, im.const(pw.T.copy(), x.type.dtype)])
     k = (h // out[0], w // out[1])
     args = {"self": x, "kernel_size": list(k), "stride": list(k), "padding": [0, 0], "ceil_mode": False}
     if is_max:
         return _pool2d(im, "max_pool2d", args)
     return _pool2d(im, "avg_pool2d", {**args, "dilation": 1}, count_include_pad=0)
+
+
+def _adaptive_weights(size: int, out: int, dtype: str) -> np.ndarray:
+    """(out, size): row i averages torch's window ``floor(i * size / out) : ceil((i + 1) * size / out)``."""
+    m = np.zeros((out, size), np.float64)
+    for i in range(out):
+        lo, hi = (i * size) // out, -(-((i + 1) * size) // out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m.astype(np_dtype(dtype))
 
 
 @converter(aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default)
@@ -1683,10 +1828,14 @@ def _sdpa(im: _Importer, a: dict[str, Any]) -> Value:
     if mask is not None:
         bool_mask = mask.type.dtype == "bool"
         s = im.emit("where", [mask, s, ninf]) if bool_mask else im.emit("add", [s, im.cast(mask, dt)])
-    p = im.emit("softmax", [s], axis=-1)
-    if mask is not None:  # rows where everything is masked: zeros, as torch gives
+    if mask is None:
+        p = im.emit("softmax", [s], axis=-1)
+    else:  # rows where everything is masked give zeros, as torch does (and no NaN on the way)
         row_max = im.emit("reduce_max", [s], axes=(s.type.ndim - 1,), keepdims=1)
-        p = im.emit("where", [im.emit("equal", [row_max, ninf]), im.const(0.0, dt), p])
+        empty = im.emit("equal", [row_max, ninf])
+        zero = im.const(0.0, dt)
+        p = im.emit("softmax", [im.emit("where", [empty, zero, s])], axis=-1)
+        p = im.emit("where", [empty, zero, p])
     return im.emit("matmul", [p, v])
 
 
