@@ -1,5 +1,5 @@
-"""``kiln`` command line: targets, compile, inspect, run, bench, profile (+ tracker, serve, devices; deploy and
-probe for boards over SSH).
+"""``kiln`` command line: targets, compile, tune, inspect, run, bench, profile (+ tracker, serve, devices; deploy
+and probe for boards over SSH).
 
 Every failure a user can cause prints one line ``kiln: error: ...`` and exits with status 1; ``--debug``
 shows the traceback instead. Nothing half-written is left behind: packages and output files are written to a
@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,15 +93,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise CLIError(f"model file {model} does not exist")
     ctx = _pass_context(args)
     custom_ops = dict(_parse_custom_op(s) for s in args.custom_op)
-    pkg = driver.compile(
-        str(model),
-        args.target,
-        shapes=shapes or None,
-        pipeline=args.pipeline,
-        name=args.name or model.stem,
-        ctx=ctx,
-        custom_ops=custom_ops or None,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pkg = driver.compile(
+            str(model),
+            args.target,
+            shapes=shapes or None,
+            pipeline=args.pipeline,
+            name=args.name or model.stem,
+            ctx=ctx,
+            custom_ops=custom_ops or None,
+            schedule=args.schedule,
+        )
+    for w in caught:
+        print(f"kiln: warning: {w.message}", file=sys.stderr)
     if args.time_passes:
         print(ctx.timing_report(), file=sys.stderr)
     out = Path(args.output or model.with_suffix(".kpkg").name)
@@ -110,7 +116,75 @@ def cmd_compile(args: argparse.Namespace) -> int:
         f"wrote {out} ({out.stat().st_size} bytes): target {m['target']['name']}, "
         f"arena {m['arena_bytes']} B, weights {m['weight_bytes']} B, code {m['code_bytes']} B"
     )
+    if "schedule" in m:
+        sched = m["schedule"]
+        print(f"schedule {sched['source']}: {sched['applied']} of {sched['instances']} instance(s) applied")
     return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from . import tune
+
+    shapes = dict(_parse_shape(s) for s in args.shape)
+    model = Path(args.model)
+    if not model.is_file():
+        raise CLIError(f"model file {model} does not exist")
+    if args.trials < 1:
+        raise CLIError(f"--trials must be at least 1, got {args.trials}")
+    out = Path(args.output or f"{model.stem}.schedule.json")
+    with contextlib.ExitStack() as stack:
+        opener = _tune_device(args, stack)
+        result = tune.tune(
+            str(model),
+            args.target,
+            trials=args.trials,
+            open_device=opener,
+            shapes=shapes or None,
+            rounds=args.rounds,
+            seed=args.seed,
+            name=model.stem,
+            log=lambda msg: print(f"kiln: {msg}", file=sys.stderr, flush=True),
+        )
+    result.schedule.save(out)
+    tuned = [r for r in result.instances if r.best]
+    print(
+        f"wrote {out}: {len(tuned)} of {len(result.instances)} operator instance(s) tuned in {result.trials} "
+        f"trial(s); whole model {result.default_s * 1e3:.3f} ms with the default schedules, "
+        f"{result.tuned_s * 1e3:.3f} ms tuned ({result.ratio:.3f}x)"
+    )
+    for r in tuned:
+        print(f"  {r.default_s * 1e6:10.1f} us -> {r.best_s * 1e6:10.1f} us  {r.key}  {r.best}")
+    return 0
+
+
+def _tune_device(args: argparse.Namespace, stack: Any) -> Any:
+    """What ``kiln tune --device`` loads packages on: None (local: native or QEMU) or a farm device leased
+    once for the whole search (``TRACKER_HOST:PORT/KEY``); each variant is unloaded when done."""
+    if args.device == "local":
+        return None
+    tracker, sep, key = args.device.rpartition("/")
+    if not sep or not tracker or not key or ":" not in tracker:
+        raise CLIError(f"--device expects 'local' or TRACKER_HOST:PORT/KEY, got {args.device!r}")
+    from .rpc.auth import load_token
+    from .rpc.cli import _client_tls
+    from .rpc.client import TrackerClient
+
+    tls = _client_tls(args)
+    tr = stack.enter_context(TrackerClient(tracker, token=load_token(None, args.token_file), tls=tls))
+
+    def progress(status: Any) -> None:
+        print(f"kiln: {status}", file=sys.stderr, flush=True)
+
+    dev = stack.enter_context(tr.request(key, timeout=args.queue_timeout, progress=progress))
+
+    def load(pkg: Any) -> Any:
+        module = dev.load(pkg)
+        module.add_cleanup(module.unload)
+        return module
+
+    return load
 
 
 def _pass_context(args: argparse.Namespace) -> Any:
@@ -400,6 +474,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     add_ssh_args(p)
 
 
+def _add_client_security(p: argparse.ArgumentParser) -> None:
+    from .rpc.cli import _add_token_args
+
+    _add_token_args(p, server=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kiln", description="Compile ML models for CPUs and microcontrollers.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -435,7 +515,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the IR after a pass (repeatable) or after every pass, to stderr",
     )
     c.add_argument("--time-passes", action="store_true", help="print the time of each pass, to stderr")
+    c.add_argument(
+        "--schedule",
+        metavar="FILE.json",
+        help="schedule records per operator instance (e.g. from kiln tune) over the target's defaults",
+    )
     c.set_defaults(fn=cmd_compile)
+
+    tu = sub.add_parser("tune", help="search GEMM/conv/pool schedules on a device; write a schedule file")
+    tu.add_argument("model", help="an .onnx file")
+    tu.add_argument("--target", "-t", required=True)
+    tu.add_argument(
+        "--device",
+        default="local",
+        metavar="local|TRACKER/KEY",
+        help="where to measure: local (native or QEMU; default) or a device leased from a tracker, "
+        "e.g. 127.0.0.1:9190/qemu-aarch64",
+    )
+    tu.add_argument("--trials", type=int, default=8, help="whole-model variants to measure (default 8)")
+    tu.add_argument("--output", "-o", help="schedule file to write (default: MODEL.schedule.json)")
+    tu.add_argument(
+        "--shape", action="append", default=[], metavar="NAME=1x3x224x224", help="bind symbolic dimensions"
+    )
+    tu.add_argument(
+        "--rounds", type=int, default=7, help="profiled runs per variant and per trial (default 7)"
+    )
+    tu.add_argument("--seed", type=int, default=0, help="seed of the candidate order and the random inputs")
+    tu.add_argument("--queue-timeout", type=float, default=300.0, metavar="S", help="wait for a farm device")
+    _add_client_security(tu)
+    tu.set_defaults(fn=cmd_tune)
 
     ps = sub.add_parser("passes", help="list the passes (and a target's hooks and default pipeline)")
     ps.add_argument("--target", "-t", help="also show this target's hooks and default pipeline")

@@ -6,12 +6,17 @@
 Foreign code that passes attached to the module (library kernels behind ``call_extern``, code-generation
 overrides; :mod:`kiln.ir.extern`) is compiled for the target here (C with the target's zig toolchain, LLVM IR
 by codegen), linked into the package next to the generated object, and listed in the manifest (``externs``).
+
+``schedule=`` (``kiln compile --schedule file.json``) lays a schedule file (:mod:`kiln.ops.schedule`: records
+per operator instance, e.g. written by ``kiln tune``) over the target's default schedules; the manifest's
+``schedule`` entry says how many of its instances the model has, and names those it does not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,22 +74,31 @@ def compile(
     name: str | None = None,
     ctx: PassContext | None = None,
     custom_ops: Mapping[str, Any] | None = None,
+    schedule: Any = None,
 ) -> Any:
     """Compile ``model`` for ``target`` into a :class:`kiln.package.kpkg.Package` (run it with ``.run``).
     ``pipeline`` is a :class:`Pipeline` or its text (default: the target's default pipeline, hooks
-    included); ``custom_ops`` maps ONNX custom-domain operators to kiln operators."""
+    included); ``custom_ops`` maps ONNX custom-domain operators to kiln operators; ``schedule`` is a schedule
+    file (path, decoded JSON or :class:`kiln.ops.schedule.ScheduleFile`) whose records replace the target's
+    default schedules for the operator instances it names."""
     from .codegen import generate
+    from .ops.schedule import ScheduleFile, apply_schedule_file, record_instances
     from .package import link_model
     from .package.kpkg import Package
     from .package.link import ModelInfo
 
     t = get_target(target)
+    sched: ScheduleFile | None = None
+    if schedule is not None:
+        sched = schedule if isinstance(schedule, ScheduleFile) else _load_schedule(schedule)
+        t = apply_schedule_file(t, sched)
     mod = load_model(model, shapes, name, custom_ops)
     source_ops = sorted({n.op for n in mod.main.nodes})
     if isinstance(pipeline, str):
         pipeline = Pipeline.parse(pipeline, t)
     pipe = pipeline if pipeline is not None else default_pipeline(t)
-    lowered = compile_module(mod, t, pipe, ctx)
+    with record_instances() as instances:
+        lowered = compile_module(mod, t, pipe, ctx)
     code = generate(lowered, t)
     main = lowered.main
     info = ModelInfo(
@@ -104,6 +118,8 @@ def compile(
     }
     if code.externs:
         manifest["externs"] = [e.describe() for e in code.externs]
+    if sched is not None:
+        manifest["schedule"] = _schedule_report(sched, set(instances.values()))
     return Package.create(t, info, artifacts, extra_manifest=manifest)
 
 
@@ -133,6 +149,31 @@ def compile_externs(target: Target, sources: Sequence[ExternSource]) -> list[byt
                     raise toolchain.ToolchainError(f"extern {src.name!r}, file {fname}: {e}") from e
                 objects.append(obj.read_bytes())
     return objects
+
+
+def _load_schedule(schedule: Any) -> Any:
+    from .ops.schedule import ScheduleFile
+
+    if isinstance(schedule, Mapping):
+        return ScheduleFile.from_json(schedule)
+    return ScheduleFile.load(schedule)
+
+
+def _schedule_report(sched: Any, seen: set[str]) -> dict[str, Any]:
+    """The manifest's ``schedule`` entry; warns about instances of the file that the model does not have."""
+    unmatched = sorted(k for k in sched.instances if k not in seen)
+    if unmatched:
+        warnings.warn(
+            f"schedule file {sched.source}: {len(unmatched)} of {len(sched.instances)} instance(s) match no "
+            f"operator of this model, e.g. {unmatched[0]}",
+            stacklevel=3,
+        )
+    return {
+        "source": Path(sched.source).name,
+        "instances": len(sched.instances),
+        "applied": len(sched.instances) - len(unmatched),
+        "unmatched": unmatched,
+    }
 
 
 def _flops(mod: Module) -> int:

@@ -9,6 +9,12 @@ Hooks: a target adds passes to the default pipeline without forking it. A TOML f
 the pipeline, ``hooks = { tensor_opt = ["my_pkg.my_module:my_pass"] }``; the target keeps them as data
 (``Target.hook_specs``), and :mod:`kiln.transform.pipeline`, which owns the phases, checks the phase names
 and loads the passes (docs/topics/passes.md).
+
+Schedules: the tile sizes, packing thresholds and loop kinds of the GEMM, convolution and pooling schedules
+are data (:mod:`kiln.targets.schedule`): a file's ``[schedule]`` table (``[schedule.gemm] mr = 6``) sets the
+target's defaults over the generic ones for its vector width, validated here; per-operator-instance records
+(a schedule file, ``kiln compile --schedule``) ride on the target as ``schedule_instances``
+(:func:`kiln.ops.schedule.apply_schedule_file`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .board import BoardError, is_board, parse_board
+from .schedule import Schedule, ScheduleError, default_schedule, parse_schedule_table
 
 _REQUIRED = {
     "name": str,
@@ -42,6 +49,7 @@ _OPTIONAL: dict[str, tuple[type, Any]] = {
     "ram_bytes": (int, 0),
     "linker_script": (str, ""),
     "hooks": (dict, {}),
+    "schedule": (dict, {}),
 }
 
 
@@ -68,6 +76,10 @@ class Target:
     linker_script: str = ""
     #: (phase, ("module:function", ...)) pairs from the file's ``hooks`` table, sorted by phase.
     hook_specs: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: The default schedule record (None: :func:`kiln.targets.schedule.default_schedule` for vector_bits).
+    schedule: Schedule | None = None
+    #: (operator instance key, schedule record) pairs that replace the default for those instances.
+    schedule_instances: tuple[tuple[str, Schedule], ...] = ()
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -88,6 +100,14 @@ class Target:
     def vector_lanes_f32(self) -> int:
         """How many float32 lanes one vector register holds (1 when the target has no vector unit)."""
         return max(1, self.vector_bits // 32)
+
+    def schedule_for(self, instance: str | None = None) -> Schedule:
+        """The schedule record of one operator instance (:func:`kiln.ops.schedule.instance_key`): its own
+        record if it has one, else the target's default."""
+        for key, record in self.schedule_instances:
+            if key == instance:
+                return record
+        return self.schedule if self.schedule is not None else default_schedule(self.vector_bits)
 
     def runs_natively(self) -> bool:
         """True when the host can execute this target's Linux runner without an emulator."""
@@ -138,6 +158,10 @@ def parse_target(data: dict[str, Any], source: str = "<dict>") -> Target:
         if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
             raise TargetError(f"{source}: hooks.{phase} must be a list of 'module:function' strings")
     kwargs["hook_specs"] = tuple((p, tuple(s)) for p, s in sorted(hooks.items()))
+    try:
+        kwargs["schedule"] = parse_schedule_table(kwargs["schedule"], kwargs["vector_bits"], "[schedule]")
+    except ScheduleError as e:
+        raise TargetError(f"{source}: {e}") from None
     kwargs["emulator"] = tuple(str(x) for x in kwargs["emulator"])
     if is_board(data):  # a board file: its memory map, UART, timer, ... (kiln.targets.board)
         try:

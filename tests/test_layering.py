@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "kiln.package": 6,
     "kiln.driver": 7,
     "kiln.rpc": 8,
+    "kiln.tune": 8,  # the schedule search: driver + ops; RPC devices come in from the CLI as a callable
     "kiln.cli": 9,
     "kiln": 10,  # the package root: the public facade over the driver; only __version__ is importable below
 }

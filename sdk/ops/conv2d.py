@@ -3,8 +3,12 @@
 ``attrs``: ``strides=(sh, sw)``, ``pads=(top, left, bottom, right)``, ``dilations=(dh, dw)``, ``groups``.
 Lowered per image and group as a GEMM ``W[OCg, Cg*KH*KW] @ col[Cg*KH*KW, OH*OW]`` (1x1/stride-1/unpadded
 convolutions use the input itself as ``col``; others build it in workspace scratch, zero-padded). The scratch
-``col`` holds a block of output rows at a time, at most :data:`COL_BLOCK_BYTES`, so that it is still in the
+``col`` holds a block of output rows at a time, at most ``col_block_bytes`` (512 KiB), so that it is still in the
 cache when the GEMM reads it back; each block is built and multiplied before the next.
+
+The block size, the K from which im2col panels are packed, and the GEMM's tiles come from the instance's
+schedule record (sections ``conv2d`` and ``gemm`` of :class:`kiln.targets.schedule.Schedule`,
+:func:`kiln.ops.schedule.schedule_for`).
 """
 
 from __future__ import annotations
@@ -18,21 +22,20 @@ import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import TensorType
+from ..targets.schedule import Conv2dSchedule
 from .base import LowerContext, OpDef, register, static_dims
 from .gemm_kernel import gemm
-
-COL_BLOCK_BYTES = 512 * 1024  # fits the L2 cache of the CPUs kiln targets, beside the weights' row panel
-MIN_BLOCK_COLUMNS = 128  # narrower GEMMs spend too much of their time in edge tiles
-# A block of col is compact and in cache; its column panels are worth packing only when they are long (measured
-# on AVX-512: K = 576 lost 5% by packing, K = 2304 gained 12%). The input of a direct 1x1 convolution always is.
-PACK_MIN_IM2COL_K = 1024
+from .schedule import schedule_for
 
 
-def rows_per_block(kdim: int, oh: int, ow: int, itemsize: int = 4) -> int:
-    """Output rows per im2col block: as many as fit :data:`COL_BLOCK_BYTES`, but at least
-    :data:`MIN_BLOCK_COLUMNS` columns' worth (and at most all ``oh`` rows)."""
-    fit = COL_BLOCK_BYTES // max(1, kdim * ow * itemsize)
-    return max(1, min(oh, max(fit, -(-MIN_BLOCK_COLUMNS // ow))))
+def rows_per_block(
+    kdim: int, oh: int, ow: int, itemsize: int = 4, schedule: Conv2dSchedule | None = None
+) -> int:
+    """Output rows per im2col block: as many as fit ``col_block_bytes``, but at least ``min_block_columns``
+    columns' worth (and at most all ``oh`` rows); the schedule's values, or the defaults (512 KiB, 128)."""
+    s = schedule if schedule is not None else Conv2dSchedule()
+    fit = s.col_block_bytes // max(1, kdim * ow * itemsize)
+    return max(1, min(oh, max(fit, -(-s.min_block_columns // ow))))
 
 
 def conv_out_size(size: int, k: int, stride: int, pad_total: int, dilation: int) -> int:
@@ -115,10 +118,16 @@ class Conv2D(OpDef):
         ocg, kdim, ohw = oc // g, cg * kh * kw, oh * ow
         if g > 1 and cg == 1 and ocg == 1:
             return self._depthwise(ctx, x, w, bias, out, attrs)
+        sched = schedule_for(
+            ctx,
+            self.name,
+            ins,
+            {"strides": (sh, sw), "pads": (pt, pl, pb, pr), "dilations": (dh, dw), "groups": g},
+        )
         wf = w.with_(shape=(oc, kdim))
         of = out.with_(shape=(n, oc, ohw))
         direct = kh == kw == sh == sw == 1 and pt == pl == pb == pr == 0
-        rows = oh if direct else rows_per_block(kdim, oh, ow)
+        rows = oh if direct else rows_per_block(kdim, oh, ow, schedule=sched.conv2d)
         col = (
             x.with_(shape=(n, c, h * wd))
             if direct
@@ -153,7 +162,10 @@ class Conv2D(OpDef):
                     store,
                     ctx.lanes,
                     x.dtype,
-                    pack_b=direct or kdim >= PACK_MIN_IM2COL_K,
+                    # A block of col is compact and in cache; its column panels are worth packing only when
+                    # they are long (conv2d.pack_min_k). The input of a direct 1x1 convolution always is.
+                    pack_b=direct or kdim >= sched.conv2d.pack_min_k,
+                    schedule=sched.gemm,
                 )
                 if direct:
                     return mm

@@ -1,6 +1,7 @@
 """matmul: NumPy ``a @ b`` semantics (batch dimensions broadcast; 1-D operands are promoted and squeezed).
 
-Lowered per batch index to the shared register-tiled GEMM; ONNX Gemm becomes matmul plus transposes and an
+Lowered per batch index to the shared register-tiled GEMM (its tiles from the instance's schedule record,
+:func:`kiln.ops.schedule.schedule_for`); ONNX Gemm becomes matmul plus transposes and an
 elementwise bias add, which fusion folds into this kernel's epilogue.
 
 8- and 16-bit integer operands (int8, uint8, int16, and mixed int8 x uint8) are multiplied and accumulated
@@ -20,6 +21,7 @@ from ..ir import tensor as T
 from ..ir.types import Dim, TensorType
 from .base import LowerContext, OpDef, broadcast_shapes, flat_index, register
 from .gemm_kernel import gemm
+from .schedule import schedule_for
 
 SMALL_INTS = ("int8", "uint8", "int16")
 
@@ -80,6 +82,7 @@ class MatMul(OpDef):
         out = out0.with_(shape=(*batch, m, n), strides=())
         nb = len(batch)
         acc = acc_dtype(a.dtype, b.dtype)
+        sched = schedule_for(ctx, self.name, ins)
 
         def load(buf: T.Buffer, idx: tuple[T.Expr, ...]) -> T.Expr:
             return T.cast(acc, buf[idx])
@@ -108,6 +111,7 @@ class MatMul(OpDef):
                 store,
                 ctx.lanes,
                 acc,
+                schedule=sched.gemm,
             )
 
         if nb == 0:

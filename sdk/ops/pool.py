@@ -2,6 +2,9 @@
 
 ``attrs``: ``kernel=(kh, kw)``, ``strides``, ``pads=(top, left, bottom, right)``, ``ceil_mode`` (0/1),
 ``dilations``, ``count_include_pad`` (avg only; ONNX default 0: padding is not counted).
+
+The schedule record's ``pool`` section (:func:`kiln.ops.schedule.schedule_for`) can mark the loop over an output
+row ``vectorized`` and the loops over a window's taps ``unrolled``; by default both are serial.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 from ..ir import tensor as T
 from ..ir.types import TensorType
 from .base import LowerContext, OpDef, limit_value, nan_max, register
+from .schedule import schedule_for
 
 
 def _params(
@@ -98,6 +102,17 @@ class Pool2D(OpDef):
         cnt = T.Buffer(f"{ctx.name}_cnt", (1,), x.dtype, scope="local")
         zero = (T.IntImm(0),)
         include_pad = bool(attrs.get("count_include_pad", 0))
+        canonical: dict[str, Any] = {
+            "kernel": (kh, kw),
+            "strides": (sh, sw),
+            "pads": p,
+            "dilations": (dh, dw),
+        }
+        canonical["ceil_mode"] = int(bool(attrs.get("ceil_mode", 0)))
+        if not self.is_max:
+            canonical["count_include_pad"] = int(include_pad)
+        sched = schedule_for(ctx, self.name, ins, canonical).pool
+        taps_kind = "unrolled" if sched.unroll_taps else "serial"
 
         def pixel(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
             n, c, oy, ox = idx
@@ -122,7 +137,10 @@ class Pool2D(OpDef):
                 )
 
             taps = T.loop(
-                kh, lambda a: T.loop(kw, lambda b: tap(a, b), name=f"{ctx.name}_kx"), name=f"{ctx.name}_ky"
+                kh,
+                lambda a: T.loop(kw, lambda b: tap(a, b), name=f"{ctx.name}_kx", kind=taps_kind),
+                name=f"{ctx.name}_ky",
+                kind=taps_kind,
             )
             if self.is_max:
                 init = T.Store(acc, zero, T.const(limit_value(-float("inf"), x.dtype), x.dtype))
@@ -136,7 +154,9 @@ class Pool2D(OpDef):
             )
             return T.Allocate(acc, T.Allocate(cnt, body))
 
-        return T.loop_nest(out.shape, pixel, prefix=f"{ctx.name}_i")
+        return T.loop_nest(
+            out.shape, pixel, prefix=f"{ctx.name}_i", innermost="vectorized" if sched.vectorize else "serial"
+        )
 
 
 class MaxPool2D(Pool2D):
