@@ -9,7 +9,8 @@ from .onnx import ModelLoadError, UnsupportedOperatorError, from_onnx
 
 _TORCH = ("from_torch", "from_exported_program", "load_exported_program")
 
-__all__ = ["GraphBuilder", "ModelLoadError", "UnsupportedOperatorError", "from_onnx"]  # not _TORCH: `import *` stays torch-free
+# not _TORCH: `from kiln.frontend import *` stays torch-free
+__all__ = ["GraphBuilder", "ModelLoadError", "UnsupportedOperatorError", "from_onnx"]
 
 
 def __getattr__(name: str) -> Any:
