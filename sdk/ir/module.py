@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .graph import GraphFunction
-from .printer import print_function
+from .printer import print_module_text
 from .tensor import TensorFunction
 
 Function = GraphFunction | TensorFunction
@@ -50,6 +50,9 @@ class Module:
         return print_module(self)
 
 
-def print_module(m: Module) -> str:
-    """The readable text of every function of ``m``, in order (:mod:`kiln.ir.printer`)."""
-    return "\n\n".join(print_function(f) for f in m.functions.values())
+def print_module(m: Module, constants: str = "auto") -> str:
+    """The text of ``m``: its constants, every function in order, its attributes (:mod:`kiln.ir.printer`).
+    :func:`kiln.ir.parse_module` reads it back to an equal module. ``constants`` is ``"auto"`` (small
+    constants inline, large ones elided: parse with ``constants=constant_table(m)``), ``"inline"`` (all data
+    in the text) or ``"elided"``."""
+    return print_module_text(m.functions.values(), m.attrs, constants)
