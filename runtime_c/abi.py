@@ -10,6 +10,7 @@ imports them from here. This module imports nothing of kiln, so every layer may 
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 #: ``KILN_ABI_VERSION`` (model.h): the version of the model descriptor and entry-point contract.
@@ -59,10 +60,58 @@ def dtype_bytes(dtype: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ symbol names
-#: The model descriptor (``kiln_model_t``, model.h), the generated entry point and the weights blob.
-MODEL_SYMBOL = "kiln_model"
-ENTRY_SYMBOL = "kiln_model_entry"
-WEIGHTS_SYMBOL = "kiln_model_weights"
+#: Every global symbol of a compiled model starts with its prefix, so several models link into one program
+#: (a firmware image, an exported C project): the descriptor (``kiln_model_t``, model.h) is the prefix
+#: itself, the generated entry point ``<prefix>_entry``, the weights blob ``<prefix>_weights`` and, in a
+#: firmware image, the model's static memory ``<prefix>_memory`` (``kiln_model_memory_t``, firmware.h).
+#: Kernels are internal to the model's object. The default prefix is ``kiln_model``.
+DEFAULT_PREFIX = "kiln_model"
+_PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is a C identifier (at most 63 characters) that does not start with ``__``;
+    ValueError otherwise."""
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix) or prefix.startswith("__"):
+        raise ValueError(
+            f"symbol prefix {prefix!r} is not a C identifier (letters, digits and '_', not starting with a "
+            "digit or '__', at most 63 characters)"
+        )
+    return prefix
+
+
+def model_symbol(prefix: str = DEFAULT_PREFIX) -> str:
+    """The model descriptor (``const kiln_model_t``)."""
+    return check_prefix(prefix)
+
+
+def entry_symbol(prefix: str = DEFAULT_PREFIX) -> str:
+    """The generated entry point (``kiln_model_entry_fn``)."""
+    return f"{check_prefix(prefix)}_entry"
+
+
+def weights_symbol(prefix: str = DEFAULT_PREFIX) -> str:
+    """The weights blob (``const uint8_t[]``, ``ALIGNMENT``-aligned)."""
+    return f"{check_prefix(prefix)}_weights"
+
+
+def memory_symbol(prefix: str = DEFAULT_PREFIX) -> str:
+    """A firmware image's static memory of the model (``const kiln_model_memory_t``)."""
+    return f"{check_prefix(prefix)}_memory"
+
+
+def weights_section(prefix: str = DEFAULT_PREFIX) -> str:
+    """The section of the weights blob (board linker scripts put ``.rodata.kiln_weights.*`` in flash)."""
+    return f".rodata.kiln_weights.{check_prefix(prefix)}"
+
+
+MODEL_SYMBOL = model_symbol()
+ENTRY_SYMBOL = entry_symbol()
+WEIGHTS_SYMBOL = weights_symbol()
+#: The firmware's table of the models it serves (``kiln_firmware_model_t[]``, firmware.h) and their count;
+#: the device protocol's SELECT message picks one.
+FIRMWARE_MODELS_SYMBOL = "kiln_firmware_models"
+FIRMWARE_NUM_MODELS_SYMBOL = "kiln_firmware_num_models"
 #: Profiler hooks the generated code calls around each kernel when profiling is on (profiler.h).
 PROFILE_BEGIN_SYMBOL = "kiln_profile_begin"
 PROFILE_END_SYMBOL = "kiln_profile_end"
@@ -135,6 +184,7 @@ class Msg(IntEnum):
     TIME = 0x05
     PROFILE = 0x06
     QUIT = 0x07
+    SELECT = 0x08
     REPLY = 0x80  # or-ed into the request type
     ERROR = 0xFF
 

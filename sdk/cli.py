@@ -104,6 +104,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             ctx=ctx,
             custom_ops=custom_ops or None,
             schedule=args.schedule,
+            prefix=args.prefix,
         )
     for w in caught:
         print(f"kiln: warning: {w.message}", file=sys.stderr)
@@ -327,6 +328,10 @@ def _open(args: argparse.Namespace, pkg: Package) -> Executable:
     from .device.ssh import SshLauncher, options_from_args
     from .rpc.cli import open_remote
 
+    if getattr(args, "serial", None):
+        from .device.serial import SerialLauncher
+
+        return pkg.open_session(SerialLauncher(pkg.target, args.serial, args.baud))
     ssh = options_from_args(args)
     if ssh is None:
         return open_remote(args, pkg) or pkg.open_session()
@@ -415,6 +420,23 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .package.export import export_c_project
+    from .package.kpkg import Package
+
+    out = export_c_project([Package.load(p) for p in args.packages], args.output, format=args.format)
+    print(f"wrote {args.format} {out}: make (or make TOOLCHAIN=gcc, or cmake) builds build/image.elf")
+    return 0
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    from .package.flash import flash
+    from .package.kpkg import Package
+
+    flash(Package.load(args.package), args.backend, probe=args.probe, dry_run=args.dry_run, keep=args.keep)
+    return 0
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from .device.ssh import SshLauncher, options_from_args
     from .package.kpkg import RUNNER, Package
@@ -470,6 +492,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--random-inputs", action="store_true", help="fill inputs not given with seeded random data"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--serial", metavar="PORT", help="a flashed board on this serial port or URL (e.g. /dev/ttyACM0)"
+    )
+    p.add_argument("--baud", type=int, default=115200, help="baud rate for --serial (default 115200)")
     add_remote_args(p)
     add_ssh_args(p)
 
@@ -519,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule",
         metavar="FILE.json",
         help="schedule records per operator instance (e.g. from kiln tune) over the target's defaults",
+    )
+    c.add_argument(
+        "--prefix",
+        metavar="NAME",
+        help="prefix of the model's C symbols (default kiln_model); distinct prefixes let several models "
+        "share one firmware (kiln export)",
     )
     c.set_defaults(fn=cmd_compile)
 
@@ -570,6 +602,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(pr)
     pr.add_argument("--trace", help="write a Chrome trace JSON (opens in Perfetto)")
     pr.set_defaults(fn=cmd_profile)
+
+    ex = sub.add_parser("export", help="board packages as a C project (static libraries, runtime, Makefile)")
+    ex.add_argument("packages", nargs="+", help="board .kpkg files (one firmware serves them all)")
+    ex.add_argument("--format", default="c-project", choices=["c-project"])
+    ex.add_argument("--output", "-o", required=True, metavar="DIR")
+    ex.set_defaults(fn=cmd_export)
+
+    fl = sub.add_parser("flash", help="put a board package's firmware on the board (or boot it under QEMU)")
+    fl.add_argument("package", help="a .kpkg file for a board")
+    fl.add_argument("--backend", "-b", default="qemu", choices=["qemu", "pyocd", "openocd"])
+    fl.add_argument("--probe", metavar="ID", help="the debug probe's serial number (pyocd, openocd)")
+    fl.add_argument("--dry-run", action="store_true", help="print the command and image, do not flash")
+    fl.add_argument(
+        "--keep", action="store_true", help="qemu: keep the emulated board running (Ctrl-C stops)"
+    )
+    fl.set_defaults(fn=cmd_flash)
 
     from .device.ssh import add_ssh_args
 

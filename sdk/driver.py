@@ -23,6 +23,7 @@ from typing import Any
 
 from .ir import Module
 from .ir.extern import ExternSource
+from .runtime_c import abi
 from .targets import Target, get_target
 from .transform import PassContext, Pipeline, default_pipeline
 
@@ -74,13 +75,16 @@ def compile(
     name: str | None = None,
     ctx: PassContext | None = None,
     custom_ops: Mapping[str, Any] | None = None,
+    prefix: str | None = None,
     schedule: Any = None,
 ) -> Any:
     """Compile ``model`` for ``target`` into a :class:`kiln.package.kpkg.Package` (run it with ``.run``).
     ``pipeline`` is a :class:`Pipeline` or its text (default: the target's default pipeline, hooks
-    included); ``custom_ops`` maps ONNX custom-domain operators to kiln operators; ``schedule`` is a schedule
-    file (path, decoded JSON or :class:`kiln.ops.schedule.ScheduleFile`) whose records replace the target's
-    default schedules for the operator instances it names."""
+    included); ``custom_ops`` maps ONNX custom-domain operators to kiln operators; ``prefix`` starts the
+    model's global symbols (default ``kiln_model``; distinct prefixes let several models share a firmware or
+    program, :mod:`kiln.runtime_c.abi`); ``schedule`` is a schedule file (path, decoded JSON or
+    :class:`kiln.ops.schedule.ScheduleFile`) whose records replace the target's default schedules for the
+    operator instances it names."""
     from .codegen import generate
     from .ops.schedule import ScheduleFile, apply_schedule_file, record_instances
     from .package import link_model
@@ -93,6 +97,8 @@ def compile(
         sched = schedule if isinstance(schedule, ScheduleFile) else _load_schedule(schedule)
         t = apply_schedule_file(t, sched)
     mod = load_model(model, shapes, name, custom_ops)
+    if prefix is not None:
+        mod = mod.with_attrs(symbol_prefix=abi.check_prefix(prefix))
     source_ops = sorted({n.op for n in mod.main.nodes})
     if isinstance(pipeline, str):
         pipeline = Pipeline.parse(pipeline, t)
@@ -108,6 +114,7 @@ def compile(
         workspace_bytes=code.workspace_bytes,
         kernel_names=code.kernel_names,
         operators=source_ops,
+        prefix=prefix or abi.DEFAULT_PREFIX,
     )
     extra_objects = [*code.extra_objects, *compile_externs(t, code.externs)]
     artifacts = link_model(t, code.object, code.weights, info, extra_objects=extra_objects)

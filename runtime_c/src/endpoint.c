@@ -520,6 +520,32 @@ static kiln_status_t on_profile(kiln_endpoint_t* ep, size_t len, size_t* out_rep
   return KILN_OK;
 }
 
+/* ---- SELECT ---- */
+
+static kiln_status_t on_select(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
+  if (len != 4) {
+    return fail_payload(ep, len, 4);
+  }
+  uint32_t index = get_u32(ep->config.frame);
+  uint32_t count = ep->config.num_models > 1 && ep->config.select != NULL ? ep->config.num_models : 1;
+  if (index >= count) {
+    msg_str(ep, "model index ");
+    msg_u64(ep, index);
+    msg_str(ep, " is out of range: the device has ");
+    msg_u64(ep, count);
+    return KILN_ERR_PROTO_INDEX;
+  }
+  if (count > 1) {
+    kiln_status_t status = ep->config.select(&ep->config, index);
+    if (status != KILN_OK) {
+      return fail_status(ep, "selecting the model failed", status);
+    }
+  }
+  put_u32(ep->config.frame, count);
+  *out_reply = 4;
+  return KILN_OK;
+}
+
 /* ---- public API ---- */
 
 kiln_status_t kiln_endpoint_init(const kiln_endpoint_config_t* config, kiln_endpoint_t* out_endpoint) {
@@ -620,6 +646,9 @@ kiln_status_t kiln_endpoint_step(kiln_endpoint_t* ep, int* out_more) {
         break;
       case KILN_MSG_PROFILE:
         error = on_profile(ep, len, &reply);
+        break;
+      case KILN_MSG_SELECT:
+        error = on_select(ep, len, &reply);
         break;
       case KILN_MSG_QUIT:
         error = len == 0 ? KILN_OK : fail_payload(ep, len, 0);

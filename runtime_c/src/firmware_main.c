@@ -1,7 +1,8 @@
 /* kiln firmware main: serves the device protocol (endpoint.h) for the linked model over the board's UART.
  *
  * Platform glue, like the Linux runner, but with no C library: every buffer is static (the frame buffer here,
- * the model's I/O buffers, arena and profiler records in kiln_model_memory, generated per model) and the
+ * each model's I/O buffers, arena and profiler records in its `<prefix>_memory`, generated per model). It
+ * serves the models of kiln_firmware_models (generated per image): model 0 at start, SELECT picks another and the
  * byte stream is the port's UART (port/port.h). After QUIT it serves the next session; a UART has no end of
  * stream. A hardware fault is reported as an ERROR frame with KILN_ERR_PLATFORM_FAULT, then the core halts.
  */
@@ -93,24 +94,39 @@ KILN_NORETURN void kiln_platform_abort(kiln_status_t status) {
   kiln_port_fault("abort", 0, name);
 }
 
+/* Points the endpoint at model `index` of kiln_firmware_models (SELECT, and model 0 at start). */
+static kiln_status_t select_model(kiln_endpoint_config_t* config, uint32_t index) {
+  const kiln_firmware_model_t* m = &kiln_firmware_models[index];
+  const kiln_model_memory_t* mem = m->memory;
+  kiln_status_t status = kiln_model_check(m->model);
+  if (status != KILN_OK) {
+    return status;
+  }
+  config->model = m->model;
+  config->inputs = mem->inputs;
+  config->outputs = mem->outputs;
+  config->workspace = mem->workspace;
+  status = kiln_profiler_init(mem->records, mem->num_records, &g_profiler);
+  config->profiler = status == KILN_OK ? &g_profiler : NULL;
+  return KILN_OK;
+}
+
 int main(void) {
   (void)kiln_platform_init();
-  const kiln_model_memory_t* mem = &kiln_model_memory;
-  kiln_status_t status = kiln_profiler_init(mem->records, mem->num_records, &g_profiler);
   kiln_endpoint_config_t config = {
-      .model = &kiln_model,
       .stream = {.context = NULL, .read = uart_read, .write = uart_write},
       .frame = g_frame,
       .frame_bytes = sizeof(g_frame),
-      .inputs = mem->inputs,
-      .outputs = mem->outputs,
-      .workspace = mem->workspace,
-      .profiler = status == KILN_OK ? &g_profiler : NULL,
+      .num_models = kiln_firmware_num_models,
+      .select = select_model,
   };
+  kiln_status_t status = select_model(&config, 0);
   g_endpoint.config = config; /* lets a failure below be reported; init fills in the rest */
   g_endpoint.message_len = 0;
   g_ready = 1;
-  status = kiln_endpoint_init(&config, &g_endpoint);
+  if (status == KILN_OK) {
+    status = kiln_endpoint_init(&config, &g_endpoint);
+  }
   if (status != KILN_OK) {
     kiln_platform_abort(status);
   }

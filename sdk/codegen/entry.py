@@ -1,4 +1,10 @@
-"""The AOT entry ``kiln_model_entry`` (see docs/topics/runtime-abi.md) and the weights blob layout."""
+"""The AOT entry ``<prefix>_entry`` (see docs/topics/runtime-abi.md) and the weights blob layout.
+
+The model's global symbols carry its prefix, module attribute ``symbol_prefix`` (default
+:data:`kiln.runtime_c.abi.DEFAULT_PREFIX`; the names are :mod:`kiln.runtime_c.abi`'s), so several models link
+into one program. Each kernel call that needs scratch memory gets its own slice of the workspace, placed by
+plan-memory (``memory_plan["scratch"]``, by node position) among the tensors that are dead during the call.
+"""
 
 from __future__ import annotations
 
@@ -36,16 +42,18 @@ def layout_constants(mod: Module) -> tuple[bytes, dict[int, int]]:
 def emit_entry(
     llmod: ir.Module, mod: Module, funcs: dict[str, ir.Function], const_offsets: dict[int, int]
 ) -> list[str]:
-    """Define ``kiln_model_entry``; returns the kernel names in kernel-index order."""
+    """Define ``<prefix>_entry``; returns the kernel names in kernel-index order."""
     main = mod.main
     plan = mod.attrs["memory_plan"]
     storage: dict[int, tuple[str, int]] = plan["storage"]
-    weights = ir.GlobalVariable(llmod, ir.ArrayType(I8, 0), "kiln_model_weights")
+    scratch: dict[int, int] = plan["scratch"]
+    prefix = str(mod.attrs.get("symbol_prefix") or abi.DEFAULT_PREFIX)
+    weights = ir.GlobalVariable(llmod, ir.ArrayType(I8, 0), abi.weights_symbol(prefix))
     weights.linkage = "external"
     weights.global_constant = True
-    begin = ir.Function(llmod, ir.FunctionType(ir.VoidType(), [PTR, I32]), "kiln_profile_begin")
-    end = ir.Function(llmod, ir.FunctionType(ir.VoidType(), [PTR, I32]), "kiln_profile_end")
-    fn = ir.Function(llmod, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]), "kiln_model_entry")
+    begin = ir.Function(llmod, ir.FunctionType(ir.VoidType(), [PTR, I32]), abi.PROFILE_BEGIN_SYMBOL)
+    end = ir.Function(llmod, ir.FunctionType(ir.VoidType(), [PTR, I32]), abi.PROFILE_END_SYMBOL)
+    fn = ir.Function(llmod, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]), abi.entry_symbol(prefix))
     fn.attributes.add("nounwind")
     inputs, outputs, ws, prof = fn.args
     for a, n in zip(fn.args, ("inputs", "outputs", "workspace", "prof"), strict=True):
@@ -75,8 +83,7 @@ def emit_entry(
         return byte_ptr(ws, where)
 
     kernels: list[str] = []
-    scratch = byte_ptr(ws, int(plan["scratch_offset"]))
-    for node in main.nodes:
+    for pos, node in enumerate(main.nodes):
         if node.op == "view":
             continue
         if node.op == "call_tensor":
@@ -96,7 +103,7 @@ def emit_entry(
         kid = ir.Constant(I32, kernels.index(name))
         args = [pointer(v) for v in (*node.inputs, *node.outputs)]
         if tf is not None and workspace_bytes(tf):
-            args.append(scratch)
+            args.append(byte_ptr(ws, scratch[pos]))
         with b.if_then(profiling, likely=False):
             b.call(begin, [prof, kid])
         b.call(callee, args)

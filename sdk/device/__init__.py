@@ -8,6 +8,8 @@
   a Session;
 - :mod:`kiln.device.ssh`: the ``ssh`` launcher, a Linux board reached over SSH (content-addressed uploads,
   checks of what the board can run, no runner outliving its session); imported on first use (paramiko);
+- :mod:`kiln.device.qemu_system`: the ``qemu-system`` launcher, a board's firmware image on QEMU's emulation
+  of the board; :mod:`kiln.device.serial`: the ``serial`` launcher, a flashed board over its UART (pyserial);
 - :mod:`kiln.device.profile`: per-kernel profiles, tables and Chrome traces.
 
 This layer knows runners and byte streams, not packages: :meth:`kiln.package.Package.open_session` extracts

@@ -322,11 +322,18 @@ def _qemu_system(target: Target | str) -> Launcher:
     return QemuSystemLauncher(target)
 
 
+def _serial(target: Target | str, **options: Any) -> Launcher:
+    from kiln.device.serial import SerialLauncher  # on first use: it loads pyserial
+
+    return SerialLauncher(target, **options)
+
+
 #: Launcher name -> factory taking the target and the launcher's options (ssh: the board).
 LAUNCHERS: dict[str, Callable[..., Launcher]] = {
     "local": LocalLauncher,
     "qemu-user": QemuUserLauncher,
     "qemu-system": _qemu_system,
+    "serial": _serial,
     "ssh": _ssh,
 }
 

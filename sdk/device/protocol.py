@@ -366,6 +366,13 @@ class Session(Executable):
             self._info = DeviceInfo.decode(bytes(record))
         return self._info
 
+    def select(self, index: int) -> int:
+        """Addresses model ``index`` of the device's models from now on (a firmware may serve several; SELECT)
+        and returns how many it serves. Model 0 is selected when a device starts."""
+        (count,) = struct.unpack("<I", self.call(Msg.SELECT, struct.pack("<I", index)))
+        self._info = None
+        return int(count)
+
     def set_input(self, key: int | str, value: Any) -> None:
         """Sends one input (by index or name); its shape and dtype must match the model exactly."""
         index, spec = self._tensor(key, outputs=False)

@@ -11,7 +11,8 @@ and its linker map); ``lib/libmodel.a`` + ``include/model.h`` + ``include/kiln/*
 ``manifest.json`` (JSON, sorted keys): ``format_version``; ``name``; ``target`` {name, triple, cpu,
 features, os}; ``inputs``/``outputs`` [{name, dtype, shape}]; ``arena_bytes`` (workspace); ``weight_bytes``;
 ``code_bytes`` (executable sections of the generated code); ``operators``; ``kernels`` (kernel names in
-profiler index order); ``runnable`` (path of the runnable or null); boards also ``memory`` (flash: code /
+profiler index order); ``symbol_prefix`` (of the model's global symbols, ``kiln_model`` by default);
+``runnable`` (path of the runnable or null); boards also ``memory`` (flash: code /
 weights / runtime, RAM: arena / io / stack / runtime, totals, limits, percent, output sections: measured on
 the linked image) and ``board`` (memory map, timer, emulator); ``runtime`` {abi_version,
 protocol_version, sha256 of the runtime sources}; ``compiler`` ("kiln X.Y.Z"); ``files`` {path: {sha256,
@@ -163,6 +164,7 @@ class Package:
             "code_bytes": linked.code_size,
             "operators": list(info.operators),
             "kernels": list(info.kernel_names),
+            "symbol_prefix": info.prefix,
             "runnable": runnable,
             "runtime": {
                 "abi_version": abi.ABI_VERSION,

@@ -1,17 +1,18 @@
 """Linking: generated object + weights + descriptor + runtime -> runner, ``libmodel.a``, ``model.h``.
 
-Inputs (docs/topics/runtime-abi.md): the code generator's object defines ``kiln_model_entry`` and references
-``kiln_model_weights``; :class:`ModelInfo` describes the model. :func:`link_model` writes, in a temporary
-directory with fixed file names:
+Inputs (docs/topics/runtime-abi.md): the code generator's object defines ``<prefix>_entry`` and references
+``<prefix>_weights`` (the names are :mod:`kiln.runtime_c.abi`'s, from the model's symbol prefix,
+``kiln_model`` by default); :class:`ModelInfo` describes the model. :func:`link_model` writes, in a
+temporary directory with fixed file names:
 
-- ``model_desc.c``: the ``kiln_model_t`` descriptor (symbol ``kiln_model``) built from the ModelInfo;
-- ``weights.S``: ``.incbin`` of the weights blob as the 64-byte-aligned symbol ``kiln_model_weights`` in
+- ``model_desc.c``: the ``kiln_model_t`` descriptor (symbol ``<prefix>``) built from the ModelInfo;
+- ``weights.S``: ``.incbin`` of the weights blob as the 64-byte-aligned symbol ``<prefix>_weights`` in
   ``.rodata`` (works for blobs of hundreds of MB on every target; the blob is never parsed);
 - ``libmodel.a``: generated object, extra objects, descriptor, weights, runtime (core + platform defaults);
 - for Linux targets ``runner``: ``kiln_runner_main.o`` + ``libmodel.a``, static (musl), stripped,
   ``--gc-sections``, ``--build-id=none``.
 - for boards (bare-metal targets) ``image.elf``: a firmware image (see :mod:`kiln.package.firmware`) with
-  the model's static memory (``kiln_model_memory``) added to ``model_desc.c``, and its linker map.
+  the model's static memory (``<prefix>_memory``) added to ``model_desc.c``, and its linker map.
 
 Deterministic: objects carry no debug info or absolute paths, archives are built in deterministic mode and
 the executable has no build id, so the same inputs give byte-identical outputs.
@@ -53,6 +54,8 @@ class ModelInfo:
     operators: Sequence[str] = ()
     #: kernel calls in one run (profiler records a firmware image reserves); 0: twice the kernels, >= 16
     kernel_calls: int = 0
+    #: prefix of the model's global symbols (:func:`kiln.runtime_c.abi.model_symbol` and friends)
+    prefix: str = abi.DEFAULT_PREFIX
 
     def __post_init__(self) -> None:
         norm = {
@@ -69,6 +72,10 @@ class ModelInfo:
         """Raises ValueError naming the offending tensor/field if the info cannot describe a runtime model."""
         if not self.name:
             raise ValueError("ModelInfo.name must not be empty")
+        try:
+            abi.check_prefix(self.prefix)
+        except ValueError as e:
+            raise ValueError(f"model {self.name!r}: {e}") from None
         if self.workspace_bytes < 0:
             raise ValueError(f"model {self.name!r}: workspace_bytes must be >= 0, got {self.workspace_bytes}")
         for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
@@ -119,7 +126,7 @@ def link_model(
 ) -> LinkedModel:
     """Links a generated model for ``target``.
 
-    ``model_object`` is the generated ELF object (defines ``kiln_model_entry``); ``weights`` the constants
+    ``model_object`` is the generated ELF object (defines ``<prefix>_entry``); ``weights`` the constants
     blob (bytes, or a path to a file, which avoids copying large blobs); ``extra_objects`` further objects
     for the target (library kernels for ``call_extern``). Raises :class:`toolchain.ToolchainError` if a
     step fails.
@@ -139,19 +146,20 @@ def link_model(
         if board is not None:
             from kiln.package import firmware
 
-            calls = info.kernel_calls or max(16, 2 * len(info.kernel_names))
-            desc += "\n" + firmware.memory_c(info, kernel_calls=calls)
-        (tmp / "model_weights.S").write_text(weights_asm("weights.bin"))
+            desc += "\n" + firmware.memory_c(info, kernel_calls=firmware.kernel_calls(info))
+        (tmp / "model_weights.S").write_text(weights_asm("weights.bin", info.prefix))
         (tmp / "model_desc.c").write_text(desc)
-        weights_o = toolchain.compile_c(target, tmp / "model_weights.S", tmp / "model_weights.o")
-        desc_o = toolchain.compile_c(target, tmp / "model_desc.c", tmp / "kiln_desc_model.o")
-        code_o = tmp / "model_entry.o"
-        if board is not None:  # the board's linker script finds the model's code by these names
-            code_o = code_o.rename(tmp / "kiln_code_model.o")
+        # boards: the linker script finds the model's code and descriptor by these object names
+        weights_o = toolchain.compile_c(
+            target, tmp / "model_weights.S", tmp / f"kiln_weights_{info.prefix}.o"
+        )
+        desc_o = toolchain.compile_c(target, tmp / "model_desc.c", tmp / f"kiln_desc_{info.prefix}.o")
+        code_o = (tmp / "model_entry.o").rename(tmp / f"kiln_code_{info.prefix}.o")
         lib = toolchain.archive([code_o, *extras, desc_o, weights_o, *runtime.objects], tmp / "libmodel.a")
         image = None
         if board is not None:
-            image = firmware.link_image(target, board, runtime, [code_o, *extras, desc_o, weights_o], tmp)
+            models = [(code_o, *extras, desc_o, weights_o)]
+            image = firmware.link_image(target, board, runtime, models, tmp, prefixes=[info.prefix])
         runner = None
         if runtime.runner_main is not None:
             toolchain.run_tool(
@@ -190,16 +198,17 @@ def _place_weights(weights: bytes | Path, dest: Path) -> int:
     return src.stat().st_size
 
 
-def weights_asm(blob_name: str) -> str:
-    """Assembly defining ``kiln_model_weights`` from a blob file (``%`` syntax works on every ELF target)."""
+def weights_asm(blob_name: str, prefix: str = abi.DEFAULT_PREFIX) -> str:
+    """Assembly defining ``<prefix>_weights`` from a blob file (``%`` syntax works on every ELF target)."""
+    sym = abi.weights_symbol(prefix)
     return f"""/* Generated by kiln: the model's constants, one 64-byte-aligned blob. */
-  .section .rodata.kiln_weights.kiln_model,"a",%progbits
+  .section {abi.weights_section(prefix)},"a",%progbits
   .balign {abi.ALIGNMENT}
-  .globl kiln_model_weights
-  .type kiln_model_weights, %object
-kiln_model_weights:
+  .globl {sym}
+  .type {sym}, %object
+{sym}:
   .incbin "{blob_name}"
-  .size kiln_model_weights, . - kiln_model_weights
+  .size {sym}, . - {sym}
 """
 
 
@@ -241,7 +250,8 @@ def _tensor_table(kind: str, tensors: Sequence[TensorSpec]) -> tuple[str, str]:
 
 
 def descriptor_c(info: ModelInfo, weight_bytes: int) -> str:
-    """``model_desc.c``: the descriptor ``kiln_model`` for ``info`` (see runtime_c/include/kiln/model.h)."""
+    """``model_desc.c``: the descriptor ``<prefix>`` for ``info`` (see runtime_c/include/kiln/model.h)."""
+    model, entry, weights = (f(info.prefix) for f in (abi.model_symbol, abi.entry_symbol, abi.weights_symbol))
     inputs_c, inputs_ref = _tensor_table("inputs", info.inputs)
     outputs_c, outputs_ref = _tensor_table("outputs", info.outputs)
     kernels_c, kernels_ref = "", "NULL"
@@ -255,10 +265,12 @@ def descriptor_c(info: ModelInfo, weight_bytes: int) -> str:
 
 #include "kiln/model.h"
 
-int32_t kiln_model_entry(void *const *inputs, void *const *outputs, uint8_t *workspace, void *prof);
+int32_t {entry}(void *const *inputs, void *const *outputs, uint8_t *workspace, void *prof);
+extern const uint8_t {weights}[];
+extern const kiln_model_t {model};
 
 {inputs_c}{outputs_c}{kernels_c}
-const kiln_model_t kiln_model = {{
+const kiln_model_t {model} = {{
     .abi_version = {abi.ABI_VERSION}u,
     .name = {c_string(info.name)},
     .num_inputs = {len(info.inputs)}u,
@@ -266,11 +278,11 @@ const kiln_model_t kiln_model = {{
     .num_outputs = {len(info.outputs)}u,
     .outputs = {outputs_ref},
     .workspace_bytes = {info.workspace_bytes}ull,
-    .weights = kiln_model_weights,
+    .weights = {weights},
     .weights_bytes = {weight_bytes}ull,
     .num_kernels = {len(info.kernel_names)}u,
     .kernel_names = {kernels_ref},
-    .entry = kiln_model_entry,
+    .entry = {entry},
 }};
 """
 
@@ -287,36 +299,52 @@ def model_header(info: ModelInfo, target: Target, weight_bytes: int) -> str:
             for i, s in enumerate(tensors)
         ]
 
+    prefix = info.prefix
+    up = prefix.upper()
     macros = [
-        f"#define KILN_MODEL_NAME {c_string(info.name)}",
-        f"#define KILN_MODEL_NUM_INPUTS {len(info.inputs)}u",
-        f"#define KILN_MODEL_NUM_OUTPUTS {len(info.outputs)}u",
-        f"#define KILN_MODEL_WORKSPACE_BYTES {info.workspace_bytes}ull",
-        f"#define KILN_MODEL_WEIGHTS_BYTES {weight_bytes}ull",
+        f"#define {up}_NAME {c_string(info.name)}",
+        f"#define {up}_NUM_INPUTS {len(info.inputs)}u",
+        f"#define {up}_NUM_OUTPUTS {len(info.outputs)}u",
+        f"#define {up}_WORKSPACE_BYTES {info.workspace_bytes}ull",
+        f"#define {up}_WEIGHTS_BYTES {weight_bytes}ull",
     ]
     for kind, tensors in (("INPUT", info.inputs), ("OUTPUT", info.outputs)):
-        macros += [
-            f"#define KILN_MODEL_{kind}_{i}_NBYTES {ModelInfo.nbytes(t)}ull" for i, t in enumerate(tensors)
-        ]
+        macros += [f"#define {up}_{kind}_{i}_NBYTES {ModelInfo.nbytes(t)}ull" for i, t in enumerate(tensors)]
+    decls = [
+        f"extern const kiln_model_t {abi.model_symbol(prefix)};",
+        f"extern const uint8_t {abi.weights_symbol(prefix)}[];",
+    ]
+    includes = ['#include "kiln/model.h"']
+    if target.is_bare_metal:
+        includes.append('#include "kiln/firmware.h"')
+        decls.append(
+            f"extern const kiln_model_memory_t {abi.memory_symbol(prefix)}; /* its I/O buffers and arena */"
+        )
     lines = [
         f"/* Generated by kiln for model {comment(info.name)}, target {target.name} ({target.triple}).",
         " * Do not edit.",
         " *",
-        " * Link with libmodel.a (generated code, weights, descriptor, kiln runtime) and run the model with",
-        " *   kiln_model_run(&kiln_model, inputs, outputs, workspace, NULL);",
-        f" * Buffers are {abi.ALIGNMENT}-byte aligned; the workspace has KILN_MODEL_WORKSPACE_BYTES.",
+        " * Link with the model's library (generated code, weights, descriptor) and the kiln runtime, and run",
+        f" * the model with kiln_model_run(&{abi.model_symbol(prefix)}, inputs, outputs, workspace, NULL);",
+        f" * Buffers are {abi.ALIGNMENT}-byte aligned; the workspace has {up}_WORKSPACE_BYTES.",
         " *",
         *describe("input", info.inputs),
         *describe("output", info.outputs),
         " */",
-        "#ifndef KILN_GENERATED_MODEL_H_",
-        "#define KILN_GENERATED_MODEL_H_",
+        f"#ifndef {up}_GENERATED_H_",
+        f"#define {up}_GENERATED_H_",
         "",
-        '#include "kiln/model.h"',
+        *includes,
+        "",
+        '#ifdef __cplusplus\nextern "C" {\n#endif',
+        "",
+        *decls,
+        "",
+        "#ifdef __cplusplus\n}\n#endif",
         "",
         *macros,
         "",
-        "#endif /* KILN_GENERATED_MODEL_H_ */",
+        f"#endif /* {up}_GENERATED_H_ */",
         "",
     ]
     return "\n".join(lines)

@@ -121,7 +121,7 @@ def core_bytes(map_text: str) -> dict[str, int]:
     """Flash and RAM of the runtime core's input sections in a linked image, from its LLD map."""
     out = {"flash": 0, "ram": 0}
     pattern = re.compile(
-        rf"^\s*[0-9a-f]+\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+\S*kiln_({'|'.join(CORE_OBJECTS)})\.o:\((\S+)\)"
+        rf"^\s*[0-9a-f]+\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+\S*/kiln_({'|'.join(CORE_OBJECTS)})\.o:\((\S+)\)"
     )
     for line in map_text.splitlines():
         m = pattern.match(line)

@@ -42,3 +42,18 @@ def test_64_bit_targets_keep_64_bit_indices() -> None:
     t = get_target("aarch64-linux")
     text, _, _ = build_llvm_ir(compile_module(load_model(conv3x3()), t), t)
     assert t.pointer_bits == 64 and re.search(r"phi\s+i64", text)
+
+
+def _conv_asm(target: str) -> str:
+    t = get_target(target)
+    text, _, _ = build_llvm_ir(compile_module(load_model(conv3x3()), t), t)
+    return emit_assembly(text, t)
+
+
+def test_the_cortex_m55_build_uses_mve() -> None:
+    """Helium (MVE): float arithmetic and loads/stores on q registers in the M55's conv; none on the M4."""
+    asm = _conv_asm("mps3-an547")
+    found = set(re.findall(r"^\s*(v[a-z]+\.[a-z0-9.]+)\s+q\d", asm, flags=re.M))
+    assert found & {"vfma.f32", "vadd.f32", "vmul.f32"}, sorted(found)
+    assert any(f.startswith(("vldrw", "vstrw")) for f in found), sorted(found)
+    assert not re.search(r"^\s*v[a-z]+(\.[a-z0-9]+)*\s+q\d", _conv_asm("mps2-an386"), flags=re.M)

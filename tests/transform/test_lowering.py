@@ -44,7 +44,7 @@ def test_memory_plan_never_overlaps_live_tensors() -> None:
                 spans[v.uid] = (min(lo, pos), max(hi, pos), off, v.type.nbytes)
     items = list(spans.values())
     for i, (a0, a1, ao, asz) in enumerate(items):
-        assert ao + asz <= plan["scratch_offset"]
+        assert ao + asz <= plan["arena_bytes"]
         for b0, b1, bo, bsz in items[i + 1 :]:
             if a1 >= b0 and b1 >= a0:  # both live at once
                 assert ao + asz <= bo or bo + bsz <= ao

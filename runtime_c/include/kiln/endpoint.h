@@ -37,6 +37,9 @@
  *                    count records of (u32 kernel, u64 start, u64 end). first == 0 runs the model once with
  *                    the profiler on; first > 0 pages through the records of that run.
  *   QUIT 0x07        empty -> empty, then kiln_endpoint_serve returns.
+ *   SELECT 0x08      u32 model -> u32 count. Later messages address model `model` of the `count` models the
+ *                    device serves (a firmware image may link several; model 0 is selected at start, and a
+ *                    device with one model accepts only 0).
  *   ERROR 0xFF       (reply only) i32 status, u8 request type (0 if unknown), UTF-8 message.
  *
  * Malformed input gets an ERROR reply and the endpoint keeps serving: bad magic (the endpoint then skips
@@ -71,6 +74,7 @@ enum {
   KILN_MSG_TIME = 0x05,
   KILN_MSG_PROFILE = 0x06,
   KILN_MSG_QUIT = 0x07,
+  KILN_MSG_SELECT = 0x08,
   KILN_MSG_REPLY = 0x80, /* or-ed into the request type */
   KILN_MSG_ERROR = 0xFF
 };
@@ -92,6 +96,10 @@ typedef struct kiln_endpoint_config {
   void* const* outputs;      /* model->num_outputs buffers, likewise */
   uint8_t* workspace;        /* model->workspace_bytes bytes, KILN_ALIGNMENT-aligned */
   kiln_profiler_t* profiler; /* NULL: PROFILE replies KILN_ERR_PROTO_UNSUPPORTED */
+  /* Several models (optional): with num_models > 1, SELECT calls select(config, index) (index <
+   * num_models), which points model, inputs, outputs, workspace and profiler at that model. 0 or 1: one. */
+  uint32_t num_models;
+  kiln_status_t (*select)(struct kiln_endpoint_config* config, uint32_t index);
 } kiln_endpoint_config_t;
 
 /* Longest ERROR message text, in bytes (longer ones are cut). */

@@ -1,7 +1,7 @@
 /* kiln runtime: what a firmware image links besides the model descriptor.
  *
  * For a bare-metal target the build generates, next to the descriptor, the model's statically allocated
- * memory (symbol `kiln_model_memory`): its input and output buffers (section .kiln_io), its arena (the
+ * memory (symbol `<prefix>_memory`, kiln_model_memory by default): its input and output buffers (section .kiln_io), its arena (the
  * workspace the memory planner laid out, section .kiln_arena) and one profiler record per kernel call of a
  * run. The firmware's main (src/firmware_main.c) serves the device protocol for that model over the board's
  * UART; nothing is allocated at run time.
@@ -32,8 +32,17 @@ typedef struct kiln_model_memory {
   uint32_t num_records;           /* >= 1 */
 } kiln_model_memory_t;
 
-/* The memory of the model linked into this firmware. */
-extern const kiln_model_memory_t kiln_model_memory;
+/* One model a firmware serves. A model's memory is generated as `<prefix>_memory` next to its descriptor
+ * `<prefix>` (kiln.runtime_c.abi: the default prefix is kiln_model). */
+typedef struct kiln_firmware_model {
+  const kiln_model_t* model;
+  const kiln_model_memory_t* memory;
+} kiln_firmware_model_t;
+
+/* The models linked into this firmware, generated (kiln_firmware_models.c) for a package's image or an
+ * exported C project: the device protocol's SELECT picks one, model 0 at start. At least one. */
+extern const kiln_firmware_model_t kiln_firmware_models[];
+extern const uint32_t kiln_firmware_num_models;
 
 #ifdef __cplusplus
 }
