@@ -27,16 +27,16 @@ import ast
 import base64
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .equality import expr_equal
-from .extern import ExternSource
 from .graph import Constant, GraphFunction, Node, Value, Var
 from .module import Module
-from .printer import module_attrs_with_uids
+from .printer import RECORDS, module_attrs_with_uids
 from .tensor import (
     INTRINSICS,
     LOOP_KINDS,
@@ -72,17 +72,34 @@ class ParseError(ValueError):
         super().__init__(where)
 
 
-_RECORDS: dict[str, Callable[..., Any]] = {"ExternSource": ExternSource, "Sym": Sym}
-
-
 def register_record(cls: type) -> type:
-    """Let attribute values of dataclass ``cls`` (printed ``Name(field=value, ...)``) parse back. Usable as a
-    class decorator; kiln.ir's own records (:class:`~kiln.ir.extern.ExternSource`, :class:`~kiln.ir.Sym`) are
-    registered already."""
+    """Let attribute values of dataclass ``cls`` print as ``Name(field=value, ...)`` and parse back by that
+    short name. Usable as a class decorator. kiln.ir's own records (:class:`~kiln.ir.extern.ExternSource`,
+    :class:`~kiln.ir.Sym`) are registered already; other dataclasses print with their qualified name
+    (``kiln.targets.Target(...)``) and parse back when they belong to a loaded ``kiln`` module (the parser
+    imports nothing)."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__name__} is not a dataclass")
-    _RECORDS[cls.__name__] = cls
+    RECORDS[cls.__name__] = cls
     return cls
+
+
+def _record_class(name: str) -> type | None:
+    if name in RECORDS:
+        return RECORDS[name]
+    mod_name, _, qual = name.rpartition(".")
+    while mod_name:
+        mod = sys.modules.get(mod_name)
+        if mod is not None:
+            obj: Any = mod
+            for part in qual.split("."):
+                obj = getattr(obj, part, None)
+            if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__.startswith("kiln."):
+                return obj
+            return None
+        mod_name, _, head = mod_name.rpartition(".")
+        qual = f"{head}.{qual}"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------- tokens
@@ -97,7 +114,7 @@ _TOKEN = re.compile(
   | (?P<number>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?f?(?![A-Za-z0-9_]))
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*{_SUFFIX})
   | (?P<string>{_STR}{_SUFFIX})
-  | (?P<op>->|//|<=|>=|==|!=|[()\[\]{{}},:;=<>+\-*/%])
+  | (?P<op>->|//|<=|>=|==|!=|[()\[\]{{}},:;=<>+\-*/%.])
     """,
     re.VERBOSE,
 )
@@ -479,9 +496,16 @@ class _Parser:
                     x = self.number(neg)
                 self.expect("op", ")")
                 return np_dtype(word).type(x)
-            if word in _RECORDS and self.peek(1).is_("op", "("):
-                self.next()
-                self.next()
+            dotted, ahead = word, 1
+            while self.peek(ahead).is_("op", ".") and self.peek(ahead + 1).kind == "name":
+                dotted += "." + self.peek(ahead + 1).text
+                ahead += 2
+            if self.peek(ahead).is_("op", "("):
+                cls = _record_class(dotted)
+                if cls is None:
+                    raise self.error(f"unknown record type {dotted!r} (kiln.ir.register_record adds one)", t)
+                for _ in range(ahead + 1):
+                    self.next()
                 kwargs: dict[str, Any] = {}
                 while not self.peek().is_("op", ")"):
                     k, _ = self.name()
@@ -491,11 +515,9 @@ class _Parser:
                         break
                 self.expect("op", ")")
                 try:
-                    return _RECORDS[word](**kwargs)
+                    return cls(**kwargs)
                 except (TypeError, ValueError) as e:
-                    raise self.error(f"invalid {word}: {e}", t) from None
-            if self.peek(1).is_("op", "("):
-                raise self.error(f"unknown record type {word!r} (kiln.ir.parser.register_record adds one)", t)
+                    raise self.error(f"invalid {dotted}: {e}", t) from None
         raise self.error(f"expected a value, found {t.text!r}", t)
 
     def items(self, close: str) -> list[Any]:

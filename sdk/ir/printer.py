@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .extern import ExternSource
 from .graph import Constant, GraphFunction, Node, Value, Var
 from .tensor import (
     Allocate,
@@ -49,7 +50,12 @@ from .tensor import (
     TensorFunction,
     const,
 )
-from .types import DTYPES, TensorType, dtype_of
+from .types import DTYPES, Sym, TensorType, dtype_of
+
+#: Records (dataclasses) the parser builds by their short name (:func:`kiln.ir.parser.register_record`);
+#: other dataclasses print with their qualified name (``kiln.targets.Target(...)``), which the parser resolves
+#: among loaded ``kiln`` modules.
+RECORDS: dict[str, type] = {"ExternSource": ExternSource, "Sym": Sym}
 
 #: How constant data is printed (see the module docstring).
 CONSTANT_MODES = ("auto", "inline", "elided")
@@ -261,12 +267,16 @@ class _Printer:
         if isinstance(v, GraphFunction):
             return self.graph(v, ind)
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            cls = type(v)
+            name = (
+                cls.__name__ if RECORDS.get(cls.__name__) is cls else f"{cls.__module__}.{cls.__qualname__}"
+            )
             fields = ", ".join(
                 f"{f.name}={self.attr(getattr(v, f.name), vars_, ind)}"
                 for f in dataclasses.fields(v)
                 if f.init
             )
-            return f"{type(v).__name__}({fields})"
+            return f"{name}({fields})"
         raise TypeError(f"cannot print attribute value {v!r} of type {type(v).__name__}")
 
     def attrs(self, attrs: dict[str, Any], vars_: _Namer | None, ind: str) -> str:
