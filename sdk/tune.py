@@ -5,12 +5,14 @@ variants, with each kernel's time read from the device's profiler:
 
 1. Compile the model with the target's default schedules, recording which kernel is which operator instance
    (:func:`kiln.ops.schedule.record_instances`; GEMM-based convolutions and matmuls, pooling).
-2. Each trial draws one untried candidate record per instance (:func:`candidates`: register tiles that fit
-   the vector registers, packing, im2col block sizes, pooling loop kinds) and compiles the whole model once
+2. Each trial takes the next untried candidate record of every instance (:func:`candidates`: register tiles
+   that fit the vector registers, most promising first by a rough prior; packing, im2col block sizes, pooling
+   loop kinds) and compiles the whole model once
    with all of them: one compile measures a candidate for every layer. The variant's outputs must match the
    default's, or the trial is dropped.
 3. The default and the variant run side by side on the device, alternating, ``rounds`` profiled runs each;
-   an instance's time is the median over rounds of its kernels' summed time in a run, and its candidate is
+   an instance's time is the lower quartile over rounds of its kernels' summed time in a run (on a shared
+   machine other processes only add time), and its candidate is
    judged by the ratio to the default measured in the same rounds (the machine's load drifts between trials,
    a ratio within one trial does not).
 4. Per instance, the best candidate that beats its default by more than ``margin`` goes into the schedule
@@ -37,6 +39,7 @@ from . import driver
 from .ir.types import np_dtype
 from .ops.schedule import ScheduleFile, parse_instance_key, record_instances
 from .targets import Target, get_target
+from .targets.schedule import Schedule
 
 Opener = Callable[[Any], Any]  # Package -> Executable
 
@@ -83,47 +86,106 @@ def _gemm_dims(
         m = a[-2] if len(a) > 1 else 1
         n = b[-1] if len(b) > 1 else 1
         return m, n, a[-1]
+    w = inputs[1][1]
+    oh, ow = _conv_out(inputs, attrs)
+    return w[0] // attrs.get("groups", (1,))[0], oh * ow, w[1] * w[2] * w[3]
+
+
+def _conv_out(inputs: list[tuple[str, tuple[int, ...]]], attrs: Mapping[str, Any]) -> tuple[int, int]:
     x, w = inputs[0][1], inputs[1][1]
-    g = attrs.get("groups", (1,))[0]
     (sh, sw), pads, (dh, dw) = attrs["strides"], attrs["pads"], attrs["dilations"]
     oh = (x[2] + pads[0] + pads[2] - dh * (w[2] - 1) - 1) // sh + 1
     ow = (x[3] + pads[1] + pads[3] - dw * (w[3] - 1) - 1) // sw + 1
-    return w[0] // g, oh * ow, w[1] * w[2] * w[3]
+    return oh, ow
 
 
-def candidates(key: str, target: Target) -> list[dict[str, dict[str, Any]]]:
+def _tile_score(m: int, n: int, mr: int, nr: int, lanes: int) -> float:
+    """A rough prior for a register tile: multiply-adds per value loaded into registers (``mr x v`` vectors of
+    accumulators fed by ``mr`` broadcasts and ``v`` vector loads), discounted for the share of C computed in
+    edge tiles. Only orders the candidates; the device decides."""
+    nc = min(nr, n)
+    v = -(-nc // lanes)
+    intensity = mr * v / (mr + v)
+    full = (m // mr * mr) * (n // nc * nc) / max(1, m * n)
+    return intensity * (full + 0.6 * (1.0 - full))
+
+
+def candidates(key: str, target: Target, rng: random.Random | None = None) -> list[dict[str, dict[str, Any]]]:
     """The candidate records of one instance, as changes to the target's default (the default itself
-    excluded): GEMM register tiles ``mr x nr`` whose accumulators leave 3 vector registers free, packing
-    always/never/auto; for im2col convolutions, block sizes; for pooling, the loop kinds."""
+    excluded), most promising first: GEMM register tiles ``mr x nr`` whose accumulators leave 3 vector
+    registers free, ordered by :func:`_tile_score` (with ``rng`` jitter), each also with packing always/never
+    and, for im2col convolutions, other block sizes (a little later in the order); for pooling, the loop
+    kinds."""
     op, inputs, attrs = parse_instance_key(key)
     base = target.schedule_for(key)
-    out: list[dict[str, dict[str, Any]]] = []
+    jitter = rng or random.Random(0)
+    scored: list[tuple[float, dict[str, dict[str, Any]]]] = []
     if op in ("max_pool2d", "avg_pool2d"):
         for vec, unroll in itertools.product((False, True), repeat=2):
-            out.append({"pool": {"vectorize": vec, "unroll_taps": unroll}})
+            scored.append((jitter.random(), {"pool": {"vectorize": vec, "unroll_taps": unroll}}))
     else:
         m, n, k = _gemm_dims(op, inputs, attrs)
         lanes = target.vector_lanes_f32
         budget = _vector_registers(target) - 3
-        tiles = []
-        for mr in range(1, 13):
-            for v in range(1, 7):
-                nr = v * lanes if lanes > 1 else v * 2
-                if mr * v > budget or mr > max(m, 1) * 2 or (nr > n and nr - lanes >= n):
-                    continue
-                tiles.append((mr, nr))
         im2col = op == "conv2d" and not (
             inputs[1][1][2] == inputs[1][1][3] == 1 and attrs["strides"] == (1, 1) and not any(attrs["pads"])
         )
         blocks = [base.conv2d.col_block_bytes]
         if im2col:
             blocks += [b for b in (128 << 10, 256 << 10, 1 << 20, 2 << 20) if b != blocks[0]]
-        for (mr, nr), pack, block in itertools.product(tiles, ("auto", "always", "never"), blocks):
-            c: dict[str, dict[str, Any]] = {"gemm": {"mr": mr, "nr": nr, "pack": pack}}
-            if im2col:
-                c["conv2d"] = {"col_block_bytes": block}
-            out.append(c)
-    return [c for c in out if base.with_changes(c) != base]
+        for mr in range(1, 13):
+            for v in range(1, 7):
+                nr = v * lanes if lanes > 1 else 2 * v
+                if mr * v > budget or mr > 2 * max(m, 1) or (nr > n and nr - lanes >= n):
+                    continue
+                score = _tile_score(m, n, mr, nr, lanes) * (0.9 + 0.2 * jitter.random())
+                for pack, block in itertools.product(("auto", "always", "never"), blocks):
+                    c: dict[str, dict[str, Any]] = {"gemm": {"mr": mr, "nr": nr, "pack": pack}}
+                    if block != blocks[0]:
+                        c["conv2d"] = {"col_block_bytes": block}
+                    changed = (pack != "auto") + (block != blocks[0])
+                    scored.append((score * 0.85**changed, c))
+    scored.sort(key=lambda sc: -sc[0])
+    out: list[dict[str, dict[str, Any]]] = []
+    seen = {_effect(op, inputs, attrs, base, target)}
+    for _, c in scored:
+        effect = _effect(op, inputs, attrs, base.with_changes(c), target)
+        if (
+            effect not in seen
+        ):  # a record that makes the same loop nest as one already listed is not a candidate
+            seen.add(effect)
+            out.append(base.with_changes(c).diff(base))
+    return out
+
+
+def _effect(
+    op: str, inputs: list[tuple[str, tuple[int, ...]]], attrs: Mapping[str, Any], s: Schedule, t: Target
+) -> tuple[Any, ...]:
+    """What of a record reaches the loop nest of this instance (two records with the same effect generate
+    the same code): pooling's loop kinds; the GEMM's tile, its packing decisions and its im2col blocks."""
+    if op in ("max_pool2d", "avg_pool2d"):
+        return (s.pool.vectorize, s.pool.unroll_taps)
+    from .ops.conv2d import rows_per_block
+
+    m, n, k = _gemm_dims(op, inputs, attrs)
+    g = s.gemm
+    rows, pack_hint = 0, True
+    if op == "conv2d":
+        w = inputs[1][1]
+        if not (w[2] == w[3] == 1 and attrs["strides"] == (1, 1) and not any(attrs["pads"])):  # im2col
+            oh, ow = _conv_out(inputs, attrs)
+            rows = rows_per_block(k, oh, ow, schedule=s.conv2d)
+            n = rows * ow  # the GEMM's columns per block
+            pack_hint = k >= s.conv2d.pack_min_k
+    nc = min(g.nr, n)
+    if m < g.mr and n >= g.stream_min_tiles * nc:
+        return ("stream", g.stream_columns, g.unroll_rows, g.vectorize_columns)
+    packs = []
+    for count in (m // g.mr, 1 if m % g.mr else 0):
+        if count:
+            auto = pack_hint and count >= g.pack_min_row_tiles and k >= g.pack_min_k
+            packs.append(auto if g.pack == "auto" else g.pack == "always")
+    return ("tiles", g.mr, nc, tuple(packs), rows, g.unroll_rows, g.vectorize_columns)
 
 
 def _kernel_times(prof: Any) -> dict[str, float]:
@@ -136,7 +198,8 @@ def _kernel_times(prof: Any) -> dict[str, float]:
 def _side_by_side(
     a: Any, b: Any, rounds: int, groups: Mapping[str, list[str]]
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Median over ``rounds`` alternating profiled runs of each group's summed kernel time, on ``a`` and ``b``."""
+    """Each group's summed kernel time per run (:func:`_low` over ``rounds`` alternating profiled runs), on
+    ``a`` and on ``b``."""
     runs: tuple[list[dict[str, float]], list[dict[str, float]]] = ([], [])
     for r in range(rounds):
         order = (0, 1) if r % 2 == 0 else (1, 0)
@@ -144,10 +207,15 @@ def _side_by_side(
             runs[i].append(_kernel_times((a, b)[i].profile()))
     out = []
     for side in runs:
-        out.append(
-            {g: statistics.median(sum(t.get(k, 0.0) for k in ks) for t in side) for g, ks in groups.items()}
-        )
+        out.append({g: _low(sum(t.get(k, 0.0) for k in ks) for t in side) for g, ks in groups.items()})
     return out[0], out[1]
+
+
+def _low(values: Any) -> float:
+    """The lower quartile: other processes only ever add time to a kernel, so the low end of the samples
+    is the kernel's own speed (and unlike the minimum, one lucky sample does not decide)."""
+    v = sorted(values)
+    return v[(len(v) - 1) // 4] if v else 0.0
 
 
 def _whole_model(a: Any, b: Any, rounds: int, min_repeat_ms: int) -> tuple[float, float]:
@@ -242,9 +310,7 @@ def tune(
         groups.setdefault(key, []).append(kernel)
     say(f"default compiled in {time.perf_counter() - t0:.1f}s: {len(groups)} tunable instance(s)")
     rng = random.Random(seed)
-    pools = {key: candidates(key, t) for key in groups}
-    for pool in pools.values():
-        rng.shuffle(pool)
+    pools = {key: candidates(key, t, rng)[::-1] for key in groups}  # popped from the end: best first
     results = {key: InstanceResult(key, ks) for key, ks in groups.items()}
     default_samples: dict[str, list[float]] = {key: [] for key in groups}
     best_ratio = dict.fromkeys(groups, 1.0)
