@@ -46,6 +46,7 @@ from torch import fx
 from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorType, Value, Var
 from ..ir.types import Dim, np_dtype
 from ..ops import OpError, get_op
+from ..ops.base import broadcast_shapes
 from .onnx import ModelLoadError, UnsupportedOperatorError
 
 aten = torch.ops.aten
@@ -1132,14 +1133,37 @@ def _index_select(im: _Importer, a: dict[str, Any]) -> Value:
 
 @converter(aten.index.Tensor)
 def _index(im: _Importer, a: dict[str, Any]) -> Value:
-    x, indices = a["self"], a["indices"]
+    """Advanced indexing ``x[..., i, j, ...]``: one index tensor is a gather; several (broadcast together)
+    are a gather_nd over the indexed axes, moved to the front and back, with NumPy's placement rule (the
+    broadcast index shape replaces adjacent indexed axes in place, and goes first otherwise)."""
+    x, indices = a["self"], list(a["indices"])
     used = [i for i, v in enumerate(indices) if v is not None]
-    if len(used) != 1:
-        raise _Unsupported("indexing with several index tensors is not supported (one is)")
-    ind = indices[used[0]]
-    if ind.type.dtype == "bool":
+    if any(indices[i].type.dtype == "bool" for i in used):
         raise _Unsupported("indexing with a boolean mask (its result size depends on the data)")
-    return im.emit("gather", [x, ind], axis=used[0])
+    if len(used) == 1:
+        return im.emit("gather", [x, indices[used[0]]], axis=used[0])
+    t = im.out_type()
+    bshape = broadcast_shapes(*(indices[i].type.shape for i in used))
+    parts = [
+        im.reshape(
+            im.emit("expand", [im.cast(indices[i], "int64")], shape=bshape)
+            if tuple(indices[i].type.shape) != tuple(bshape)
+            else im.cast(indices[i], "int64"),
+            (*bshape, 1),
+        )
+        for i in used
+    ]
+    ind = im.emit("concat", parts, axis=len(bshape))
+    rest = [d for d in range(x.type.ndim) if d not in used]
+    perm = (*used, *rest)
+    xt = x if perm == tuple(range(x.type.ndim)) else im.emit("transpose", [x], perm=perm)
+    y = im.emit("gather_nd", [xt, ind], batch_dims=0)  # shape: bshape + the other axes in order
+    adjacent = used == list(range(used[0], used[-1] + 1))
+    if adjacent and used[0] > 0:  # the index shape goes where the indexed axes were
+        nb, lead = len(bshape), used[0]
+        order = (*range(nb, nb + lead), *range(nb), *range(nb + lead, y.type.ndim))
+        y = im.emit("transpose", [y], perm=order)
+    return im.reshape(y, t.shape)
 
 
 @converter(aten.gather.default)

@@ -19,17 +19,24 @@ import kiln  # noqa: E402
 from kiln.frontend import from_torch  # noqa: E402
 from kiln.ops.interpreter import interpret  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.export's pytree deprecations
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),  # torch.export's pytree deprecations
+    pytest.mark.filterwarnings("ignore:The tensor attributes"),  # torch's note on nn.LSTM's flat weights
+]
 
 
 class Fn(nn.Module):
-    """A module around a function of its inputs and of fixed parameters ``s.<name>``."""
+    """A module around a function of its inputs, of fixed parameters ``s.<name>`` (tensors) and of submodules
+    (given as factories, built here under the test's seed)."""
 
     def __init__(self, fn: Any, **params: Any) -> None:
         super().__init__()
         self.fn = fn
         for k, v in params.items():
-            self.register_parameter(k, nn.Parameter(v, requires_grad=False))
+            if isinstance(v, torch.Tensor):
+                self.register_parameter(k, nn.Parameter(v, requires_grad=False))
+            else:
+                setattr(self, k, v())
 
     def forward(self, *xs: Any) -> Any:
         return self.fn(self, *xs)
@@ -225,6 +232,18 @@ CASES: dict[str, tuple[Any, ...]] = {
         ),
         [r(4, 4)],
     ),
+    "advanced_indexing": (
+        lambda s, x, i, j: (
+            x[i, j],
+            x[:, i, j],
+            x[i[:, None], :, j],
+            x[torch.arange(2), :, j[:2]],
+            x[..., i],
+            x[1, i, 0],
+        ),
+        [r(3, 4, 5), torch.tensor([0, 2, -1]), torch.tensor([1, 3, 0])],
+    ),
+    "bicubic_upsample": (lambda s, x: F.interpolate(x, scale_factor=2, mode="bicubic"), [r(1, 2, 4, 5)]),
     "embedding": (
         lambda s, i: F.embedding(i, s.w) * 2,
         [torch.randint(0, 10, (2, 7))],
@@ -402,6 +421,20 @@ CASES: dict[str, tuple[Any, ...]] = {
     "mha": (
         lambda s, x, pad: s.attn(x, x, x, key_padding_mask=pad, need_weights=False)[0],
         [r(2, 5, 8), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])],
+        {"attn": lambda: nn.MultiheadAttention(8, 2, batch_first=True)},
+    ),
+    "transformer_decoder_layer": (
+        lambda s, x, mem: s.dec(
+            x, mem, tgt_mask=nn.Transformer.generate_square_subsequent_mask(5), tgt_is_causal=True
+        ),
+        [r(2, 5, 16), r(2, 7, 16)],
+        {"dec": lambda: nn.TransformerDecoderLayer(16, 2, 32, batch_first=True, norm_first=True)},
+    ),
+    # recurrent layers: torch unrolls them over the (static) sequence
+    "lstm_gru": (
+        lambda s, x: s.lstm(x)[0] + s.gru(x)[0],
+        [r(2, 3, 4)],
+        {"lstm": lambda: nn.LSTM(4, 8, batch_first=True), "gru": lambda: nn.GRU(4, 8, batch_first=True)},
     ),
 }
 
@@ -410,8 +443,6 @@ def _build(name: str) -> tuple[nn.Module, tuple[Any, ...]]:
     torch.manual_seed(1)
     fn, inputs, *params = CASES[name]
     m = Fn(fn, **(params[0] if params else {}))
-    if name == "mha":
-        m.attn = nn.MultiheadAttention(8, 2, batch_first=True)
     return m.eval(), tuple(inputs)
 
 
