@@ -1524,6 +1524,153 @@ def _recurrent(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], ou
     return _Recurrent(im, ins, attrs, outs).run()
 
 
+# ---- control flow: If, Loop and Scan, imported by inlining their subgraphs
+MAX_UNROLL = 4096  # loop iterations imported one by one at most
+
+
+def _inline_graph(im: _Importer, graph: onnx.GraphProto, args: Sequence[Value], prefix: str) -> list[Value]:
+    """Import the nodes of a subgraph (an If branch, a Loop or Scan body) with its inputs bound to ``args``;
+    names of the enclosing graphs stay visible. Returns the values of the subgraph's outputs."""
+    saved = im.env, im.node_name, im.op_type
+    env = dict(im.env)
+    for vi, v in zip(graph.input, args, strict=False):
+        env[vi.name] = v
+    for t in graph.initializer:
+        env[t.name] = Constant(prefix + t.name, numpy_helper.to_array(t))
+    im.env = env
+    try:
+        for n in graph.node:
+            im.node_name, im.op_type = prefix + (n.name or n.output[0]), n.op_type
+            if n.domain not in ("", "ai.onnx") or n.op_type not in CONVERTERS:
+                raise im.fail(f"operator {n.op_type} (in a subgraph) is not supported")
+            ins = [im.lookup(i, f"node {im.node_name!r}") if i else None for i in n.input]
+            results = CONVERTERS[n.op_type](im, ins, _attrs(n), [prefix + o if o else "" for o in n.output])
+            for k, o in enumerate(n.output):
+                if o and k < len(results):
+                    env[o] = results[k]
+        return [im.lookup(o.name, f"output of subgraph {graph.name!r}") for o in graph.output]
+    finally:
+        im.env, im.node_name, im.op_type = saved
+
+
+def _scalar_cond(im: _Importer, v: Value, out: str) -> Value:
+    return v if v.type.ndim == 0 else im.emit("reshape", [v], [im.tmp(out)], shape=())[0]
+
+
+@converter("If")
+def _if(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """A constant (or shape-derived, hence folded) condition imports one branch; a run-time condition
+    imports both and selects their results elementwise (the branches must agree on shapes)."""
+    cond = _a(ins, 0)
+    tag = im.tmp(outs[0] or "if")
+    if isinstance(cond, Constant):
+        branch = attrs["then_branch"] if bool(np.asarray(cond.data).reshape(-1)[0]) else attrs["else_branch"]
+        return _inline_graph(im, branch, [], f"{tag}_")
+    then = _inline_graph(im, attrs["then_branch"], [], f"{tag}_then_")
+    other = _inline_graph(im, attrs["else_branch"], [], f"{tag}_else_")
+    c = _scalar_cond(im, cond, tag)
+    if c.type.dtype != "bool":
+        c = im.emit("cast", [c], [im.tmp(tag)], to="bool")[0]
+    results = []
+    for k, (a, b) in enumerate(zip(then, other, strict=True)):
+        if a.type.shape != b.type.shape or a.type.dtype != b.type.dtype:
+            raise im.fail(
+                f"the branches give output {k} as {a.type} and {b.type}; a run-time condition needs both the same"
+            )
+        results.append(
+            im.emit("where", [c, a, b], [outs[k] if k < len(outs) and outs[k] else im.tmp(tag)])[0]
+        )
+    return results
+
+
+def _stack(im: _Importer, vals: list[Value], axis: int, out: str) -> Value:
+    """The values stacked along a new axis ``axis``."""
+    parts = []
+    for v in vals:
+        shape = list(v.type.shape)
+        shape.insert(axis % (len(shape) + 1), 1)
+        parts.append(im.emit("reshape", [v], [im.tmp(out)], shape=tuple(shape))[0])
+    return parts[0] if len(parts) == 1 else im.emit("concat", parts, [im.tmp(out)], axis=axis)[0]
+
+
+@converter("Loop")
+def _loop(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """Unrolled: the trip count must be a constant and the condition constant or computed from constants in
+    each iteration (loops with a run-time trip count or condition are not supported yet)."""
+    body: onnx.GraphProto = attrs["body"]
+    m = ins[0] if ins else None
+    cond = ins[1] if len(ins) > 1 else None
+    carried: list[Value] = [_a(ins, i) for i in range(2, len(ins))]
+    trip = int(im.const_input(m, "the trip count").reshape(-1)[0]) if m is not None else None
+    if cond is not None and not isinstance(cond, Constant):
+        raise im.fail("a Loop whose condition is computed at run time is not supported (it is unrolled)")
+    going = bool(np.asarray(cond.data).reshape(-1)[0]) if isinstance(cond, Constant) else True
+    if trip is None and cond is None:
+        raise im.fail("a Loop without trip count or condition never ends")
+    tag = im.tmp(outs[0] or "loop")
+    scans: list[list[Value]] = []
+    i = 0
+    while going and (trip is None or i < trip):
+        if i >= MAX_UNROLL:
+            raise im.fail(f"a Loop of more than {MAX_UNROLL} iterations is not supported (it is unrolled)")
+        it = Constant(im.tmp("iter"), np.array(i, np.int64))
+        res = _inline_graph(im, body, [it, Constant(im.tmp("cond"), np.array(True)), *carried], f"{tag}_{i}_")
+        new_cond, carried, step = res[0], res[1 : 1 + len(carried)], res[1 + len(carried) :]
+        scans = [[*s, v] for s, v in zip(scans, step, strict=True)] if scans else [[v] for v in step]
+        if not isinstance(new_cond, Constant):
+            raise im.fail("a Loop whose condition is computed at run time is not supported (it is unrolled)")
+        going = bool(np.asarray(new_cond.data).reshape(-1)[0])
+        i += 1
+    n_scan = len(body.output) - 1 - len(carried)
+    if n_scan and not scans:
+        raise im.fail("a Loop with scan outputs that runs zero times (empty outputs) is not supported")
+    return [*carried, *(_stack(im, s, 0, tag) for s in scans)]
+
+
+@converter("Scan")
+def _scan(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """Unrolled over the scan axis (opset 9 and later)."""
+    if im.opset < 9:
+        raise im.fail("Scan before opset 9 (with a batch axis and sequence_lens) is not supported")
+    body: onnx.GraphProto = attrs["body"]
+    n_in = int(attrs["num_scan_inputs"])
+    vals = [_a(ins, i) for i in range(len(ins))]
+    states, xs = vals[: len(vals) - n_in], vals[len(vals) - n_in :]
+    in_axes = [int(a) for a in attrs.get("scan_input_axes", [0] * n_in)]
+    in_dirs = [int(a) for a in attrs.get("scan_input_directions", [0] * n_in)]
+    n_out = len(body.output) - len(states)
+    out_axes = [int(a) for a in attrs.get("scan_output_axes", [0] * n_out)]
+    out_dirs = [int(a) for a in attrs.get("scan_output_directions", [0] * n_out)]
+    lengths = {x.type.shape[a % x.type.ndim] for x, a in zip(xs, in_axes, strict=True)}
+    if len(lengths) != 1 or not isinstance(next(iter(lengths)), int):
+        raise im.fail(
+            f"scan inputs need one static length along their scan axes, got {sorted(map(str, lengths))}"
+        )
+    steps = int(next(iter(lengths)))
+    if steps > MAX_UNROLL:
+        raise im.fail(f"a Scan of more than {MAX_UNROLL} steps is not supported (it is unrolled)")
+    tag = im.tmp(outs[0] or "scan")
+    collected: list[list[Value]] = [[] for _ in range(n_out)]
+    for t in range(steps):
+        slices = []
+        for x, a, d in zip(xs, in_axes, in_dirs, strict=True):
+            a %= x.type.ndim
+            k = steps - 1 - t if d else t
+            s = im.emit("slice", [x], [im.tmp(tag)], starts=(k,), ends=(k + 1,), axes=(a,))[0]
+            shape = tuple(n for i, n in enumerate(x.type.shape) if i != a)
+            slices.append(im.emit("reshape", [s], [im.tmp(tag)], shape=shape)[0])
+        res = _inline_graph(im, body, [*states, *slices], f"{tag}_{t}_")
+        states = res[: len(states)]
+        for j, v in enumerate(res[len(states) :]):
+            collected[j].append(v)
+    stacked = []
+    for j, vs in enumerate(collected):
+        if out_dirs[j]:
+            vs = vs[::-1]
+        stacked.append(_stack(im, vs, out_axes[j], tag))
+    return [*states, *stacked]
+
+
 # ---- quantization: integer kernels (int32 accumulation) with the requantize as a fused elementwise epilogue
 _Q_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
 
