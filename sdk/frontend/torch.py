@@ -528,10 +528,12 @@ class _Importer:
             if isinstance(v, Var) and v in producers and v not in rename:
                 rename[v] = Var(nm, v.type)
                 final.append(rename[v])
+            elif isinstance(v, Var):  # an input, or a value already returned: a copy under the output's name
+                out = Var(nm, v.type)
+                self.nodes.append(Node("identity", (v,), (out,), {}, nm))
+                final.append(out)
             else:
-                self.count = 0
-                self.node.name = nm  # type: ignore[union-attr]
-                final.append(self.emit("identity", [v]) if isinstance(v, Var) else v)
+                final.append(Constant(nm, v.data))
         nodes = [
             n.with_(
                 inputs=tuple(rename.get(x, x) for x in n.inputs),  # type: ignore[arg-type]

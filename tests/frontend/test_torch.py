@@ -364,6 +364,28 @@ def test_weights_and_buffers_become_constants() -> None:
     assert not np.shares_memory(consts["stem.0.weight"].data, state["stem.0.weight"].numpy())
 
 
+def test_outputs_are_named_and_may_be_inputs_duplicates_or_constants() -> None:
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("table", torch.arange(3.0))
+
+        def forward(self, x: Any, *, scale: Any) -> Any:
+            y = x * scale
+            return x, y, y, self.table, torch.ones(2)
+
+    x, scale = torch.randn(3), torch.tensor(2.0)
+    mod = from_torch(Odd(), (x,), kwargs={"scale": scale})
+    assert [p.name for p in mod.main.params] == ["x", "scale"]
+    assert [v.name for v in mod.main.outputs] == [f"output_{i}" for i in range(5)]
+    inputs = {"x": x.numpy(), "scale": scale.numpy()}
+    with torch.no_grad():
+        outs = Odd()(x, scale=scale)
+    want = {f"output_{i}": o.numpy() for i, o in enumerate(outs)}
+    _compare(interpret(mod, inputs), want, RTOL, ATOL, "interpret")
+    _compare(running.run(kiln.compile(mod, NATIVE), inputs), want, RTOL_C, ATOL_C, NATIVE)
+
+
 def test_constant_subgraphs_fold_at_import() -> None:
     """The rotary tables (arange, outer, cat, cos, sin of a buffer) and the causal mask are computed by torch
     at import: no arange, cos or sin is left for the compiled model."""
