@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("targets", help="list targets").set_defaults(fn=cmd_targets)
 
     c = sub.add_parser("compile", help="compile a model into a package")
-    c.add_argument("model", help="an .onnx file")
+    c.add_argument("model", help="an .onnx file, or a .pt2 file saved with torch.export.save")
     c.add_argument("--target", "-t", required=True)
     c.add_argument("--output", "-o", help="package path (default: MODEL.kpkg)")
     c.add_argument(
