@@ -1449,10 +1449,11 @@ def _var(im: _Importer, a: dict[str, Any]) -> Any:
     return im.emit("sqrt", [var]) if t == aten.std.correction else var
 
 
-@converter(aten.cumsum.default)
+@converter(aten.cumsum.default, aten.cumprod.default)
 def _cumsum(im: _Importer, a: dict[str, Any]) -> Value:
     x = im.cast(a["self"], im.out_type().dtype)
-    return im.emit("cumsum", [x], axis=int(a["dim"]) % x.type.ndim)
+    op = "cumsum" if im.target == aten.cumsum.default else "cumprod"
+    return im.emit(op, [x], axis=int(a["dim"]) % x.type.ndim)
 
 
 @converter(aten.topk.default)

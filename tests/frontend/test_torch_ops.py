@@ -228,7 +228,11 @@ CASES: dict[str, tuple[Any, ...]] = {
     ),
     "glu_selu_einsum": (
         lambda s, x: (
-            F.glu(x, -1).sum() + F.selu(x) + torch.einsum("ij,kj->ik", x, x)[:, :4] + torch.cumsum(x, 0)
+            F.glu(x, -1).sum()
+            + F.selu(x)
+            + torch.einsum("ij,kj->ik", x, x)[:, :4]
+            + torch.cumsum(x, 0)
+            + torch.cumprod(x, 1)
         ),
         [r(4, 4)],
     ),
