@@ -353,6 +353,12 @@ class _Importer:
             except (OpError, ValueError, KeyError, IndexError, TypeError) as e:
                 misuse.append(f"{_op_name(n.target)} ({n.name}): {e} [at {location(n)}]")
                 self._placeholder(n)
+            except Exception as e:  # noqa: BLE001 - a bug here still gets a report naming the node, not a crash
+                misuse.append(
+                    f"{_op_name(n.target)} ({n.name}): the importer failed ({type(e).__name__}: {e}; please "
+                    f"report it) [at {location(n)}]"
+                )
+                self._placeholder(n)
         if problems or misuse:
             parts = []
             if problems:
@@ -393,11 +399,10 @@ class _Importer:
                             f"dimension already bound to {self.bind[expr]}"
                         )
                     r = ranges.get(expr)
-                    if r is not None and not (
-                        int(r.lower) <= size and (r.upper.is_infinite or size <= int(r.upper))
-                    ):
+                    if r is not None and (bool(size < r.lower) or bool(size > r.upper)):
+                        upper = r.upper if r.upper.is_Integer else "inf"
                         raise ValueError(
-                            f"shapes[{n.name!r}] axis {axis} = {size} is outside the range [{r.lower}, {r.upper}] "
+                            f"shapes[{n.name!r}] axis {axis} = {size} is outside the range [{r.lower}, {upper}] "
                             "the program was exported for"
                         )
                     self.bind[expr] = sympy.Integer(size)
