@@ -7,31 +7,34 @@
 
 #include "kiln/platform.h"
 
+/* Helpers called from many places stay out of line: the endpoint is built for size on microcontrollers. */
+#define KILN_OUTLINE __attribute__((noinline))
+
 static const uint8_t kMagic[4] = {'K', 'I', 'L', 'N'};
 
 /* ---- little-endian encoding ---- */
 
-static void put_u32(uint8_t* p, uint32_t v) {
+KILN_OUTLINE static void put_u32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) {
     p[i] = (uint8_t)(v >> (8 * i));
   }
 }
 
-static void put_u64(uint8_t* p, uint64_t v) {
+KILN_OUTLINE static void put_u64(uint8_t* p, uint64_t v) {
   for (int i = 0; i < 8; ++i) {
     p[i] = (uint8_t)(v >> (8 * i));
   }
 }
 
-static uint32_t get_u32(const uint8_t* p) {
+KILN_OUTLINE static uint32_t get_u32(const uint8_t* p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static uint64_t get_u64(const uint8_t* p) {
+KILN_OUTLINE static uint64_t get_u64(const uint8_t* p) {
   return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
 }
 
-static void copy_bytes(uint8_t* dst, const uint8_t* src, size_t n) {
+KILN_OUTLINE static void copy_bytes(uint8_t* dst, const uint8_t* src, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     dst[i] = src[i];
   }
@@ -47,18 +50,28 @@ static size_t text_length(const char* s) {
 
 /* ---- ERROR message text ---- */
 
-static void msg_str(kiln_endpoint_t* ep, const char* s) {
+KILN_OUTLINE static void msg_str(kiln_endpoint_t* ep, const char* s) {
   while (*s != '\0' && ep->message_len < KILN_ENDPOINT_MESSAGE_BYTES) {
     ep->message[ep->message_len++] = *s++;
   }
 }
 
-static void msg_u64(kiln_endpoint_t* ep, uint64_t v) {
-  char digits[21];
+/* v / 10 (the remainder in *rem) with 32-bit divisions only: no 64-bit division routine linked in. */
+KILN_OUTLINE static uint64_t div10(uint64_t v, uint32_t* rem) {
+  uint32_t hi = (uint32_t)(v >> 32);
+  uint32_t mid = (hi % 10u) << 16 | (uint32_t)(v >> 16 & 0xFFFFu);
+  uint32_t lo = (mid % 10u) << 16 | (uint32_t)(v & 0xFFFFu);
+  *rem = lo % 10u;
+  return (uint64_t)(hi / 10u) << 32 | (uint64_t)(mid / 10u) << 16 | (lo / 10u);
+}
+
+KILN_OUTLINE static void msg_u64(kiln_endpoint_t* ep, uint64_t v) {
+  char digits[20];
   size_t n = 0;
   do {
-    digits[n++] = (char)('0' + v % 10);
-    v /= 10;
+    uint32_t r;
+    v = div10(v, &r);
+    digits[n++] = (char)('0' + r);
   } while (v != 0);
   while (n > 0 && ep->message_len < KILN_ENDPOINT_MESSAGE_BYTES) {
     ep->message[ep->message_len++] = digits[--n];
@@ -66,7 +79,7 @@ static void msg_u64(kiln_endpoint_t* ep, uint64_t v) {
 }
 
 /* "input 0 (x)" */
-static void msg_tensor(kiln_endpoint_t* ep, int is_output, uint32_t index) {
+KILN_OUTLINE static void msg_tensor(kiln_endpoint_t* ep, int is_output, uint32_t index) {
   const kiln_model_t* m = ep->config.model;
   msg_str(ep, is_output ? "output " : "input ");
   msg_u64(ep, index);
@@ -75,7 +88,7 @@ static void msg_tensor(kiln_endpoint_t* ep, int is_output, uint32_t index) {
   msg_str(ep, ")");
 }
 
-static kiln_status_t fail_payload(kiln_endpoint_t* ep, size_t got, size_t want) {
+KILN_OUTLINE static kiln_status_t fail_payload(kiln_endpoint_t* ep, size_t got, size_t want) {
   msg_str(ep, "payload has ");
   msg_u64(ep, got);
   msg_str(ep, " bytes, this message needs ");
@@ -83,12 +96,9 @@ static kiln_status_t fail_payload(kiln_endpoint_t* ep, size_t got, size_t want) 
   return KILN_ERR_PROTO_PAYLOAD;
 }
 
+/* The status itself travels in the ERROR frame: the host names it (kiln.runtime_c.abi.status_name). */
 static kiln_status_t fail_status(kiln_endpoint_t* ep, const char* what, kiln_status_t status) {
-  const char* name = "unknown status";
-  (void)kiln_status_describe(status, &name);
   msg_str(ep, what);
-  msg_str(ep, ": ");
-  msg_str(ep, name);
   return status;
 }
 
@@ -218,7 +228,7 @@ typedef struct {
   size_t written;
 } window_t;
 
-static void win_bytes(window_t* w, const uint8_t* data, size_t n) {
+KILN_OUTLINE static void win_bytes(window_t* w, const uint8_t* data, size_t n) {
   for (size_t i = 0; i < n; ++i, ++w->pos) {
     if (w->pos >= w->skip && w->written < w->capacity) {
       w->out[w->written++] = data[i];
@@ -226,13 +236,13 @@ static void win_bytes(window_t* w, const uint8_t* data, size_t n) {
   }
 }
 
-static void win_u32(window_t* w, uint32_t v) {
+KILN_OUTLINE static void win_u32(window_t* w, uint32_t v) {
   uint8_t b[4];
   put_u32(b, v);
   win_bytes(w, b, sizeof(b));
 }
 
-static void win_u64(window_t* w, uint64_t v) {
+KILN_OUTLINE static void win_u64(window_t* w, uint64_t v) {
   uint8_t b[8];
   put_u64(b, v);
   win_bytes(w, b, sizeof(b));
@@ -293,7 +303,7 @@ static kiln_status_t on_info(kiln_endpoint_t* ep, size_t len, size_t* out_reply)
 
 /* ---- tensors ---- */
 
-static kiln_status_t check_index(kiln_endpoint_t* ep, int is_output, uint32_t index) {
+KILN_OUTLINE static kiln_status_t check_index(kiln_endpoint_t* ep, int is_output, uint32_t index) {
   const kiln_model_t* m = ep->config.model;
   uint32_t count = is_output ? m->num_outputs : m->num_inputs;
   if (index < count) {
@@ -408,6 +418,20 @@ static kiln_status_t ticks_now(kiln_endpoint_t* ep, uint64_t* out_ticks) {
   return status == KILN_OK ? KILN_OK : fail_status(ep, "reading the clock failed", status);
 }
 
+/* n / d (d > 0) by shift and subtract: TIME's few divisions need no 64-bit division routine. */
+KILN_OUTLINE static uint64_t udiv64(uint64_t n, uint64_t d) {
+  uint64_t q = 0;
+  uint64_t r = 0;
+  for (int i = 63; i >= 0; --i) {
+    r = r << 1 | (n >> i & 1u);
+    if (r >= d) {
+      r -= d;
+      q |= (uint64_t)1 << i;
+    }
+  }
+  return q;
+}
+
 /* Runs the model `number` times and writes the elapsed ticks to *out_ticks. */
 static kiln_status_t time_runs(kiln_endpoint_t* ep, uint32_t number, uint64_t* out_ticks) {
   uint64_t start = 0;
@@ -449,7 +473,8 @@ static kiln_status_t on_time(kiln_endpoint_t* ep, size_t len, size_t* out_reply)
     status = run_model(ep, NULL); /* warm-up */
   }
   uint64_t tps = ep->ticks_per_second;
-  uint64_t min_ticks = (uint64_t)min_repeat_ms * (tps / 1000) + (uint64_t)min_repeat_ms * (tps % 1000) / 1000;
+  uint64_t tps_k = udiv64(tps, 1000);
+  uint64_t min_ticks = min_repeat_ms * tps_k + udiv64(min_repeat_ms * (tps - tps_k * 1000), 1000);
   for (uint32_t r = 0; r < repeat && status == KILN_OK; ++r) {
     uint64_t ticks = 0;
     for (;;) {
@@ -457,8 +482,8 @@ static kiln_status_t on_time(kiln_endpoint_t* ep, size_t len, size_t* out_reply)
       if (status != KILN_OK || ticks >= min_ticks || number >= KILN_TIME_MAX_NUMBER) {
         break;
       }
-      uint64_t per_run = ticks / number > 0 ? ticks / number : 1;
-      uint64_t grown = min_ticks / per_run + 1;
+      uint64_t per_run = udiv64(ticks, number);
+      uint64_t grown = udiv64(min_ticks, per_run > 0 ? per_run : 1) + 1;
       uint64_t at_least = (uint64_t)number + number / 2 + 1;
       grown = grown > at_least ? grown : at_least;
       number = grown < KILN_TIME_MAX_NUMBER ? (uint32_t)grown : KILN_TIME_MAX_NUMBER;

@@ -2,9 +2,10 @@
  *
  * Platform glue, like the Linux runner, but with no C library: every buffer is static (the frame buffer here,
  * each model's I/O buffers, arena and profiler records in its `<prefix>_memory`, generated per model). It
- * serves the models of kiln_firmware_models (generated per image): model 0 at start, SELECT picks another and the
- * byte stream is the port's UART (port/port.h). After QUIT it serves the next session; a UART has no end of
- * stream. A hardware fault is reported as an ERROR frame with KILN_ERR_PLATFORM_FAULT, then the core halts.
+ * serves the models of kiln_firmware_models (generated per image): model 0 at start, SELECT picks another.
+ * The byte stream is the port's UART (port/port.h). After QUIT it serves the next session; a UART has no end
+ * of stream. A hardware fault is reported as an ERROR frame with KILN_ERR_PLATFORM_FAULT, then the core
+ * halts.
  */
 #include "kiln/endpoint.h"
 #include "kiln/firmware.h"
@@ -89,9 +90,11 @@ KILN_NORETURN void kiln_port_fault(const char* what, uint32_t pc, const char* de
 }
 
 KILN_NORETURN void kiln_platform_abort(kiln_status_t status) {
-  const char* name = "unknown status";
-  (void)kiln_status_describe(status, &name);
-  kiln_port_fault("abort", 0, name);
+  char text[24] = "status ";
+  size_t n = 7;
+  kiln_port_hex(text, sizeof(text), &n, (uint32_t)status);
+  text[n] = '\0';
+  kiln_port_fault("abort", 0, text);
 }
 
 /* Points the endpoint at model `index` of kiln_firmware_models (SELECT, and model 0 at start). */
@@ -112,18 +115,17 @@ static kiln_status_t select_model(kiln_endpoint_config_t* config, uint32_t index
 }
 
 int main(void) {
-  (void)kiln_platform_init();
-  kiln_endpoint_config_t config = {
-      .stream = {.context = NULL, .read = uart_read, .write = uart_write},
-      .frame = g_frame,
-      .frame_bytes = sizeof(g_frame),
-      .num_models = kiln_firmware_num_models,
-      .select = select_model,
-  };
-  kiln_status_t status = select_model(&config, 0);
-  g_endpoint.config = config; /* lets a failure below be reported; init fills in the rest */
+  /* a fault from here on is reported: the fault handler needs only the stream and the frame buffer */
+  g_endpoint.config.stream = (kiln_stream_t){.context = NULL, .read = uart_read, .write = uart_write};
+  g_endpoint.config.frame = g_frame;
+  g_endpoint.config.frame_bytes = sizeof(g_frame);
   g_endpoint.message_len = 0;
+  (void)kiln_platform_init();
   g_ready = 1;
+  kiln_endpoint_config_t config = g_endpoint.config;
+  config.num_models = kiln_firmware_num_models;
+  config.select = select_model;
+  kiln_status_t status = select_model(&config, 0);
   if (status == KILN_OK) {
     status = kiln_endpoint_init(&config, &g_endpoint);
   }

@@ -583,7 +583,9 @@ def error_from_reply(payload: bytes, request: int) -> DeviceError:
     what = MESSAGE_NAMES.get(answered or request, f"message 0x{answered:02x}")
     category = abi.STATUS_CATEGORIES.get(status >> 8, "?")
     return DeviceError(
-        f"device rejected {what}: {text} (status 0x{status:04x}, {category})", status, answered
+        f"device rejected {what}: {text} ({abi.status_name(status)}, status 0x{status:04x}, {category})",
+        status,
+        answered,
     )
 
 

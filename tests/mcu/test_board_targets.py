@@ -112,8 +112,12 @@ def test_a_model_too_big_for_the_board_fails_with_both_numbers() -> None:
 
 
 #: The runtime core (status, model, profiler, crc32, endpoint) in a Cortex-M4 firmware image, in bytes of
-#: flash (its code and constants after --gc-sections, from the linker map). It may shrink, not creep.
-CORE_FLASH_BUDGET = 8000  # measured 7818 on Cortex-M4 (-Os) when written; the goal is 4 KiB
+#: flash: its code and constants after --gc-sections (from the linker map) plus its string literals (which
+#: LLD merges into one section the map does not attribute; counted from the objects). It may shrink, not
+#: creep. Measured when written: 7818 B without strings (about 9.2 KB with them) before the endpoint kept its
+#: helpers out of line, did 64-bit divisions with 32-bit ones and left status names to the host; then
+#: 5452 B + 913 B of strings (6365 B). The goal is 4 KiB.
+CORE_FLASH_BUDGET = 6500
 CORE_OBJECTS = ("status", "model", "profiler", "crc32", "endpoint")
 
 
@@ -131,9 +135,28 @@ def core_bytes(map_text: str) -> dict[str, int]:
     return out
 
 
+def core_strings(map_text: str) -> int:
+    """Bytes of string literals in the core objects that the image links (before LLD merges them)."""
+    import io
+
+    from elftools.elf.elffile import ELFFile
+
+    from kiln.package import toolchain
+
+    linked = set(re.findall(rf"/kiln_({'|'.join(CORE_OBJECTS)})\.o:", map_text))
+    total = 0
+    for obj in toolchain.runtime_build(get_target("mps2-an386")).objects:
+        if obj.stem.removeprefix("kiln_") in linked:
+            elf = ELFFile(io.BytesIO(obj.read_bytes()))
+            total += sum(s.header.sh_size for s in elf.iter_sections() if s.name.startswith(".rodata.str"))
+    return total
+
+
 def test_the_runtime_core_stays_within_its_flash_budget() -> None:
     image = link_tiny("mps2-an386").image
     core = core_bytes(image.map_text)
-    assert 0 < core["flash"] <= CORE_FLASH_BUDGET, f"runtime core is {core} bytes on Cortex-M4"
+    flash = core["flash"] + core_strings(image.map_text)
+    assert 0 < flash <= CORE_FLASH_BUDGET, f"runtime core is {flash} bytes on Cortex-M4 ({core})"
     assert core["ram"] == 0  # the core keeps no state of its own: the caller provides every buffer
-    assert image.memory["flash"]["runtime"] > core["flash"]  # plus firmware main, ports, startup, compiler-rt
+    assert image.memory["flash"]["runtime"] > flash  # plus firmware main, ports, startup, compiler-rt
+    assert "__udivmoddi4" not in image.map_text  # no 64-bit division routine in the image

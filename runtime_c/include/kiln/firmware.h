@@ -1,10 +1,10 @@
 /* kiln runtime: what a firmware image links besides the model descriptor.
  *
  * For a bare-metal target the build generates, next to the descriptor, the model's statically allocated
- * memory (symbol `<prefix>_memory`, kiln_model_memory by default): its input and output buffers (section .kiln_io), its arena (the
- * workspace the memory planner laid out, section .kiln_arena) and one profiler record per kernel call of a
- * run. The firmware's main (src/firmware_main.c) serves the device protocol for that model over the board's
- * UART; nothing is allocated at run time.
+ * memory (symbol `<prefix>_memory`, kiln_model_memory by default): its input and output buffers (section
+ * .kiln_io), its arena (the workspace the memory planner laid out, section .kiln_arena) and one profiler
+ * record per kernel call of a run. The firmware's main (src/firmware_main.c) serves the device protocol for
+ * that model over the board's UART; nothing is allocated at run time.
  */
 #ifndef KILN_FIRMWARE_H_
 #define KILN_FIRMWARE_H_
