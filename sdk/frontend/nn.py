@@ -1,4 +1,8 @@
-"""Build models directly with kiln's operators (no ONNX file needed).
+"""Build models directly with kiln's operators (no ONNX file needed): module classes in the style of
+torch.nn (:class:`Module`, :class:`Linear`, :class:`Conv2d`, :class:`LayerNorm`, :class:`Embedding`,
+:class:`MultiheadAttention`, :class:`Sequential`, activations; ``model.export(input_specs)``, :func:`bind`
+for weights from NumPy or safetensors; docs/how-to/build-a-model-with-nn.md), over the functional
+:class:`GraphBuilder`:
 
     from kiln.frontend.nn import GraphBuilder
     g = GraphBuilder("mlp")
