@@ -170,6 +170,18 @@ class Parameter:
     def __repr__(self) -> str:
         return f"Parameter({self.dtype}{list(self.shape)})"
 
+    def tensor(self) -> Tensor:
+        """This parameter as a value of the model being exported (its constant)."""
+        t = _trace()
+        return Tensor(t.param(self), t.g)
+
+    @property
+    def T(self) -> Tensor:  # noqa: N802 - as NumPy and torch spell it
+        return self.tensor().T
+
+    def op(self, op_name: str, *others: Any, **attrs: Any) -> Any:
+        return self.tensor().op(op_name, *others, **attrs)
+
 
 class Tensor:
     """A value of the graph being traced by :meth:`Module.export`: arithmetic operators (``+ - * / @``, unary
@@ -469,7 +481,7 @@ class Module:
         ):
             specs = {f"input{i}": s for i, s in enumerate(input_specs)}  # type: ignore[arg-type]
         else:
-            specs = {"input": input_specs}
+            specs = {"input": input_specs}  # type: ignore[dict-item]
         g = GraphBuilder(name or type(self).__name__)
         paths = {id(m): p for p, m in self.named_modules()}
         params = {id(p): n for n, p in self.named_parameters()}
@@ -739,8 +751,8 @@ class Sequential(Module):
     def __init__(self, *modules: Module | Mapping[str, Module]) -> None:
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], Mapping):
-            for name, m in modules[0].items():
-                setattr(self, name, m)
+            for name, sub in modules[0].items():
+                setattr(self, name, sub)
         else:
             for i, m in enumerate(modules):
                 setattr(self, str(i), m)

@@ -476,6 +476,10 @@ class _Parser:
                 return {"None": None, "True": True, "False": False}[word]
             if word == "graph":
                 return self.graph()
+            if word == "opaque" and self.peek(1).is_("op", "("):
+                raise self.error(
+                    "an opaque value (an attribute of a type the IR cannot print) does not parse back", t
+                )
             if word == "array":
                 self.next()
                 self.expect("op", "(")

@@ -277,7 +277,8 @@ class _Printer:
                 if f.init
             )
             return f"{name}({fields})"
-        raise TypeError(f"cannot print attribute value {v!r} of type {type(v).__name__}")
+        # anything else still prints (str(module) never fails), but cannot be read back
+        return f"opaque({quote(f'{type(v).__name__}: {v!r}')})"
 
     def attrs(self, attrs: dict[str, Any], vars_: _Namer | None, ind: str) -> str:
         return ", ".join(f"{ident_name(k)}={self.attr(v, vars_, ind)}" for k, v in sorted(attrs.items()))

@@ -284,3 +284,13 @@ def test_structural_equality_sees_names_values_and_bindings() -> None:
     ]:
         changed = parse_module(HAND_WRITTEN.replace(old, new))
         assert first_difference(base, changed) is not None, (old, new)
+
+
+def test_attributes_of_other_types_print_as_opaque_and_do_not_parse() -> None:
+    g = GraphBuilder("o")
+    g.output(g.relu(g.input("x", (2,))), name="y")
+    mod = g.build().with_attrs(callback={1, 2})
+    text = print_module(mod)
+    assert "attr callback = opaque('set: {1, 2}')" in text
+    with pytest.raises(ParseError, match="opaque value"):
+        parse_module(text)
