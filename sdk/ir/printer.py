@@ -131,10 +131,10 @@ class _Namer:
 # ------------------------------------------------------------------------------------------------- constants
 def data_hash(a: np.ndarray) -> str:
     """The key of an array in a constant table: a digest of its dtype, shape and bytes (16 hex digits)."""
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a)  # (not ascontiguousarray: it makes a 0-d array 1-d)
     h = hashlib.sha256()
     h.update(f"{dtype_of(a)}{list(a.shape)}".encode())
-    h.update(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+    h.update(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())  # C order
     return h.hexdigest()[:16]
 
 
@@ -160,7 +160,7 @@ def print_data(a: np.ndarray, mode: str = "inline") -> str:
     if mode == "elided" or (mode == "auto" and a.size > INLINE_MAX):
         return f"elided('{data_hash(a)}')"
     if a.size > LIST_MAX:
-        raw = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        raw = np.asarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
         return f"base64('{base64.b64encode(raw).decode()}')"
     return _nested(np.asarray(a), dtype)
 

@@ -36,7 +36,15 @@ from kiln.ir.extern import ExternSource, add_extern
 from kiln.ops import script, type_rule
 from kiln.targets import get_target
 from kiln.transform import Pipeline, default_pipeline
-from models import LARGE_LIGHT_MODELS, LIGHT_MODELS, LIGHT_VARIANTS, light_path, light_variant_path
+from models import (
+    LARGE_LIGHT_MODELS,
+    LIGHT_MODELS,
+    LIGHT_VARIANTS,
+    TORCH_MODELS,
+    light_path,
+    light_variant_path,
+    torch_onnx_path,
+)
 
 X86 = get_target("x86_64-linux")
 
@@ -112,6 +120,14 @@ def test_large_light_models_round_trip(name: str) -> None:
     roundtrip(compile_module(mod, X86), ("elided",))
 
 
+@pytest.mark.parametrize("name", TORCH_MODELS)
+def test_pytorch_built_models_round_trip(name: str) -> None:
+    pytest.importorskip("torch")
+    mod = from_onnx(onnx.load(str(torch_onnx_path(name))))
+    roundtrip(mod, ("elided",))
+    roundtrip(compile_module(mod, X86), ("elided",))
+
+
 # ------------------------------------------------------------------------------------ built graphs, odd corners
 @script.kernel
 def _scaled(x, out, *, scale):  # noqa: ANN001, ANN202
@@ -150,6 +166,7 @@ def test_odd_names_duplicates_special_floats_attributes_and_externs_round_trip()
     c1 = Constant("k", np.array([[np.nan, -0.0], [np.inf, 1e-30]], np.float32))
     c2 = Constant("k", np.arange(4, dtype=np.int64).reshape(2, 2))  # same name, other data
     c3 = Constant("big", np.linspace(0, 1, 1000, dtype=np.float64).reshape(10, 100))
+    c4, c5 = Constant("s", np.array(2.0, np.float32)), Constant("s1", np.array([2.0], np.float32))
     src = ExternSource("lib", "c", (("lib.c", 'void f(float* a, float* b) { /* "quoted" */ }\n'),), ("f",))
     attrs = {
         "floats": (float("inf"), -0.0, 1e-300, 0.1),
@@ -164,7 +181,7 @@ def test_odd_names_duplicates_special_floats_attributes_and_externs_round_trip()
         (
             Node("add", (x, c1), (a,), {}, "node with spaces"),
             Node("call_extern", (a,), (a2,), {"symbol": "f"}),
-            Node("call_extern", (a2, c2, c3), (out,), {"symbol": "f", **attrs}, "n'2"),
+            Node("call_extern", (a2, c2, c3, c4, c5), (out,), {"symbol": "f", **attrs}, "n'2"),
         ),
         (out, a, c3),
         {"model_name": "weird model"},
