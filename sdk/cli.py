@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shape", action="append", default=[], metavar="NAME=1x3x224x224", help="bind symbolic dimensions"
     )
     tu.add_argument(
-        "--rounds", type=int, default=7, help="profiled runs per variant and per trial (default 7)"
+        "--rounds", type=int, default=9, help="profiled runs per variant and per trial (default 9)"
     )
     tu.add_argument("--seed", type=int, default=0, help="seed of the candidate order and the random inputs")
     tu.add_argument("--queue-timeout", type=float, default=300.0, metavar="S", help="wait for a farm device")

@@ -11,7 +11,7 @@ variants, with each kernel's time read from the device's profiler:
    with all of them: one compile measures a candidate for every layer. The variant's outputs must match the
    default's, or the trial is dropped.
 3. The default and the variant run side by side on the device, alternating, ``rounds`` profiled runs each;
-   an instance's time is the lower quartile over rounds of its kernels' summed time in a run (on a shared
+   an instance's time is the minimum over rounds of its kernels' summed time in a run (on a shared
    machine other processes only add time), and its candidate is
    judged by the ratio to the default measured in the same rounds (the machine's load drifts between trials,
    a ratio within one trial does not).
@@ -212,10 +212,9 @@ def _side_by_side(
 
 
 def _low(values: Any) -> float:
-    """The lower quartile: other processes only ever add time to a kernel, so the low end of the samples
-    is the kernel's own speed (and unlike the minimum, one lucky sample does not decide)."""
-    v = sorted(values)
-    return v[(len(v) - 1) // 4] if v else 0.0
+    """The fastest sample: other processes only ever add time to a kernel (preempting it, evicting its
+    cache), so on a shared machine the minimum over rounds is the best estimate of the kernel's own speed."""
+    return min(values, default=0.0)
 
 
 def _whole_model(a: Any, b: Any, rounds: int, min_repeat_ms: int) -> tuple[float, float]:
@@ -288,7 +287,7 @@ def tune(
     open_device: Opener | None = None,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     inputs: Mapping[str, np.ndarray] | None = None,
-    rounds: int = 7,
+    rounds: int = 9,
     margin: float = 0.03,
     seed: int = 0,
     min_repeat_ms: int = 100,
@@ -363,8 +362,8 @@ def tune(
         chosen = {k: r.best for k, r in results.items() if r.best and best_ratio[k] < 1.0 - margin}
         if chosen:  # confirm the winners together, in a fresh side-by-side run; drop those that do not hold
             sf = ScheduleFile(instances=chosen, target=t.name)
-            d, v = _measure_variant(mod, t, sf, groups, dflt, want, feed, opener, rounds, compile_kw)
-            lost = [k for k in chosen if d[k] and v[k] / d[k] >= 1.0]
+            d, v = _measure_variant(mod, t, sf, groups, dflt, want, feed, opener, 2 * rounds, compile_kw)
+            lost = [k for k in chosen if d[k] and v[k] / d[k] >= 1.0 - margin / 2]
             for k in lost:
                 say(f"not confirmed, dropped: {k} ({v[k] / d[k]:.3f}x)")
                 del chosen[k]
@@ -378,7 +377,7 @@ def tune(
             with opener(tuned_pkg) as tuned:
                 if not _same_outputs(want, tuned.run(feed)):
                     raise RuntimeError("the tuned schedules change the model's outputs")
-                default_s, tuned_s = _whole_model(dflt, tuned, rounds, min_repeat_ms)
+                default_s, tuned_s = _whole_model(dflt, tuned, 2 * rounds, min_repeat_ms)
         else:
             default_s = tuned_s = statistics.median(
                 dflt.time(number=1, repeat=rounds, min_repeat_ms=min_repeat_ms)
