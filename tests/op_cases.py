@@ -1045,3 +1045,49 @@ case(
     {"cast", "sub", "conv2d"},
     opset=10,
 )
+
+# grid sampling, bit operations
+_GS_GRID = _x(1, 3, 4, 2, lo=-1.2, hi=1.2)
+for mode, pad, corners in (("linear", "zeros", 0), ("nearest", "border", 1), ("cubic", "reflection", 0)):
+    case(
+        f"grid-sample-{mode}-{pad}",
+        "GridSample",
+        [("x", _x(1, 2, 4, 5)), ("g", _GS_GRID)],
+        "grid_sample",
+        opset=20,
+        attrs={"mode": mode, "padding_mode": pad, "align_corners": corners},
+        rtol=1e-4,
+        atol=1e-5,
+    )
+_BS_X = np.array([-128, -5, -1, 0, 1, 3, 64, 127], np.int8)
+_BS_N = np.array([1, 2, 7, 3, 0, 8, 1, 9], np.int8)
+for direction in ("LEFT", "RIGHT"):
+    case(
+        f"bitshift-{direction.lower()}-uint8",
+        "BitShift",
+        [("x", np.arange(8, dtype=np.uint8) * 37), ("n", np.arange(8, dtype=np.uint8))],
+        "bit_shift",
+        opset=11,
+        attrs={"direction": direction},
+    )
+case(
+    "bitwise-and-int32",
+    "BitwiseAnd",
+    [
+        ("a", _rng.integers(-1000, 1000, (3, 4)).astype(np.int32)),
+        ("b", _rng.integers(-1000, 1000, (4,)).astype(np.int32)),
+    ],
+    "bitwise_and",
+    opset=18,
+)
+case(
+    "bitwise-xor-uint8",
+    "BitwiseXor",
+    [
+        ("a", _rng.integers(0, 256, (3, 4)).astype(np.uint8)),
+        ("b", _rng.integers(0, 256, (3, 4)).astype(np.uint8)),
+    ],
+    "bitwise_xor",
+    opset=18,
+)
+case("bitwise-not-int8", "BitwiseNot", [("a", _BS_X)], "bitwise_not", opset=18)

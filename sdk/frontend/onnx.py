@@ -793,6 +793,38 @@ def _unary_more(
     return im.emit(_UNARY_MORE[im.op_type], [_a(ins, 0)], outs, **attrs)
 
 
+@converter("BitShift")
+def _bit_shift(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit("bit_shift", [_a(ins, 0), _a(ins, 1)], outs, direction=str(attrs["direction"]))
+
+
+_BITWISE = {
+    "BitwiseAnd": "bitwise_and",
+    "BitwiseOr": "bitwise_or",
+    "BitwiseXor": "bitwise_xor",
+    "BitwiseNot": "bitwise_not",
+}
+
+
+@converter(*_BITWISE)
+def _bitwise(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit(_BITWISE[im.op_type], [v for v in ins if v is not None], outs)
+
+
+@converter("GridSample")
+def _grid_sample(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    return im.emit(
+        "grid_sample",
+        [_a(ins, 0), _a(ins, 1)],
+        outs,
+        mode=str(attrs.get("mode", "linear" if im.opset >= 20 else "bilinear")),
+        padding_mode=str(attrs.get("padding_mode", "zeros")),
+        align_corners=int(attrs.get("align_corners", 0)),
+    )
+
+
 @converter("Mean")
 def _mean(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     vals = [v for v in ins if v is not None]

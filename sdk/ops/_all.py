@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     conv_transpose,
     einsum,
     elementwise,
+    grid_sample,
     indexing,
     math_fns,
     matmul,

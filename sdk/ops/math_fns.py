@@ -230,3 +230,114 @@ class Mean(Elementwise):
 
 
 register(Mean())
+
+
+# --- integer bit operations, in int64 arithmetic (tensor code has no shift or bitwise instructions)
+def _bits(dtype: str) -> int:
+    return 8 * int(np.dtype(dtype).itemsize)
+
+
+def _pow2(n: T.Expr, bits: int) -> T.Expr:
+    """``2**n`` as int64 for ``0 <= n < bits`` (``2**63`` wraps to ``-2**63``, which multiplies right)."""
+    out: T.Expr = T.IntImm(1)
+    for k in range(bits - 1, 0, -1):
+        v = 1 << k
+        out = T.Select(n.eq(T.IntImm(k)), T.IntImm(v - (1 << 64) if v >= 1 << 63 else v), out)
+    return out
+
+
+class BitShift(Elementwise):
+    """ONNX BitShift (``direction`` LEFT or RIGHT; arithmetic right shift of signed values). Shifts that are
+    negative or not below the bit width give 0 (RIGHT of a negative signed value: -1)."""
+
+    name = "bit_shift"
+
+    def scalar(self, attrs: dict[str, Any], *args: T.Expr) -> T.Expr:
+        x, n = args
+        bits = _bits(x.dtype)
+        signed = x.dtype.startswith("int")
+        x64, n64 = T.cast("int64", x), T.cast("int64", n)
+        valid = T.logical_and(n64 >= 0, n64 < bits)
+        neg_fill = T.select(x64 < 0, T.IntImm(-1), T.IntImm(0)) if signed else T.IntImm(0)
+        if str(attrs.get("direction", "LEFT")).upper() == "LEFT":
+            res = T.select(valid, x64 * _pow2(n64, bits), T.IntImm(0))
+        else:
+            p = _pow2(n64, bits)
+            q = x64 // p  # truncates toward zero: floor for negative values needs one less
+            q = T.select(T.logical_and(x64 < 0, (x64 % p).ne(T.IntImm(0))), q - 1, q)
+            if signed:
+                q = T.select(n64.eq(T.IntImm(bits - 1)), neg_fill, q)
+            res = T.select(valid, q, neg_fill)
+        return T.cast(x.dtype, res)
+
+    def numpy(self, attrs: dict[str, Any], *args: np.ndarray) -> np.ndarray:
+        x, n = np.broadcast_arrays(*args)
+        bits = _bits(str(x.dtype))
+        valid = (n >= 0) & (n < bits)
+        nn = np.where(valid, n, 0).astype(np.int64)
+        x64 = x.astype(np.int64)
+        if str(attrs.get("direction", "LEFT")).upper() == "LEFT":
+            wide = np.where(valid, (x64.astype(np.uint64) << nn.astype(np.uint64)).astype(np.int64), 0)
+        else:
+            fill = np.where(x64 < 0, -1, 0) if x.dtype.kind == "i" else 0
+            wide = np.where(valid, x64 >> nn, fill)
+        return wide.astype(x.dtype)  # wraps to the type's width, like the generated code
+
+
+class Bitwise(Elementwise):
+    """ONNX BitwiseAnd/Or/Xor on integers of up to 32 bits, bit by bit in int64 arithmetic."""
+
+    fn = "and"
+
+    def scalar(self, attrs: dict[str, Any], *args: T.Expr) -> T.Expr:
+        a, b = args
+        bits = _bits(a.dtype)
+        if bits > 32:
+            raise self.error(f"{a.dtype} operands are not supported (up to 32 bits)")
+
+        def unsigned(v: T.Expr) -> T.Expr:
+            v64 = T.cast("int64", v)
+            return T.select(v64 < 0, v64 + (1 << bits), v64)
+
+        ua, ub = unsigned(a), unsigned(b)
+        acc: T.Expr = T.IntImm(0)
+        for k in range(bits):
+            ba, bb = (ua // (1 << k)) % 2, (ub // (1 << k)) % 2
+            both = ba * bb
+            bit = both if self.fn == "and" else (ba + bb - both if self.fn == "or" else ba + bb - both * 2)
+            acc = acc + bit * (1 << k)
+        return T.cast(a.dtype, acc)
+
+    def numpy(self, attrs: dict[str, Any], *args: np.ndarray) -> np.ndarray:
+        fn = {"and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor}[self.fn]
+        return fn(*args)  # type: ignore[no-any-return]
+
+
+class BitwiseAnd(Bitwise):
+    name = "bitwise_and"
+
+
+class BitwiseOr(Bitwise):
+    name = "bitwise_or"
+    fn = "or"
+
+
+class BitwiseXor(Bitwise):
+    name = "bitwise_xor"
+    fn = "xor"
+
+
+class BitwiseNot(Elementwise):
+    """ONNX BitwiseNot: ``-x - 1`` in two's complement (``max - x`` for unsigned types)."""
+
+    name = "bitwise_not"
+
+    def scalar(self, attrs: dict[str, Any], *args: T.Expr) -> T.Expr:
+        return T.cast(args[0].dtype, T.IntImm(-1) - T.cast("int64", args[0]))
+
+    def numpy(self, attrs: dict[str, Any], *args: np.ndarray) -> np.ndarray:
+        return np.bitwise_not(args[0])
+
+
+for _op in (BitShift(), BitwiseAnd(), BitwiseOr(), BitwiseXor(), BitwiseNot()):
+    register(_op)
