@@ -1,0 +1,101 @@
+"""The code blocks of docs/ pages, as tests/docs/test_code_blocks.py runs them.
+
+A fenced block's info string names its language:
+
+- ``python``: run in the page's interpreter (one per page: the blocks of a page share their variables, as a
+  reader's session would); ``sh``/``bash``: run with ``bash -e`` (``kiln`` on PATH). Both run in the page's
+  temporary working directory, in page order.
+- ``text`` (output, diagrams), ``console`` (a transcript), ``toml``/``json``/``c``...: not code to run. A data
+  block preceded by ``<!-- docs-test: file PATH -->`` is written to PATH in the working directory when the
+  test reaches it, so later blocks can use it (a target's TOML file, a schedule file).
+
+Markers are HTML comments on the line(s) right before a block, visible in the page's source:
+
+- ``<!-- docs-test: skip REASON -->``: the block is not run (a board's address, ``apt-get``, a server that runs
+  until Ctrl-C); the test lists every skipped block with its reason.
+- ``<!-- docs-test: slow REASON -->`` anywhere in a page: the page's test is marked ``slow`` (it compiles big
+  models or boots emulators).
+- ``<!-- docs-test: timeout SECONDS -->`` anywhere in a page: the page's time limit (default 120 s).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+RUN = {"python": "python", "py": "python", "sh": "sh", "bash": "sh", "shell": "sh"}
+MARK = re.compile(r"<!--\s*docs-test:\s*(\w+)\s*(.*?)\s*-->")
+FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)\s*(.*)$")
+
+
+@dataclass
+class Block:
+    page: str  # relative to docs/
+    line: int  # 1-based line of the first line of code
+    lang: str  # the info string's language ("" when none)
+    code: str
+    kind: str  # "python", "sh", "file", "skip", "text"
+    reason: str = ""  # skip: why; file: the path to write
+
+
+@dataclass
+class Page:
+    path: str
+    blocks: list[Block]
+    slow: str | None  # the reason, when the page is slow
+    timeout: float
+
+
+def parse(path: Path) -> Page:
+    rel = path.relative_to(DOCS).as_posix()
+    lines = path.read_text().split("\n")
+    blocks: list[Block] = []
+    slow, timeout = None, 120.0
+    pending: list[tuple[str, str]] = []  # markers seen since the last block
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        for m in MARK.finditer(line):
+            word, arg = m.group(1), m.group(2)
+            if word == "slow":
+                slow = arg or "slow"
+            elif word == "timeout":
+                timeout = float(arg)
+            elif word in ("skip", "file"):
+                pending.append((word, arg))
+            else:
+                raise ValueError(f"{rel}:{i + 1}: unknown docs-test marker {word!r}")
+        fm = FENCE.match(line)
+        if not fm:
+            if line.strip() and not MARK.search(line):
+                pending = []  # a marker applies to the block right after it only
+            i += 1
+            continue
+        indent, fence, lang = fm.group(1), fm.group(2), fm.group(3).lower()
+        j = i + 1
+        while j < len(lines) and not lines[j].strip().startswith(fence):
+            j += 1
+        if j == len(lines):
+            raise ValueError(f"{rel}:{i + 1}: unclosed code block")
+        body = [ln[len(indent) :] if ln.startswith(indent) else ln.lstrip() for ln in lines[i + 1 : j]]
+        code = "\n".join(body) + "\n"
+        kind, reason = ("text", "")
+        marks = dict(pending)
+        if "skip" in marks:
+            kind, reason = "skip", marks["skip"]
+            if not reason:
+                raise ValueError(f"{rel}:{i + 1}: a skipped block needs a reason (<!-- docs-test: skip WHY -->)")
+        elif "file" in marks:
+            kind, reason = "file", marks["file"]
+        elif lang in RUN:
+            kind = RUN[lang]
+        blocks.append(Block(rel, i + 2, lang, code, kind, reason))
+        pending = []
+        i = j + 1
+    return Page(rel, blocks, slow, timeout)
+
+
+def pages() -> list[Page]:
+    return [parse(p) for p in sorted(DOCS.rglob("*.md"))]
