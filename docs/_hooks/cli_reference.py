@@ -1,10 +1,42 @@
-"""mkdocs hook: fills ``<!-- cli-reference -->`` in a page with ``kiln --help`` and every subcommand's help,
-taken from the argparse parser itself (kiln.cli.build_parser), so the reference cannot drift from the code."""
+"""mkdocs hooks for the kiln site.
+
+- Fills ``<!-- cli-reference -->`` in a page with ``kiln --help`` and every subcommand's help, taken from the
+  argparse parser itself (kiln.cli.build_parser), so the reference cannot drift from the code.
+- Lets mkdocstrings find every part of the ``kiln`` package: the installed layout maps ``kiln`` to ``sdk/`` but
+  ``kiln.rpc``, ``kiln.targets`` and ``kiln.runtime_c`` to folders beside it, which griffe's static loader
+  cannot follow. A temporary folder mirrors the installed layout with symlinks (as ``scripts/lint`` does for
+  mypy) and goes first on sys.path, which griffe searches.
+"""
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _mirror_package() -> str:
+    tmp = Path(tempfile.mkdtemp(prefix="kiln-docs-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    pkg = tmp / "kiln"
+    pkg.mkdir()
+    for f in (ROOT / "sdk").iterdir():
+        (pkg / f.name).symlink_to(f)
+    for part in ("rpc", "targets", "runtime_c"):
+        (pkg / part).symlink_to(ROOT / part)
+    return str(tmp)
+
+
+def on_config(config):
+    # Before mkdocstrings makes its handler (at the first page), which searches the repo root, then sys.path.
+    sys.path.insert(0, _mirror_package())
+    return config
 
 MARKER = "<!-- cli-reference -->"
 
