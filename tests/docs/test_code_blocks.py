@@ -79,6 +79,7 @@ def test_page(page: Page, tmp_path: Path) -> None:
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
     )
@@ -114,3 +115,10 @@ def test_inventory() -> None:
     print("skipped:\n" + "\n".join(skipped))
     print("slow pages:\n" + "\n".join(slow))
     assert counts["python"] + counts["sh"] > 0
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (DOCS / "how-to").glob("*.md")))
+def test_how_to_says_where_it_fits(page: str) -> None:
+    """Every how-to guide opens by placing itself in the data flow of docs/architecture.md."""
+    head = "\n".join((DOCS / "how-to" / page).read_text().split("\n")[:16])
+    assert "](../architecture.md#the-data-flow)" in head, f"docs/how-to/{page}: link the data flow near the top"
