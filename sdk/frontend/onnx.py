@@ -1384,7 +1384,7 @@ class _Recurrent:
 
     def act(self, k: int, v: Value) -> Value:
         op, kw = self.acts[k]
-        return self.emit(op, [v], **kw)
+        return self.im.emit(op, [v], [self.im.tmp(self.outs[0] or "rnn")], **kw)[0]
 
     def part(self, v: Value, d: int) -> Value:
         """Direction ``d`` of a per-direction parameter (first axis)."""
@@ -1416,7 +1416,9 @@ class _Recurrent:
             y = self.emit("transpose", [y], perm=(2, 0, 1, 3))
         results = [y]
         for states in (hs, cs) if self.kind == "LSTM" else (hs,):
-            st = [self.emit("reshape", [s], shape=(1, self.batch, self.hidden)) for s in states]
+            st = [
+                self.emit("reshape", [s], shape=(1, self.batch, self.hidden)) for s in states if s is not None
+            ]
             s = st[0] if self.dirs == 1 else self.emit("concat", st, axis=0)
             if self.layout:
                 s = self.emit("transpose", [s], perm=(1, 0, 2))
@@ -1678,7 +1680,7 @@ def _scan(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
         raise im.fail(
             f"scan inputs need one static length along their scan axes, got {sorted(map(str, lengths))}"
         )
-    steps = int(next(iter(lengths)))
+    steps = int(next(iter(lengths)))  # type: ignore[arg-type]
     if steps > MAX_UNROLL:
         raise im.fail(f"a Scan of more than {MAX_UNROLL} steps is not supported (it is unrolled)")
     tag = im.tmp(outs[0] or "scan")

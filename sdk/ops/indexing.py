@@ -348,7 +348,7 @@ class ReverseSequence(OpDef):
         bax, tax = int(attrs.get("batch_axis", 1)), int(attrs.get("time_axis", 0))
         out = x.copy()
         for b, n in enumerate(np.asarray(lens).astype(np.int64)):
-            src = [slice(None)] * x.ndim
+            src: list[Any] = [slice(None)] * x.ndim
             src[bax], src[tax] = b, slice(0, int(n))
             dst = list(src)
             dst[tax] = slice(int(n) - 1, None, -1) if n > 0 else slice(0, 0)

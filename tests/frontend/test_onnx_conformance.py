@@ -13,7 +13,12 @@ import pytest
 
 from kiln.frontend.onnx import CONVERTERS
 
-SUPPORTED = sorted(n for n in suite.IN_SCOPE if suite._ops(suite.CASES[n]) <= set(CONVERTERS))
+# the known failures are counted (and expected to fail) in test_onnx_node_compiled.py
+SUPPORTED = sorted(
+    n
+    for n in suite.IN_SCOPE
+    if suite._ops(suite.CASES[n]) <= set(CONVERTERS) and n not in suite.KNOWN_FAILURES
+)
 
 
 def test_the_conformance_suite_covers_the_operators_kiln_imports() -> None:

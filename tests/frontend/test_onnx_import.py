@@ -37,7 +37,7 @@ def test_unsupported_operators_are_all_listed_with_their_nodes() -> None:
     nodes = [
         helper.make_node("Relu", ["x"], ["a"], name="ok"),
         helper.make_node("Unique", ["a"], ["b"], name="hm1"),
-        helper.make_node("ReverseSequence", ["b", "k"], ["c"], name="top"),
+        helper.make_node("MaxUnpool", ["b", "k"], ["c"], name="top"),
         helper.make_node("Unique", ["c"], ["d"], name="hm2"),
         helper.make_node("Mystery", ["d"], ["e"], name="custom", domain="com.example"),
         helper.make_node("Det", ["e"], ["y"]),  # unnamed: reported by its output
@@ -50,7 +50,7 @@ def test_unsupported_operators_are_all_listed_with_their_nodes() -> None:
     assert isinstance(err.value, ValueError)
     for op, nodes_ in (
         ("Unique", ("hm1", "hm2")),
-        ("ReverseSequence", ("top",)),
+        ("MaxUnpool", ("top",)),
         ("com.example.Mystery", ("custom",)),
         ("Det", ("y",)),
     ):
