@@ -30,6 +30,7 @@ _TYPES = {
     np.dtype("bool"): TensorProto.BOOL,
     np.dtype("uint8"): TensorProto.UINT8,
     np.dtype("int8"): TensorProto.INT8,
+    np.dtype("int16"): TensorProto.INT16,
 }
 
 
@@ -1091,3 +1092,14 @@ case(
     opset=18,
 )
 case("bitwise-not-int8", "BitwiseNot", [("a", _BS_X)], "bitwise_not", opset=18)
+case("swish-alpha", "Swish", [("x", _x(3, 4) * 3)], "swish", opset=24, attrs={"alpha": 1.5})
+case(
+    "bitwise-or-int16",
+    "BitwiseOr",
+    [
+        ("a", _rng.integers(-300, 300, (2, 5)).astype(np.int16)),
+        ("b", _rng.integers(-300, 300, (2, 5)).astype(np.int16)),
+    ],
+    "bitwise_or",
+    opset=18,
+)
