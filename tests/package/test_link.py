@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import running
 
 from kiln import runtime_c
 from kiln.package import ModelInfo, Package, PackageError, ToolchainError, link_model, toolchain
@@ -143,11 +144,14 @@ def test_weights_from_a_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_600_mb_of_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", [NATIVE, pytest.param("armv7-linux", marks=pytest.mark.qemu)])
+def test_600_mb_of_weights(tmp_path: Path, target: str) -> None:
+    """More weights than any model in the tests (VGG-19: 550 MB), natively and on a 32-bit target under
+    qemu-user, where the large models themselves do not run (tests/e2e/test_models.py)."""
     size = 600 << 20
-    linked = link_tiny(NATIVE, weights=_large_weights(tmp_path, size), probe_offset=size - 1)
+    linked = link_tiny(target, weights=_large_weights(tmp_path, size), probe_offset=size - 1)
     assert linked.runner is not None and len(linked.runner) > size
-    with Package.create(NATIVE, TINY_INFO, linked).open_session() as s:
+    with running.open_session(Package.create(target, TINY_INFO, linked)) as s:
         out = s.run(tiny_inputs())
     assert out["probe"].tolist() == [77]
     np.testing.assert_allclose(out["y"], tiny_expected(tiny_inputs()), rtol=1e-6)
