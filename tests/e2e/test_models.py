@@ -1,15 +1,16 @@
 """Real models end to end: import ONNX, compile for a target, run natively or under qemu-user, and compare
 every output with onnxruntime (rtol 1e-3, atol 1e-4). Every model compiled here is also run.
 
-* Natively (x86-64): every light model of the ONNX zoo, both through its random-weights variant (which also
-  exposes the pre-softmax logits: the originals' weights are all 0.02, so their softmax is nearly uniform and a
-  wrong kernel could still "match") and as shipped; the large ones (Inception, ResNet-50, VGG/AlexNet/ZFNet,
-  DenseNet) and the originals are ``slow``. The PyTorch-built models (exported to ONNX by tests/models.py).
-* Under qemu-user (AArch64, Armv7, RV64 scalar and RVV), all ``slow``: one light model per family. SqueezeNet
-  and ShuffleNet whole; the light variants of Inception-v1, DenseNet-121 and VGG-19 (their own layers on a
-  smaller image, tests/models.py LIGHT_VARIANTS; natively too); ResNet, MobileNet, an MLP and a transformer
-  through the PyTorch models. The large models themselves run natively only: under emulation one of them takes
-  minutes, many more on a loaded machine.
+* Natively (x86-64): every light model of the ONNX zoo through its random-weights variant (the shipped
+  originals have the same graphs with every weight 0.02, so their softmax is nearly uniform and a wrong kernel
+  could still "match": they are not compiled at all); the large ones (Inception, ResNet-50, VGG/AlexNet/ZFNet,
+  DenseNet) are ``slow``. The PyTorch-built models (exported to ONNX by tests/models.py).
+* Under qemu-user (AArch64, Armv7, RV64 scalar and RVV), all ``slow``: one light model per family, each on some
+  of the emulated targets and every target by several models (:func:`_spread`), so emulator time goes to
+  distinct cases rather than the same model four times. SqueezeNet and ShuffleNet whole; the light variants of
+  Inception-v1, DenseNet-121 and VGG-19 (their own layers on a smaller image, tests/models.py LIGHT_VARIANTS;
+  natively too); ResNet, MobileNet, an MLP and a transformer through the PyTorch models. The large models
+  themselves run natively only: under emulation one of them takes minutes, many more on a loaded machine.
 
 The fast tier (``-m "not slow"``) keeps the native runs of the small light models (random weights) and the
 PyTorch models.
@@ -58,9 +59,18 @@ def _param(model: str, target: str, *marks: pytest.MarkDecorator) -> object:
     return pytest.param(model, target, marks=marks, id=f"{model}-{target}")
 
 
-def _native_light(model: str, *, random_weights: bool) -> object:
-    if not random_weights:  # the same graphs as the random-weights runs, with weights that test less
-        return _param(model, NATIVE, pytest.mark.slow)
+def _spread(names: list[str] | tuple[str, ...], per_model: int) -> list[tuple[str, str]]:
+    """(model, emulated target) pairs: each model on ``per_model`` targets, taken round-robin over the sorted
+    names so that every emulated target gets its share."""
+    order = sorted(names)
+    return [
+        (m, EMULATED[(i * per_model + k) % len(EMULATED)])
+        for i, m in enumerate(order)
+        for k in range(per_model)
+    ]
+
+
+def _native_light(model: str) -> object:
     if model not in LARGE:
         return _param(model, NATIVE)
     # one worker draws the random weights (VGG-19: 550 MB, 40 s) for here and tests/frontend
@@ -69,30 +79,25 @@ def _native_light(model: str, *, random_weights: bool) -> object:
 
 @pytest.mark.parametrize(
     ("model", "target"),
-    [_native_light(m, random_weights=True) for m in models.LIGHT_MODELS]
-    + [_param(m, t) for m in SMALL for t in EMULATED],
+    [_native_light(m) for m in models.LIGHT_MODELS] + [_param(m, t) for m, t in _spread(SMALL, 2)],
 )
 def test_light_model_with_random_weights(model: str, target: str) -> None:
     _check(str(models.light_random_path(model)), target)
 
 
 @pytest.mark.parametrize(
-    ("model", "target"), [_native_light(m, random_weights=False) for m in models.LIGHT_MODELS]
-)
-def test_original_light_model_natively(model: str, target: str) -> None:
-    _check(str(models.light_path(model)), target)
-
-
-@pytest.mark.parametrize(
     ("model", "target"),
-    [_param(m, t, pytest.mark.slow) for m in sorted(models.LIGHT_VARIANTS) for t in (NATIVE, *EMULATED)],
+    [_param(m, NATIVE, pytest.mark.slow) for m in sorted(models.LIGHT_VARIANTS)]
+    + [_param(m, t) for m, t in _spread(tuple(models.LIGHT_VARIANTS), 1)],
 )
 def test_light_variant_of_a_large_model(model: str, target: str) -> None:
     _check(str(models.light_variant_path(model)), target)
 
 
 @pytest.mark.parametrize(
-    ("model", "target"), [_param(m, t) for m in models.TORCH_MODELS for t in (NATIVE, *EMULATED)]
+    ("model", "target"),
+    [_param(m, NATIVE) for m in models.TORCH_MODELS]
+    + [_param(m, t) for m, t in _spread(models.TORCH_MODELS, 2)],
 )
 def test_pytorch_model(model: str, target: str) -> None:
     _check(str(models.torch_onnx_path(model)), target)

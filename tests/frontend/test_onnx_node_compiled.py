@@ -1,5 +1,10 @@
-"""ONNX's node test cases compiled by kiln and run: every in-scope case natively on x86-64 (slow tier: about
-1400 compilations), and a fixed sample under qemu-user on AArch64 and RV64 with RVV.
+"""ONNX's node test cases compiled by kiln and run: in-scope cases natively on x86-64 (slow tier), and a fixed
+sample under qemu-user on AArch64 and RV64 with RVV.
+
+Natively the suite runs a fixed quarter of the ~1300 passing cases (chosen by a hash of the name, so the same
+ones every run) plus every known failure, to keep the full suite inside CI's time budget; the interpreter runs
+every case (test_onnx_conformance.py) and tests/ops compiles every operator on every target.
+``KILN_FULL_MATRIX=1`` compiles every in-scope case, and ``scripts/onnx-node-report`` counts them all.
 
 Each case is passed, excluded with the reason (``onnx_node_suite.VERDICTS``) or a known failure with the reason
 (``onnx_node_suite.KNOWN_FAILURES``, strict: a case that starts passing must leave the list). The same counts
@@ -7,6 +12,9 @@ come out of ``scripts/onnx-node-report``.
 """
 
 from __future__ import annotations
+
+import os
+import zlib
 
 import onnx_node_suite as suite
 import pytest
@@ -55,10 +63,16 @@ EMULATION_GAPS = {
 }
 
 
+def _native_sample(name: str) -> bool:
+    return os.environ.get("KILN_FULL_MATRIX") == "1" or zlib.crc32(name.encode()) % 4 == 0
+
+
 def _params() -> list[object]:
     out: list[object] = []
     for name in suite.IN_SCOPE:
         why = suite.KNOWN_FAILURES.get(name)
+        if not why and not _native_sample(name):
+            continue
         marks = [pytest.mark.slow] + ([pytest.mark.xfail(reason=why, strict=True)] if why else [])
         out.append(pytest.param(NATIVE, name, marks=marks, id=f"{NATIVE}-{name}"))
     for target in EMULATED:
