@@ -86,7 +86,9 @@ def parse(path: Path) -> Page:
         if "skip" in marks:
             kind, reason = "skip", marks["skip"]
             if not reason:
-                raise ValueError(f"{rel}:{i + 1}: a skipped block needs a reason (<!-- docs-test: skip WHY -->)")
+                raise ValueError(
+                    f"{rel}:{i + 1}: a skipped block needs a reason (<!-- docs-test: skip WHY -->)"
+                )
         elif "file" in marks:
             kind, reason = "file", marks["file"]
         elif lang in RUN:

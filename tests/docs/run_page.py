@@ -1,8 +1,8 @@
 """Runs the blocks of one docs page in order, in the current directory: ``python run_page.py blocks.json``.
 
 Python blocks run in one namespace (compiled with the page's file name and line numbers, so a traceback points
-into the page); shell blocks run with ``bash -e -o pipefail``, each starting with the
-environment the previous block left (exported variables carry over, as in a terminal); file blocks are written. Exits 1 at the first
+into the page); shell blocks run with ``bash -e -o pipefail``, each starting with the environment the previous
+block left (exported variables carry over, as in a terminal); file blocks are written. Exits 1 at the first
 block that fails, naming it.
 """
 

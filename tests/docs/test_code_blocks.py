@@ -70,7 +70,11 @@ def test_page(page: Page, tmp_path: Path) -> None:
     spec.write_text(json.dumps([vars(b) for b in runnable]))
     bindir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""), PYTHONPATH=str(tmp_path))
-    env["HOME"] = str(tmp_path / "home")  # nothing a page does lands in the real home directory
+    # Nothing a page does lands in the real home directory (tokens, known hosts), but the build caches stay
+    # shared: each target's libc and C runtime are built once, not once per page.
+    env.setdefault("KILN_CACHE_DIR", str(Path.home() / ".cache" / "kiln"))
+    env.setdefault("ZIG_GLOBAL_CACHE_DIR", str(Path.home() / ".cache" / "zig"))
+    env["HOME"] = str(tmp_path / "home")
     env.pop("KILN_TARGET_PATH", None)
     # The page's processes (servers it starts in the background too) form one process group, ended after it.
     proc = subprocess.Popen(
@@ -121,4 +125,6 @@ def test_inventory() -> None:
 def test_how_to_says_where_it_fits(page: str) -> None:
     """Every how-to guide opens by placing itself in the data flow of docs/architecture.md."""
     head = "\n".join((DOCS / "how-to" / page).read_text().split("\n")[:16])
-    assert "](../architecture.md#the-data-flow)" in head, f"docs/how-to/{page}: link the data flow near the top"
+    assert "](../architecture.md#the-data-flow)" in head, (
+        f"docs/how-to/{page}: link the data flow near the top"
+    )

@@ -26,7 +26,9 @@ def test_site_builds_strict(tmp_path: Path) -> None:
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, (
+        f"mkdocs build --strict failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-8000:]}"
+    )
     assert (site / "index.html").is_file()
     cli = (site / "reference" / "cli" / "index.html").read_text()
     assert "kiln compile" in cli and "--pipeline" in cli, "the CLI reference was not generated"
