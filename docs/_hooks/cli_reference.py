@@ -38,6 +38,7 @@ def on_config(config):
     sys.path.insert(0, _mirror_package())
     return config
 
+
 MARKER = "<!-- cli-reference -->"
 
 
