@@ -4,9 +4,9 @@ One test per page: its blocks run in order in a fresh temporary directory, Pytho
 interpreter, shell blocks with ``kiln`` (and the repo's interpreter as ``python``) first on PATH. The
 working directory links the repo's ``examples/`` and ``benchmarks/``, as in a checkout, and holds the
 ``model.onnx`` the how-to pages compile ("your model": the quick start's small CNN, input ``data``
-1x3x16x16, output ``logits``) with an input for it in ``x.npy``. Pages marked slow
-(compiling big models, booting emulators) are in the slow tier. ``test_inventory`` prints what runs, what is
-skipped and why.
+1x3x16x16, output ``logits``) with an input for it in ``x.npy``. Running the pages is the slow tier's
+(each page starts ``kiln`` processes and compiles: 30-80 s a page on this machine; CI runs them all); the
+fast tier checks the inventory and the links. ``test_inventory`` prints what runs, what is skipped and why.
 """
 
 from __future__ import annotations
@@ -54,8 +54,7 @@ def _your_model(d: Path) -> None:
 
 
 def _param(page: Page):
-    marks = [pytest.mark.slow] if page.slow else []
-    return pytest.param(page, id=page.path, marks=marks)
+    return pytest.param(page, id=page.path, marks=[pytest.mark.slow])
 
 
 @pytest.mark.parametrize("page", [_param(p) for p in PAGES if any(b.kind != "text" for b in p.blocks)])
