@@ -45,15 +45,35 @@ class LauncherError(ValueError):
     """A launcher cannot be used here: unknown name, wrong target, missing emulator, missing runnable."""
 
 
+class StderrTail:
+    """The last :data:`STDERR_TAIL_BYTES` a device side wrote to its error stream, for error messages.
+    ``append`` may run in a reader thread while ``text`` is called from another."""
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def append(self, chunk: bytes) -> None:
+        with self._lock:
+            self._chunks.append(chunk)
+            self._bytes += len(chunk)
+            while self._bytes - len(self._chunks[0]) >= STDERR_TAIL_BYTES:
+                self._bytes -= len(self._chunks.popleft())
+
+    def text(self) -> str:
+        with self._lock:
+            data = b"".join(self._chunks)
+        return data[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace").strip()
+
+
 class ProcessPeer:
     """A runner process on this host (run directly or under an emulator)."""
 
     def __init__(self, proc: subprocess.Popen[bytes], label: str) -> None:
         self.proc = proc
         self.label = label
-        self._stderr: collections.deque[bytes] = collections.deque()
-        self._stderr_bytes = 0
-        self._lock = threading.Lock()
+        self._stderr = StderrTail()
         self._drain = threading.Thread(target=self._read_stderr, name=f"stderr of {label}", daemon=True)
         self._drain.start()
 
@@ -61,17 +81,11 @@ class ProcessPeer:
         stream = self.proc.stderr
         assert stream is not None
         while chunk := stream.read(4096):
-            with self._lock:
-                self._stderr.append(chunk)
-                self._stderr_bytes += len(chunk)
-                while self._stderr_bytes - len(self._stderr[0]) >= STDERR_TAIL_BYTES:
-                    self._stderr_bytes -= len(self._stderr.popleft())
+            self._stderr.append(chunk)
 
     def stderr_tail(self) -> str:
         """The last few KiB the process wrote to stderr."""
-        with self._lock:
-            data = b"".join(self._stderr)
-        return data[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace").strip()
+        return self._stderr.text()
 
     def running(self) -> bool:
         return self.proc.poll() is None

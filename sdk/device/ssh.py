@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import collections
 import contextlib
 import dataclasses
 import getpass
@@ -65,7 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.device.launchers import STDERR_TAIL_BYTES, Launcher, LauncherError, describe_exit
+from kiln.device.launchers import Launcher, LauncherError, StderrTail, describe_exit
 from kiln.device.protocol import Session
 from kiln.targets import Target, get_target, list_targets
 from kiln.targets.cpu import cannot_run, cpuinfo_features
@@ -700,9 +699,7 @@ class SshPeer:
         self._r_in, w_in = os.pipe()
         self.reader = os.fdopen(r_out, "rb", buffering=0)
         self.writer = os.fdopen(w_in, "wb", buffering=0)
-        self._stderr: collections.deque[bytes] = collections.deque()
-        self._stderr_bytes = 0
-        self._lock = threading.Lock()
+        self._stderr = StderrTail()
         self._threads = [
             threading.Thread(target=fn, name=f"{fn.__name__} of {label}", daemon=True)
             for fn in (self._down, self._up, self._drain_stderr)
@@ -734,16 +731,10 @@ class SshPeer:
     def _drain_stderr(self) -> None:
         with contextlib.suppress(Exception):
             while chunk := self.chan.recv_stderr(4096):
-                with self._lock:
-                    self._stderr.append(chunk)
-                    self._stderr_bytes += len(chunk)
-                    while self._stderr_bytes - len(self._stderr[0]) >= STDERR_TAIL_BYTES:
-                        self._stderr_bytes -= len(self._stderr.popleft())
+                self._stderr.append(chunk)
 
     def stderr_tail(self) -> str:
-        with self._lock:
-            data = b"".join(self._stderr)
-        return data[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace").strip()
+        return self._stderr.text()
 
     def running(self) -> bool:
         return not self.chan.closed and not self.chan.exit_status_ready() and self._conn.alive

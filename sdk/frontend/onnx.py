@@ -46,7 +46,7 @@ class ImportErrorInNode(ValueError):
 
 
 # ONNX TensorProto element type -> kiln dtype
-_ONNX_DTYPES = {
+ONNX_DTYPES = {
     1: "float32",
     2: "uint8",
     3: "int8",
@@ -225,7 +225,7 @@ def _clip(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
 
 @converter("Cast")
 def _cast(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    to = _ONNX_DTYPES.get(int(attrs["to"]))
+    to = ONNX_DTYPES.get(int(attrs["to"]))
     if to is None:
         raise im.fail(f"casting to ONNX type {attrs['to']} is not supported")
     return im.emit("cast", [_a(ins, 0)], outs, to=to)
@@ -1298,7 +1298,7 @@ def _eye_like(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], out
     x = _a(ins, 0)
     if not x.type.is_static:
         raise im.fail(f"needs a static input shape, got {x.type}")
-    dt = _ONNX_DTYPES.get(int(attrs["dtype"])) if "dtype" in attrs else x.type.dtype
+    dt = ONNX_DTYPES.get(int(attrs["dtype"])) if "dtype" in attrs else x.type.dtype
     if dt is None:
         raise im.fail(f"EyeLike to ONNX type {attrs['dtype']} is not supported")
     n, m = x.type.static_shape
@@ -1764,7 +1764,7 @@ def _zp_dtype(im: _Importer, zp: Value | None, attrs: dict[str, Any]) -> str:
     if zp is not None:
         dt = zp.type.dtype
     elif int(attrs.get("output_dtype", 0)):
-        dt = _ONNX_DTYPES.get(int(attrs["output_dtype"]), "?")
+        dt = ONNX_DTYPES.get(int(attrs["output_dtype"]), "?")
     else:
         dt = "uint8"
     if dt not in _Q_RANGE:
@@ -2048,7 +2048,7 @@ def _load(model: onnx.ModelProto | str | Path | bytes) -> onnx.ModelProto:
 
 def _value_type(vi: onnx.ValueInfoProto, shapes: dict[str, tuple[int, ...]]) -> TensorType:
     tt = vi.type.tensor_type
-    dtype = _ONNX_DTYPES.get(tt.elem_type)
+    dtype = ONNX_DTYPES.get(tt.elem_type)
     if dtype is None:
         raise ImportErrorInNode(f"input {vi.name!r} has unsupported element type {tt.elem_type}")
     if vi.name in shapes:

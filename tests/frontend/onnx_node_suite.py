@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from kiln.frontend.onnx import ONNX_DTYPES
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from onnx.backend.test.case.node import collect_testcases
@@ -118,18 +120,8 @@ STATIC_INPUTS: dict[str, set[int] | None] = {
 # Optional outputs kiln does not produce (the cases check the other outputs).
 DROPPED_OUTPUTS = {"LayerNormalization": (1, 2)}
 
-# ONNX element types kiln's compiler has (TensorProto codes).
-KILN_ELEM_TYPES = {
-    1: "float32",
-    2: "uint8",
-    3: "int8",
-    5: "int16",
-    6: "int32",
-    7: "int64",
-    9: "bool",
-    10: "float16",
-    11: "float64",
-}
+# ONNX element types kiln's compiler has (TensorProto codes): the importer's own table.
+KILN_ELEM_TYPES = ONNX_DTYPES
 
 # Cases kiln does not support, by name pattern, with the reason (they are not run).
 NOT_SUPPORTED = {
