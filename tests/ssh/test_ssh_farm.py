@@ -3,6 +3,7 @@ used by other clients; it keeps serving after runners hang or crash, the connect
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -114,6 +115,8 @@ def test_serve_refuses_a_board_that_cannot_run_the_target(sshd: Sshd, ssh_env: E
         capture_output=True,
         text=True,
         timeout=60,
+        # --insecure with a token is refused on its own: no token may leak in from another test's environment
+        env={k: v for k, v in os.environ.items() if not k.startswith("KILN_RPC_TOKEN")},
     )
     assert (
         r.returncode == 2 and "kiln serve: " in r.stderr and "cannot run aarch64-linux packages" in r.stderr
