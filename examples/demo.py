@@ -2,7 +2,7 @@
 handwritten digits that scikit-learn ships (1797 8x8 images, 10 classes), compiled for several instruction
 sets and run on devices leased from a local device farm.
 
-    python examples/demo.py [--targets x86_64-linux,aarch64-linux,riscv64-linux-rvv] [--test-images N]
+    python examples/demo.py [--targets x86_64-linux,aarch64-linux,mps2-an386] [--test-images N]
 
 What happens:
 1. The CNN (two 3x3 convolutions, global average pooling, a linear layer) is trained with PyTorch on 75% of
@@ -12,8 +12,9 @@ What happens:
 3. For each target the model is compiled, uploaded to a device leased from the tracker, and run on every
    held-out image there; the device's clock times single-image latency.
 The table shows, per device: accuracy on the held-out digits, how many predictions equal onnxruntime's, the
-largest difference from onnxruntime's logits, and the median latency measured on the device (for emulated
-devices that is emulated time, not what a real board would take).
+largest difference from onnxruntime's logits, and the median latency measured on the device: wall time on the
+host and under qemu-user (emulated, not what a real board would take); on the microcontroller boards
+(Cortex-M4 mps2-an386, RV32 riscv32-virt) QEMU's -icount virtual time, one nanosecond per instruction.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import kiln
 import kiln.rpc
 import kiln.targets
 
-DEFAULT_TARGETS = "x86_64-linux,aarch64-linux,riscv64-linux-rvv"
+DEFAULT_TARGETS = "x86_64-linux,aarch64-linux,riscv64-linux-rvv,mps2-an386,riscv32-virt"
 
 
 def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
