@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,6 +70,7 @@ class _Importer:
         self.op_type = ""
         # ONNX outputs a converter does not produce (e.g. MaxPool's Indices): name -> why, reported if used
         self.missing: dict[str, str] = {}
+        self._serial = itertools.count()  # temporary names: unique and the same on every import
 
     # ---- helpers for converters
     def emit(self, op: str, inputs: Sequence[Value], out_names: Sequence[str], **attrs: Any) -> list[Value]:
@@ -82,7 +84,7 @@ class _Importer:
         return list(outs)
 
     def tmp(self, base: str) -> str:
-        return f"{base}__{len(self.nodes)}_{id(self) % 997}"
+        return f"{base}__{next(self._serial)}"
 
     def const_input(self, v: Value | None, what: str) -> np.ndarray:
         if v is None:

@@ -280,3 +280,17 @@ def test_upsample_and_opset10_resize() -> None:
         (n,) = main.nodes
         assert n.op == "resize" and n.attrs["coordinate_transformation_mode"] == "asymmetric"
         assert main.outputs[0].type.shape == (1, 2, 6, 6)
+
+
+def test_importing_twice_gives_the_same_module_text() -> None:
+    """Temporary value names are numbered per import, not per importer object, so a model imports to the same
+    IR every time (packages and printed IR are reproducible)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.UINT8, [2, 8])
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    texts = [str(from_onnx(model)) for _ in range(3)]
+    assert "__" in texts[0]  # the converter does use temporary names
+    assert texts[0] == texts[1] == texts[2]
