@@ -141,17 +141,35 @@ def normalize_axis(axis: int, ndim: int, op: str = "") -> int:
     return axis % ndim if ndim else 0
 
 
+def _plain_number(b: T.ExprLike) -> bool:
+    """``b`` is a number known at compile time and not NaN (a Python number or an immediate)."""
+    v = b.value if isinstance(b, T.IntImm | T.FloatImm) else b
+    return isinstance(v, int | float) and v == v
+
+
 def nan_max(a: T.Expr, b: T.ExprLike) -> T.Expr:
     """``max(a, b)`` with IEEE 754-2019 ``maximum`` semantics for floats: NaN if either operand is NaN (as
-    NumPy's ``np.maximum``), so a NaN is never lost in a relu, clip, max-pool or max reduction."""
-    m = T.maximum(a, b)
-    return T.select(a.eq(a), m, a) if a.dtype.startswith("float") else m
+    NumPy's ``np.maximum``), so a NaN is never lost in a relu, clip, max-pool or max reduction.
+
+    Against a constant that is not NaN (relu's 0, clip's bounds) one ordered compare is enough:
+    ``a < b ? b : a`` keeps a NaN ``a`` (the compare is false) and is a single ``maxps``-like instruction;
+    two run-time operands take ``a == a ? max(a, b) : a`` (``max`` itself gives ``b`` when either is NaN)."""
+    if not a.dtype.startswith("float"):
+        return T.maximum(a, b)
+    if _plain_number(b):
+        c = T.const(b, a.dtype)
+        return T.select(a < c, c, a)
+    return T.select(a.eq(a), T.maximum(a, b), a)
 
 
 def nan_min(a: T.Expr, b: T.ExprLike) -> T.Expr:
     """``min(a, b)``, NaN if either operand is NaN (see :func:`nan_max`)."""
-    m = T.minimum(a, b)
-    return T.select(a.eq(a), m, a) if a.dtype.startswith("float") else m
+    if not a.dtype.startswith("float"):
+        return T.minimum(a, b)
+    if _plain_number(b):
+        c = T.const(b, a.dtype)
+        return T.select(a > c, c, a)
+    return T.select(a.eq(a), T.minimum(a, b), a)
 
 
 def limit_value(value: float, dtype: str) -> float | int:
