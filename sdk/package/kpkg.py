@@ -12,11 +12,20 @@ and its linker map); ``lib/libmodel.a`` + ``include/model.h`` + ``include/kiln/*
 features, os}; ``inputs``/``outputs`` [{name, dtype, shape}]; ``arena_bytes`` (workspace); ``weight_bytes``;
 ``code_bytes`` (executable sections of the generated code); ``operators``; ``kernels`` (kernel names in
 profiler index order); ``symbol_prefix`` (of the model's global symbols, ``kiln_model`` by default);
-``runnable`` (path of the runnable or null); boards also ``memory`` (flash: code /
+``runnable`` (path of the runnable or null); ``stored_once`` (see below); boards also ``memory`` (flash: code /
 weights / runtime, RAM: arena / io / stack / runtime, totals, limits, percent, output sections: measured on
 the linked image) and ``board`` (memory map, timer, emulator); ``runtime`` {abi_version,
 protocol_version, sha256 of the runtime sources}; ``compiler`` ("kiln X.Y.Z"); ``files`` {path: {sha256,
 size}} for every other member. Extra keys may be added by the compile driver.
+
+Weights stored once: the weights blob is linked into both the runnable (``bin/runner`` or ``bin/image.elf``)
+and ``lib/libmodel.a``, so the archive stores the library without it. ``stored_once`` lists such members:
+``[{path, offset, size, source, source_offset}]`` says that ``path`` is stored with the ``size`` bytes at
+``offset`` cut out, and that those bytes are ``source``'s at ``source_offset`` (``source`` is stored whole and
+comes earlier in the archive). Reading puts them back before checking digests, so :attr:`Package.files`,
+:meth:`Package.extract` and :func:`unpack` give every file whole and ``files`` digests are of whole files;
+a plain ``tar x`` gives a whole ``bin/runner`` but an incomplete ``lib/libmodel.a`` (extract with kiln to
+embed it). Format version 1 (no ``stored_once``) is still read.
 
 :meth:`Package.load` trusts nothing: it rejects members that are not plain regular files (links,
 directories, devices, GNU sparse members, whose declared size can be far larger than the archive) or whose
@@ -29,6 +38,8 @@ archive), optionally writing the files to a directory; the device farm uses it f
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -37,7 +48,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
@@ -53,7 +64,9 @@ from kiln.runtime_c import abi
 from kiln.targets import Target, get_target
 from kiln.targets.board import board_of
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: format versions this kiln reads (1: every member stored whole)
+READ_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 RUNNER = "bin/runner"
 IMAGE = "bin/image.elf"
@@ -63,6 +76,7 @@ _AUTO: Any = object()
 _RESERVED = {
     "format_version",
     "files",
+    "stored_once",
     "name",
     "target",
     "inputs",
@@ -194,6 +208,18 @@ class Package:
         manifest["files"] = {
             name: {"sha256": _sha256(data), "size": len(data)} for name, data in sorted(files.items())
         }
+        if linked.weights_at is not None and runnable is not None:
+            in_lib, in_runnable = linked.weights_at
+            manifest["stored_once"] = [
+                {
+                    "path": "lib/libmodel.a",
+                    "offset": in_lib,
+                    "size": linked.weight_bytes,
+                    "source": runnable,
+                    "source_offset": in_runnable,
+                }
+            ]
+            _stored_once(manifest, "<new package>")  # checks the ranges
         return cls(manifest, files)
 
     @classmethod
@@ -230,6 +256,16 @@ class Package:
         if MANIFEST not in contents:
             raise PackageError(f"{source} is not a kiln package: it has no {MANIFEST}")
         manifest = _parse_manifest(contents.pop(MANIFEST), source)
+        for cut in _stored_once(manifest, source).values():
+            stored = contents.get(cut.path)
+            whole = contents.get(cut.source)
+            if stored is None or whole is None or len(stored) < cut.offset:
+                raise PackageError(
+                    f"{source}: {cut.path!r} is stored without {cut.size} bytes at {cut.offset} taken from "
+                    f"{cut.source!r}, but the archive does not hold them; the package is corrupted"
+                )
+            shared = whole[cut.source_offset : cut.source_offset + cut.size]
+            contents[cut.path] = b"".join((stored[: cut.offset], shared, stored[cut.offset :]))
         _verify_files(manifest, contents, source)
         return cls(manifest, contents)
 
@@ -268,8 +304,13 @@ class Package:
     # ---- output
 
     def _write(self, out: IO[bytes] | io.RawIOBase) -> None:
+        cuts = _stored_once(self._manifest, "the package")
         with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[arg-type]
             for name, data in [(MANIFEST, self.manifest_bytes()), *self._files.items()]:
+                cut = cuts.get(name)
+                if cut is not None:
+                    view = memoryview(data)
+                    data = b"".join((view[: cut.offset], view[cut.offset + cut.size :]))
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 info.mtime = 0
@@ -437,8 +478,12 @@ def unpack(
         paths = _PathSet(source)
         digests: dict[str, tuple[str, int]] = {}
         manifest_data: bytes | None = None
+        cuts: dict[str, _Cut] = {}
+        held: dict[str, IO[bytes]] = {}  # source member -> the range it lends (a temporary file)
         total = count = 0
-        with path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        with contextlib.ExitStack() as stack:
+            raw = stack.enter_context(path.open("rb"))
+            tar = stack.enter_context(tarfile.open(fileobj=raw, mode="r|"))
             for m in tar:
                 _check_member(m, source)
                 paths.add(m.name)
@@ -451,25 +496,48 @@ def unpack(
                     if m.size > 16 << 20:
                         raise PackageError(f"{source}: {MANIFEST} of {m.size} bytes is too large")
                     manifest_data = f.read()
+                    cuts = _stored_once(_parse_manifest(manifest_data, source), source)
+                    if cuts and count != 1:
+                        raise PackageError(
+                            f"{source}: {MANIFEST} is not the first member; the package is corrupted"
+                        )
                     if root is not None:
                         (root / MANIFEST).write_bytes(manifest_data)
                     continue
+                lends = [c for c in cuts.values() if c.source == m.name]
+                cut = cuts.get(m.name)
+                if cut is not None and m.size + cut.size > limits.max_member_bytes:
+                    raise PackageError(
+                        f"{source}: member {m.name!r} of {m.size + cut.size} bytes is over the limit of "
+                        f"{limits.max_member_bytes}"
+                    )
                 h = hashlib.sha256()
                 out = None
                 if root is not None:
                     dest_path = root.joinpath(*PurePosixPath(m.name).parts)
                     dest_path.parent.mkdir(parents=True, exist_ok=True)
                     out = dest_path.open("wb")
+                if lends:
+                    held[m.name] = stack.enter_context(tempfile.TemporaryFile())
+                size = 0
                 try:
-                    while block := f.read(1 << 20):
+                    for block in _member_blocks(f, m.size, cut, held, source):
                         h.update(block)
                         if out is not None:
                             out.write(block)
+                        for c in lends:  # keep the bytes this member lends to another
+                            lo, hi = (
+                                max(size, c.source_offset),
+                                min(size + len(block), c.source_offset + c.size),
+                            )
+                            if lo < hi:
+                                held[m.name].write(block[lo - size : hi - size])
+                        size += len(block)
                 finally:
                     if out is not None:
                         out.close()
                         dest_path.chmod(0o755 if m.name.startswith("bin/") else 0o644)
-                digests[m.name] = (h.hexdigest(), m.size)
+                digests[m.name] = (h.hexdigest(), size)
         if manifest_data is None:
             raise PackageError(f"{source} is not a kiln package: it has no {MANIFEST}")
         manifest = _parse_manifest(manifest_data, source)
@@ -487,6 +555,31 @@ def unpack(
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
         raise
+
+
+def _member_blocks(
+    f: IO[bytes], size: int, cut: _Cut | None, held: Mapping[str, IO[bytes]], source: str
+) -> Iterator[bytes]:
+    """A member's whole bytes in blocks: as stored, or with the range another member lent put back."""
+    if cut is None:
+        while block := f.read(1 << 20):
+            yield block
+        return
+    lent = held.get(cut.source)
+    if lent is None or lent.tell() != cut.size or size < cut.offset:
+        raise PackageError(
+            f"{source}: {cut.path!r} is stored without {cut.size} bytes at {cut.offset} taken from "
+            f"{cut.source!r}, but the archive does not hold them; the package is corrupted"
+        )
+    left = cut.offset
+    while left and (block := f.read(min(left, 1 << 20))):
+        left -= len(block)
+        yield block
+    lent.seek(0)
+    while block := lent.read(1 << 20):
+        yield block
+    while block := f.read(1 << 20):
+        yield block
 
 
 def _check_member(m: tarfile.TarInfo, source: str) -> None:
@@ -529,10 +622,11 @@ def _parse_manifest(data: bytes, source: str) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise PackageError(f"{source}: {MANIFEST} must be a JSON object")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise PackageError(
             f"{source}: package format version {version!r} is not supported (kiln {_kiln_version()} reads "
-            f"version {FORMAT_VERSION}); rebuild the package with this kiln or install the kiln that made it"
+            f"versions {', '.join(map(str, READ_VERSIONS))}); rebuild the package with this kiln or install the "
+            "kiln that made it"
         )
     for key in ("name", "target", "inputs", "outputs", "files"):
         if key not in manifest:
@@ -540,6 +634,54 @@ def _parse_manifest(data: bytes, source: str) -> dict[str, Any]:
                 f"{source}: {MANIFEST} lacks the required key {key!r}; the package is corrupted"
             )
     return manifest
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """One ``stored_once`` entry: ``path`` is stored without ``size`` bytes at ``offset``, which are
+    ``source``'s bytes at ``source_offset``."""
+
+    path: str
+    offset: int
+    size: int
+    source: str
+    source_offset: int
+
+
+def _stored_once(manifest: Mapping[str, Any], source: str) -> dict[str, _Cut]:
+    """The manifest's ``stored_once`` entries by path, checked against its ``files``: a source is stored
+    whole and comes before the file it completes in the archive, and both hold the range."""
+    entries = manifest.get("stored_once", [])
+    files = manifest.get("files")
+    if not isinstance(entries, list) or not isinstance(files, dict):
+        raise PackageError(f"{source}: {MANIFEST} 'stored_once' must be a list; the package is corrupted")
+
+    def size(path: Any) -> int:
+        meta = files.get(path) if isinstance(path, str) else None
+        value = meta.get("size") if isinstance(meta, dict) else None
+        return value if isinstance(value, int) else -1
+
+    cuts: dict[str, _Cut] = {}
+    for entry in entries:
+        cut = None
+        if isinstance(entry, dict) and set(entry) == {f.name for f in dataclasses.fields(_Cut)}:
+            cut = _Cut(**entry)
+        numbers = () if cut is None else (cut.offset, cut.size, cut.source_offset)
+        if (
+            cut is None
+            or not all(type(v) is int and v >= 0 for v in numbers)
+            or not isinstance(cut.path, str)
+            or not isinstance(cut.source, str)
+            or not cut.source < cut.path
+            or {cut.path, cut.source} & ({c.path for c in cuts.values()} | {c.source for c in cuts.values()})
+            or cut.source_offset + cut.size > size(cut.source)
+            or cut.offset + cut.size > size(cut.path)
+        ):
+            raise PackageError(
+                f"{source}: {MANIFEST} has an invalid 'stored_once' entry {entry!r}; the package is corrupted"
+            )
+        cuts[cut.path] = cut
+    return cuts
 
 
 def _pax_sparse(m: tarfile.TarInfo) -> bool:

@@ -20,6 +20,7 @@ the executable has no build id, so the same inputs give byte-identical outputs.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import tempfile
@@ -114,6 +115,10 @@ class LinkedModel:
     code_size: int
     weight_bytes: int
     image: Any = None  # kiln.package.firmware.Image for a board
+    #: where the weights blob lies in ``libmodel`` and in the runnable (runner or image ELF), as byte offsets
+    #: ``(in_libmodel, in_runnable)``; None if it is empty or not found verbatim in both. A package stores
+    #: the blob once (:mod:`kiln.package.kpkg`).
+    weights_at: tuple[int, int] | None = None
 
 
 def link_model(
@@ -179,14 +184,26 @@ def link_model(
                 cwd=tmp,
             )
             runner = (tmp / "runner").read_bytes()
+        libmodel = lib.read_bytes()
+        runnable = runner if image is None else image.elf
         return LinkedModel(
             runner=runner,
-            libmodel=lib.read_bytes(),
+            libmodel=libmodel,
             model_h=model_header(info, target, weight_bytes).encode(),
             code_size=elf_code_size(model_object) + sum(elf_code_size(o) for o in extra_objects),
             weight_bytes=weight_bytes,
             image=image,
+            weights_at=_find_blob(tmp / "weights.bin", libmodel, runnable),
         )
+
+
+def _find_blob(blob_path: Path, libmodel: bytes, runnable: bytes | None) -> tuple[int, int] | None:
+    """The offsets of the blob's bytes in ``libmodel`` and ``runnable``; None if it is empty or one lacks it."""
+    if runnable is None or blob_path.stat().st_size == 0:
+        return None
+    with blob_path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as blob:
+        at = libmodel.find(blob), runnable.find(blob)
+    return None if -1 in at else at
 
 
 def _place_weights(weights: bytes | Path, dest: Path) -> int:
