@@ -11,8 +11,18 @@ A fenced block's info string names its language:
 
 Markers are HTML comments on the line(s) right before a block, visible in the page's source:
 
-- ``<!-- docs-test: skip REASON -->``: the block is not run (a board's address, ``apt-get``, a server that runs
-  until Ctrl-C); the test lists every skipped block with its reason.
+- ``<!-- docs-test: service READY -->``: the block's commands are servers that run until Ctrl-C, as a reader
+  starts them in terminals of their own. Each command (a line; ``\\`` continues it) starts in the background,
+  the next block runs once it printed a line that matches the regular expression READY, and the runner stops
+  them (SIGTERM) when the page ends. The values of READY's named groups are exported for the blocks after it:
+  ``listening on (?P<TRACKER>\\S+)`` sets ``$TRACKER`` to the address a server printed.
+- ``<!-- docs-test: board -->`` anywhere in a page: the page reaches a Linux board over SSH. The test gives it
+  one: an OpenSSH server of its own on 127.0.0.1 at a free port (this machine; its own config and a
+  throwaway host key) that accepts the throwaway key ``~/.ssh/id_ed25519`` of the page's home directory; ``$BOARD`` and
+  ``$BUILD_SERVER`` are its ``USER@127.0.0.1:PORT``, ``$BOARD_TARGET`` the target it runs natively. Its host
+  key is not in ``~/.ssh/known_hosts`` yet, as with a new board.
+- ``<!-- docs-test: skip REASON -->``: the block is not run (``apt-get``, a board on a debug probe); the test
+  lists every skipped block with its reason.
 - ``<!-- docs-test: slow REASON -->`` anywhere in a page: the page's test is marked ``slow`` (it compiles big
   models or boots emulators).
 - ``<!-- docs-test: timeout SECONDS -->`` anywhere in a page: the page's time limit (default 120 s).
@@ -36,8 +46,8 @@ class Block:
     line: int  # 1-based line of the first line of code
     lang: str  # the info string's language ("" when none)
     code: str
-    kind: str  # "python", "sh", "file", "skip", "text"
-    reason: str = ""  # skip: why; file: the path to write
+    kind: str  # "python", "sh", "file", "service", "skip", "text"
+    reason: str = ""  # skip: why; file: the path to write; service: the regular expression of "ready"
 
 
 @dataclass
@@ -46,13 +56,14 @@ class Page:
     blocks: list[Block]
     slow: str | None  # the reason, when the page is slow
     timeout: float
+    board: bool = False  # the page reaches a board over SSH ($BOARD)
 
 
 def parse(path: Path) -> Page:
     rel = path.relative_to(DOCS).as_posix()
     lines = path.read_text().split("\n")
     blocks: list[Block] = []
-    slow, timeout = None, 120.0
+    slow, timeout, board = None, 120.0, False
     pending: list[tuple[str, str]] = []  # markers seen since the last block
     i = 0
     while i < len(lines):
@@ -63,7 +74,9 @@ def parse(path: Path) -> Page:
                 slow = arg or "slow"
             elif word == "timeout":
                 timeout = float(arg)
-            elif word in ("skip", "file"):
+            elif word == "board":
+                board = True
+            elif word in ("skip", "file", "service"):
                 pending.append((word, arg))
             else:
                 raise ValueError(f"{rel}:{i + 1}: unknown docs-test marker {word!r}")
@@ -91,12 +104,23 @@ def parse(path: Path) -> Page:
                 )
         elif "file" in marks:
             kind, reason = "file", marks["file"]
+        elif "service" in marks:
+            if lang not in RUN or RUN[lang] != "sh" or not marks["service"]:
+                raise ValueError(
+                    f"{rel}:{i + 1}: a service block is a sh block with the text its servers print when "
+                    "ready (<!-- docs-test: service REGEX -->)"
+                )
+            try:
+                re.compile(marks["service"])
+            except re.error as e:
+                raise ValueError(f"{rel}:{i + 1}: the service's ready pattern is not a regex: {e}") from e
+            kind, reason = "service", marks["service"]
         elif lang in RUN:
             kind = RUN[lang]
         blocks.append(Block(rel, i + 2, lang, code, kind, reason))
         pending = []
         i = j + 1
-    return Page(rel, blocks, slow, timeout)
+    return Page(rel, blocks, slow, timeout, board)
 
 
 def pages() -> list[Page]:
