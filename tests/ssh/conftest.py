@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sshboard import SSHD, Sshd, keygen, runners_in, wait_until
+from sshboard import SSHD, Env, Sshd, keygen, runners_in, wait_until
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,7 +50,7 @@ def make_sshd(
 
 
 @pytest.fixture
-def ssh_env(tmp_path: Path, ssh_keys: dict[str, Path]) -> Callable[..., dict[str, Any]]:
+def ssh_env(tmp_path: Path, ssh_keys: dict[str, Path]) -> Env:
     """``ssh_env(board, **overrides)``: the SshOptions fields for ``board`` in this test: its key, a
     known_hosts file that knows it, an empty ssh config, no agent, a remote dir of the test's own."""
     (tmp_path / "ssh_config").write_text("")

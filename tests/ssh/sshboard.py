@@ -27,6 +27,9 @@ import pytest
 SSHD = "/usr/sbin/sshd"
 IS_ROOT = os.geteuid() == 0
 
+#: the ``ssh_env`` fixture: ``ssh_env(board, **overrides)`` -> the SshOptions fields for ``board``
+Env = Callable[..., dict[str, Any]]
+
 
 def _namespaces_work() -> bool:
     if not IS_ROOT or shutil.which("unshare") is None:
@@ -192,12 +195,35 @@ SetEnv SHLVL=1
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, grace=5.0)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
+    """Terminates ``proc``, and kills it if it has not ended after ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def ssh_args(env: dict[str, Any]) -> list[str]:
+    """The ``kiln`` command-line options that reach the board ``env`` (an ``ssh_env(...)`` result) describes."""
+    out = [
+        "--ssh",
+        env["destination"],
+        "--known-hosts",
+        env["known_hosts"],
+        "--ssh-config",
+        env["config_file"],
+    ]
+    out += ["--no-ssh-agent", "--remote-dir", env["remote_dir"]]
+    for key in env["identity_files"]:
+        out += ["--ssh-identity", key]
+    if env.get("exec_prefix"):
+        out += ["--ssh-exec-prefix", " ".join(env["exec_prefix"])]
+    return out
 
 
 def python_client(script: str) -> subprocess.Popen[str]:
@@ -236,11 +262,6 @@ class FarmCommand:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, grace=10.0)
         if self.proc.stdout is not None:
             self.proc.stdout.close()

@@ -5,40 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sshboard import Sshd
+from sshboard import Env, Sshd, ssh_args
 
 import tinypkg
-
-Env = Callable[..., dict[str, Any]]
 
 
 def kiln(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, timeout=300
     )
-
-
-def ssh_args(env: dict[str, Any]) -> list[str]:
-    out = [
-        "--ssh",
-        env["destination"],
-        "--known-hosts",
-        env["known_hosts"],
-        "--ssh-config",
-        env["config_file"],
-    ]
-    out += ["--no-ssh-agent", "--remote-dir", env["remote_dir"]]
-    for key in env["identity_files"]:
-        out += ["--ssh-identity", key]
-    if env.get("exec_prefix"):
-        out += ["--ssh-exec-prefix", " ".join(env["exec_prefix"])]
-    return out
 
 
 @pytest.fixture

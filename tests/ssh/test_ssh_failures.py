@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sshboard import Sshd, free_port, keygen, needs_namespaces
+from sshboard import Env, Sshd, free_port, keygen, needs_namespaces
 
 import tinypkg
 from kiln.device.ssh import (
@@ -28,8 +28,6 @@ from kiln.device.ssh import (
     parse_destination,
     resolve,
 )
-
-Env = Callable[..., dict[str, Any]]
 
 
 def launcher(target: str, **fields: Any) -> SshLauncher:

@@ -12,31 +12,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sshboard import FarmCommand, Sshd, needs_namespaces, runners_in, wait_until
+from sshboard import Env, FarmCommand, Sshd, needs_namespaces, runners_in, ssh_args, wait_until
 
 import kiln.rpc
 import tinypkg
 from kiln.device.ssh import SshConnection, SshOptions
 
-Env = Callable[..., dict[str, Any]]
 TOKEN = "kiln-ssh-test-token"
-
-
-def ssh_args(env: dict[str, Any]) -> list[str]:
-    out = [
-        "--ssh",
-        env["destination"],
-        "--known-hosts",
-        env["known_hosts"],
-        "--ssh-config",
-        env["config_file"],
-    ]
-    out += ["--no-ssh-agent", "--remote-dir", env["remote_dir"]]
-    for key in env["identity_files"]:
-        out += ["--ssh-identity", key]
-    if env.get("exec_prefix"):
-        out += ["--ssh-exec-prefix", " ".join(env["exec_prefix"])]
-    return out
 
 
 @pytest.fixture

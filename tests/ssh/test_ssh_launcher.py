@@ -13,14 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sshboard import Sshd, python_client, runners_in
+from sshboard import Env, Sshd, python_client, runners_in
 
 import tinypkg
 from kiln.device import DeviceLost, DeviceTimeout, make_launcher
 from kiln.device.ssh import SshLauncher, SshOptions
 from kiln.targets import get_target
-
-Env = Callable[..., dict[str, Any]]
 
 
 def launcher(target: str, **fields: Any) -> SshLauncher:
