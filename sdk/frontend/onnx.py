@@ -78,6 +78,12 @@ class _Importer:
         if inputs and all(isinstance(v, Constant) for v in inputs):
             values = get_op(op).reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
             return [Constant(n, np.asarray(v)) for n, v in zip(out_names, values, strict=True)]
+        return self.add_node(op, inputs, out_names, attrs)
+
+    def add_node(
+        self, op: str, inputs: Sequence[Value], out_names: Sequence[str], attrs: dict[str, Any]
+    ) -> list[Value]:
+        """A node of kiln operator ``op``, never folded (for a pass to see: a QDQ graph's weights)."""
         types = get_op(op).infer([v.type for v in inputs], attrs)
         outs = tuple(Var(n, t) for n, t in zip(out_names, types, strict=True))
         self.nodes.append(Node(op, tuple(inputs), outs, attrs, self.node_name))
@@ -275,6 +281,7 @@ def _conv(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     d = list(attrs.get("dilations", [1] * nd))
     pads = _conv_pads(im, attrs, x.type.shape[2:], k, s, d)
     args = [x, w] + ([b] if b is not None else [])
+    pad = {"pad_value": attrs["pad_value"]} if "pad_value" in attrs else {}  # from ConvInteger (kiln's)
     if nd == 2:
         return im.emit(
             "conv2d",
@@ -284,6 +291,7 @@ def _conv(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
             pads=_to_2d(pads),
             dilations=tuple(d),
             groups=int(attrs.get("group", 1)),
+            **pad,
         )
     if nd == 1:  # 1-D convolution as 2-D with a unit height
         x2 = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(*x.type.shape[:2], 1, x.type.shape[2]))[0]
@@ -296,6 +304,7 @@ def _conv(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
             pads=(0, pads[0], 0, pads[1]),
             dilations=(1, d[0]),
             groups=int(attrs.get("group", 1)),
+            **pad,
         )[0]
         shp = y.type.shape
         return im.emit("reshape", [y], outs, shape=(shp[0], shp[1], shp[3]))
@@ -342,23 +351,20 @@ def _matmul_integer(
     im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
 ) -> list[Value]:
     """int8/uint8 operands, optional zero points (per tensor, per row of A or per column of B); int32
-    accumulation and result. Zero points that are absent or all zero cost nothing: the 8-bit operands go
-    straight into the int32-accumulating matmul."""
+    accumulation and result. The 8-bit operands go straight into the int32-accumulating matmul: a constant
+    B's zero point is subtracted from B now (an int16 constant), and A's zero point becomes the correction
+    ``- za * colsum(B)``, elementwise on the result (fused into the kernel's epilogue). A B computed at run
+    time with a zero point is widened to int16 first (and A with it)."""
     a, b = _a(ins, 0), _a(ins, 1)
-    zps = [ins[i] if len(ins) > i else None for i in (2, 3)]
-    live = [zp is not None and not (isinstance(zp, Constant) and not np.any(zp.data)) for zp in zps]
-    if not any(live):
+    za, zb = (ins[i] if len(ins) > i and _live(ins[i]) else None for i in (2, 3))
+    if zb is not None:
+        b = _narrow_operand(im, b, zb, -1, outs[0])
+    if za is None:
         return im.emit("matmul", [a, b], outs)
-    args: list[Value] = []
-    for k, (v, zp) in enumerate(zip((a, b), zps, strict=True)):
-        wide = im.emit("cast", [v], [im.tmp(outs[0])], to="int32")[0]
-        if zp is not None and live[k]:
-            zp32 = im.emit("cast", [zp], [im.tmp(outs[0])], to="int32")[0]
-            if k == 0 and zp.type.ndim == 1 and zp.type.shape[0] != 1:  # one zero point per row of A
-                zp32 = im.emit("reshape", [zp32], [im.tmp(outs[0])], shape=(zp.type.shape[0], 1))[0]
-            wide = im.emit("sub", [wide, zp32], [im.tmp(outs[0])])[0]
-        args.append(wide)
-    return im.emit("matmul", args, outs)
+    if not isinstance(b, Constant):  # no constant column sums: the zero point is subtracted from A
+        return im.emit("matmul", [_narrow_operand(im, a, za, -2, outs[0]), b], outs)
+    acc = im.emit("matmul", [a, b], [im.tmp(outs[0])])[0]
+    return [_zero_point_correction(im, acc, za, b.data.astype(np.int64).sum(axis=-2), -2, outs)]
 
 
 @converter("BatchNormalization")
@@ -1742,13 +1748,17 @@ def _unblock(im: _Importer, v: Value | None, axis: int, block: int, x: Value, ou
 
 
 def _dequantize(im: _Importer, x: Value, scale: Value, zp: Value | None, axis: int, out: list[str]) -> Value:
+    """``(float(x) - zp) * scale``. Constant 8-bit weights are not folded here: the ``fuse-qdq`` pass looks
+    for them to compute in integers (``fold-constants`` folds the ones it leaves)."""
     nd = x.type.ndim
     fdt = scale.type.dtype
-    xf = im.emit("cast", [x], [im.tmp(out[0])], to=fdt)[0]
+    keep = isinstance(x, Constant) and x.type.dtype in ("int8", "uint8")
+    emit = im.add_node if keep else lambda op, ins, names, attrs: im.emit(op, ins, names, **attrs)
+    xf = emit("cast", [x], [im.tmp(out[0])], {"to": fdt})[0]
     if zp is not None and not (isinstance(zp, Constant) and not np.any(zp.data)):
         zf = im.emit("cast", [_along(im, zp, axis, nd, out[0])], [im.tmp(out[0])], to=fdt)[0]
-        xf = im.emit("sub", [xf, zf], [im.tmp(out[0])])[0]
-    return im.emit("mul", [xf, _along(im, scale, axis, nd, out[0])], out)[0]
+        xf = emit("sub", [xf, zf], [im.tmp(out[0])], {})[0]
+    return emit("mul", [xf, _along(im, scale, axis, nd, out[0])], out, {})[0]
 
 
 def _requantize(im: _Importer, y: Value, zp: Value | None, dtype: str, out: list[str]) -> Value:
@@ -1794,18 +1804,25 @@ def _quantize_linear(
     x, scale = _a(ins, 0), _a(ins, 1)
     zp = ins[2] if len(ins) > 2 else None
     dtype = _zp_dtype(im, zp, attrs)
-    nd = x.type.ndim
     axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
     if block:
         scale = _unblock(im, scale, axis, block, x, outs[0])  # type: ignore[assignment]
         zp = _unblock(im, zp, axis, block, x, outs[0])
+    return [_quantize(im, x, scale, zp, axis, dtype, outs)]
+
+
+def _quantize(
+    im: _Importer, x: Value, scale: Value, zp: Value | None, axis: int, dtype: str, outs: list[str]
+) -> Value:
+    """``saturate(round(x / scale) + zp)`` (the chain the ``fuse-qdq`` pass recognizes)."""
+    nd = x.type.ndim
     xf = x if x.type.dtype == "float32" else im.emit("cast", [x], [im.tmp(outs[0])], to="float32")[0]
     sf = _along(im, scale, axis, nd, outs[0])
     if sf.type.dtype != "float32":
         sf = im.emit("cast", [sf], [im.tmp(outs[0])], to="float32")[0]
     y = im.emit("div", [xf, sf], [im.tmp(outs[0])])[0]
     zp_b = _along(im, zp, axis, nd, outs[0]) if zp is not None else None
-    return [_requantize(im, y, zp_b, dtype, outs)]
+    return _requantize(im, y, zp_b, dtype, outs)
 
 
 @converter("DynamicQuantizeLinear")
@@ -1830,83 +1847,88 @@ def _dynamic_quantize(
     return [y, scale, zp]
 
 
-def _int32_operand(im: _Importer, v: Value, zp: Value | None, axis: int, out: str) -> Value:
-    """``int32(v) - int32(zp)`` (``zp`` per tensor or along ``axis``)."""
-    wide = im.emit("cast", [v], [im.tmp(out)], to="int32")[0]
-    if zp is None or (isinstance(zp, Constant) and not np.any(zp.data)):
-        return wide
-    z = im.emit("cast", [_along(im, zp, axis, v.type.ndim, out)], [im.tmp(out)], to="int32")[0]
+def _live(zp: Value | None) -> bool:
+    """A zero point that is there and not all zeros."""
+    return zp is not None and not (isinstance(zp, Constant) and not np.any(zp.data))
+
+
+def _narrow_operand(im: _Importer, v: Value, zp: Value, axis: int, out: str) -> Value:
+    """``int16(v) - int16(zp)`` (``zp`` per tensor or along ``axis``): 8-bit values less their zero point
+    fit int16, which the integer kernels multiply and accumulate in int32 like 8-bit operands; for a
+    constant ``v`` it is computed now."""
+    wide = im.emit("cast", [v], [im.tmp(out)], to="int16")[0]
+    z = im.emit("cast", [_along(im, zp, axis, v.type.ndim, out)], [im.tmp(out)], to="int16")[0]
     return im.emit("sub", [wide, z], [im.tmp(out)])[0]
 
 
-def _conv_int32(
-    im: _Importer, x: Value, w: Value, bias: Value | None, attrs: dict[str, Any], out: list[str]
+def _zero_point_correction(
+    im: _Importer, acc: Value, zp: Value, sums: np.ndarray, axis: int, outs: list[str]
 ) -> Value:
-    """The int32 convolution of int32 operands through the Conv converter (pads, strides, groups, 1-D)."""
-    args: list[Value | None] = [x, w, bias] if bias is not None else [x, w]
-    keep = {
-        k: v
-        for k, v in attrs.items()
-        if k in ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
-    }
-    return CONVERTERS["Conv"](im, args, keep, out)[0]
+    """``acc - int32(zp) * sums``: an input zero point taken out of an integer product with constant weights
+    (``sums``: the weights' sums per output element; ``zp`` per tensor or along ``axis`` of ``acc``)."""
+    z = im.emit("cast", [_along(im, zp, axis, acc.type.ndim, outs[0])], [im.tmp(outs[0])], to="int32")[0]
+    c = im.emit("mul", [z, Constant(im.tmp("sums"), sums.astype(np.int32))], [im.tmp(outs[0])])[0]
+    return im.emit("sub", [acc, c], outs)[0]
+
+
+def _conv_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    keep = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+    return {k: v for k, v in attrs.items() if k in keep}
 
 
 @converter("ConvInteger")
 def _conv_integer(
     im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
 ) -> list[Value]:
+    """The 8-bit operands go straight into the int32-accumulating convolution: constant weights lose their
+    zero point now (int16), a constant input zero point pads the input (``pad_value``) and is taken out of
+    the result per output channel; an input zero point computed at run time (DynamicQuantizeLinear) is
+    subtracted from the input first (int16)."""
     x, w = _a(ins, 0), _a(ins, 1)
-    xz = ins[2] if len(ins) > 2 else None
-    wz = ins[3] if len(ins) > 3 else None
-    x32 = _int32_operand(im, x, xz, 1, outs[0])
-    w32 = _int32_operand(im, w, wz, 0, outs[0])
-    return [_conv_int32(im, x32, w32, None, attrs, outs)]
+    xz = ins[2] if len(ins) > 2 and _live(ins[2]) else None
+    wz = ins[3] if len(ins) > 3 and _live(ins[3]) else None
+    if wz is not None:
+        w = _narrow_operand(im, w, wz, 0, outs[0])
+    if xz is None:
+        return CONVERTERS["Conv"](im, [x, w], _conv_attrs(attrs), outs)
+    if not isinstance(xz, Constant) or xz.data.size != 1 or not isinstance(w, Constant):
+        return CONVERTERS["Conv"](im, [_narrow_operand(im, x, xz, 1, outs[0]), w], _conv_attrs(attrs), outs)
+    acc = CONVERTERS["Conv"](
+        im, [x, w], {**_conv_attrs(attrs), "pad_value": int(xz.data.reshape(-1)[0])}, [im.tmp(outs[0])]
+    )[0]
+    sums = w.data.astype(np.int64).reshape(w.data.shape[0], -1).sum(axis=1)
+    return [_zero_point_correction(im, acc, xz, sums.reshape(-1, *[1] * (acc.type.ndim - 2)), 1, outs)]
 
 
 @converter("QLinearMatMul")
 def _qlinear_matmul(
     im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
 ) -> list[Value]:
+    """Dequantize, multiply, quantize: with constant B the ``fuse-qdq`` pass makes it an integer kernel
+    (int32 accumulation, one fused requantize); with two run-time operands it runs in float."""
     a, a_s, a_z, b, b_s, b_z, y_s, y_z = (_a(ins, i) for i in range(8))
-    a32 = _int32_operand(im, a, a_z, -2, outs[0])  # per-row zero points are not allowed; per tensor
-    b32 = _int32_operand(im, b, b_z, -1, outs[0])
-    acc = im.emit("matmul", [a32, b32], [im.tmp(outs[0])])[0]
-    return [_requantize_acc(im, acc, a_s, b_s, -1, y_s, y_z, outs)]
-
-
-def _requantize_acc(
-    im: _Importer,
-    acc: Value,
-    s1: Value,
-    s2: Value,
-    axis2: int,
-    ys: Value,
-    yz: Value,
-    outs: list[str],
-) -> Value:
-    """``saturate(round(acc * s1 * s2 / ys) + yz)``: the int32 accumulator rescaled (``s2`` per tensor or
-    along ``axis2``); elementwise, so fusion puts it in the integer kernel's epilogue."""
-    nd = acc.type.ndim
-    f = im.emit("cast", [acc], [im.tmp(outs[0])], to="float32")[0]
-    s = im.emit(
-        "mul", [_along(im, s1, -2, nd, outs[0]), _along(im, s2, axis2, nd, outs[0])], [im.tmp(outs[0])]
-    )[0]
-    s = im.emit("div", [s, _along(im, ys, 0, nd, outs[0])], [im.tmp(outs[0])])[0]
-    f = im.emit("mul", [f, s], [im.tmp(outs[0])])[0]
-    return _requantize(im, f, yz, yz.type.dtype, outs)
+    af = _dequantize(im, a, a_s, a_z, -2, [im.tmp(outs[0])])
+    bf = _dequantize(im, b, b_s, b_z, -1, [im.tmp(outs[0])])
+    y = im.emit("matmul", [af, bf], [im.tmp(outs[0])])[0]
+    return [_quantize(im, y, y_s, y_z, 0, y_z.type.dtype, outs)]
 
 
 @converter("QLinearConv")
 def _qlinear_conv(
     im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
 ) -> list[Value]:
+    """Dequantize, convolve, quantize: the ``fuse-qdq`` pass makes it an integer kernel (int32
+    accumulation, the bias in the accumulator, one fused requantize)."""
     x, x_s, x_z, w, w_s, w_z, y_s, y_z = (_a(ins, i) for i in range(8))
     bias = ins[8] if len(ins) > 8 else None
-    x32 = _int32_operand(im, x, x_z, 1, outs[0])
-    w32 = _int32_operand(im, w, w_z, 0, outs[0])
-    acc = _conv_int32(im, x32, w32, bias, attrs, [im.tmp(outs[0])])
-    return [_requantize_acc(im, acc, x_s, w_s, 1, y_s, y_z, outs)]
+    xf = _dequantize(im, x, x_s, x_z, 1, [im.tmp(outs[0])])
+    wf = _dequantize(im, w, w_s, w_z, 0, [im.tmp(outs[0])])
+    args: list[Value | None] = [xf, wf]
+    if bias is not None:  # int32 in units of x_s * w_s
+        bs = im.emit("mul", [x_s, w_s], [im.tmp(outs[0])])[0]
+        args.append(_dequantize(im, bias, bs, None, 0, [im.tmp(outs[0])]))
+    y = CONVERTERS["Conv"](im, args, _conv_attrs(attrs), [im.tmp(outs[0])])[0]
+    return [_quantize(im, y, y_s, y_z, 1, y_z.type.dtype, outs)]
 
 
 # Operator categories kiln leaves out on purpose, with the reason the import error gives.

@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     fold_batch_norm,
     fold_constants,
     fuse_ops,
+    fuse_qdq,
     legalize,
     plan_memory,
     simplify,

@@ -41,3 +41,48 @@ def test_compiled_8_and_16_bit_matmul_accumulates_in_int32(target: str, a_dtype:
     assert got.dtype == np.int32
     assert got[0, 0] == 960
     np.testing.assert_array_equal(got, want)
+
+
+def _conv_model(x_shape: tuple[int, ...], x_dtype: str, w: np.ndarray, bias: np.ndarray, **attrs: object):  # noqa: ANN202
+    g = GraphBuilder("int8_conv")
+    x = g.input("x", x_shape, x_dtype)
+    g.output(g.op("conv2d", x, g.const(w), g.const(bias), **attrs), name="y")
+    return g.build()
+
+
+def _conv_exact(
+    x: np.ndarray, w: np.ndarray, bias: np.ndarray, pad: int, pad_value: int, groups: int
+) -> np.ndarray:
+    """Exact int64 convolution (stride 1), independent of kiln: padded with ``pad_value``, windows x taps."""
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=pad_value)
+    kh, kw = w.shape[2:]
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))  # n, c, oh, ow, kh, kw
+    cg, ocg = w.shape[1], w.shape[0] // groups
+    outs = [
+        np.einsum(
+            "nchwij,ocij->nohw",
+            win[:, gi * cg : (gi + 1) * cg],
+            w[gi * ocg : (gi + 1) * ocg].astype(np.int64),
+        )
+        for gi in range(groups)
+    ]
+    return np.concatenate(outs, axis=1) + bias.astype(np.int64).reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("target", ["x86_64-linux", pytest.param("aarch64-linux", marks=pytest.mark.qemu)])
+@pytest.mark.parametrize(("x_dtype", "groups"), [("uint8", 1), ("int8", 1), ("uint8", 6)])
+def test_compiled_8_bit_conv_accumulates_in_int32_and_pads_with_the_pad_value(
+    target: str, x_dtype: str, groups: int
+) -> None:
+    """Im2col (groups 1) and depthwise (groups = channels) 3x3 convolutions of full-range 8-bit values: int32
+    results, and the padding reads ``pad_value`` (a quantized input's zero point), not 0."""
+    rng = np.random.default_rng(11)
+    info = np.iinfo(x_dtype)
+    x = rng.integers(info.min, info.max, (1, 6, 7, 9), endpoint=True).astype(x_dtype)
+    w = rng.integers(-128, 127, (6, 6 // groups, 3, 3), endpoint=True).astype(np.int8)
+    bias = rng.integers(-5000, 5000, 6).astype(np.int32)
+    pad_value = int(info.max) - 3
+    mod = _conv_model(x.shape, x_dtype, w, bias, pads=(1, 1, 1, 1), groups=groups, pad_value=pad_value)
+    got = kiln.compile(mod, target).run({"x": x})["y"]
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, _conv_exact(x, w, bias, 1, pad_value, groups))
