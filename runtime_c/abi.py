@@ -159,7 +159,7 @@ def status_name(status: int) -> str:
 # ------------------------------------------------------------------------------------------- device protocol
 #: Frame layout (endpoint.h): magic, u8 version, u8 type, u16 reserved, u32 payload length; payload; CRC-32.
 FRAME_MAGIC = b"KILN"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 FRAME_HEADER_BYTES = 12
 FRAME_CRC_BYTES = 4
 #: ``KILN_ENDPOINT_MAX_PAYLOAD``: no device sends or accepts a larger payload.
@@ -187,6 +187,71 @@ class Msg(IntEnum):
     SELECT = 0x08
     REPLY = 0x80  # or-ed into the request type
     ERROR = 0xFF
+
+
+#: ERROR payload (endpoint.h): i32 status, u8 request type, u8 reason, u16 reserved, u64 numbers[4], then the
+#: text, at ``KILN_ERROR_TEXT_OFFSET``, at most ``KILN_ENDPOINT_MESSAGE_BYTES`` of UTF-8.
+ERROR_TEXT_OFFSET = 40
+ERROR_TEXT_BYTES = 160
+#: ``KILN_REASON_*`` (endpoint.h): why an endpoint sent an ERROR reply. A device holds no sentences (they
+#: would cost a microcontroller more flash than the protocol code itself); the host words the message from
+#: the reason, the reply's four numbers (``{0}``..``{3}``) and its text (``{text}``: a tensor's name, or a
+#: fault handler's message). Reason -> (C name, wording).
+ERROR_REASONS: dict[int, tuple[str, str]] = {
+    0: ("KILN_REASON_TEXT", "{text}"),
+    1: (
+        "KILN_REASON_MAGIC",
+        'frame does not start with the magic "KILN"; skipping bytes up to the next frame',
+    ),
+    2: ("KILN_REASON_VERSION", "protocol version {0} is not supported; this device speaks version {1}"),
+    3: ("KILN_REASON_CRC", "frame CRC-32 mismatch: the frame was corrupted in transit"),
+    4: ("KILN_REASON_OVERSIZE", "frame payload of {0} bytes exceeds this device's limit of {1}"),
+    5: ("KILN_REASON_TYPE", "unknown message type {0}"),
+    6: ("KILN_REASON_PAYLOAD", "payload has {0} bytes, this message needs {1}"),
+    7: ("KILN_REASON_INFO_OFFSET", "info offset {0} is past the end of the info record ({1} bytes)"),
+    8: ("KILN_REASON_INPUT_INDEX", "input index {0} is out of range: the model has {1}"),
+    9: ("KILN_REASON_INPUT_SIZE", "input {3} ({text}) has {2} bytes, the request sends {0}"),
+    10: ("KILN_REASON_INPUT_RANGE", "bytes [{0}, {1}) fall outside input {3} ({text}) of {2} bytes"),
+    11: ("KILN_REASON_OUTPUT_INDEX", "output index {0} is out of range: the model has {1}"),
+    12: ("KILN_REASON_OUTPUT_RANGE", "offset {0} is past the end of output {3} ({text}) of {2} bytes"),
+    13: ("KILN_REASON_RUN", "model run failed"),
+    14: (
+        "KILN_REASON_TIME_ARGS",
+        f"TIME needs 1 <= number <= {TIME_MAX_NUMBER}, 1 <= repeat <= {{0}}, "
+        f"min_repeat_ms <= {TIME_MAX_MIN_REPEAT_MS}",
+    ),
+    15: (
+        "KILN_REASON_NO_CLOCK",
+        "this device has no clock: implement kiln_platform_ticks and kiln_platform_ticks_per_second",
+    ),
+    16: ("KILN_REASON_CLOCK", "reading the clock failed"),
+    17: ("KILN_REASON_NO_PROFILER", "this endpoint was started without a profiler buffer"),
+    18: ("KILN_REASON_PROFILE_INDEX", "profile record {0} is past the last one ({1} records)"),
+    19: ("KILN_REASON_MODEL_INDEX", "model index {0} is out of range: the device has {1}"),
+    20: ("KILN_REASON_SELECT", "selecting the model failed"),
+}
+
+
+def error_message(reason: int, numbers: tuple[int, ...], text: str) -> str:
+    """The host's wording of an ERROR reply's reason, numbers and text (:data:`ERROR_REASONS`)."""
+    entry = ERROR_REASONS.get(reason)
+    if entry is None:
+        return f"reason {reason}, numbers {', '.join(map(str, numbers))}" + (f": {text}" if text else "")
+    return entry[1].format(*numbers, text=text)
+
+
+# ------------------------------------------------------------------------------------------------ the runner
+#: Exit statuses of the Linux runner (status.h ``KILN_RUNNER_EXIT_*``, returned by runner_main.c) and what
+#: each means.
+RUNNER_EXIT: dict[str, tuple[int, str]] = {
+    "KILN_RUNNER_EXIT_STREAM": (1, "the protocol stream failed"),
+    "KILN_RUNNER_EXIT_USAGE": (2, "usage error"),
+    "KILN_RUNNER_EXIT_MODEL": (65, "the linked model descriptor is invalid"),
+    "KILN_RUNNER_EXIT_PLATFORM": (70, "platform init failed"),
+    "KILN_RUNNER_EXIT_MEMORY": (71, "out of memory"),
+}
+#: Exit status -> meaning.
+RUNNER_EXIT_CODES: dict[int, str] = dict(RUNNER_EXIT.values())
 
 
 # ------------------------------------------------------------------------------------------------ the runner
@@ -223,6 +288,10 @@ def c_assertions() -> str:
         ("KILN_PROFILE_MAX_RECORDS", PROFILE_MAX_RECORDS),
         ("sizeof(kiln_profile_record_t)", PROFILE_RECORD_BYTES),
         *((f"KILN_MSG_{m.name}", int(m)) for m in Msg),
+        ("KILN_ERROR_TEXT_OFFSET", ERROR_TEXT_OFFSET),
+        ("KILN_ENDPOINT_MESSAGE_BYTES", ERROR_TEXT_BYTES),
+        ("KILN_REASON_COUNT", len(ERROR_REASONS)),
+        *((name, reason) for reason, (name, _) in ERROR_REASONS.items()),
         *STATUS.items(),
         *((name, code) for name, (code, _) in RUNNER_EXIT.items()),
         *((f"KILN_CATEGORY_{cat}", n) for n, cat in STATUS_CATEGORIES.items()),

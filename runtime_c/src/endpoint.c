@@ -1,7 +1,10 @@
 /* kiln runtime: device-protocol endpoint (frame format and messages are documented in endpoint.h).
  *
- * Request handlers parse their payload into locals first and then build the reply in the same frame
- * buffer. On failure a handler fills ep->message and returns the status that goes into the ERROR reply.
+ * Built for size: on a microcontroller it is most of the runtime core. Requests go through one table
+ * (handler and payload length per message type); a handler parses its payload into locals first and then
+ * builds the reply in the same frame buffer. A failing handler records a reason (KILN_REASON_*), up to four
+ * numbers and a text (a tensor name) with fail(), and returns the status; the ERROR reply carries them and
+ * the host words the message (kiln.runtime_c.abi.ERROR_REASONS), so the device holds no sentences.
  */
 #include "kiln/endpoint.h"
 
@@ -14,25 +17,17 @@ static const uint8_t kMagic[4] = {'K', 'I', 'L', 'N'};
 
 /* ---- little-endian encoding ---- */
 
-KILN_OUTLINE static void put_u32(uint8_t* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) {
-    p[i] = (uint8_t)(v >> (8 * i));
-  }
-}
+/* Every kiln target is little-endian, so a wire integer is its bytes in memory. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the device protocol needs a little-endian target");
+_Static_assert(sizeof(kiln_dtype_t) == 4, "kiln_dtype_t is u8 code, u8 bits, u16 lanes, as on the wire");
 
-KILN_OUTLINE static void put_u64(uint8_t* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) {
-    p[i] = (uint8_t)(v >> (8 * i));
-  }
-}
-
-KILN_OUTLINE static uint32_t get_u32(const uint8_t* p) {
-  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-KILN_OUTLINE static uint64_t get_u64(const uint8_t* p) {
-  return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
-}
+/* Where an unaligned load or store is one instruction (Armv7-M and up, x86-64, AArch64) the integer helpers
+ * are inlined; elsewhere (RV32) each is a row of byte moves, kept out of line. */
+#if defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || defined(__aarch64__)
+#define KILN_CODEC static inline
+#else
+#define KILN_CODEC KILN_OUTLINE static
+#endif
 
 KILN_OUTLINE static void copy_bytes(uint8_t* dst, const uint8_t* src, size_t n) {
   for (size_t i = 0; i < n; ++i) {
@@ -40,65 +35,79 @@ KILN_OUTLINE static void copy_bytes(uint8_t* dst, const uint8_t* src, size_t n) 
   }
 }
 
-static size_t text_length(const char* s) {
-  size_t n = 0;
-  while (s[n] != '\0') {
-    ++n;
-  }
-  return n;
+KILN_CODEC void put_u32(uint8_t* p, uint32_t v) {
+  __builtin_memcpy(p, &v, sizeof(v));
 }
 
-/* ---- ERROR message text ---- */
-
-KILN_OUTLINE static void msg_str(kiln_endpoint_t* ep, const char* s) {
-  while (*s != '\0' && ep->message_len < KILN_ENDPOINT_MESSAGE_BYTES) {
-    ep->message[ep->message_len++] = *s++;
-  }
+KILN_CODEC void put_u64(uint8_t* p, uint64_t v) {
+  __builtin_memcpy(p, &v, sizeof(v));
 }
 
-/* v / 10 (the remainder in *rem) with 32-bit divisions only: no 64-bit division routine linked in. */
-KILN_OUTLINE static uint64_t div10(uint64_t v, uint32_t* rem) {
-  uint32_t hi = (uint32_t)(v >> 32);
-  uint32_t mid = (hi % 10u) << 16 | (uint32_t)(v >> 16 & 0xFFFFu);
-  uint32_t lo = (mid % 10u) << 16 | (uint32_t)(v & 0xFFFFu);
-  *rem = lo % 10u;
-  return (uint64_t)(hi / 10u) << 32 | (uint64_t)(mid / 10u) << 16 | (lo / 10u);
+KILN_CODEC uint32_t get_u32(const uint8_t* p) {
+  uint32_t v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
 }
 
-KILN_OUTLINE static void msg_u64(kiln_endpoint_t* ep, uint64_t v) {
-  char digits[20];
-  size_t n = 0;
-  do {
-    uint32_t r;
-    v = div10(v, &r);
-    digits[n++] = (char)('0' + r);
-  } while (v != 0);
-  while (n > 0 && ep->message_len < KILN_ENDPOINT_MESSAGE_BYTES) {
-    ep->message[ep->message_len++] = digits[--n];
-  }
+KILN_CODEC uint64_t get_u64(const uint8_t* p) {
+  uint64_t v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
 }
 
-/* "input 0 (x)" */
-KILN_OUTLINE static void msg_tensor(kiln_endpoint_t* ep, int is_output, uint32_t index) {
-  const kiln_model_t* m = ep->config.model;
-  msg_str(ep, is_output ? "output " : "input ");
-  msg_u64(ep, index);
-  msg_str(ep, " (");
-  msg_str(ep, is_output ? m->outputs[index].name : m->inputs[index].name);
-  msg_str(ep, ")");
+/* ---- ERROR details ---- */
+
+/* The status of each reason (0: the status comes from the call that failed). */
+static const uint16_t kReasonStatus[KILN_REASON_COUNT] = {
+    [KILN_REASON_MAGIC] = KILN_ERR_PROTO_MAGIC,
+    [KILN_REASON_OVERSIZE] = KILN_ERR_PROTO_OVERSIZE,
+    [KILN_REASON_CRC] = KILN_ERR_PROTO_CRC,
+    [KILN_REASON_VERSION] = KILN_ERR_PROTO_VERSION,
+    [KILN_REASON_TYPE] = KILN_ERR_PROTO_TYPE,
+    [KILN_REASON_PAYLOAD] = KILN_ERR_PROTO_PAYLOAD,
+    [KILN_REASON_INFO_OFFSET] = KILN_ERR_PROTO_INDEX,
+    [KILN_REASON_INPUT_INDEX] = KILN_ERR_PROTO_INDEX,
+    [KILN_REASON_INPUT_SIZE] = KILN_ERR_PROTO_SIZE,
+    [KILN_REASON_INPUT_RANGE] = KILN_ERR_PROTO_SIZE,
+    [KILN_REASON_OUTPUT_INDEX] = KILN_ERR_PROTO_INDEX,
+    [KILN_REASON_OUTPUT_RANGE] = KILN_ERR_PROTO_SIZE,
+    [KILN_REASON_TIME_ARGS] = KILN_ERR_ARG_RANGE,
+    [KILN_REASON_NO_CLOCK] = KILN_ERR_PROTO_UNSUPPORTED,
+    [KILN_REASON_NO_PROFILER] = KILN_ERR_PROTO_UNSUPPORTED,
+    [KILN_REASON_PROFILE_INDEX] = KILN_ERR_PROTO_INDEX,
+    [KILN_REASON_MODEL_INDEX] = KILN_ERR_PROTO_INDEX,
+};
+
+/* Records the details of the ERROR reply to come and returns the reason's status. */
+KILN_OUTLINE static kiln_status_t fail(kiln_endpoint_t* ep, uint32_t reason, uint64_t a, uint32_t b) {
+  ep->reason = (uint8_t)reason;
+  ep->numbers[0] = a;
+  ep->numbers[1] = b;
+  ep->numbers[2] = 0;
+  ep->numbers[3] = 0;
+  ep->text = NULL;
+  return kReasonStatus[reason];
 }
 
-KILN_OUTLINE static kiln_status_t fail_payload(kiln_endpoint_t* ep, size_t got, size_t want) {
-  msg_str(ep, "payload has ");
-  msg_u64(ep, got);
-  msg_str(ep, " bytes, this message needs ");
-  msg_u64(ep, want);
-  return KILN_ERR_PROTO_PAYLOAD;
+/* fail() with no numbers. */
+KILN_OUTLINE static kiln_status_t fail0(kiln_endpoint_t* ep, uint32_t reason) {
+  return fail(ep, reason, 0, 0);
 }
 
-/* The status itself travels in the ERROR frame: the host names it (kiln.runtime_c.abi.status_name). */
-static kiln_status_t fail_status(kiln_endpoint_t* ep, const char* what, kiln_status_t status) {
-  msg_str(ep, what);
+/* fail() about tensor `index`, `t`: its size and index are numbers 2 and 3, its name the text. */
+KILN_OUTLINE static kiln_status_t fail_tensor(kiln_endpoint_t* ep, uint32_t reason, uint64_t a, uint64_t b,
+                                              const kiln_tensor_info_t* t, uint32_t index) {
+  kiln_status_t status = fail(ep, reason, a, 0);
+  ep->numbers[1] = b;
+  ep->numbers[2] = t->nbytes;
+  ep->numbers[3] = index;
+  ep->text = t->name;
+  return status;
+}
+
+/* fail() for a call that returned `status`: the reason says which call. */
+KILN_OUTLINE static kiln_status_t fail_call(kiln_endpoint_t* ep, uint32_t reason, kiln_status_t status) {
+  (void)fail0(ep, reason);
   return status;
 }
 
@@ -107,14 +116,11 @@ static kiln_status_t fail_status(kiln_endpoint_t* ep, const char* what, kiln_sta
 static kiln_status_t read_some(kiln_endpoint_t* ep, uint8_t* buf, size_t n, size_t* out_got) {
   size_t got = 0;
   kiln_status_t status = ep->config.stream.read(ep->config.stream.context, buf, n, &got);
-  if (status != KILN_OK) {
-    return status;
-  }
-  if (got > n) {
-    return KILN_ERR_IO_READ;
+  if (status == KILN_OK && got > n) {
+    status = KILN_ERR_IO_READ;
   }
   *out_got = got;
-  return KILN_OK;
+  return status;
 }
 
 /* Reads exactly n bytes; end of stream before that is KILN_ERR_IO_TRUNCATED. */
@@ -134,35 +140,24 @@ static kiln_status_t read_exact(kiln_endpoint_t* ep, uint8_t* buf, size_t n) {
   return KILN_OK;
 }
 
-/* Reads and drops n bytes through the frame buffer. */
-static kiln_status_t drain(kiln_endpoint_t* ep, uint64_t n) {
-  while (n > 0) {
-    size_t chunk = n < ep->config.frame_bytes ? (size_t)n : ep->config.frame_bytes;
-    kiln_status_t status = read_exact(ep, ep->config.frame, chunk);
-    if (status != KILN_OK) {
-      return status;
-    }
-    n -= chunk;
-  }
-  return KILN_OK;
-}
-
 static kiln_status_t write_all(kiln_endpoint_t* ep, const uint8_t* data, size_t len) {
   return len == 0 ? KILN_OK : ep->config.stream.write(ep->config.stream.context, data, len);
 }
 
-/* Sends a frame whose payload is the first `len` bytes of the frame buffer. */
-static kiln_status_t write_frame(kiln_endpoint_t* ep, uint8_t type, size_t len) {
-  uint8_t header[KILN_FRAME_HEADER_BYTES] = {0};
-  copy_bytes(header, kMagic, 4);
-  header[4] = (uint8_t)KILN_PROTOCOL_VERSION;
-  header[5] = type;
-  put_u32(header + 8, (uint32_t)len);
+/* CRC-32 of a frame: its header and the first `len` bytes of the frame buffer. */
+static uint32_t frame_crc(kiln_endpoint_t* ep, const uint8_t* header, size_t len) {
   uint32_t crc = 0;
-  (void)kiln_crc32_update(0, header, sizeof(header), &crc);
+  (void)kiln_crc32_update(0, header, KILN_FRAME_HEADER_BYTES, &crc);
   (void)kiln_crc32_update(crc, ep->config.frame, len, &crc);
+  return crc;
+}
+
+/* Sends a frame whose payload is the first `len` bytes of the frame buffer. */
+static kiln_status_t write_frame(kiln_endpoint_t* ep, uint32_t type, size_t len) {
+  uint8_t header[KILN_FRAME_HEADER_BYTES] = {'K', 'I', 'L', 'N', KILN_PROTOCOL_VERSION, (uint8_t)type};
+  put_u32(header + 8, (uint32_t)len);
   uint8_t trailer[KILN_FRAME_CRC_BYTES];
-  put_u32(trailer, crc);
+  put_u32(trailer, frame_crc(ep, header, len));
   kiln_status_t status = write_all(ep, header, sizeof(header));
   if (status == KILN_OK) {
     status = write_all(ep, ep->config.frame, len);
@@ -170,15 +165,21 @@ static kiln_status_t write_frame(kiln_endpoint_t* ep, uint8_t type, size_t len) 
   return status == KILN_OK ? write_all(ep, trailer, sizeof(trailer)) : status;
 }
 
-/* Sends ERROR with ep->message (the frame buffer always has room: KILN_ENDPOINT_MIN_PAYLOAD > 5 + 160). */
-static kiln_status_t write_error(kiln_endpoint_t* ep, uint8_t request_type, kiln_status_t error) {
+/* Sends ERROR with the details fail() recorded (the frame buffer always has room: KILN_ENDPOINT_MIN_PAYLOAD >
+ * KILN_ERROR_TEXT_OFFSET + KILN_ENDPOINT_MESSAGE_BYTES). */
+static kiln_status_t write_error(kiln_endpoint_t* ep, uint32_t request_type, kiln_status_t error) {
   uint8_t* p = ep->config.frame;
   put_u32(p, (uint32_t)error);
-  p[4] = request_type;
-  copy_bytes(p + 5, (const uint8_t*)ep->message, ep->message_len);
-  size_t len = 5 + ep->message_len;
-  ep->message_len = 0;
-  return write_frame(ep, KILN_MSG_ERROR, len);
+  p[4] = (uint8_t)request_type;
+  p[5] = ep->reason;
+  p[6] = 0;
+  p[7] = 0;
+  copy_bytes(p + 8, (const uint8_t*)ep->numbers, sizeof(ep->numbers));
+  size_t n = 0;
+  for (const char* t = ep->text; t != NULL && t[n] != '\0' && n < KILN_ENDPOINT_MESSAGE_BYTES; ++n) {
+    p[KILN_ERROR_TEXT_OFFSET + n] = (uint8_t)t[n];
+  }
+  return write_frame(ep, KILN_MSG_ERROR, KILN_ERROR_TEXT_OFFSET + n);
 }
 
 /* Reads a frame header, skipping bytes until the magic (one ERROR reply per skipped run). *out_eof is set
@@ -194,11 +195,8 @@ static kiln_status_t read_header(kiln_endpoint_t* ep, uint8_t header[KILN_FRAME_
       return status;
     }
     if (got == 0) {
-      if (matched != 0) {
-        return KILN_ERR_IO_TRUNCATED;
-      }
       *out_eof = 1;
-      return KILN_OK;
+      return matched != 0 ? KILN_ERR_IO_TRUNCATED : KILN_OK;
     }
     if (byte == kMagic[matched]) {
       header[matched++] = byte;
@@ -206,15 +204,13 @@ static kiln_status_t read_header(kiln_endpoint_t* ep, uint8_t header[KILN_FRAME_
     }
     if (!reported) {
       reported = 1;
-      msg_str(ep, "frame does not start with the magic \"KILN\"; skipping bytes up to the next frame");
-      status = write_error(ep, 0, KILN_ERR_PROTO_MAGIC);
+      status = write_error(ep, 0, fail0(ep, KILN_REASON_MAGIC));
       if (status != KILN_OK) {
         return status;
       }
     }
     matched = byte == kMagic[0] ? 1 : 0;
   }
-  *out_eof = 0;
   return read_exact(ep, header + sizeof(kMagic), KILN_FRAME_HEADER_BYTES - sizeof(kMagic));
 }
 
@@ -237,20 +233,19 @@ KILN_OUTLINE static void win_bytes(window_t* w, const uint8_t* data, size_t n) {
 }
 
 KILN_OUTLINE static void win_u32(window_t* w, uint32_t v) {
-  uint8_t b[4];
-  put_u32(b, v);
-  win_bytes(w, b, sizeof(b));
+  win_bytes(w, (const uint8_t*)&v, sizeof(v));
 }
 
 KILN_OUTLINE static void win_u64(window_t* w, uint64_t v) {
-  uint8_t b[8];
-  put_u64(b, v);
-  win_bytes(w, b, sizeof(b));
+  win_bytes(w, (const uint8_t*)&v, sizeof(v));
 }
 
-static void win_str(window_t* w, const char* s) {
-  size_t n = text_length(s);
-  win_u32(w, (uint32_t)n);
+KILN_OUTLINE static void win_str(window_t* w, const char* s) {
+  uint32_t n = 0;
+  while (s[n] != '\0') {
+    ++n;
+  }
+  win_u32(w, n);
   win_bytes(w, (const uint8_t*)s, n);
 }
 
@@ -258,22 +253,16 @@ static void win_tensors(window_t* w, const kiln_tensor_info_t* tensors, uint32_t
   win_u32(w, count);
   for (uint32_t i = 0; i < count; ++i) {
     const kiln_tensor_info_t* t = &tensors[i];
-    uint8_t dtype[4] = {t->dtype.code, t->dtype.bits, (uint8_t)t->dtype.lanes,
-                        (uint8_t)(t->dtype.lanes >> 8)};
     win_str(w, t->name);
-    win_bytes(w, dtype, sizeof(dtype));
+    win_bytes(w, (const uint8_t*)&t->dtype, 4); /* u8 code, u8 bits, u16 lanes: DLDataType's layout */
     win_u32(w, (uint32_t)t->ndim);
-    for (int32_t d = 0; d < t->ndim; ++d) {
-      win_u64(w, (uint64_t)t->shape[d]);
-    }
+    win_bytes(w, (const uint8_t*)t->shape, 8 * (size_t)t->ndim); /* i64 shape[ndim] */
     win_u64(w, t->nbytes);
   }
 }
 
 static kiln_status_t on_info(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
-  if (len != 4) {
-    return fail_payload(ep, len, 4);
-  }
+  (void)len;
   const kiln_model_t* m = ep->config.model;
   window_t w = {ep->config.frame + 4, ep->config.frame_bytes - 4, get_u32(ep->config.frame), 0, 0};
   win_u32(&w, KILN_ABI_VERSION);
@@ -289,12 +278,7 @@ static kiln_status_t on_info(kiln_endpoint_t* ep, size_t len, size_t* out_reply)
     win_str(&w, m->kernel_names[k]);
   }
   if (w.skip > w.pos) {
-    msg_str(ep, "info offset ");
-    msg_u64(ep, w.skip);
-    msg_str(ep, " is past the end of the info record (");
-    msg_u64(ep, w.pos);
-    msg_str(ep, " bytes)");
-    return KILN_ERR_PROTO_INDEX;
+    return fail(ep, KILN_REASON_INFO_OFFSET, w.skip, (uint32_t)w.pos);
   }
   put_u32(ep->config.frame, (uint32_t)w.pos);
   *out_reply = 4 + w.written;
@@ -303,96 +287,59 @@ static kiln_status_t on_info(kiln_endpoint_t* ep, size_t len, size_t* out_reply)
 
 /* ---- tensors ---- */
 
-KILN_OUTLINE static kiln_status_t check_index(kiln_endpoint_t* ep, int is_output, uint32_t index) {
-  const kiln_model_t* m = ep->config.model;
-  uint32_t count = is_output ? m->num_outputs : m->num_inputs;
-  if (index < count) {
-    return KILN_OK;
-  }
-  msg_str(ep, is_output ? "output index " : "input index ");
-  msg_u64(ep, index);
-  msg_str(ep, " is out of range: the model has ");
-  msg_u64(ep, count);
-  return KILN_ERR_PROTO_INDEX;
+/* KILN_OK if index < count, else fail(reason, index, count). */
+KILN_OUTLINE static kiln_status_t check_index(kiln_endpoint_t* ep, uint32_t reason, uint32_t index,
+                                              uint32_t count) {
+  return index < count ? KILN_OK : fail(ep, reason, index, count);
 }
 
 static kiln_status_t on_set_input(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
-  if (len < 20) {
-    return fail_payload(ep, len, 20);
-  }
+  (void)out_reply;
   const uint8_t* p = ep->config.frame;
   uint32_t index = get_u32(p);
   uint64_t nbytes = get_u64(p + 4);
   uint64_t offset = get_u64(p + 12);
   uint64_t n = len - 20;
-  kiln_status_t status = check_index(ep, 0, index);
+  kiln_status_t status = check_index(ep, KILN_REASON_INPUT_INDEX, index, ep->config.model->num_inputs);
   if (status != KILN_OK) {
     return status;
   }
-  uint64_t size = ep->config.model->inputs[index].nbytes;
-  if (nbytes != size) {
-    msg_tensor(ep, 0, index);
-    msg_str(ep, " has ");
-    msg_u64(ep, size);
-    msg_str(ep, " bytes, the request sends ");
-    msg_u64(ep, nbytes);
-    return KILN_ERR_PROTO_SIZE;
+  const kiln_tensor_info_t* t = &ep->config.model->inputs[index];
+  if (nbytes != t->nbytes) {
+    return fail_tensor(ep, KILN_REASON_INPUT_SIZE, nbytes, 0, t, index);
   }
-  if (offset > size || n > size - offset) {
-    msg_str(ep, "bytes [");
-    msg_u64(ep, offset);
-    msg_str(ep, ", ");
-    msg_u64(ep, offset + n);
-    msg_str(ep, ") fall outside ");
-    msg_tensor(ep, 0, index);
-    msg_str(ep, " of ");
-    msg_u64(ep, size);
-    msg_str(ep, " bytes");
-    return KILN_ERR_PROTO_SIZE;
+  if (offset > nbytes || n > nbytes - offset) {
+    return fail_tensor(ep, KILN_REASON_INPUT_RANGE, offset, offset + n, t, index);
   }
   copy_bytes((uint8_t*)ep->config.inputs[index] + offset, p + 20, (size_t)n);
-  *out_reply = 0;
   return KILN_OK;
 }
 
 static kiln_status_t run_model(kiln_endpoint_t* ep, kiln_profiler_t* prof) {
   const kiln_endpoint_config_t* c = &ep->config;
   kiln_status_t status = kiln_model_run(c->model, c->inputs, c->outputs, c->workspace, prof);
-  return status == KILN_OK ? KILN_OK : fail_status(ep, "model run failed", status);
+  return status == KILN_OK ? KILN_OK : fail_call(ep, KILN_REASON_RUN, status);
 }
 
 static kiln_status_t on_run(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
-  if (len != 0) {
-    return fail_payload(ep, len, 0);
-  }
-  kiln_status_t status = run_model(ep, NULL);
-  if (status == KILN_OK) {
-    *out_reply = 0;
-  }
-  return status;
+  (void)len;
+  (void)out_reply;
+  return run_model(ep, NULL);
 }
 
 static kiln_status_t on_get_output(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
-  if (len != 12) {
-    return fail_payload(ep, len, 12);
-  }
+  (void)len;
   uint8_t* p = ep->config.frame;
   uint32_t index = get_u32(p);
   uint64_t offset = get_u64(p + 4);
-  kiln_status_t status = check_index(ep, 1, index);
+  kiln_status_t status = check_index(ep, KILN_REASON_OUTPUT_INDEX, index, ep->config.model->num_outputs);
   if (status != KILN_OK) {
     return status;
   }
-  uint64_t size = ep->config.model->outputs[index].nbytes;
+  const kiln_tensor_info_t* t = &ep->config.model->outputs[index];
+  uint64_t size = t->nbytes;
   if (offset > size) {
-    msg_str(ep, "offset ");
-    msg_u64(ep, offset);
-    msg_str(ep, " is past the end of ");
-    msg_tensor(ep, 1, index);
-    msg_str(ep, " of ");
-    msg_u64(ep, size);
-    msg_str(ep, " bytes");
-    return KILN_ERR_PROTO_SIZE;
+    return fail_tensor(ep, KILN_REASON_OUTPUT_RANGE, offset, 0, t, index);
   }
   uint64_t room = ep->config.frame_bytes - 16;
   uint64_t n = size - offset < room ? size - offset : room;
@@ -406,16 +353,12 @@ static kiln_status_t on_get_output(kiln_endpoint_t* ep, size_t len, size_t* out_
 /* ---- TIME and PROFILE ---- */
 
 static kiln_status_t need_clock(kiln_endpoint_t* ep) {
-  if (ep->ticks_per_second != 0) {
-    return KILN_OK;
-  }
-  msg_str(ep, "this device has no clock: implement kiln_platform_ticks and kiln_platform_ticks_per_second");
-  return KILN_ERR_PROTO_UNSUPPORTED;
+  return ep->ticks_per_second != 0 ? KILN_OK : fail0(ep, KILN_REASON_NO_CLOCK);
 }
 
 static kiln_status_t ticks_now(kiln_endpoint_t* ep, uint64_t* out_ticks) {
   kiln_status_t status = kiln_platform_ticks(out_ticks);
-  return status == KILN_OK ? KILN_OK : fail_status(ep, "reading the clock failed", status);
+  return status == KILN_OK ? KILN_OK : fail_call(ep, KILN_REASON_CLOCK, status);
 }
 
 /* n / d (d > 0) by shift and subtract: TIME's few divisions need no 64-bit division routine. */
@@ -433,7 +376,7 @@ KILN_OUTLINE static uint64_t udiv64(uint64_t n, uint64_t d) {
 }
 
 /* Runs the model `number` times and writes the elapsed ticks to *out_ticks. */
-static kiln_status_t time_runs(kiln_endpoint_t* ep, uint32_t number, uint64_t* out_ticks) {
+KILN_OUTLINE static kiln_status_t time_runs(kiln_endpoint_t* ep, uint32_t number, uint64_t* out_ticks) {
   uint64_t start = 0;
   uint64_t end = 0;
   kiln_status_t status = ticks_now(ep, &start);
@@ -443,30 +386,21 @@ static kiln_status_t time_runs(kiln_endpoint_t* ep, uint32_t number, uint64_t* o
   if (status == KILN_OK) {
     status = ticks_now(ep, &end);
   }
-  if (status == KILN_OK) {
-    *out_ticks = end - start;
-  }
+  *out_ticks = end - start;
   return status;
 }
 
 static kiln_status_t on_time(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
-  if (len != 12) {
-    return fail_payload(ep, len, 12);
-  }
+  (void)len;
   uint8_t* p = ep->config.frame;
   uint32_t number = get_u32(p);
   uint32_t repeat = get_u32(p + 4);
   uint32_t min_repeat_ms = get_u32(p + 8);
-  uint64_t max_repeat = (ep->config.frame_bytes - 12) / 12;
-  if (number == 0 || number > KILN_TIME_MAX_NUMBER || repeat == 0 || repeat > max_repeat ||
+  uint32_t max_repeat = (uint32_t)((ep->config.frame_bytes - 12) / 12);
+  /* 1 <= number <= KILN_TIME_MAX_NUMBER, 1 <= repeat <= max_repeat (0 - 1 wraps around) */
+  if (number - 1u >= KILN_TIME_MAX_NUMBER || repeat - 1u >= max_repeat ||
       min_repeat_ms > KILN_TIME_MAX_MIN_REPEAT_MS) {
-    msg_str(ep, "TIME needs 1 <= number <= ");
-    msg_u64(ep, KILN_TIME_MAX_NUMBER);
-    msg_str(ep, ", 1 <= repeat <= ");
-    msg_u64(ep, max_repeat);
-    msg_str(ep, ", min_repeat_ms <= ");
-    msg_u64(ep, KILN_TIME_MAX_MIN_REPEAT_MS);
-    return KILN_ERR_ARG_RANGE;
+    return fail(ep, KILN_REASON_TIME_ARGS, max_repeat, 0);
   }
   kiln_status_t status = need_clock(ep);
   if (status == KILN_OK) {
@@ -475,21 +409,19 @@ static kiln_status_t on_time(kiln_endpoint_t* ep, size_t len, size_t* out_reply)
   uint64_t tps = ep->ticks_per_second;
   uint64_t tps_k = udiv64(tps, 1000);
   uint64_t min_ticks = min_repeat_ms * tps_k + udiv64(min_repeat_ms * (tps - tps_k * 1000), 1000);
-  for (uint32_t r = 0; r < repeat && status == KILN_OK; ++r) {
+  uint8_t* q = p + 12;
+  for (uint32_t r = 0; r < repeat && status == KILN_OK; ++r, q += 12) {
     uint64_t ticks = 0;
-    for (;;) {
-      status = time_runs(ep, number, &ticks);
-      if (status != KILN_OK || ticks >= min_ticks || number >= KILN_TIME_MAX_NUMBER) {
-        break;
-      }
+    while ((status = time_runs(ep, number, &ticks)) == KILN_OK && ticks < min_ticks &&
+           number < KILN_TIME_MAX_NUMBER) {
       uint64_t per_run = udiv64(ticks, number);
       uint64_t grown = udiv64(min_ticks, per_run > 0 ? per_run : 1) + 1;
       uint64_t at_least = (uint64_t)number + number / 2 + 1;
       grown = grown > at_least ? grown : at_least;
       number = grown < KILN_TIME_MAX_NUMBER ? (uint32_t)grown : KILN_TIME_MAX_NUMBER;
     }
-    put_u32(p + 12 + 12 * (size_t)r, number);
-    put_u64(p + 16 + 12 * (size_t)r, ticks);
+    put_u32(q, number);
+    put_u64(q + 4, ticks);
   }
   if (status != KILN_OK) {
     return status;
@@ -501,15 +433,12 @@ static kiln_status_t on_time(kiln_endpoint_t* ep, size_t len, size_t* out_reply)
 }
 
 static kiln_status_t on_profile(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
-  if (len != 4) {
-    return fail_payload(ep, len, 4);
-  }
+  (void)len;
   uint8_t* p = ep->config.frame;
   uint32_t first = get_u32(p);
   kiln_profiler_t* prof = ep->config.profiler;
   if (prof == NULL) {
-    msg_str(ep, "this endpoint was started without a profiler buffer");
-    return KILN_ERR_PROTO_UNSUPPORTED;
+    return fail0(ep, KILN_REASON_NO_PROFILER);
   }
   kiln_status_t status = need_clock(ep);
   if (status == KILN_OK && first == 0) {
@@ -520,12 +449,7 @@ static kiln_status_t on_profile(kiln_endpoint_t* ep, size_t len, size_t* out_rep
     return status;
   }
   if (first > prof->count) {
-    msg_str(ep, "profile record ");
-    msg_u64(ep, first);
-    msg_str(ep, " is past the last one (");
-    msg_u64(ep, prof->count);
-    msg_str(ep, " records)");
-    return KILN_ERR_PROTO_INDEX;
+    return fail(ep, KILN_REASON_PROFILE_INDEX, first, prof->count);
   }
   size_t room = (ep->config.frame_bytes - 24) / 20;
   size_t n = prof->count - first < room ? prof->count - first : room;
@@ -545,30 +469,54 @@ static kiln_status_t on_profile(kiln_endpoint_t* ep, size_t len, size_t* out_rep
   return KILN_OK;
 }
 
-/* ---- SELECT ---- */
+/* ---- QUIT and SELECT ---- */
+
+static kiln_status_t on_quit(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
+  (void)ep;
+  (void)len;
+  (void)out_reply;
+  return KILN_OK;
+}
 
 static kiln_status_t on_select(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
-  if (len != 4) {
-    return fail_payload(ep, len, 4);
-  }
+  (void)len;
   uint32_t index = get_u32(ep->config.frame);
   uint32_t count = ep->config.num_models > 1 && ep->config.select != NULL ? ep->config.num_models : 1;
-  if (index >= count) {
-    msg_str(ep, "model index ");
-    msg_u64(ep, index);
-    msg_str(ep, " is out of range: the device has ");
-    msg_u64(ep, count);
-    return KILN_ERR_PROTO_INDEX;
-  }
-  if (count > 1) {
-    kiln_status_t status = ep->config.select(&ep->config, index);
+  kiln_status_t status = check_index(ep, KILN_REASON_MODEL_INDEX, index, count);
+  if (status == KILN_OK && count > 1) {
+    status = ep->config.select(&ep->config, index);
     if (status != KILN_OK) {
-      return fail_status(ep, "selecting the model failed", status);
+      return fail_call(ep, KILN_REASON_SELECT, status);
     }
   }
   put_u32(ep->config.frame, count);
   *out_reply = 4;
-  return KILN_OK;
+  return status;
+}
+
+/* ---- dispatch ---- */
+
+typedef kiln_status_t (*handler_t)(kiln_endpoint_t* ep, size_t len, size_t* out_reply);
+
+/* Request type t (KILN_MSG_INFO..KILN_MSG_SELECT) is served by kHandlers[t - 1]; its payload is exactly
+ * kPayload[t - 1] bytes long, or at least that many with KILN_AT_LEAST. */
+#define KILN_AT_LEAST 0x80u
+static const handler_t kHandlers[] = {on_info, on_set_input, on_run,  on_get_output,
+                                      on_time, on_profile,   on_quit, on_select};
+static const uint8_t kPayload[] = {4, 20 | KILN_AT_LEAST, 0, 12, 12, 4, 0, 4};
+_Static_assert(sizeof(kPayload) == KILN_MSG_SELECT && sizeof(kHandlers) / sizeof(kHandlers[0]) == KILN_MSG_SELECT,
+               "one handler and one payload length per request type");
+
+static kiln_status_t serve_request(kiln_endpoint_t* ep, uint32_t type, size_t len, size_t* out_reply) {
+  uint32_t i = type - 1u;
+  if (i >= sizeof(kPayload)) {
+    return fail(ep, KILN_REASON_TYPE, type, 0);
+  }
+  size_t want = kPayload[i] & ~KILN_AT_LEAST;
+  if ((kPayload[i] & KILN_AT_LEAST) != 0 ? len < want : len != want) {
+    return fail(ep, KILN_REASON_PAYLOAD, len, (uint32_t)want);
+  }
+  return kHandlers[i](ep, len, out_reply);
 }
 
 /* ---- public API ---- */
@@ -596,7 +544,6 @@ kiln_status_t kiln_endpoint_init(const kiln_endpoint_config_t* config, kiln_endp
   }
   out_endpoint->config = *config;
   out_endpoint->ticks_per_second = tps;
-  out_endpoint->message_len = 0;
   return KILN_OK;
 }
 
@@ -604,7 +551,6 @@ kiln_status_t kiln_endpoint_step(kiln_endpoint_t* ep, int* out_more) {
   if (ep == NULL || out_more == NULL) {
     return KILN_ERR_ARG_NULL;
   }
-  ep->message_len = 0;
   uint8_t header[KILN_FRAME_HEADER_BYTES];
   int eof = 0;
   kiln_status_t status = read_header(ep, header, &eof);
@@ -614,82 +560,36 @@ kiln_status_t kiln_endpoint_step(kiln_endpoint_t* ep, int* out_more) {
     }
     return status;
   }
-  uint8_t type = header[5];
+  uint32_t type = header[5];
   uint32_t len = get_u32(header + 8);
-  kiln_status_t error = KILN_OK;
-  if (len > ep->config.frame_bytes) {
-    status = drain(ep, (uint64_t)len + KILN_FRAME_CRC_BYTES);
-    msg_str(ep, "frame payload of ");
-    msg_u64(ep, len);
-    msg_str(ep, " bytes exceeds this device's limit of ");
-    msg_u64(ep, ep->config.frame_bytes);
-    error = KILN_ERR_PROTO_OVERSIZE;
-  } else {
-    uint8_t trailer[KILN_FRAME_CRC_BYTES] = {0};
-    status = read_exact(ep, ep->config.frame, len);
-    if (status == KILN_OK) {
-      status = read_exact(ep, trailer, sizeof(trailer));
-    }
-    if (status != KILN_OK) {
-      return status;
-    }
-    uint32_t crc = 0;
-    (void)kiln_crc32_update(0, header, sizeof(header), &crc);
-    (void)kiln_crc32_update(crc, ep->config.frame, len, &crc);
-    if (crc != get_u32(trailer)) {
-      msg_str(ep, "frame CRC-32 mismatch: the frame was corrupted in transit");
-      error = KILN_ERR_PROTO_CRC;
-    } else if (header[4] != KILN_PROTOCOL_VERSION) {
-      msg_str(ep, "protocol version ");
-      msg_u64(ep, header[4]);
-      msg_str(ep, " is not supported; this device speaks version ");
-      msg_u64(ep, KILN_PROTOCOL_VERSION);
-      error = KILN_ERR_PROTO_VERSION;
-    }
+  /* the payload (through the frame buffer, in pieces if it does not fit: then it is dropped) and the CRC */
+  for (size_t left = len; left > 0 && status == KILN_OK;) {
+    size_t chunk = left < ep->config.frame_bytes ? left : ep->config.frame_bytes;
+    status = read_exact(ep, ep->config.frame, chunk);
+    left -= chunk;
+  }
+  uint8_t trailer[KILN_FRAME_CRC_BYTES];
+  if (status == KILN_OK) {
+    status = read_exact(ep, trailer, sizeof(trailer));
   }
   if (status != KILN_OK) {
     return status;
   }
-  int more = 1;
+  kiln_status_t error = KILN_OK;
+  if (len > ep->config.frame_bytes) {
+    error = fail(ep, KILN_REASON_OVERSIZE, len, (uint32_t)ep->config.frame_bytes);
+  } else if (frame_crc(ep, header, len) != get_u32(trailer)) {
+    error = fail0(ep, KILN_REASON_CRC);
+  } else if (header[4] != KILN_PROTOCOL_VERSION) {
+    error = fail(ep, KILN_REASON_VERSION, header[4], KILN_PROTOCOL_VERSION);
+  }
   size_t reply = 0;
   if (error == KILN_OK) {
-    switch (type) {
-      case KILN_MSG_INFO:
-        error = on_info(ep, len, &reply);
-        break;
-      case KILN_MSG_SET_INPUT:
-        error = on_set_input(ep, len, &reply);
-        break;
-      case KILN_MSG_RUN:
-        error = on_run(ep, len, &reply);
-        break;
-      case KILN_MSG_GET_OUTPUT:
-        error = on_get_output(ep, len, &reply);
-        break;
-      case KILN_MSG_TIME:
-        error = on_time(ep, len, &reply);
-        break;
-      case KILN_MSG_PROFILE:
-        error = on_profile(ep, len, &reply);
-        break;
-      case KILN_MSG_SELECT:
-        error = on_select(ep, len, &reply);
-        break;
-      case KILN_MSG_QUIT:
-        error = len == 0 ? KILN_OK : fail_payload(ep, len, 0);
-        more = error != KILN_OK;
-        break;
-      default:
-        msg_str(ep, "unknown message type ");
-        msg_u64(ep, type);
-        error = KILN_ERR_PROTO_TYPE;
-        break;
-    }
+    error = serve_request(ep, type, len, &reply);
   }
-  status = error == KILN_OK ? write_frame(ep, (uint8_t)(type | KILN_MSG_REPLY), reply)
-                            : write_error(ep, type, error);
+  status = error == KILN_OK ? write_frame(ep, type | KILN_MSG_REPLY, reply) : write_error(ep, type, error);
   if (status == KILN_OK) {
-    *out_more = more;
+    *out_more = type != KILN_MSG_QUIT || error != KILN_OK;
   }
   return status;
 }
@@ -698,8 +598,8 @@ kiln_status_t kiln_endpoint_send_error(kiln_endpoint_t* ep, kiln_status_t status
   if (ep == NULL || message == NULL) {
     return KILN_ERR_ARG_NULL;
   }
-  ep->message_len = 0;
-  msg_str(ep, message);
+  (void)fail0(ep, KILN_REASON_TEXT);
+  ep->text = message;
   return write_error(ep, 0, status);
 }
 

@@ -18,6 +18,8 @@
 #endif
 
 static uint8_t g_frame[KILN_FIRMWARE_FRAME_BYTES] __attribute__((aligned(8)));
+/* The fault handler's own stack (port.h): the main stack may be what failed, or too small to report from. */
+uint64_t kiln_fault_stack[KILN_FAULT_STACK_BYTES / 8];
 static kiln_endpoint_t g_endpoint;
 static kiln_profiler_t g_profiler;
 static int g_ready;
@@ -119,7 +121,6 @@ int main(void) {
   g_endpoint.config.stream = (kiln_stream_t){.context = NULL, .read = uart_read, .write = uart_write};
   g_endpoint.config.frame = g_frame;
   g_endpoint.config.frame_bytes = sizeof(g_frame);
-  g_endpoint.message_len = 0;
   (void)kiln_platform_init();
   g_ready = 1;
   kiln_endpoint_config_t config = g_endpoint.config;

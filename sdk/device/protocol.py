@@ -2,8 +2,9 @@
 
 Frame (little-endian): ``"KILN"``, u8 version, u8 type, u16 reserved, u32 payload length, payload, CRC-32
 (zlib) of everything before it. The host sends one request and reads exactly one reply: the request type
-``| 0x80``, or ERROR (i32 status, u8 request type, UTF-8 message). The payload layouts are documented once,
-in ``runtime_c/include/kiln/endpoint.h``; docs/topics/runtime.md explains them.
+``| 0x80``, or ERROR (i32 status, u8 request type, u8 reason, four numbers and a text, which the host words
+with :func:`kiln.runtime_c.abi.error_message`). The payload layouts are documented once, in
+``runtime_c/include/kiln/endpoint.h``; docs/topics/runtime.md explains them.
 
 A :class:`Session` speaks it over a ``reader``/``writer`` pair of binary streams. Every call has a timeout
 (a hung runner must not hang the host): when it expires the session kills its :class:`Peer` (the runner
@@ -55,12 +56,15 @@ MESSAGE_NAMES = {int(m): m.name for m in Msg if m is not Msg.REPLY}
 
 class DeviceError(RuntimeError):
     """The device side failed. Direct instances carry the device's ERROR reply: ``status`` (``category << 8
-    | code``, see status.h), the ``request`` it answered, and the device's message."""
+    | code``, see status.h), the ``request`` it answered, and ``detail``, what went wrong in words."""
 
-    def __init__(self, message: str, status: int | None = None, request: int | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, request: int | None = None, detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.request = request
+        self.detail = detail
 
 
 class DeviceLost(DeviceError):
@@ -337,8 +341,8 @@ class Session(Executable):
         if msg_type == MSG_ERROR:
             error = error_from_reply(reply, request)
             if error.status == FAULT_STATUS:
-                text = reply[5:].decode("utf-8", errors="replace")
-                self._broken = f"{self.label} stopped during {MESSAGE_NAMES.get(request, request)}: {text}"
+                what = MESSAGE_NAMES.get(request, request)
+                self._broken = f"{self.label} stopped during {what}: {error.detail}"
                 self.kill()
                 raise DeviceLost(self._broken, error.status, error.request)
             raise error
@@ -574,18 +578,25 @@ class Session(Executable):
         raise ProtocolError(self._broken)
 
 
+#: The fixed part of an ERROR payload: i32 status, u8 request type, u8 reason, u16 reserved, u64 numbers[4].
+ERROR_HEAD = struct.Struct("<iBBH4Q")
+assert ERROR_HEAD.size == abi.ERROR_TEXT_OFFSET
+
+
 def error_from_reply(payload: bytes, request: int) -> DeviceError:
-    """The :class:`DeviceError` for an ERROR payload."""
-    if len(payload) < 5:
-        return ProtocolError(f"ERROR reply of {len(payload)} bytes is too short")
-    status, answered = struct.unpack_from("<iB", payload)
-    text = payload[5:].decode("utf-8", errors="replace")
+    """The :class:`DeviceError` for an ERROR payload, its message worded from the reason, numbers and text."""
+    if len(payload) < ERROR_HEAD.size:
+        return ProtocolError(f"ERROR reply of {len(payload)} bytes is too short (at least {ERROR_HEAD.size})")
+    status, answered, reason, _, *numbers = ERROR_HEAD.unpack_from(payload)
+    text = payload[ERROR_HEAD.size :].decode("utf-8", errors="replace")
+    detail = abi.error_message(reason, tuple(numbers), text)
     what = MESSAGE_NAMES.get(answered or request, f"message 0x{answered:02x}")
     category = abi.STATUS_CATEGORIES.get(status >> 8, "?")
     return DeviceError(
-        f"device rejected {what}: {text} ({abi.status_name(status)}, status 0x{status:04x}, {category})",
+        f"device rejected {what}: {detail} ({abi.status_name(status)}, status 0x{status:04x}, {category})",
         status,
         answered,
+        detail,
     )
 
 

@@ -58,11 +58,12 @@ def test_session_over_plain_file_objects_pages_info_and_profile() -> None:
 
 
 def test_error_reply_keeps_the_session_usable() -> None:
-    err = struct.pack("<iB", 0x0307, protocol.MSG_RUN) + b"index out of range"
+    err = struct.pack("<iBBH4Q", 0x0307, protocol.MSG_RUN, 8, 0, 7, 2, 0, 0)  # KILN_REASON_INPUT_INDEX
     s, _ = session(encode_frame(protocol.MSG_ERROR, err) + reply(protocol.MSG_RUN, b""))
     with pytest.raises(DeviceError) as e:
         s.call(protocol.MSG_RUN)
-    assert e.value.status == 0x0307 and "RUN" in str(e.value) and "index out of range" in str(e.value)
+    assert e.value.status == 0x0307 and "RUN" in str(e.value)
+    assert e.value.detail == "input index 7 is out of range: the model has 2"
     assert s.call(protocol.MSG_RUN) == b""
 
 

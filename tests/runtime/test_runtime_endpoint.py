@@ -21,6 +21,7 @@ from kiln.device import protocol
 from kiln.device.launchers import LocalLauncher
 from kiln.device.protocol import DeviceError, DeviceLost, DeviceTimeout, InputError, Session, encode_frame
 from kiln.package import ModelInfo, Package
+from kiln.runtime_c import abi
 from kiln.targets import get_target
 from tinymodel import (
     COPY_N,
@@ -210,17 +211,22 @@ def test_bad_magic_is_skipped(session: Session) -> None:
 
 
 def test_bad_version(session: Session) -> None:
-    expect_error(session, encode_frame(protocol.MSG_INFO, bytes(4), version=9), ERR_PROTO_VERSION)
+    text = expect_error(session, encode_frame(protocol.MSG_INFO, bytes(4), version=9), ERR_PROTO_VERSION)
+    assert f"protocol version 9 is not supported; this device speaks version {abi.PROTOCOL_VERSION}" in text
 
 
 def test_wrong_payload_length(session: Session) -> None:
-    expect_error(session, encode_frame(protocol.MSG_RUN, b"x"), ERR_PROTO_PAYLOAD)
-    expect_error(session, encode_frame(protocol.MSG_GET_OUTPUT, b"\0"), ERR_PROTO_PAYLOAD)
+    text = expect_error(session, encode_frame(protocol.MSG_RUN, b"x"), ERR_PROTO_PAYLOAD)
+    assert "payload has 1 bytes, this message needs 0" in text
+    text = expect_error(session, encode_frame(protocol.MSG_GET_OUTPUT, b"\0"), ERR_PROTO_PAYLOAD)
+    assert "payload has 1 bytes, this message needs 12" in text
+    text = expect_error(session, encode_frame(protocol.MSG_SET_INPUT, bytes(19)), ERR_PROTO_PAYLOAD)
+    assert "payload has 19 bytes, this message needs 20" in text
 
 
 def test_bad_indices(session: Session) -> None:
     set_input = struct.pack("<IQQ", 7, 32, 0) + bytes(32)
-    assert "out of range" in expect_error(
+    assert "input index 7 is out of range: the model has 2" in expect_error(
         session, encode_frame(protocol.MSG_SET_INPUT, set_input), ERR_PROTO_INDEX
     )
     get_output = struct.pack("<IQ", 2, 0)
@@ -233,8 +239,28 @@ def test_wrong_sizes(session: Session) -> None:
     text = expect_error(session, encode_frame(protocol.MSG_SET_INPUT, wrong_total), ERR_PROTO_SIZE)
     assert "input 0 (x) has 32 bytes" in text
     past_end = struct.pack("<IQQ", 0, 32, 24) + bytes(16)
-    expect_error(session, encode_frame(protocol.MSG_SET_INPUT, past_end), ERR_PROTO_SIZE)
-    expect_error(session, encode_frame(protocol.MSG_GET_OUTPUT, struct.pack("<IQ", 0, 33)), ERR_PROTO_SIZE)
+    text = expect_error(session, encode_frame(protocol.MSG_SET_INPUT, past_end), ERR_PROTO_SIZE)
+    assert "bytes [24, 40) fall outside input 0 (x) of 32 bytes" in text
+    text = expect_error(
+        session, encode_frame(protocol.MSG_GET_OUTPUT, struct.pack("<IQ", 1, 9)), ERR_PROTO_SIZE
+    )
+    assert "offset 9 is past the end of output 1 (probe) of 8 bytes" in text
+
+
+def test_error_replies_carry_a_reason_numbers_and_a_name(session: Session) -> None:
+    """The ERROR payload on the wire (endpoint.h): the device sends numbers, the host words them."""
+    reasons = {name: reason for reason, (name, _) in abi.ERROR_REASONS.items()}
+    wrong_total = struct.pack("<IQQ", 1, 16, 0) + bytes(16)
+    msg_type, payload = raw_call(session, encode_frame(protocol.MSG_SET_INPUT, wrong_total))
+    assert msg_type == protocol.MSG_ERROR
+    head = struct.pack(
+        "<iBBH4Q", ERR_PROTO_SIZE, protocol.MSG_SET_INPUT, reasons["KILN_REASON_INPUT_SIZE"], 0, 16, 0, 4, 1
+    )
+    assert payload == head + b"mode"
+    msg_type, payload = raw_call(session, encode_frame(0x42))
+    assert payload == struct.pack(
+        "<iBBH4Q", ERR_PROTO_TYPE, 0x42, reasons["KILN_REASON_TYPE"], 0, 0x42, 0, 0, 0
+    )
 
 
 def test_chunked_set_input(session: Session) -> None:

@@ -40,7 +40,11 @@
  *   SELECT 0x08      u32 model -> u32 count. Later messages address model `model` of the `count` models the
  *                    device serves (a firmware image may link several; model 0 is selected at start, and a
  *                    device with one model accepts only 0).
- *   ERROR 0xFF       (reply only) i32 status, u8 request type (0 if unknown), UTF-8 message.
+ *   ERROR 0xFF       (reply only) i32 status, u8 request type (0 if unknown), u8 reason (KILN_REASON_*),
+ *                    u16 reserved (0), u64 numbers[4], UTF-8 text (up to KILN_ENDPOINT_MESSAGE_BYTES: a
+ *                    tensor's name, or the message of kiln_endpoint_send_error). The device sends no sentences:
+ *                    the host words the message from the reason, its numbers and the text
+ *                    (kiln.runtime_c.abi.ERROR_REASONS says what each number is).
  *
  * Malformed input gets an ERROR reply and the endpoint keeps serving: bad magic (the endpoint then skips
  * bytes until the next magic, replying once), bad version, payload longer than the frame buffer (the
@@ -62,7 +66,7 @@
 extern "C" {
 #endif
 
-#define KILN_PROTOCOL_VERSION   1u
+#define KILN_PROTOCOL_VERSION   2u
 #define KILN_FRAME_HEADER_BYTES 12u
 #define KILN_FRAME_CRC_BYTES    4u
 
@@ -102,15 +106,44 @@ typedef struct kiln_endpoint_config {
   kiln_status_t (*select)(struct kiln_endpoint_config* config, uint32_t index);
 } kiln_endpoint_config_t;
 
-/* Longest ERROR message text, in bytes (longer ones are cut). */
+/* Why the endpoint sent an ERROR reply, and what its numbers are (the host's wording of each is in
+ * kiln.runtime_c.abi.ERROR_REASONS). Numbers not listed are 0. */
+enum {
+  KILN_REASON_TEXT = 0,           /* the text says it all (kiln_endpoint_send_error) */
+  KILN_REASON_MAGIC = 1,          /* bytes before a frame's magic were skipped */
+  KILN_REASON_VERSION = 2,        /* 0: the frame's protocol version, 1: this device's */
+  KILN_REASON_CRC = 3,            /* the frame's CRC-32 does not match */
+  KILN_REASON_OVERSIZE = 4,       /* 0: payload bytes, 1: the frame buffer's size */
+  KILN_REASON_TYPE = 5,           /* 0: the unknown message type */
+  KILN_REASON_PAYLOAD = 6,        /* 0: payload bytes, 1: what the message needs */
+  KILN_REASON_INFO_OFFSET = 7,    /* 0: the offset, 1: the info record's size */
+  KILN_REASON_INPUT_INDEX = 8,    /* 0: the index, 1: the model's inputs */
+  KILN_REASON_INPUT_SIZE = 9,     /* 0: nbytes sent; 2: the input's size, 3: its index, text: its name */
+  KILN_REASON_INPUT_RANGE = 10,   /* 0, 1: the bytes [begin, end) sent; 2, 3, text: as INPUT_SIZE */
+  KILN_REASON_OUTPUT_INDEX = 11,  /* 0: the index, 1: the model's outputs */
+  KILN_REASON_OUTPUT_RANGE = 12,  /* 0: the offset; 2: the output's size, 3: its index, text: its name */
+  KILN_REASON_RUN = 13,           /* the model run failed (the status says why) */
+  KILN_REASON_TIME_ARGS = 14,     /* 0: the largest repeat this device's frame holds */
+  KILN_REASON_NO_CLOCK = 15,      /* the platform has no clock (TIME, PROFILE) */
+  KILN_REASON_CLOCK = 16,         /* reading the clock failed (the status says why) */
+  KILN_REASON_NO_PROFILER = 17,   /* the endpoint has no profiler buffer */
+  KILN_REASON_PROFILE_INDEX = 18, /* 0: the first record asked for, 1: the records of the last run */
+  KILN_REASON_MODEL_INDEX = 19,   /* 0: the index, 1: the models the device serves */
+  KILN_REASON_SELECT = 20,        /* selecting the model failed (the status says why) */
+  KILN_REASON_COUNT = 21
+};
+
+/* Longest ERROR text, in bytes (longer ones are cut), and where it starts in the ERROR payload. */
 #define KILN_ENDPOINT_MESSAGE_BYTES 160u
+#define KILN_ERROR_TEXT_OFFSET      40u
 
 /* Endpoint state; treat as opaque. */
 typedef struct kiln_endpoint {
   kiln_endpoint_config_t config;
   uint64_t ticks_per_second; /* 0 when the platform has no clock */
-  size_t message_len;
-  char message[KILN_ENDPOINT_MESSAGE_BYTES];
+  uint64_t numbers[4];       /* the pending ERROR reply's reason, numbers and text */
+  const char* text;
+  uint8_t reason;
 } kiln_endpoint_t;
 
 /* Checks the model (kiln_model_check) and the buffers, and writes a ready endpoint to *out_endpoint.

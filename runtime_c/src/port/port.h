@@ -31,7 +31,7 @@ void kiln_port_uart_putc(uint8_t byte);
 void kiln_port_timer_init(void);
 void kiln_port_timer_sync(void);
 
-/* Startup (startup_*): the firmware's main, called after .data was copied and .bss zeroed. */
+/* The firmware's main, called by kiln_port_start (startup.h) after .data was copied and .bss zeroed. */
 int main(void);
 
 /* Reports a hardware fault over the UART as a device-protocol ERROR frame (firmware_main.c) and halts.
@@ -46,7 +46,8 @@ KILN_NORETURN void kiln_port_halt(void);
 void kiln_port_text(char* buf, size_t cap, size_t* len, const char* s);
 void kiln_port_hex(char* buf, size_t cap, size_t* len, uint32_t v);
 
-/* Stack of the fault handler (startup_*), separate from the main stack, which may be what overflowed. */
+/* Stack of the fault handler (defined in firmware_main.c, entered by startup_*), separate from the main stack,
+ * which may be what overflowed. */
 #define KILN_FAULT_STACK_BYTES 768
 #define KILN_STR_(x)           #x
 #define KILN_STR(x)            KILN_STR_(x)

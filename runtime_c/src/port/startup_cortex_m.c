@@ -1,7 +1,7 @@
 /* kiln firmware startup for Arm Cortex-M (Armv7-M, Armv8-M Mainline, Armv8.1-M): vector table, reset
  * handler (FPU/MVE on, stack limit on Armv8-M, .data copy, .bss zeroing, then main), and a fault handler
  * that moves to a fresh stack and reports the fault over the UART. */
-#include "port.h"
+#include "startup.h"
 
 #define SCB_VTOR  0xE000ED08u
 #define SCB_SHCSR 0xE000ED24u
@@ -66,20 +66,8 @@ void kiln_reset_c(void) {
   /* MemManage, BusFault and UsageFault on: a fault whose stacking fails (stack overflow) then escalates to
    * HardFault, which is taken, instead of a HardFault during HardFault entry, which locks the core up. */
   KILN_REG32(SCB_SHCSR) |= (1u << 16) | (1u << 17) | (1u << 18);
-  volatile uint32_t* dst = __kiln_data_start;
-  const volatile uint32_t* src = __kiln_data_load;
-  while (dst < __kiln_data_end) {
-    *dst++ = *src++;
-  }
-  for (volatile uint32_t* p = __kiln_bss_start; p < __kiln_bss_end; ++p) {
-    *p = 0;
-  }
-  (void)main();
-  kiln_port_halt();
+  kiln_port_start();
 }
-
-/* The fault handler's own stack: the main stack may be what failed, or too small to report from. */
-uint64_t kiln_fault_stack[KILN_FAULT_STACK_BYTES / 8];
 
 /* Any fault or unexpected exception: move to the fault stack first; r0 = the stack pointer at the fault
  * (the exception frame, if it could be pushed), r1 = IPSR. */

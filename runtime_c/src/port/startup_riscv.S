@@ -1,6 +1,6 @@
 /* kiln firmware startup for RV32 boards: stack, global pointer, trap vector, then kiln_reset_c (C: .data
  * copy, .bss zeroing, main). A trap (machine mode, interrupts are never enabled) is a fault: it moves to the
- * fault handler's own stack (kiln_fault_stack, startup_riscv_c.c) and calls kiln_trap_c(mcause, mepc, mtval, sp at the trap). */
+ * fault handler's own stack (kiln_fault_stack, firmware_main.c) and calls kiln_trap_c(mcause, mepc, mtval, sp at the trap). */
   .section .kiln_vectors, "ax", %progbits
   .globl kiln_reset_handler
   .type kiln_reset_handler, %function

@@ -1,22 +1,12 @@
 /* kiln firmware startup for RV32 boards, the C half (the entry is startup_riscv.S). */
-#include "port.h"
+#include "startup.h"
 
 void kiln_reset_c(void);
 
-uint64_t kiln_fault_stack[KILN_FAULT_STACK_BYTES / 8];
 void kiln_trap_c(uint32_t mcause, uint32_t mepc, uint32_t mtval, uint32_t sp);
 
 void kiln_reset_c(void) {
-  volatile uint32_t* dst = __kiln_data_start;
-  const volatile uint32_t* src = __kiln_data_load;
-  while (dst < __kiln_data_end) {
-    *dst++ = *src++;
-  }
-  for (volatile uint32_t* p = __kiln_bss_start; p < __kiln_bss_end; ++p) {
-    *p = 0;
-  }
-  (void)main();
-  kiln_port_halt();
+  kiln_port_start();
 }
 
 static const char* cause_name(uint32_t mcause) {
