@@ -31,7 +31,7 @@ void kiln_port_uart_putc(uint8_t byte);
 void kiln_port_timer_init(void);
 void kiln_port_timer_sync(void);
 
-/* The firmware's main, called by kiln_port_start (startup.h) after .data was copied and .bss zeroed. */
+/* The firmware's main, called by kiln_port_start after .data was copied and .bss zeroed. */
 int main(void);
 
 /* Reports a hardware fault over the UART as a device-protocol ERROR frame (firmware_main.c) and halts.
@@ -61,5 +61,22 @@ extern uint32_t __kiln_data_end[];
 extern const uint32_t __kiln_data_load[];
 extern uint32_t __kiln_bss_start[];
 extern uint32_t __kiln_bss_end[];
+
+/* The start-up every board shares (startup_cortex_m.c, startup_riscv_c.c): copies .data's initial values
+ * from flash to RAM, zeroes .bss, runs main and halts. A board's reset code calls it once the stack (and
+ * what else C needs there: FPU, vector table, trap vector) is set up. The pointers are volatile so that the
+ * compiler keeps the loops instead of calling memcpy/memset. */
+static inline KILN_NORETURN void kiln_port_start(void) {
+  volatile uint32_t* dst = __kiln_data_start;
+  const volatile uint32_t* src = __kiln_data_load;
+  while (dst < __kiln_data_end) {
+    *dst++ = *src++;
+  }
+  for (volatile uint32_t* p = __kiln_bss_start; p < __kiln_bss_end; ++p) {
+    *p = 0;
+  }
+  (void)main();
+  kiln_port_halt();
+}
 
 #endif /* KILN_PORT_H_ */

@@ -1,7 +1,7 @@
 /* kiln firmware startup for Arm Cortex-M (Armv7-M, Armv8-M Mainline, Armv8.1-M): vector table, reset
  * handler (FPU/MVE on, stack limit on Armv8-M, .data copy, .bss zeroing, then main), and a fault handler
  * that moves to a fresh stack and reports the fault over the UART. */
-#include "startup.h"
+#include "port.h"
 
 #define SCB_VTOR  0xE000ED08u
 #define SCB_SHCSR 0xE000ED24u

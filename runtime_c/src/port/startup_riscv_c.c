@@ -1,5 +1,5 @@
 /* kiln firmware startup for RV32 boards, the C half (the entry is startup_riscv.S). */
-#include "startup.h"
+#include "port.h"
 
 void kiln_reset_c(void);
 
