@@ -1103,3 +1103,101 @@ case(
     "bitwise_or",
     opset=18,
 )
+
+# --- issue 10: the remaining ONNX operators. Operators with a bounded output (NonZero, NonMaxSuppression, Unique:
+# the largest size, padded) are compared with onnxruntime on inputs whose real count is the bound (every
+# element nonzero, every box kept up to the limit, every element distinct); tests/frontend's ONNX node cases
+# check them with padding.
+case(
+    "bitcast-float32-int32",
+    "BitCast",
+    [("x", _x(3, 4))],
+    "bitcast",
+    opset=26,
+    attrs={"to": TensorProto.INT32},
+)
+case(
+    "bitcast-int64-float64",
+    "BitCast",
+    [("x", _rng.integers(-(2**40), 2**40, (5,)).astype(np.int64))],
+    "bitcast",
+    opset=26,
+    attrs={"to": TensorProto.DOUBLE},
+)
+case("det-batched", "Det", [("x", _x(2, 3, 4, 4))], "det", opset=22, rtol=1e-4, atol=1e-5)
+case(
+    "det-singular-and-pivoting",
+    "Det",
+    [("x", np.array([[[0, 1, 2], [1, 0, 3], [4, -3, 8]], [[1, 2, 3], [2, 4, 6], [1, 0, 1]]], np.float32))],
+    "det",
+    opset=22,
+    rtol=1e-5,
+    atol=1e-5,
+)
+case(
+    "nonzero-float-all-nonzero",
+    "NonZero",
+    [("x", _x(2, 3, 4) + np.where(_x(2, 3, 4) > 0, 3, -3).astype(np.float32))],
+    "non_zero",
+    opset=13,
+)
+_NMS_BOXES = np.concatenate([_x(2, 7, 2, lo=0, hi=10), _x(2, 7, 2, lo=1, hi=4)], axis=2)
+_NMS_BOXES[..., 2:] += _NMS_BOXES[..., :2]  # y1, x1, y2, x2 corners
+for center in (0, 1):
+    case(
+        f"nms-limit-center{center}",
+        "NonMaxSuppression",
+        [
+            ("boxes", _NMS_BOXES),
+            ("scores", _x(2, 3, 7, lo=0, hi=1)),
+            C("max_out", _i(4)),
+            C("iou", _f(1.0)),  # nothing is suppressed: the selection is the 4 best boxes of each class
+        ],
+        "non_max_suppression",
+        opset=11,
+        attrs={"center_point_box": center},
+    )
+for mode, ratio, ctm in (("avg", 2, "half_pixel"), ("max", 0, "output_half_pixel"), ("avg", 0, "half_pixel")):
+    case(
+        f"roialign-{mode}-ratio{ratio}-{ctm}",
+        "RoiAlign",
+        [
+            ("x", _x(2, 3, 8, 9)),
+            (
+                "rois",
+                np.array([[0.5, 1, 6, 5], [2, 2.5, 8.5, 7.9], [-1, -2, 3, 9], [4, 4, 4.2, 4.1]], np.float32),
+            ),
+            ("batch", _i(0, 1, 1, 0)),
+        ],
+        "roi_align",
+        opset=16,
+        attrs={
+            "mode": mode,
+            "output_height": 3,
+            "output_width": 2,
+            "sampling_ratio": ratio,
+            "spatial_scale": 0.9,
+            "coordinate_transformation_mode": ctm,
+        },
+        rtol=1e-4,
+        atol=1e-5,
+    )
+for srt in (0, 1):
+    case(
+        f"unique-distinct-sorted{srt}",
+        "Unique",
+        [("x", _rng.permutation(12).astype(np.float32).reshape(3, 4) - 5)],
+        "unique",
+        opset=11,
+        attrs={"sorted": srt},
+        outputs=4,
+    )
+case(
+    "unique-axis1-distinct",
+    "Unique",
+    [("x", _rng.integers(-3, 3, (2, 5)).astype(np.int64) * 10 + np.arange(5))],
+    "unique",
+    opset=11,
+    attrs={"sorted": 1, "axis": 1},
+    outputs=4,
+)

@@ -32,6 +32,7 @@ from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorType, Value, 
 from ..ir.types import Dim, dtype_of, np_dtype
 from ..ops import OpDef, get_op
 from ..ops.base import limit_value
+from ..ops.selection import trim as trim_bounded
 
 
 class ModelLoadError(ValueError):
@@ -1711,6 +1712,96 @@ def _scan(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
             vs = vs[::-1]
         stacked.append(_stack(im, vs, out_axes[j], tag))
     return [*states, *stacked]
+
+
+# ---- issue 10, the remaining operators: BitCast, Det, NonZero, NonMaxSuppression, RoiAlign, DFT, ...
+@converter("BitCast")
+def _bitcast(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    to = ONNX_DTYPES.get(int(attrs["to"]))
+    if to is None:
+        raise im.fail(
+            f"BitCast to ONNX type {attrs['to']} is not supported (kiln's types: {sorted(set(ONNX_DTYPES.values()))})"
+        )
+    return im.emit("bitcast", [_a(ins, 0)], outs, to=to)
+
+
+@converter("Det")
+def _det(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return im.emit("det", [_a(ins, 0)], outs)
+
+
+def _bounded(im: _Importer, op: str, ins: list[Value], outs: list[str], **attrs: Any) -> list[Value]:
+    """Operator ``op`` whose output size depends on the values (NonZero, NonMaxSuppression, Unique): with
+    constant inputs, folded to ONNX's exact result; otherwise its bounded form (the largest size, padded:
+    see kiln.ops.selection)."""
+    if all(isinstance(v, Constant) for v in ins):
+        exact = trim_bounded(op, get_op(op).reference([v.data for v in ins], attrs), attrs)  # type: ignore[union-attr]
+        return [Constant(n or im.tmp(op), r) for n, r in zip(outs, exact, strict=False)]
+    n_out = get_op(op).num_outputs
+    names = [outs[k] if k < len(outs) and outs[k] else im.tmp(op) for k in range(n_out)]
+    return im.emit(op, ins, names, **attrs)
+
+
+@converter("NonZero")
+def _non_zero(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return _bounded(im, "non_zero", [_a(ins, 0)], outs)
+
+
+@converter("NonMaxSuppression")
+def _nms(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    def scalar(i: int, what: str, default: float | None) -> float | None:
+        v = ins[i] if i < len(ins) else None
+        if v is None:
+            return default
+        return float(im.const_input(v, what).reshape(-1)[0])
+
+    keep = scalar(2, "max_output_boxes_per_class", 0)
+    iou = scalar(3, "iou_threshold", 0.0)
+    score = scalar(4, "score_threshold", None)
+    if not keep or keep <= 0:
+        raise im.fail(
+            "max_output_boxes_per_class is 0 or absent, so NonMaxSuppression selects no box; "
+            "give the most boxes to keep per class"
+        )
+    extra = {"score_threshold": score} if score is not None else {}
+    return _bounded(
+        im,
+        "non_max_suppression",
+        [_a(ins, 0), _a(ins, 1)],
+        outs,
+        max_output=int(keep),
+        iou_threshold=iou,
+        center_point_box=int(attrs.get("center_point_box", 0)),
+        **extra,
+    )
+
+
+@converter("RoiAlign")
+def _roi_align(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    default = "half_pixel" if im.opset >= 16 else "output_half_pixel"
+    ctm = str(attrs.get("coordinate_transformation_mode", default))
+    if ctm not in ("half_pixel", "output_half_pixel"):
+        raise im.fail(f"coordinate_transformation_mode {ctm!r} is not 'half_pixel' or 'output_half_pixel'")
+    idx = _a(ins, 2)
+    if idx.type.dtype != "int64":
+        idx = im.emit("cast", [idx], [im.tmp(outs[0])], to="int64")[0]
+    return im.emit(
+        "roi_align",
+        [_a(ins, 0), _a(ins, 1), idx],
+        outs,
+        mode=str(attrs.get("mode", "avg")),
+        output_height=int(attrs.get("output_height", 1)),
+        output_width=int(attrs.get("output_width", 1)),
+        sampling_ratio=int(attrs.get("sampling_ratio", 0)),
+        spatial_scale=float(attrs.get("spatial_scale", 1.0)),
+        half_pixel=int(ctm == "half_pixel"),
+    )
+
+
+@converter("Unique")
+def _unique(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    extra = {"axis": int(attrs["axis"])} if "axis" in attrs else {}
+    return _bounded(im, "unique", [_a(ins, 0)], outs, sorted=int(attrs.get("sorted", 1)), **extra)
 
 
 # ---- quantization: integer kernels (int32 accumulation) with the requantize as a fused elementwise epilogue

@@ -1,12 +1,15 @@
 """Imports every operator file so that each registers itself. Add new operator files here."""
 
 from . import (  # noqa: F401
+    bitcast,
     conv2d,
     conv_transpose,
+    detection,
     einsum,
     elementwise,
     grid_sample,
     indexing,
+    linalg,
     math_fns,
     matmul,
     norm,
@@ -15,6 +18,7 @@ from . import (  # noqa: F401
     reduce,
     reduce_more,
     resize,
+    selection,
     shape_compute,
     shape_ops,
     tile,
