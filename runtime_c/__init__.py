@@ -17,6 +17,9 @@ SOURCE_DIR = ROOT / "src"
 CORE_SOURCES = ("status.c", "model.c", "profiler.c", "crc32.c", "endpoint.c")
 #: Weak default platform hooks, by target ``os``.
 PLATFORM_SOURCES = {"linux": "platform_posix.c", "none": "platform_none.c"}
+#: The worker-thread pool of ``parallel`` loops (``kiln_parallel_for``, include/kiln/threads.h), by target
+#: ``os``: bare-metal builds have none (their generated code runs parallel loops serially).
+THREAD_SOURCES: dict[str, tuple[str, ...]] = {"linux": ("threads.c",), "none": ()}
 #: The Linux runner's ``main`` (platform glue: serves the device protocol on stdin/stdout).
 RUNNER_MAIN = "runner_main.c"
 #: The firmware's ``main`` for bare-metal boards (serves the device protocol over the board's UART).
@@ -31,10 +34,12 @@ TIMER_SOURCES = {"systick": "port/timer_systick.c", "mcycle": "port/timer_mcycle
 
 
 def sources(os_name: str) -> list[Path]:
-    """The runtime library's sources for a target OS (``linux`` or ``none``), core first."""
+    """The runtime library's sources for a target OS (``linux`` or ``none``): core, platform defaults and
+    (with an OS) the thread pool."""
     if os_name not in PLATFORM_SOURCES:
         raise ValueError(f"no runtime platform for os {os_name!r}; known: {', '.join(PLATFORM_SOURCES)}")
-    return [SOURCE_DIR / name for name in (*CORE_SOURCES, PLATFORM_SOURCES[os_name])]
+    names = (*CORE_SOURCES, PLATFORM_SOURCES[os_name], *THREAD_SOURCES[os_name])
+    return [SOURCE_DIR / name for name in names]
 
 
 def firmware_sources(startup: str, uart: str, timer: str) -> list[Path]:

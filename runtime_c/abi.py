@@ -115,6 +115,20 @@ FIRMWARE_NUM_MODELS_SYMBOL = "kiln_firmware_num_models"
 #: Profiler hooks the generated code calls around each kernel when profiling is on (profiler.h).
 PROFILE_BEGIN_SYMBOL = "kiln_profile_begin"
 PROFILE_END_SYMBOL = "kiln_profile_end"
+#: The thread pool's entry (threads.h): ``void kiln_parallel_for(kiln_parallel_body_fn body, void *context,
+#: int64_t n)``, which generated code calls for a ``parallel`` loop on OS targets, with ``body(context,
+#: begin, end)`` the outlined loop body.
+PARALLEL_FOR_SYMBOL = "kiln_parallel_for"
+#: ``KILN_THREAD_STACK_BYTES`` (threads.h): the stack of each worker thread. Code generation keeps the
+#: scratch buffers a parallel body allocates on its stack below half of it (else the loop runs serially).
+THREAD_STACK_BYTES = 16 << 20
+#: ``KILN_THREADS_MAX`` (threads.h): most threads a pool runs.
+THREADS_MAX = 256
+#: The weak ``int32_t`` a model object defines with its package's default thread count (0: one per online
+#: CPU); the Linux runner starts its pool with it unless ``--threads N`` or :data:`THREADS_ENV` says otherwise.
+THREADS_DEFAULT_SYMBOL = "kiln_threads_default"
+#: Environment variable the Linux runner reads for its thread count (``--threads N`` takes precedence).
+THREADS_ENV = "KILN_THREADS"
 
 # ------------------------------------------------------------------------------------------------ status codes
 #: Status categories (status.h): a status is ``category << 8 | code``.
@@ -286,6 +300,8 @@ def c_assertions() -> str:
         ("KILN_TIME_MAX_NUMBER", TIME_MAX_NUMBER),
         ("KILN_TIME_MAX_MIN_REPEAT_MS", TIME_MAX_MIN_REPEAT_MS),
         ("KILN_PROFILE_MAX_RECORDS", PROFILE_MAX_RECORDS),
+        ("KILN_THREAD_STACK_BYTES", THREAD_STACK_BYTES),
+        ("KILN_THREADS_MAX", THREADS_MAX),
         ("sizeof(kiln_profile_record_t)", PROFILE_RECORD_BYTES),
         *((f"KILN_MSG_{m.name}", int(m)) for m in Msg),
         ("KILN_ERROR_TEXT_OFFSET", ERROR_TEXT_OFFSET),
@@ -305,6 +321,10 @@ def c_assertions() -> str:
         '#include "kiln/platform.h"',
         '#include "kiln/profiler.h"',
         '#include "kiln/status.h"',
+        '#include "kiln/threads.h"',
     ]
     lines += [f'_Static_assert(({c}) == {v}, "{c} != {v} (kiln.runtime_c.abi)");' for c, v in checks]
+    # symbol names: each must be a name the headers declare (a misspelled one is an undeclared name)
+    for sym in (PROFILE_BEGIN_SYMBOL, PROFILE_END_SYMBOL, PARALLEL_FOR_SYMBOL, THREADS_DEFAULT_SYMBOL):
+        lines.append(f'_Static_assert(sizeof(&{sym}) != 0, "{sym} (kiln.runtime_c.abi) is declared");')
     return "\n".join(lines) + "\n"

@@ -16,6 +16,11 @@ from kiln.targets import Target
 
 _NOOP = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32)(lambda p, k: None)
 _ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
+# the thread pool's entry, serially: parallel loops run every iteration on the calling thread
+_PARALLEL_FOR = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+    lambda body, ctx, n: _BODY(body)(ctx, 0, n) if n > 0 else None
+)
 _keep: list[object] = []
 
 
@@ -37,6 +42,7 @@ def jit_run(mod: Module, target: Target, inputs: Mapping[str, np.ndarray]) -> li
     addr = ctypes.cast(_NOOP, ctypes.c_void_p).value
     llvm.add_symbol("kiln_profile_begin", addr)
     llvm.add_symbol("kiln_profile_end", addr)
+    llvm.add_symbol("kiln_parallel_for", ctypes.cast(_PARALLEL_FOR, ctypes.c_void_p).value)
     m = llvm.parse_assembly(text.replace(target.triple, llvm.get_process_triple()))
     tm = llvm.Target.from_default_triple().create_target_machine(opt=3)
     if not __import__("os").environ.get("KILN_JIT_O0"):

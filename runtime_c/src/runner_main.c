@@ -1,5 +1,9 @@
 /* kiln runner for Linux: serves the device protocol (endpoint.h) for the linked model on stdin/stdout.
  *
+ * Usage: runner [--threads N]. The model's parallel loops run on a pool of N threads (threads.h; 0: one per
+ * online CPU); without the option, the KILN_THREADS environment variable, else the package's default
+ * (kiln_threads_default, from `kiln compile --threads N`), else 1.
+ *
  * This is platform glue, not runtime core: it allocates the I/O buffers, the workspace and the frame buffer
  * with the C library once at startup, then hands everything to the endpoint. Diagnostics go to stderr.
  * Exit status: 0 after QUIT or end of input, 1 if the byte stream failed, 2 for a usage error, 65 if the
@@ -16,6 +20,9 @@
 
 #include "kiln/endpoint.h"
 #include "kiln/platform.h"
+#include "kiln/threads.h"
+
+#pragma weak kiln_threads_default /* a model object compiled before threads existed does not define it */
 
 /* The protocol stream: reads from stdin, writes to stdout. */
 static kiln_status_t stdin_read(void* context, uint8_t* buffer, size_t capacity, size_t* out_len) {
@@ -87,11 +94,49 @@ static int alloc_tensors(const kiln_tensor_info_t* tensors, uint32_t count, void
 
 static kiln_profile_record_t g_records[KILN_PROFILE_MAX_RECORDS];
 
+/* A thread count: decimal digits only, at most KILN_THREADS_MAX. */
+static int parse_threads(const char* text, uint32_t* out_threads) {
+  if (text == NULL || *text == '\0') {
+    return 0;
+  }
+  uint32_t value = 0;
+  for (const char* p = text; *p != '\0'; ++p) {
+    if (*p < '0' || *p > '9' || value > KILN_THREADS_MAX) {
+      return 0;
+    }
+    value = value * 10u + (uint32_t)(*p - '0');
+  }
+  if (value > KILN_THREADS_MAX) {
+    return 0;
+  }
+  *out_threads = value;
+  return 1;
+}
+
+static int usage(const char* argv0, const char* problem) {
+  (void)fprintf(stderr,
+                "%s: %s\nusage: %s [--threads N]\nServes the kiln device protocol for model \"%s\" on "
+                "stdin/stdout; N threads run its parallel loops (0: one per online CPU, at most %u; default: "
+                "$KILN_THREADS, else the package's default).\n",
+                argv0, problem, argv0, kiln_model.name != NULL ? kiln_model.name : "?", KILN_THREADS_MAX);
+  return KILN_RUNNER_EXIT_USAGE;
+}
+
 int main(int argc, char** argv) {
-  if (argc > 1) {
-    (void)fprintf(stderr, "usage: %s\nServes the kiln device protocol for model \"%s\" on stdin/stdout.\n",
-                  argv[0], kiln_model.name != NULL ? kiln_model.name : "?");
-    return KILN_RUNNER_EXIT_USAGE;
+  uint32_t threads = 1;
+  if (&kiln_threads_default != NULL && kiln_threads_default >= 0) {
+    threads = (uint32_t)kiln_threads_default;
+  }
+  const char* env = getenv(KILN_THREADS_ENV);
+  if (env != NULL && *env != '\0' && !parse_threads(env, &threads)) {
+    return usage(argv[0], "KILN_THREADS is not a thread count");
+  }
+  if (argc == 3 && strcmp(argv[1], "--threads") == 0) {
+    if (!parse_threads(argv[2], &threads)) {
+      return usage(argv[0], "--threads takes a number of threads");
+    }
+  } else if (argc > 1) {
+    return usage(argv[0], "unknown arguments");
   }
   (void)signal(SIGPIPE, SIG_IGN); /* a closed stdout becomes a write error, not a silent death */
   kiln_status_t status = kiln_platform_init();
@@ -114,6 +159,14 @@ int main(int argc, char** argv) {
     (void)kiln_platform_log("kiln runner: out of memory allocating tensors, workspace or frame buffer");
     return KILN_RUNNER_EXIT_MEMORY;
   }
+  uint32_t running = 1;
+  status = kiln_threads_start(threads, &running);
+  if (status != KILN_OK) {
+    log_status("starting the thread pool failed", status);
+    if (status == KILN_ERR_ARG_RANGE) {
+      return KILN_RUNNER_EXIT_USAGE;
+    }
+  }
   kiln_profiler_t profiler;
   (void)kiln_profiler_init(g_records, KILN_PROFILE_MAX_RECORDS, &profiler);
   kiln_endpoint_config_t config = {
@@ -131,6 +184,7 @@ int main(int argc, char** argv) {
   if (status == KILN_OK) {
     status = kiln_endpoint_serve(&endpoint);
   }
+  kiln_threads_stop();
   if (status != KILN_OK) {
     log_status("stopped serving", status);
     return KILN_RUNNER_EXIT_STREAM;

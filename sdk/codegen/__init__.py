@@ -9,6 +9,12 @@ override, :mod:`kiln.transform.codegen_override`) is declared, not emitted, and 
 ``call_extern`` nodes call their symbol. The module's LLVM IR externs are compiled here for the target (one
 object each, in ``ObjectCode.extra_objects``); its C externs are passed on (``ObjectCode.externs``) for the
 package step to compile with the target's C toolchain.
+
+Threads: on targets with an OS, ``parallel`` loops call the runtime's thread pool (see
+:mod:`kiln.codegen.tensor_codegen`), and the object defines the package's default thread count, module
+attribute ``threads`` (default 1; 0: one per online CPU), as the weak ``int32``
+:data:`kiln.runtime_c.abi.THREADS_DEFAULT_SYMBOL` that the Linux runner reads. Bare-metal objects have
+neither.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import llvmlite.ir as ir
 from ..ir import Module, TensorFunction
 from ..ir.extern import ExternSource, externs
 from ..ir.tensor import workspace_bytes
+from ..runtime_c import abi
 from ..targets import Target
 from .entry import emit_entry, layout_constants
 from .mathlib import MathLib
@@ -45,14 +52,30 @@ def build_llvm_ir(mod: Module, target: Target) -> tuple[str, bytes, list[str]]:
     llmod = ir.Module(name=mod.main.name)
     llmod.triple = target.triple
     math = MathLib(llmod)
-    tcg = TensorCodegen(llmod, math, target.vector_bits, target.pointer_bits)
+    threads = not target.is_bare_metal
+    tcg = TensorCodegen(llmod, math, target.vector_bits, target.pointer_bits, threads=threads)
     funcs = {
         name: _declare(llmod, f) if "extern_symbol" in f.attrs else tcg.emit(f)
         for name, f in sorted(mod.tensor_functions().items())
     }
     weights, const_offsets = layout_constants(mod)
     kernels = emit_entry(llmod, mod, funcs, const_offsets)
+    if threads:
+        default = ir.GlobalVariable(llmod, ir.IntType(32), abi.THREADS_DEFAULT_SYMBOL)
+        default.linkage = "weak"  # several models may link into one program
+        default.global_constant = True
+        default.initializer = ir.Constant(ir.IntType(32), default_threads(mod))
     return str(llmod), weights, kernels
+
+
+def default_threads(mod: Module) -> int:
+    """The package's default thread count: module attribute ``threads`` (0: one per online CPU), else 1."""
+    n = mod.attrs.get("threads", 1)
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= abi.THREADS_MAX:
+        raise ValueError(
+            f"threads must be a whole number from 0 (one per online CPU) to {abi.THREADS_MAX}, got {n!r}"
+        )
+    return n
 
 
 def _declare(llmod: ir.Module, f: TensorFunction) -> ir.Function:

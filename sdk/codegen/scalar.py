@@ -57,6 +57,9 @@ class FunctionContext:
     vars: dict[int, ir.Value] = field(default_factory=dict)  # loop var uid -> value of the index type
     scratch: ir.Value | None = None
     scratch_off: int = 0
+    #: inside the outlined body of a parallel loop: its workspace buffers live on the stack (one per chunk)
+    #: and a nested parallel loop runs serially
+    in_parallel: bool = False
 
 
 class ScalarCodegen:

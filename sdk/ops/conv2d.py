@@ -6,10 +6,9 @@ convolutions use the input itself as ``col``; others build it in workspace scrat
 ``col`` holds a block of output rows at a time, at most ``col_block_bytes`` (512 KiB), so that it is still in the
 cache when the GEMM reads it back; each block is built and multiplied before the next.
 
-8-bit integer convolutions (int8/uint8 input and weights) accumulate in int32 and give an int32 result,
-like matmul (:func:`kiln.ops.matmul.acc_dtype`): the operands are widened as they are loaded, and ``col`` stays
-8-bit. ``pad_value`` (default 0) is the value the padding reads: a quantized input's zero point, so padding
-stands for a real 0.
+On targets with an OS, each block's im2col is a ``parallel`` loop over the rows of ``col`` and its GEMM
+splits its tiles over threads (:mod:`kiln.ops.gemm_kernel`); a depthwise convolution runs its channels in
+parallel, each with its own padded plane.
 
 The block size, the K from which im2col panels are packed, and the GEMM's tiles come from the instance's
 schedule record (sections ``conv2d`` and ``gemm`` of :class:`kiln.targets.schedule.Schedule`,
@@ -29,8 +28,7 @@ from ..ir import tensor as T
 from ..ir.types import TensorType
 from ..targets.schedule import Conv2dSchedule
 from .base import LowerContext, OpDef, register, static_dims
-from .gemm_kernel import gemm
-from .matmul import SMALL_INTS, acc_dtype
+from .gemm_kernel import gemm, parallel_for
 from .schedule import schedule_for
 
 
@@ -72,21 +70,18 @@ class Conv2D(OpDef):
             raise self.error(f"{oc} output channels do not divide into {g} groups")
         if len(inputs) > 2 and inputs[2].shape != (oc,):
             raise self.error(f"bias must have shape ({oc},), got {inputs[2]}")
-        if x.dtype != w.dtype and not (x.dtype in SMALL_INTS and w.dtype in SMALL_INTS):
-            raise self.error(f"input and weights have different dtypes: {x} and {w}")
         oh = conv_out_size(h, kh, sh, pt + pb, dh) if isinstance(h, int) else h
         ow = conv_out_size(wd, kw, sw, pl + pr, dw) if isinstance(wd, int) else wd
         if isinstance(oh, int) and isinstance(ow, int) and (oh <= 0 or ow <= 0):
             raise self.error(f"kernel {kh}x{kw} does not fit input {h}x{wd} with pads {attrs.get('pads')}")
-        return [TensorType((n, oc, oh, ow), acc_dtype(x.dtype, w.dtype))]
+        return [TensorType((n, oc, oh, ow), x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x, w = inputs[0], inputs[1]
         (sh, sw), (pt, pl, pb, pr), (dh, dw), g = _attrs(attrs)
         n, c, h, wd = x.shape
         oc, cg, kh, kw = w.shape
-        pad = attrs.get("pad_value", 0)
-        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad)
+        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
         oh = conv_out_size(h, kh, sh, pt + pb, dh)
         ow = conv_out_size(wd, kw, sw, pl + pr, dw)
         out = np.zeros((n, oc, oh, ow), dtype=np.float64)
@@ -106,7 +101,7 @@ class Conv2D(OpDef):
                     acc += np.tensordot(patch, ws[:, :, i, j], axes=([1], [1])).transpose(0, 3, 1, 2)
         if len(inputs) > 2:
             out += inputs[2].reshape(1, -1, 1, 1)
-        return [out.astype(acc_dtype(str(x.dtype), str(w.dtype)))]
+        return [out.astype(x.dtype)]
 
     def flops(
         self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
@@ -125,7 +120,6 @@ class Conv2D(OpDef):
         oc, cg, kh, kw = w.shape
         _, _, oh, ow = out.shape
         ocg, kdim, ohw = oc // g, cg * kh * kw, oh * ow
-        acc = acc_dtype(x.dtype, w.dtype)  # int32 for 8-bit operands, widened as they are loaded
         if g > 1 and cg == 1 and ocg == 1:
             return self._depthwise(ctx, x, w, bias, out, attrs)
         sched = schedule_for(
@@ -152,7 +146,7 @@ class Conv2D(OpDef):
                 """Output rows ``y0 .. y0 + nrows``: im2col into ``col``, then the GEMM over its columns."""
 
                 def b_load(k: T.Expr, j: T.Expr) -> T.Expr:
-                    return T.cast(acc, col[ni, c0 + k, j] if direct else col[k, j])
+                    return col[ni, c0 + k, j] if direct else col[k, j]
 
                 def store(i: T.Expr, j: T.Expr, acc: T.Expr) -> T.Stmt:
                     ch = oc0 + i
@@ -167,15 +161,16 @@ class Conv2D(OpDef):
                     ocg,
                     nrows * ow,
                     kdim,
-                    lambda i, k: T.cast(acc, wf[oc0 + i, k]),
+                    lambda i, k: wf[oc0 + i, k],
                     b_load,
                     store,
                     ctx.lanes,
-                    acc,
+                    x.dtype,
                     # A block of col is compact and in cache; its column panels are worth packing only when
                     # they are long (conv2d.pack_min_k). The input of a direct 1x1 convolution always is.
                     pack_b=direct or kdim >= sched.conv2d.pack_min_k,
                     schedule=sched.gemm,
+                    parallel=parallel_for(ctx.target),
                 )
                 if direct:
                     return mm
@@ -215,13 +210,12 @@ class Conv2D(OpDef):
         _, _, oh, ow = out.shape
         hp, wp = h + pt + pb, wd + pl + pr
         plane = T.Buffer(f"{ctx.name}_plane", (hp, wp), x.dtype, scope="workspace")
-        zero = T.const(attrs.get("pad_value", 0), x.dtype)  # IntImm for integer convolutions
-        acc = acc_dtype(x.dtype, w.dtype)
+        zero = T.const(0, x.dtype)  # IntImm for integer convolutions (ConvInteger)
 
         def channel(ni: T.LoopVar, ch: T.LoopVar) -> T.Stmt:
             def pixel(y: T.LoopVar, z: T.LoopVar) -> T.Stmt:
                 taps = [
-                    T.cast(acc, plane[y * sh + i * dh, z * sw + j * dw]) * T.cast(acc, w[ch, 0, i, j])
+                    plane[y * sh + i * dh, z * sw + j * dw] * w[ch, 0, i, j]
                     for i in range(kh)
                     for j in range(kw)
                 ]
@@ -248,6 +242,14 @@ class Conv2D(OpDef):
                 T.loop_nest((oh, ow), lambda i: pixel(*i), prefix=f"{ctx.name}_o", innermost="vectorized"),
             )
 
+        if parallel_for(ctx.target):  # channels in parallel, each chunk with its own plane
+            return T.loop(
+                n,
+                lambda ni: T.loop(
+                    c, lambda ch: T.Allocate(plane, channel(ni, ch)), name=f"{ctx.name}_c", kind="parallel"
+                ),
+                name=f"{ctx.name}_n",
+            )
         body = T.loop(
             n, lambda ni: T.loop(c, lambda ch: channel(ni, ch), name=f"{ctx.name}_c"), name=f"{ctx.name}_n"
         )
@@ -271,9 +273,9 @@ class Conv2D(OpDef):
         kh, kw = ksize
         y0, oh, ow = rows
         cg = col.shape[0] // (kh * kw)
-        zero = T.const(attrs.get("pad_value", 0), x.dtype)  # IntImm for integer convolutions
+        zero = T.const(0, x.dtype)  # IntImm for integer convolutions (ConvInteger)
 
-        def row(c: T.LoopVar, i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
+        def row(c: T.Expr, i: T.Expr, j: T.Expr) -> T.Stmt:
             k = (c * kh + i) * kw + j
 
             def pixel(y: T.LoopVar, z: T.LoopVar) -> T.Stmt:
@@ -289,6 +291,14 @@ class Conv2D(OpDef):
                 name=f"{ctx.name}_oy",
             )
 
+        if parallel_for(ctx.target):  # one loop over the rows of col, split over threads
+            taps = kh * kw
+            return T.loop(
+                cg * taps,
+                lambda k: row(k // taps, k % taps // kw, k % kw),
+                name=f"{ctx.name}_k",
+                kind="parallel",
+            )
         return T.loop(
             cg,
             lambda c: T.loop(

@@ -16,6 +16,13 @@ wide ``B``: there is no reuse of ``B`` to tile for, and the run time is the time
 rows are then computed together over blocks of ``stream_columns`` (512) columns, each ``k`` step reading one
 contiguous stretch of a row of ``B`` (the order that memory prefetchers stream at full bandwidth).
 
+With ``parallel`` (targets with an OS, :func:`parallel_for`), the outermost tile loop is a ``parallel`` loop
+(run on the runtime's thread pool, chunks of its iterations per thread): over the column tiles when there
+are at least ``PARALLEL_MIN_COLUMN_TILES`` (8) of them or no fewer than row tiles (each iteration packs its own
+panel, on its own stack), else over groups of row tiles (at most ``PARALLEL_MAX_ROW_GROUPS``, 16; each group
+packs the panels it reads). The tail row or column tiles are taken by the last iteration. The streaming
+form runs its column blocks in parallel.
+
 Every size and threshold above is a field of the ``gemm`` section of a schedule record
 (:class:`kiln.targets.schedule.GemmSchedule`: ``mr``, ``nr``, ``pack``, ``pack_min_row_tiles``, ``pack_min_k``,
 ``stream_min_tiles``, ``stream_columns``, and the loop kinds ``unroll_rows`` and ``vectorize_columns``); the
@@ -26,12 +33,25 @@ numbers quoted here are the defaults, which callers get when they pass no schedu
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..ir import tensor as T
+from ..targets import Target
 from ..targets.schedule import GemmSchedule, default_schedule
 
 Load2 = Callable[[T.Expr, T.Expr], T.Expr]
 Store2 = Callable[[T.Expr, T.Expr, T.Expr], T.Stmt]
+
+#: Split over column tiles when there are at least this many (else over row tiles, if there are more).
+PARALLEL_MIN_COLUMN_TILES = 8
+#: At most this many groups of row tiles when splitting over rows (each group packs the panels it reads).
+PARALLEL_MAX_ROW_GROUPS = 16
+
+
+def parallel_for(target: Target | None) -> bool:
+    """Whether lowerings for ``target`` mark loops ``parallel``: targets with an OS (bare-metal firmware is
+    single-threaded and keeps its serial loop nests)."""
+    return target is not None and not target.is_bare_metal
 
 
 def tile_sizes(lanes: int, n: int, schedule: GemmSchedule | None = None) -> tuple[int, int]:
@@ -55,41 +75,51 @@ def gemm(
     init: Load2 | None = None,
     pack_b: bool = True,
     schedule: GemmSchedule | None = None,
+    parallel: bool = False,
 ) -> T.Stmt:
     """Loop nest computing ``store(i, j, sum_k a(i, k) * b(k, j) [+ init(i, j)])`` for all i < m, j < n.
     ``pack_b`` is the caller's hint for ``pack = "auto"``; ``schedule`` (default: the generic defaults for
-    ``lanes``) gives the tile sizes, thresholds and loop kinds."""
+    ``lanes``) gives the tile sizes, thresholds and loop kinds; ``parallel`` marks the outermost tile loop
+    ``parallel`` (module docstring)."""
     s = schedule if schedule is not None else default_schedule(32 * lanes).gemm
     mr, nc = tile_sizes(lanes, n, s)
     if m < mr and n >= s.stream_min_tiles * nc:
-        return _streaming(name, m, n, k, a, b, store, dtype, init, s)
-    parts: list[T.Stmt] = []
+        return _streaming(name, m, n, k, a, b, store, dtype, init, s, parallel)
     m_full, m_tail = divmod(m, mr)
     n_full, n_tail = divmod(n, nc)
-    for m_count, m_size, m_base in ((m_full, mr, 0), (1 if m_tail else 0, m_tail, m_full * mr)):
-        for n_count, n_size, n_base in ((n_full, nc, 0), (1 if n_tail else 0, n_tail, n_full * nc)):
-            if m_count == 0 or n_count == 0:
-                continue
-            parts.append(
-                _tiles(
-                    name,
-                    m_count,
-                    m_size,
-                    m_base,
-                    n_count,
-                    n_size,
-                    n_base,
-                    k,
-                    a,
-                    b,
-                    store,
-                    dtype,
-                    init,
-                    pack_b,
-                    s,
-                )
-            )
-    return T.seq(*parts)
+    # runs of equal tiles along each dimension: (count, size, base); the full tiles first (n_full >= 1)
+    m_parts = [p for p in ((m_full, mr, 0), (1 if m_tail else 0, m_tail, m_full * mr)) if p[0]]
+    n_parts = [p for p in ((n_full, nc, 0), (1 if n_tail else 0, n_tail, n_full * nc)) if p[0]]
+
+    def tiles(mp: tuple[int, int, int], np_: tuple[int, int, int], **where: Any) -> T.Stmt:
+        return _tiles(name, *mp, *np_, k, a, b, store, dtype, init, pack_b, s, **where)
+
+    n_tiles, m_tiles = n_full + len(n_parts) - 1, m_full + len(m_parts) - 1
+    if parallel and n_tiles >= 2 and (n_tiles >= PARALLEL_MIN_COLUMN_TILES or n_tiles >= m_tiles):
+
+        def column(no: T.LoopVar) -> T.Stmt:  # one column tile, every row
+            full = T.seq(*(tiles(mp, n_parts[0], column=no) for mp in m_parts))
+            if len(n_parts) == 1:
+                return full
+            tail = T.seq(*(tiles(mp, n_parts[1], column=T.IntImm(0)) for mp in m_parts))
+            return T.IfThenElse(no < n_full, full, tail)
+
+        return T.loop(n_tiles, column, name=f"{name}_pn", kind="parallel")
+    if parallel and m_full >= 2:
+        per = -(-m_full // min(m_full, PARALLEL_MAX_ROW_GROUPS))  # row tiles per group
+        groups = -(-m_full // per)
+
+        def group(g: T.LoopVar) -> T.Stmt:  # a group of full row tiles, every column; the last: the tail rows
+            first = g * per
+            count = T.minimum(per, m_full - first) if m_full % per else T.IntImm(per)
+            full = T.seq(*(tiles(m_parts[0], np_, rows=(first, count, per)) for np_ in n_parts))
+            if len(m_parts) == 1:
+                return full
+            tail = T.seq(*(tiles(m_parts[1], np_) for np_ in n_parts))
+            return T.seq(full, T.IfThenElse(g.eq(groups - 1), tail))
+
+        return T.loop(groups, group, name=f"{name}_pm", kind="parallel")
+    return T.seq(*(tiles(mp, np_) for mp in m_parts for np_ in n_parts))
 
 
 def _tiles(
@@ -108,13 +138,17 @@ def _tiles(
     init: Load2 | None,
     pack_b: bool,
     s: GemmSchedule,
+    rows: tuple[T.Expr, T.Expr, int] | None = None,
+    column: T.Expr | None = None,
 ) -> T.Stmt:
+    """The ``m_count x n_count`` tiles of ``mr x nc`` from ``(m_base, n_base)``; only the row tiles
+    ``rows = (first, count, at most)`` of them if given, and only column tile ``column`` if given."""
     acc = T.Buffer(f"{name}_acc", (mr, nc), dtype, scope="local")
     zero = T.const(0.0, dtype)
+    reuse = rows[2] if rows is not None else m_count  # row tiles that read each packed panel
+    packed = s.pack == "always"
     if s.pack == "auto":
-        packed = pack_b and m_count >= s.pack_min_row_tiles and k >= s.pack_min_k
-    else:
-        packed = s.pack == "always"
+        packed = pack_b and reuse >= s.pack_min_row_tiles and k >= s.pack_min_k
     rows_kind = "unrolled" if s.unroll_rows else "serial"
     cols_kind = "vectorized" if s.vectorize_columns else "serial"
     panel = T.Buffer(f"{name}_panel", (k, nc), dtype, scope="workspace")
@@ -169,13 +203,17 @@ def _tiles(
         return T.Allocate(acc, body)
 
     def row_tiles(no: T.Expr) -> T.Stmt:
+        if rows is not None:
+            return T.loop(rows[1], lambda mo: tile(mo, no), name=f"{name}_mo", start=rows[0])
         return T.loop_or_once(m_count, lambda mo: tile(mo, no), name=f"{name}_mo")
 
-    if packed:
-        return T.Allocate(
-            panel, T.loop_or_once(n_count, lambda no: T.seq(pack(no), row_tiles(no)), name=f"{name}_no")
-        )
-    return T.loop_or_once(n_count, row_tiles, name=f"{name}_no")
+    def per_column(no: T.Expr) -> T.Stmt:
+        return T.seq(pack(no), row_tiles(no)) if packed else row_tiles(no)
+
+    body = (
+        per_column(column) if column is not None else T.loop_or_once(n_count, per_column, name=f"{name}_no")
+    )
+    return T.Allocate(panel, body) if packed else body
 
 
 def _streaming(
@@ -189,10 +227,12 @@ def _streaming(
     dtype: str,
     init: Load2 | None,
     s: GemmSchedule,
+    parallel: bool = False,
 ) -> T.Stmt:
     parts = []
     cols = s.stream_columns
     full, tail = divmod(n, cols)
+    blocks: list[Callable[[T.Expr], T.Stmt]] = []
     for count, nb, base in ((full, cols, 0), (1 if tail else 0, tail, full * cols)):
         if count == 0:
             continue
@@ -220,6 +260,17 @@ def _streaming(
             )
 
         parts.append(T.loop_or_once(count, block, name=f"{name}_nb"))
+        blocks.append(block)
+    total = full + (1 if tail else 0)
+    if parallel and total >= 2:  # one column block per iteration, the tail block last
+        if len(blocks) == 1:
+            return T.loop(total, blocks[0], name=f"{name}_pb", kind="parallel")
+        return T.loop(
+            total,
+            lambda no: T.IfThenElse(no < full, blocks[0](no), blocks[1](T.IntImm(0))),
+            name=f"{name}_pb",
+            kind="parallel",
+        )
     return T.seq(*parts)
 
 

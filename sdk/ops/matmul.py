@@ -1,8 +1,8 @@
 """matmul: NumPy ``a @ b`` semantics (batch dimensions broadcast; 1-D operands are promoted and squeezed).
 
 Lowered per batch index to the shared register-tiled GEMM (its tiles from the instance's schedule record,
-:func:`kiln.ops.schedule.schedule_for`); ONNX Gemm becomes matmul plus transposes and an
-elementwise bias add, which fusion folds into this kernel's epilogue.
+:func:`kiln.ops.schedule.schedule_for`; its tile loop ``parallel`` on targets with an OS); ONNX Gemm becomes
+matmul plus transposes and an elementwise bias add, which fusion folds into this kernel's epilogue.
 
 8- and 16-bit integer operands (int8, uint8, int16, and mixed int8 x uint8) are multiplied and accumulated
 in int32 and give an int32 result, like ONNX MatMulInteger (ONNX MatMul itself does not take them): the sum
@@ -20,7 +20,7 @@ import numpy as np
 from ..ir import tensor as T
 from ..ir.types import Dim, TensorType
 from .base import LowerContext, OpDef, broadcast_shapes, flat_index, register
-from .gemm_kernel import gemm
+from .gemm_kernel import gemm, parallel_for
 from .schedule import schedule_for
 
 SMALL_INTS = ("int8", "uint8", "int16")
@@ -112,6 +112,7 @@ class MatMul(OpDef):
                 ctx.lanes,
                 acc,
                 schedule=sched.gemm,
+                parallel=parallel_for(ctx.target),
             )
 
         if nb == 0:
