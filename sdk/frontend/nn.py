@@ -23,7 +23,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -183,6 +183,18 @@ class Parameter:
         return self.tensor().op(op_name, *others, **attrs)
 
 
+def _arithmetic(op_name: str) -> tuple[Callable[[Tensor, Any], Tensor], Callable[[Tensor, Any], Tensor]]:
+    """The forward and reflected methods of a binary Python operator (``x + o``, ``o + x``) adding ``op_name``."""
+
+    def forward(self: Tensor, other: Any) -> Tensor:
+        return _apply(self.g, op_name, [self.value, self._lift(other)], {})  # type: ignore[no-any-return]
+
+    def reflected(self: Tensor, other: Any) -> Tensor:
+        return _apply(self.g, op_name, [self._lift(other), self.value], {})  # type: ignore[no-any-return]
+
+    return forward, reflected
+
+
 class Tensor:
     """A value of the graph being traced by :meth:`Module.export`: arithmetic operators (``+ - * / @``, unary
     ``-``) and methods add nodes. Any kiln operator is a method (``x.softmax(axis=-1)``,
@@ -224,38 +236,11 @@ class Tensor:
         """``op_name(self, *others, **attrs)``: a Tensor, or a tuple for operators with several results."""
         return _apply(self.g, op_name, [self.value, *(self._lift(o) for o in others)], attrs)
 
-    def _rop(self, op_name: str, other: Any) -> Tensor:
-        return _apply(self.g, op_name, [self._lift(other), self.value], {})  # type: ignore[no-any-return]
-
-    def __add__(self, o: Any) -> Tensor:
-        return self.op("add", o)  # type: ignore[no-any-return]
-
-    def __radd__(self, o: Any) -> Tensor:
-        return self._rop("add", o)
-
-    def __sub__(self, o: Any) -> Tensor:
-        return self.op("sub", o)  # type: ignore[no-any-return]
-
-    def __rsub__(self, o: Any) -> Tensor:
-        return self._rop("sub", o)
-
-    def __mul__(self, o: Any) -> Tensor:
-        return self.op("mul", o)  # type: ignore[no-any-return]
-
-    def __rmul__(self, o: Any) -> Tensor:
-        return self._rop("mul", o)
-
-    def __truediv__(self, o: Any) -> Tensor:
-        return self.op("div", o)  # type: ignore[no-any-return]
-
-    def __rtruediv__(self, o: Any) -> Tensor:
-        return self._rop("div", o)
-
-    def __matmul__(self, o: Any) -> Tensor:
-        return self.op("matmul", o)  # type: ignore[no-any-return]
-
-    def __rmatmul__(self, o: Any) -> Tensor:
-        return self._rop("matmul", o)
+    __add__, __radd__ = _arithmetic("add")
+    __sub__, __rsub__ = _arithmetic("sub")
+    __mul__, __rmul__ = _arithmetic("mul")
+    __truediv__, __rtruediv__ = _arithmetic("div")
+    __matmul__, __rmatmul__ = _arithmetic("matmul")
 
     def __neg__(self) -> Tensor:
         return self.op("neg")  # type: ignore[no-any-return]
@@ -745,7 +730,24 @@ class MultiheadAttention(Module):
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
 
 
-class Sequential(Module):
+class _Container(Module):
+    """Modules named ``0``, ``1``, ... in order: indexing, length, iteration, ``append``."""
+
+    def append(self, m: Module) -> Self:
+        setattr(self, str(len(self._modules)), m)
+        return self
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+
+class Sequential(_Container):
     """Modules applied in order; named ``0``, ``1``, ... (or by the keys of a dict given)."""
 
     def __init__(self, *modules: Module | Mapping[str, Module]) -> None:
@@ -754,21 +756,8 @@ class Sequential(Module):
             for name, sub in modules[0].items():
                 setattr(self, name, sub)
         else:
-            for i, m in enumerate(modules):
-                setattr(self, str(i), m)
-
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
-
-    def append(self, m: Module) -> Sequential:
-        setattr(self, str(len(self._modules)), m)
-        return self
+            for m in modules:
+                self.append(m)  # type: ignore[arg-type]
 
     def forward(self, x: Any) -> Any:
         for m in self._modules.values():
@@ -776,26 +765,13 @@ class Sequential(Module):
         return x
 
 
-class ModuleList(Module):
+class ModuleList(_Container):
     """A list of modules (named ``0``, ``1``, ...) that ``forward`` of the owner calls as it likes."""
 
     def __init__(self, modules: Sequence[Module] = ()) -> None:
         super().__init__()
         for m in modules:
             self.append(m)
-
-    def append(self, m: Module) -> ModuleList:
-        setattr(self, str(len(self._modules)), m)
-        return self
-
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
 
 
 # ----------------------------------------------------------------------------------------------- activations

@@ -1515,22 +1515,14 @@ def _addmm(im: _Importer, a: dict[str, Any]) -> Value:
 
 
 # ---- convolution, normalization, pooling
-def _conv_nd(
-    im: _Importer,
-    x: Value,
-    w: Value,
-    b: Value | None,
-    stride: list[int],
-    padding: Any,
-    dilation: list[int],
-    groups: int,
-    transposed: bool = False,
-    output_padding: Sequence[int] = (),
-) -> Value:
+def _conv_nd(im: _Importer, a: dict[str, Any], transposed: bool) -> Value:
+    """A 1-D or 2-D convolution (``transposed``: its transpose) from any of aten's convolution schemas (their
+    arguments by name; ``output_padding`` only matters transposed)."""
+    x, w, b, padding, groups = a["input"], a["weight"], a["bias"], a["padding"], int(a["groups"])
     nd = w.type.ndim - 2
     if nd not in (1, 2):
         raise _Unsupported(f"{nd}-D convolution is not supported (1-D and 2-D are)")
-    s, d = _ints(stride, nd), _ints(dilation, nd)
+    s, d = _ints(a["stride"], nd), _ints(a["dilation"], nd)
     k = [int(v) for v in w.type.shape[2:]]  # type: ignore[arg-type]
     if isinstance(padding, str):
         if padding == "valid":
@@ -1543,7 +1535,7 @@ def _conv_nd(
     else:
         p = _ints(padding, nd)
         pe = p
-    op = _ints(output_padding, nd) if output_padding else [0] * nd
+    op = _ints(a["output_padding"], nd) if transposed and a["output_padding"] else [0] * nd
     tail = [b] if b is not None else []
     if nd == 1:
         x2 = im.reshape(x, (*x.type.shape[:2], 1, x.type.shape[2]))
@@ -1563,41 +1555,17 @@ def _conv_nd(
 
 @converter(aten.convolution.default, aten._convolution.default)
 def _convolution(im: _Importer, a: dict[str, Any]) -> Value:
-    return _conv_nd(
-        im,
-        a["input"],
-        a["weight"],
-        a["bias"],
-        a["stride"],
-        a["padding"],
-        a["dilation"],
-        int(a["groups"]),
-        bool(a["transposed"]),
-        a["output_padding"],
-    )
+    return _conv_nd(im, a, bool(a["transposed"]))
 
 
 @converter(aten.conv2d.default, aten.conv1d.default, aten.conv2d.padding, aten.conv1d.padding)
 def _conv(im: _Importer, a: dict[str, Any]) -> Value:
-    return _conv_nd(
-        im, a["input"], a["weight"], a["bias"], a["stride"], a["padding"], a["dilation"], int(a["groups"])
-    )
+    return _conv_nd(im, a, transposed=False)
 
 
 @converter(aten.conv_transpose2d.input, aten.conv_transpose1d.default)
 def _conv_transpose(im: _Importer, a: dict[str, Any]) -> Value:
-    return _conv_nd(
-        im,
-        a["input"],
-        a["weight"],
-        a["bias"],
-        a["stride"],
-        a["padding"],
-        a["dilation"],
-        int(a["groups"]),
-        True,
-        a["output_padding"],
-    )
+    return _conv_nd(im, a, transposed=True)
 
 
 def _ones(im: _Importer, v: Value | None, n: Dim, dtype: str, fill: float) -> Value:
