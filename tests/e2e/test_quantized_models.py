@@ -1,0 +1,88 @@
+"""int8 models quantized by onnxruntime.quantization (QDQ per tensor and per channel, QOperator, dynamic) from
+the tests' CNNs and transformer encoder: compiled by kiln, within one output quantization step of
+onnxruntime's result for the same quantized model, and computed by integer kernels (the ``fuse-qdq`` pass
+fired: every quantized convolution and matrix product with constant weights has 8-bit operands, int32
+accumulation and, for the static formats, its requantize fused into the same kernel)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import running
+from quant_models import (
+    graph_kernels,
+    onnxruntime_outputs,
+    output_steps,
+    quantized_torch_model,
+    quantized_weight_ops,
+)
+
+import kiln
+from kiln.ops.matmul import SMALL_INTS
+from models import inputs_for
+
+TARGET = "x86_64-linux"
+FAST = {("resnet18ish", "qdq"), ("resnet18ish", "qdq-per-channel"), ("mobilenetv2ish", "qoperator")}
+
+
+def _cases() -> list[object]:
+    out = []
+    for model in ("resnet18ish", "mobilenetv2ish", "transformer"):
+        for fmt in ("qdq", "qdq-per-channel", "qoperator", "dynamic"):
+            marks = [] if (model, fmt) in FAST else [pytest.mark.slow]
+            out.append(pytest.param(model, fmt, marks=marks, id=f"{model}-{fmt}"))
+    return out
+
+
+def check_against_onnxruntime(
+    path, got: dict[str, np.ndarray], feed: dict[str, np.ndarray], level: str
+) -> float:  # noqa: ANN001
+    """Asserts every output is within one quantization step of onnxruntime's; returns the largest error in
+    steps. Outputs that are not dequantized (dynamic quantization ends in float) get a float tolerance."""
+    want = onnxruntime_outputs(path, feed, level)
+    steps = output_steps(path)
+    worst = 0.0
+    for name, w in want.items():
+        err = np.abs(got[name].astype(np.float64) - w)
+        step = steps.get(name)
+        if step is None:  # a float result of exact int32 accumulators: float rounding only
+            np.testing.assert_allclose(
+                got[name], w, rtol=1e-4, atol=1e-4 * float(np.abs(w).max()), err_msg=name
+            )
+            continue
+        assert err.max() <= step * (1 + 1e-4), (
+            f"{name}: {err.max() / step:.2f} steps from onnxruntime ({level})"
+        )
+        worst = max(worst, float(err.max()) / step)
+    return worst
+
+
+@pytest.mark.parametrize(("model", "fmt"), _cases())
+def test_quantized_model_matches_onnxruntime_with_integer_kernels(model: str, fmt: str) -> None:
+    path = quantized_torch_model(model, fmt)
+    kernels = graph_kernels(path, TARGET)
+    integer = [(op, dts, group) for op, dts, group in kernels if all(d in SMALL_INTS for d in dts)]
+    assert len(integer) == quantized_weight_ops(path) > 0, [(op, dts) for op, dts, _ in kernels]
+    if fmt != "dynamic":  # the requantize is in the kernel's epilogue: its group rounds to 8 bits
+        for op, _, group in integer:
+            casts = [n.attrs.get("to") for n in group if n.op == "cast"]
+            assert {"int8", "uint8"} & set(casts), (op, [n.op for n in group])
+    if model != "transformer":  # every convolution of the CNNs is an integer one
+        assert all(dts[0] in SMALL_INTS for op, dts, _ in kernels if op == "conv2d")
+    feed = inputs_for(path, seed=5)
+    got = kiln.compile(path, TARGET).run(feed)
+    check_against_onnxruntime(path, got, feed, "ORT_ENABLE_BASIC")
+    if model != "transformer":  # onnxruntime's own int8 kernels (its QDQ fusions) agree within a step too
+        check_against_onnxruntime(path, got, feed, "ORT_ENABLE_ALL")
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["aarch64-linux", "riscv64-linux", "armv7-linux"])
+def test_int8_cnn_under_qemu_user_matches_onnxruntime(target: str) -> None:
+    """The per-channel QDQ ResNet-style CNN, integer kernels and all, on the other instruction sets."""
+    path = quantized_torch_model("resnet18ish", "qdq-per-channel")
+    assert all(dts[0] in SMALL_INTS for op, dts, _ in graph_kernels(path, target) if op == "conv2d")
+    feed = inputs_for(path, seed=5)
+    got = running.run(kiln.compile(path, target), feed)
+    check_against_onnxruntime(path, got, feed, "ORT_ENABLE_BASIC")

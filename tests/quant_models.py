@@ -1,0 +1,147 @@
+"""Quantized versions of the test models, made by onnxruntime.quantization, and onnxruntime as their oracle.
+
+Formats (``FORMATS``):
+
+* ``qdq`` / ``qdq-per-channel``: ``quantize_static`` in QDQ format (QuantizeLinear/DequantizeLinear around
+  float operators), weights per tensor or per output channel, calibrated on a few random inputs;
+* ``qoperator``: ``quantize_static`` in QOperator format, the operators that have standard ONNX quantized
+  forms (Conv -> QLinearConv, MatMul -> QLinearMatMul; onnxruntime's com.microsoft operators are not ONNX);
+* ``dynamic``: ``quantize_dynamic`` (DynamicQuantizeLinear + MatMulInteger / ConvInteger).
+
+The oracle is onnxruntime at ``ORT_ENABLE_BASIC``: the quantized model as written. Its extended fusions
+(``ORT_ENABLE_ALL``: LayerNorm, GELU, attention, QDQ int8 kernels) compute some float parts differently, which
+moves the transformer's output by several quantization steps; the CNNs are also checked against it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from kiln.driver import load_model
+from kiln.ir import Module, Node
+from kiln.targets import get_target
+from kiln.transform import Pipeline, default_pipeline
+from kiln.transform.dispatch import expand_fused
+from models import cache_dir, inputs_for, torch_onnx_path
+
+FORMATS = ("qdq", "qdq-per-channel", "qoperator", "dynamic")
+
+
+def _calibration(src: Path, count: int = 4):  # noqa: ANN202
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds: Iterator[dict[str, np.ndarray]] = iter(
+                [inputs_for(src, 100 + s) for s in range(count)]
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    return Reader()
+
+
+def quantize(src: Path, fmt: str) -> Path:
+    """``src`` quantized by onnxruntime in format ``fmt`` (one of :data:`FORMATS`), cached."""
+    from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown quantization format {fmt!r}; formats: {', '.join(FORMATS)}")
+    out = cache_dir() / f"{src.stem}.{fmt}.onnx"
+    if out.exists():
+        return out
+    pre = cache_dir() / f"{src.stem}.pre.onnx"
+    if not pre.exists():
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    if fmt == "dynamic":
+        quantize_dynamic(str(pre), str(out))
+    else:
+        quantize_static(
+            str(pre),
+            str(out),
+            _calibration(src),
+            quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
+            per_channel=fmt == "qdq-per-channel",
+            op_types_to_quantize=["Conv", "MatMul"] if fmt == "qoperator" else None,
+        )
+    return out
+
+
+@functools.cache
+def quantized_torch_model(name: str, fmt: str) -> Path:
+    """A model of :data:`models.TORCH_MODELS` quantized in format ``fmt``."""
+    return quantize(torch_onnx_path(name), fmt)
+
+
+def quantized_bytes(model: bytes, name: str, fmt: str) -> Path:
+    """An ONNX model given as bytes (e.g. a board model) quantized in format ``fmt``."""
+    src = cache_dir() / f"{name}.onnx"
+    if not src.exists():
+        src.write_bytes(model)
+    return quantize(src, fmt)
+
+
+def onnxruntime_outputs(path: Path, inputs: dict[str, np.ndarray], level: str = "ORT_ENABLE_BASIC") -> dict:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, inputs), strict=True))
+
+
+def output_steps(path: Path) -> dict[str, float]:
+    """Per graph output produced by a DequantizeLinear: its quantization step (the largest scale)."""
+    m = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    steps = {}
+    for o in m.graph.output:
+        n = producer.get(o.name)
+        if n is not None and n.op_type == "DequantizeLinear" and n.input[1] in inits:
+            steps[o.name] = float(np.max(inits[n.input[1]]))
+    return steps
+
+
+def graph_kernels(model: Path | bytes | Module, target: str) -> list[tuple[str, tuple[str, ...], list[Node]]]:
+    """The convolutions and matrix products the default pipeline hands to ``legalize`` for ``target``: per
+    one, its operator, its operands' dtypes and the fused group (anchor plus epilogue) it is lowered with."""
+    passes = default_pipeline(target).passes
+    upto = next(i for i, p in enumerate(passes) if p.name == "legalize")
+    mod = Pipeline(passes[:upto])(load_model(model).with_attrs(target=get_target(target)))
+    out = []
+    for n in mod.main.nodes:
+        group = expand_fused([n])
+        for m in group:
+            if m.op in ("conv2d", "matmul"):
+                out.append((m.op, tuple(v.type.dtype for v in m.inputs[:2]), group))
+    return out
+
+
+def quantized_weight_ops(path: Path) -> int:
+    """How many convolutions and matrix products of the ONNX model have quantized constant weights: QDQ
+    Conv/Gemm/MatMul on a DequantizeLinear of an initializer, QLinearConv, QLinearMatMul with a constant B,
+    ConvInteger/MatMulInteger with constant weights."""
+    g = onnx.load(str(path)).graph
+    inits = {t.name for t in g.initializer}
+    dq_of_init = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    count = 0
+    for n in g.node:
+        if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in dq_of_init:
+            count += 1
+        elif n.op_type in ("QLinearConv", "QLinearMatMul") and n.input[3] in inits:
+            count += 1
+        elif n.op_type in ("ConvInteger", "MatMulInteger") and n.input[1] in inits:
+            count += 1
+    return count
