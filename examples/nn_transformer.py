@@ -11,12 +11,13 @@ Targets other than the host's run under qemu-user.
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import transformer_numpy
+from transformer_numpy import causal_attention, gelu, largest_difference, layer_norm
 
 import kiln
 from kiln.frontend import nn
@@ -80,24 +81,16 @@ def numpy_reference(ids: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
     w = {k: v.astype(np.float64) for k, v in w.items()}
 
     def ln(x: np.ndarray, p: str) -> np.ndarray:
-        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
-        return (x - mu) / np.sqrt(var + 1e-5) * w[f"{p}.weight"] + w[f"{p}.bias"]
+        return layer_norm(x, w[f"{p}.weight"], w[f"{p}.bias"])
 
     def linear(x: np.ndarray, p: str) -> np.ndarray:
         return x @ w[f"{p}.weight"].T + w[f"{p}.bias"]
 
     def attention(x: np.ndarray, p: str) -> np.ndarray:
         q, k, v = np.split(x @ w[f"{p}.in_proj_weight"].T + w[f"{p}.in_proj_bias"], 3, axis=-1)
-        d = DIM // HEADS
-        q, k, v = (t.reshape(SEQ, HEADS, d).transpose(1, 0, 2) for t in (q, k, v))
-        s = q @ k.transpose(0, 2, 1) / math.sqrt(d)
-        s = np.where(np.triu(np.ones((SEQ, SEQ), bool), 1), -np.inf, s)
-        s = np.exp(s - s.max(-1, keepdims=True))
-        a = (s / s.sum(-1, keepdims=True)) @ v
+        q, k, v = (t.reshape(SEQ, HEADS, DIM // HEADS).transpose(1, 0, 2) for t in (q, k, v))
+        a = causal_attention(q, k, v)
         return linear(a.transpose(1, 0, 2).reshape(SEQ, DIM), f"{p}.out_proj")
-
-    def gelu(z: np.ndarray) -> np.ndarray:
-        return 0.5 * z * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
 
     x = w["tok.weight"][ids[0]] + w["pos"]
     for i in range(LAYERS):
@@ -117,21 +110,11 @@ def run(target: str, seed: int = 0) -> float:
         save_file(weights, str(path))
         pkg = kiln.compile(build(path), target)
     ids = np.random.default_rng(seed + 1).integers(0, VOCAB, (1, SEQ)).astype("int64")
-    session = pkg.open_session() if pkg.target.runs_natively() else pkg.open_session(timeout=None)
-    with session:
-        got = session.run({"ids": ids})["logits"]
-    want = numpy_reference(ids, weights)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"on {target}")
-    return float(np.max(np.abs(got - want)))
+    return largest_difference(pkg, {"ids": ids}, "logits", numpy_reference(ids, weights))
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--targets", default="x86_64-linux,aarch64-linux,riscv64-linux")
-    args = ap.parse_args(argv)
-    print(TinyLM())
-    for t in args.targets.split(","):
-        print(f"{t:16} largest difference from NumPy: {run(t):.2e}")
+    transformer_numpy.main(__doc__, run, argv, banner=str(TinyLM()))
 
 
 if __name__ == "__main__":

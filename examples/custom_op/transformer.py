@@ -9,16 +9,18 @@ connection, layer normalization and a GELU MLP. Targets other than the host's ru
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+# this folder (rope_op) and the one above (transformer_numpy, shared with examples/nn_transformer.py)
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 
 import rope_op  # noqa: E402, F401  (registers the operator rotary_embedding)
+import transformer_numpy  # noqa: E402
+from transformer_numpy import causal_attention, gelu, largest_difference, layer_norm  # noqa: E402
 
 import kiln  # noqa: E402
 from kiln.frontend.nn import GraphBuilder  # noqa: E402
@@ -88,15 +90,10 @@ def numpy_reference(x: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
         return v.reshape(SEQ, HEADS, HEAD).transpose(1, 0, 2)
 
     q, k, v = (heads(x[0] @ p[n]) for n in ("wq", "wk", "wv"))
-    q, k = rope(q), rope(k)
-    s = q @ k.transpose(0, 2, 1) / math.sqrt(HEAD) + p["mask"]
-    s = np.exp(s - s.max(-1, keepdims=True))
-    att = (s / s.sum(-1, keepdims=True)) @ v
+    att = causal_attention(rope(q), rope(k), v)
     h = x[0] + att.transpose(1, 0, 2).reshape(SEQ, DIM) @ p["wo"]
-    n = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-5) * p["gamma"] + p["beta"]
-    z = n @ p["w1"] + p["b1"]
-    gelu = 0.5 * z * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
-    return (h + gelu @ p["w2"])[None]
+    n = layer_norm(h, p["gamma"], p["beta"])
+    return (h + gelu(n @ p["w1"] + p["b1"]) @ p["w2"])[None]
 
 
 def run(target: str, seed: int = 0) -> float:
@@ -104,20 +101,11 @@ def run(target: str, seed: int = 0) -> float:
     p = weights(seed)
     pkg = kiln.compile(build(p), target)
     x = np.random.default_rng(seed + 1).standard_normal((1, SEQ, DIM)).astype("float32")
-    session = pkg.open_session() if pkg.target.runs_natively() else pkg.open_session(timeout=None)
-    with session:
-        got = session.run({"x": x})["y"]
-    want = numpy_reference(x, p)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"on {target}")
-    return float(np.max(np.abs(got - want)))
+    return largest_difference(pkg, {"x": x}, "y", numpy_reference(x, p))
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--targets", default="x86_64-linux,aarch64-linux,riscv64-linux")
-    args = ap.parse_args(argv)
-    for t in args.targets.split(","):
-        print(f"{t:16} largest difference from NumPy: {run(t):.2e}")
+    transformer_numpy.main(__doc__, run, argv)
 
 
 if __name__ == "__main__":
