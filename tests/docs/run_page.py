@@ -4,8 +4,9 @@ Python blocks run in one namespace (compiled with the page's file name and line 
 into the page); shell blocks run with ``bash -e -o pipefail``, each starting with the environment the previous
 block left (exported variables carry over, as in a terminal); file blocks are written. Service blocks start
 each of their commands in the background (as a reader starts servers in terminals of their own), wait until
-each printed its "ready" line, export the pattern's named groups, and are stopped (SIGTERM, then SIGKILL) when
-the page ends, whether it passed or not. Exits 1 at the first block that fails, naming it.
+each printed its "ready" line, export the pattern's named groups, must still run when the last block is done
+(a server that died on its own fails the page), and are stopped (SIGTERM, then SIGKILL) when the page ends,
+whether it passed or not. Exits 1 at the first block that fails, naming it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Service:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
+            # a terminal shows a Python server's lines as it prints them; a pipe would hold them back
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -149,6 +152,15 @@ def main() -> int:
                     print(f"FAILED: the shell block at {where} exited with status {rc}", flush=True)
                     return 1
             elif b["kind"] == "service" and not start_services(b, where, services):
+                return 1
+        for svc in services:
+            if svc.proc.poll() is not None:
+                tail = svc.log.read_text()[-4000:] if svc.log.exists() else ""
+                print(
+                    f"{tail}\nFAILED: the service `{svc.command}` ended on its own (status "
+                    f"{svc.proc.returncode}) before the page did",
+                    flush=True,
+                )
                 return 1
         return 0
     finally:
