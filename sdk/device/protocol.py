@@ -317,7 +317,12 @@ class Session(Executable):
         try:
             head = self._stream.read_exact(HEADER.size, deadline)
             magic, version, msg_type, _, length = HEADER.unpack(head)
-            if magic != MAGIC or version != PROTOCOL_VERSION:
+            if magic == MAGIC and version != PROTOCOL_VERSION:
+                self._fail_protocol(
+                    f"{self.label} speaks device-protocol version {version}, this kiln speaks version "
+                    f"{PROTOCOL_VERSION}: rebuild the package (or flash the firmware) with this kiln"
+                )
+            if magic != MAGIC:
                 self._fail_protocol(
                     f"reply to {what} has a bad header {head!r} (expected magic {MAGIC!r}, "
                     f"version {PROTOCOL_VERSION})"

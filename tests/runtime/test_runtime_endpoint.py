@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -213,6 +214,18 @@ def test_bad_magic_is_skipped(session: Session) -> None:
 def test_bad_version(session: Session) -> None:
     text = expect_error(session, encode_frame(protocol.MSG_INFO, bytes(4), version=9), ERR_PROTO_VERSION)
     assert f"protocol version 9 is not supported; this device speaks version {abi.PROTOCOL_VERSION}" in text
+
+
+def test_a_device_speaking_another_protocol_version_is_named_with_the_fix() -> None:
+    old_reply = encode_frame(protocol.MSG_INFO | protocol.MSG_REPLY, bytes(4), version=1)
+    s = Session(io.BytesIO(old_reply), io.BytesIO(), timeout=5.0, label="board x")
+    with pytest.raises(protocol.ProtocolError) as e:
+        s.info()
+    text = str(e.value)
+    assert (
+        f"board x speaks device-protocol version 1, this kiln speaks version {abi.PROTOCOL_VERSION}" in text
+    )
+    assert "rebuild the package" in text
 
 
 def test_wrong_payload_length(session: Session) -> None:
