@@ -240,10 +240,18 @@ class Isolation:
 
 
 class ProcessLauncher(Launcher):
-    """Runs a command on this host whose stdin/stdout carry the device protocol."""
+    """Runs a command on this host whose stdin/stdout carry the device protocol. Subclasses give the
+    ``command``; ``peer_class`` and ``device`` say what the process is (a runner, an emulated board)."""
+
+    peer_class: type[ProcessPeer] = ProcessPeer
 
     def __init__(self, target: Target) -> None:
         self.target = target
+
+    @property
+    def device(self) -> str:
+        """What the process is, for messages (``runner of x86_64-linux``)."""
+        return f"runner of {self.target.name}"
 
     @abstractmethod
     def command(self, runnable: Path) -> list[str]:
@@ -277,11 +285,11 @@ class ProcessLauncher(Launcher):
             )
         except (OSError, subprocess.SubprocessError) as e:
             raise LauncherError(f"cannot start {' '.join(cmd)}: {e}") from e
-        label = f"runner of {self.target.name} ({self.name}, pid {proc.pid})"
+        label = f"{self.device} ({self.name}, pid {proc.pid})"
         stdout: IO[bytes] | None = proc.stdout
         stdin: IO[bytes] | None = proc.stdin
         assert stdout is not None and stdin is not None
-        return Session(stdout, stdin, timeout=timeout, peer=ProcessPeer(proc, label))  # type: ignore[arg-type]
+        return Session(stdout, stdin, timeout=timeout, peer=self.peer_class(proc, label))  # type: ignore[arg-type]
 
 
 class LocalLauncher(ProcessLauncher):
@@ -308,20 +316,27 @@ class QemuUserLauncher(ProcessLauncher):
 
     def __init__(self, target: Target | str) -> None:
         t = get_target(target)
-        if not t.emulator:
-            raise LauncherError(f"target {t.name} names no emulator; add `emulator = [...]` to {t.source}")
-        exe = shutil.which(t.emulator[0])
-        if exe is None:
-            package = t.emulator_package or "qemu-user"
-            raise LauncherError(
-                f"emulator {t.emulator[0]!r} for target {t.name} is not installed; install the Debian "
-                f"package {package!r} (sudo apt-get install {package})"
-            )
+        self.exe = emulator_path(t, "qemu-user")
         super().__init__(t)
-        self.exe = exe
 
     def command(self, runnable: Path) -> list[str]:
         return [self.exe, *self.target.emulator[1:], str(runnable)]
+
+
+def emulator_path(t: Target, default_package: str, what: str = "target") -> str:
+    """Where ``t``'s emulator (the first word of ``emulator`` in its TOML) is installed; a
+    :class:`LauncherError` saying what to add or install when it is not. ``what``: ``target`` or ``board``,
+    for the message; ``default_package``: the Debian package to suggest when the TOML names none."""
+    if not t.emulator:
+        raise LauncherError(f"{what} {t.name} names no emulator; add `emulator = [...]` to {t.source}")
+    exe = shutil.which(t.emulator[0])
+    if exe is None:
+        package = t.emulator_package or default_package
+        raise LauncherError(
+            f"emulator {t.emulator[0]!r} for {what} {t.name} is not installed; install the Debian "
+            f"package {package!r} (sudo apt-get install {package})"
+        )
+    return exe
 
 
 def _ssh(target: Target | str, **options: Any) -> Launcher:
@@ -379,6 +394,7 @@ __all__ = [
     "ProcessPeer",
     "QemuUserLauncher",
     "describe_exit",
+    "emulator_path",
     "launcher_for",
     "make_launcher",
 ]

@@ -17,11 +17,10 @@ sends an ERROR frame with ``KILN_ERR_PLATFORM_FAULT`` (what and where) and halts
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from kiln.device.launchers import LauncherError, ProcessLauncher, ProcessPeer
+from kiln.device.launchers import LauncherError, ProcessLauncher, ProcessPeer, emulator_path
 from kiln.device.protocol import Session
 from kiln.targets import Target, get_target
 from kiln.targets.board import Board, board_of
@@ -50,6 +49,7 @@ class QemuSystemLauncher(ProcessLauncher):
     """Boots a board target's firmware image (``bin/image.elf``) under ``qemu-system-*``."""
 
     name = "qemu-system"
+    peer_class = QemuSystemPeer  # closing stops QEMU at once, timeouts carry a hint
 
     def __init__(self, target: Target | str) -> None:
         t = get_target(target)
@@ -59,18 +59,13 @@ class QemuSystemLauncher(ProcessLauncher):
                 f"target {t.name} is not a board (no memory map, UART, ...); the qemu-system launcher boots "
                 "firmware images of board targets (kiln targets lists them)"
             )
-        if not t.emulator:
-            raise LauncherError(f"board {t.name} names no emulator; add `emulator = [...]` to {t.source}")
-        exe = shutil.which(t.emulator[0])
-        if exe is None:
-            package = t.emulator_package or "qemu-system-arm"
-            raise LauncherError(
-                f"emulator {t.emulator[0]!r} for board {t.name} is not installed; install the Debian "
-                f"package {package!r} (sudo apt-get install {package})"
-            )
+        self.exe = emulator_path(t, "qemu-system-arm", what="board")
         super().__init__(t)
         self.board = board
-        self.exe = exe
+
+    @property
+    def device(self) -> str:
+        return f"board {self.target.name}"
 
     def command(self, runnable: Path) -> list[str]:
         shift = self.board.icount_shift
@@ -89,13 +84,9 @@ class QemuSystemLauncher(ProcessLauncher):
         ]
 
     def start(self, runnable: Path, *, timeout: float | None = 60.0, **options: Any) -> Session:
-        """As :meth:`ProcessLauncher.start` (``options``: its ``isolation``, for the device farm), with a
-        :class:`QemuSystemPeer` that names the board."""
+        """As :meth:`ProcessLauncher.start` (``options``: its ``isolation``, for the device farm); the session's
+        clock is the board's virtual time."""
         session = super().start(runnable, timeout=timeout, **options)
-        peer = session.peer
-        assert isinstance(peer, ProcessPeer)
-        peer.__class__ = QemuSystemPeer  # same state; closing stops QEMU at once, timeouts carry a hint
-        peer.label = session.label = f"board {self.target.name} ({self.name}, pid {peer.proc.pid})"
         session.clock = icount_clock(self.board)
         return session
 
