@@ -101,17 +101,16 @@ def onnxruntime_outputs(path: Path, inputs: dict[str, np.ndarray], level: str = 
     return dict(zip(names, sess.run(names, inputs), strict=True))
 
 
-def output_steps(path: Path) -> dict[str, float]:
-    """Per graph output produced by a DequantizeLinear: its quantization step (the largest scale)."""
+def output_step(path: Path, name: str, value: np.ndarray) -> float:
+    """One quantization step of output ``name``: the scale of the DequantizeLinear that produces it (the
+    largest, if per channel); for a float output (dynamic quantization ends in float), the step
+    DynamicQuantizeLinear would quantize ``value`` with (its range, widened to include 0, over 255)."""
     m = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
-    producer = {o: n for n in m.graph.node for o in n.output}
-    steps = {}
-    for o in m.graph.output:
-        n = producer.get(o.name)
-        if n is not None and n.op_type == "DequantizeLinear" and n.input[1] in inits:
-            steps[o.name] = float(np.max(inits[n.input[1]]))
-    return steps
+    n = next((n for n in m.graph.node if name in n.output), None)
+    if n is not None and n.op_type == "DequantizeLinear" and n.input[1] in inits:
+        return float(np.max(inits[n.input[1]]))
+    return (max(float(value.max()), 0.0) - min(float(value.min()), 0.0)) / 255
 
 
 def graph_kernels(model: Path | bytes | Module, target: str) -> list[tuple[str, tuple[str, ...], list[Node]]]:
