@@ -60,8 +60,12 @@ class Page:
 
 
 def parse(path: Path) -> Page:
-    rel = path.relative_to(DOCS).as_posix()
-    lines = path.read_text().split("\n")
+    return parse_text(path.relative_to(DOCS).as_posix(), path.read_text())
+
+
+def parse_text(rel: str, text: str) -> Page:
+    """The blocks and page markers of a page's text; ``rel`` names it in errors (its path under docs/)."""
+    lines = text.split("\n")
     blocks: list[Block] = []
     slow, timeout, board = None, 120.0, False
     pending: list[tuple[str, str]] = []  # markers seen since the last block
