@@ -31,7 +31,8 @@ from ..ir import Module, TensorFunction
 from ..ir.extern import ExternSource, add_extern
 from ..ir.tensor import workspace_bytes
 
-_C_TYPES = {
+#: the C type of a buffer element of each dtype in foreign code (code-generation overrides, library adapters)
+C_TYPES = {
     "float32": "float",
     "float64": "double",
     "int8": "int8_t",
@@ -58,8 +59,8 @@ class CodegenRequest:
         """The C declarator of ``symbol``: ``void symbol(const float *restrict in0, ..., float *restrict out0)``,
         parameters named ``in<i>``/``out<j>`` (and ``scratch``)."""
         f = self.func
-        params = [f"const {_C_TYPES[b.dtype]} *restrict in{i}" for i, b in enumerate(f.inputs)]
-        params += [f"{_C_TYPES[b.dtype]} *restrict out{j}" for j, b in enumerate(f.outputs)]
+        params = [f"const {C_TYPES[b.dtype]} *restrict in{i}" for i, b in enumerate(f.inputs)]
+        params += [f"{C_TYPES[b.dtype]} *restrict out{j}" for j, b in enumerate(f.outputs)]
         if self.scratch:
             params.append("uint8_t *restrict scratch")
         return f"void {self.symbol}({', '.join(params)})"
@@ -139,4 +140,4 @@ def codegen_override(fn: Emitter) -> CodegenOverride:
     return CodegenOverride(fn)
 
 
-__all__ = ["CCode", "CodegenOverride", "CodegenRequest", "LLVMCode", "codegen_override"]
+__all__ = ["C_TYPES", "CCode", "CodegenOverride", "CodegenRequest", "LLVMCode", "codegen_override"]

@@ -43,6 +43,7 @@ from typing import Any
 
 from ..ir import Constant, GraphFunction, Module, Node, TensorFunction, Value, Var
 from ..ir.extern import ExternSource, add_extern, get_extern
+from .codegen_override import C_TYPES
 from .patterns import Match, Op, Pattern, match_at, op
 from .pipeline import PHASES, WHEN
 
@@ -60,17 +61,6 @@ class Out:
 
 
 OUT = Out(0)
-_C_TYPES = {
-    "float32": "float",
-    "float64": "double",
-    "int8": "int8_t",
-    "uint8": "uint8_t",
-    "int16": "int16_t",
-    "int32": "int32_t",
-    "int64": "int64_t",
-    "bool": "uint8_t",
-    "float16": "uint16_t",
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -311,7 +301,7 @@ class _RewriteState:
                     )
                 params.append(f"void *out{a.index}")
                 exprs.append(f"out{a.index}")
-                protos.append(f"{_C_TYPES[outputs[a.index].type.dtype]} *")
+                protos.append(f"{C_TYPES[outputs[a.index].type.dtype]} *")
             elif isinstance(a, Var | Constant):
                 i = next((j for j, v in enumerate(values) if v is a), None)
                 if i is None:
@@ -319,7 +309,7 @@ class _RewriteState:
                     i = len(values) - 1
                     params.append(f"void *in{i}")
                 exprs.append(f"in{i}")
-                protos.append(f"const {_C_TYPES[a.type.dtype]} *")
+                protos.append(f"const {C_TYPES[a.type.dtype]} *")
             elif a is None:
                 exprs.append("NULL")
                 protos.append("const void *")
