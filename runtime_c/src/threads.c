@@ -1,10 +1,14 @@
 /* kiln runtime: the worker-thread pool behind `parallel` loops (threads.h). POSIX threads; OS targets only.
  *
- * Protocol of one kiln_parallel_for call: the caller writes the job (body, context, n), sets `pending` to
- * the number of workers and bumps `generation` (release; under the mutex, so that a worker about to sleep
- * cannot miss it). Each worker waits for a new generation (spinning briefly, yielding the CPU, then sleeping
- * on the condition variable), runs its chunk, and decrements `pending`. The caller runs chunk 0 itself and
- * then waits for `pending` to reach 0. No lock is held while chunks run.
+ * One kiln_parallel_for call: the caller writes the job (body, context, n, grain), resets `done`, and
+ * publishes the job by storing (generation + 1) << 32 in `work` (release; under the mutex, so that a worker
+ * about to sleep cannot miss it). The low 32 bits of `work` are the next unclaimed iteration: the caller and
+ * every worker that sees the new generation claim `grain` iterations at a time with a compare-and-swap that
+ * also checks the generation (so a late worker never runs a chunk of a finished job), run them, and add
+ * them to `done`. The caller returns when `done` reaches n; it never waits for a worker that has not
+ * started (a sleeping or descheduled worker just finds no work left). No lock is held while chunks run.
+ * Idle workers poll for the next generation (spinning briefly, then yielding the CPU), then sleep on the
+ * condition variable.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -21,17 +25,21 @@
  * the next job while polling; between runs they sleep. */
 #define KILN_THREADS_POLL_NS    200000
 #define KILN_THREADS_SPIN_POLLS 256
+/* Chunks per thread a job is cut into (more: better balance when threads are descheduled or uneven). */
+#define KILN_THREADS_CHUNKS 4
 
 typedef struct {
-  _Atomic(uint64_t) generation;
-  _Atomic(uint32_t) pending;
-  _Atomic(int) busy;
+  _Atomic(uint64_t) work; /* generation << 32 | next unclaimed iteration */
+  _Atomic(int64_t) done;  /* iterations finished in this generation */
+  _Atomic(int) busy;      /* a kiln_parallel_for call is running */
   _Atomic(int) stop;
-  kiln_parallel_body_fn body;
-  void* context;
-  int64_t n;
+  /* the job: written by the caller before it publishes, read by workers racing with the next job's writes
+   * (a stale read is discarded by the failed compare-and-swap), hence atomic, relaxed */
+  _Atomic(kiln_parallel_body_fn) body;
+  _Atomic(void*) context;
+  _Atomic(int64_t) n;
+  _Atomic(int64_t) grain;
   uint32_t threads;
-  uint64_t start_generation;
   uint32_t sleepers;
   pthread_mutex_t mutex;
   pthread_cond_t wake;
@@ -55,20 +63,38 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void run_chunk(uint32_t index, uint32_t threads) {
-  int64_t n = g_pool.n;
-  int64_t begin = n * (int64_t)index / (int64_t)threads;
-  int64_t end = n * ((int64_t)index + 1) / (int64_t)threads;
-  if (begin < end) {
-    g_pool.body(g_pool.context, begin, end);
+/* Claims and runs chunks of generation `gen` until none is left. */
+static void run_chunks(uint32_t gen) {
+  uint64_t w = atomic_load_explicit(&g_pool.work, memory_order_acquire);
+  for (;;) {
+    if ((uint32_t)(w >> 32) != gen) {
+      return;
+    }
+    /* the job's fields are stable while its generation has unclaimed iterations (the caller cannot
+     * publish the next job before every iteration is done) */
+    int64_t n = atomic_load_explicit(&g_pool.n, memory_order_relaxed);
+    int64_t begin = (int64_t)(uint32_t)w;
+    if (begin >= n) {
+      return;
+    }
+    int64_t grain = atomic_load_explicit(&g_pool.grain, memory_order_relaxed);
+    int64_t end = begin + grain < n ? begin + grain : n;
+    kiln_parallel_body_fn body = atomic_load_explicit(&g_pool.body, memory_order_relaxed);
+    void* context = atomic_load_explicit(&g_pool.context, memory_order_relaxed);
+    if (atomic_compare_exchange_weak_explicit(&g_pool.work, &w, ((uint64_t)gen << 32) | (uint64_t)end,
+                                              memory_order_acq_rel, memory_order_acquire)) {
+      body(context, begin, end);
+      atomic_fetch_add_explicit(&g_pool.done, end - begin, memory_order_release);
+      w = atomic_load_explicit(&g_pool.work, memory_order_acquire);
+    }
   }
 }
 
-/* Waits until `generation` differs from `seen`; returns the new value. */
-static uint64_t wait_for_job(uint64_t seen) {
+/* Waits until the generation differs from `seen`; returns the new one. */
+static uint32_t wait_for_job(uint32_t seen) {
   uint64_t deadline = 0;
   for (uint32_t polls = 0;; ++polls) {
-    uint64_t g = atomic_load_explicit(&g_pool.generation, memory_order_acquire);
+    uint32_t g = (uint32_t)(atomic_load_explicit(&g_pool.work, memory_order_acquire) >> 32);
     if (g != seen) {
       return g;
     }
@@ -86,7 +112,7 @@ static uint64_t wait_for_job(uint64_t seen) {
     }
     (void)pthread_mutex_lock(&g_pool.mutex);
     g_pool.sleepers++;
-    while ((g = atomic_load_explicit(&g_pool.generation, memory_order_acquire)) == seen) {
+    while ((g = (uint32_t)(atomic_load_explicit(&g_pool.work, memory_order_acquire) >> 32)) == seen) {
       (void)pthread_cond_wait(&g_pool.wake, &g_pool.mutex);
     }
     g_pool.sleepers--;
@@ -96,27 +122,28 @@ static uint64_t wait_for_job(uint64_t seen) {
 }
 
 static void* worker_main(void* arg) {
-  uint32_t index = (uint32_t)(uintptr_t)arg;
-  uint64_t seen = g_pool.start_generation;
-  t_in_chunk = 1; /* a parallel loop inside a chunk runs serially */
+  uint32_t seen = (uint32_t)(uintptr_t)arg; /* the generation when the pool started */
+  t_in_chunk = 1;                           /* a parallel loop inside a chunk runs serially */
   for (;;) {
     seen = wait_for_job(seen);
     if (atomic_load_explicit(&g_pool.stop, memory_order_acquire)) {
       return NULL;
     }
-    run_chunk(index, g_pool.threads);
-    atomic_fetch_sub_explicit(&g_pool.pending, 1, memory_order_acq_rel);
+    run_chunks(seen);
   }
 }
 
-/* Publishes a new generation (a job, or the stop request) and wakes sleeping workers. */
-static void publish(void) {
+/* Publishes generation + 1 (a job from iteration 0, or the stop request) and wakes sleeping workers;
+ * returns the new generation. */
+static uint32_t publish(void) {
   (void)pthread_mutex_lock(&g_pool.mutex);
-  atomic_fetch_add_explicit(&g_pool.generation, 1, memory_order_release);
+  uint32_t gen = (uint32_t)(atomic_load_explicit(&g_pool.work, memory_order_relaxed) >> 32) + 1u;
+  atomic_store_explicit(&g_pool.work, (uint64_t)gen << 32, memory_order_release);
   if (g_pool.sleepers > 0) {
     (void)pthread_cond_broadcast(&g_pool.wake);
   }
   (void)pthread_mutex_unlock(&g_pool.mutex);
+  return gen;
 }
 
 kiln_status_t kiln_threads_start(uint32_t threads, uint32_t* out_threads) {
@@ -135,7 +162,7 @@ kiln_status_t kiln_threads_start(uint32_t threads, uint32_t* out_threads) {
     return KILN_ERR_ARG_RANGE;
   }
   atomic_store_explicit(&g_pool.stop, 0, memory_order_relaxed);
-  g_pool.start_generation = atomic_load_explicit(&g_pool.generation, memory_order_relaxed);
+  uint32_t gen = (uint32_t)(atomic_load_explicit(&g_pool.work, memory_order_relaxed) >> 32);
   pthread_attr_t attr;
   if (pthread_attr_init(&attr) != 0) {
     *out_threads = 1;
@@ -148,7 +175,7 @@ kiln_status_t kiln_threads_start(uint32_t threads, uint32_t* out_threads) {
     threads = 1;
   }
   for (; started < threads; ++started) {
-    if (pthread_create(&g_pool.workers[started], &attr, worker_main, (void*)(uintptr_t)started) != 0) {
+    if (pthread_create(&g_pool.workers[started], &attr, worker_main, (void*)(uintptr_t)gen) != 0) {
       status = KILN_ERR_PLATFORM_FAILED;
       break;
     }
@@ -164,7 +191,7 @@ void kiln_threads_stop(void) {
     return;
   }
   atomic_store_explicit(&g_pool.stop, 1, memory_order_release);
-  publish();
+  (void)publish();
   for (uint32_t i = 1; i < g_pool.threads; ++i) {
     (void)pthread_join(g_pool.workers[i], NULL);
   }
@@ -177,21 +204,24 @@ uint32_t kiln_threads_count(void) {
 
 void kiln_parallel_for(kiln_parallel_body_fn body, void* context, int64_t n) {
   uint32_t threads = g_pool.threads;
-  if (threads <= 1 || n < 2 || t_in_chunk || atomic_exchange_explicit(&g_pool.busy, 1, memory_order_acquire)) {
+  if (threads <= 1 || n < 2 || n > INT32_MAX || t_in_chunk ||
+      atomic_exchange_explicit(&g_pool.busy, 1, memory_order_acquire)) {
     if (n > 0) {
       body(context, 0, n);
     }
     return;
   }
-  g_pool.body = body;
-  g_pool.context = context;
-  g_pool.n = n;
-  atomic_store_explicit(&g_pool.pending, threads - 1, memory_order_relaxed);
-  publish();
+  int64_t grain = n / ((int64_t)threads * KILN_THREADS_CHUNKS);
+  atomic_store_explicit(&g_pool.body, body, memory_order_relaxed);
+  atomic_store_explicit(&g_pool.context, context, memory_order_relaxed);
+  atomic_store_explicit(&g_pool.n, n, memory_order_relaxed);
+  atomic_store_explicit(&g_pool.grain, grain > 0 ? grain : 1, memory_order_relaxed);
+  atomic_store_explicit(&g_pool.done, 0, memory_order_relaxed);
+  uint32_t gen = publish();
   t_in_chunk = 1;
-  run_chunk(0, threads);
+  run_chunks(gen);
   t_in_chunk = 0;
-  for (uint32_t polls = 0; atomic_load_explicit(&g_pool.pending, memory_order_acquire) != 0; ++polls) {
+  for (uint32_t polls = 0; atomic_load_explicit(&g_pool.done, memory_order_acquire) < n; ++polls) {
     if (polls < KILN_THREADS_SPIN_POLLS) {
       cpu_relax();
     } else {

@@ -6,11 +6,13 @@
  * emit such loops as ordinary serial loops and do not link this file: a firmware image has no thread code.
  *
  * One pool per process, started by kiln_threads_start (the Linux runner does it once, before serving).
- * kiln_parallel_for splits [0, n) into one contiguous chunk per thread by index (chunk t is
- * [n*t/T, n*(t+1)/T)), wakes the workers, runs chunk 0 on the calling thread and returns once every chunk
- * is done: one barrier per call, no lock while the chunks run. It runs the whole range on the calling
- * thread, serially, when the pool has one thread or is not started, when n < 2, when called from inside a
- * chunk (nested parallel loops) and when another thread is using the pool at the time.
+ * kiln_parallel_for cuts [0, n) into chunks of about n / (4 * threads) iterations, wakes the workers, and
+ * the calling thread and every worker that is awake claim chunks from one atomic counter until none is
+ * left; the call returns when every iteration is done. No lock is held while chunks run, and the caller
+ * waits only for chunks already claimed: a worker that is asleep or descheduled when the call starts finds
+ * the work taken, so a pool larger than the machine's cores costs little. It runs the whole range on the calling thread, serially, when the pool
+ * has one thread or is not started, when n < 2, when called from inside a chunk (nested parallel loops)
+ * and when another thread is using the pool at the time.
  *
  * A chunk's stack holds the body's scratch buffers (the generated code allocates them there so that threads
  * never share one): workers get KILN_THREAD_STACK_BYTES of stack, and code generation keeps the scratch of
@@ -61,8 +63,8 @@ void kiln_threads_stop(void);
 /* Threads in the pool (1 when it is not started). */
 uint32_t kiln_threads_count(void);
 
-/* Runs body(context, begin, end) over [0, n) split into one chunk per thread (see above); returns after
- * every chunk has returned. Called by generated code; never fails. */
+/* Runs body(context, begin, end) over [0, n) in chunks (see above); returns after every chunk has returned.
+ * Called by generated code; never fails. */
 void kiln_parallel_for(kiln_parallel_body_fn body, void* context, int64_t n);
 
 #ifdef __cplusplus
