@@ -165,8 +165,9 @@ static kiln_status_t write_frame(kiln_endpoint_t* ep, uint32_t type, size_t len)
   return status == KILN_OK ? write_all(ep, trailer, sizeof(trailer)) : status;
 }
 
-/* Sends ERROR with the details fail() recorded (the frame buffer always has room: KILN_ENDPOINT_MIN_PAYLOAD >
- * KILN_ERROR_TEXT_OFFSET + KILN_ENDPOINT_MESSAGE_BYTES). */
+/* Sends ERROR with the details fail() recorded (the frame buffer always has room for it). */
+_Static_assert(KILN_ERROR_TEXT_OFFSET + KILN_ENDPOINT_MESSAGE_BYTES <= KILN_ENDPOINT_MIN_PAYLOAD,
+               "an ERROR reply fits every frame buffer");
 static kiln_status_t write_error(kiln_endpoint_t* ep, uint32_t request_type, kiln_status_t error) {
   uint8_t* p = ep->config.frame;
   put_u32(p, (uint32_t)error);
@@ -504,7 +505,8 @@ typedef kiln_status_t (*handler_t)(kiln_endpoint_t* ep, size_t len, size_t* out_
 static const handler_t kHandlers[] = {on_info, on_set_input, on_run,  on_get_output,
                                       on_time, on_profile,   on_quit, on_select};
 static const uint8_t kPayload[] = {4, 20 | KILN_AT_LEAST, 0, 12, 12, 4, 0, 4};
-_Static_assert(sizeof(kPayload) == KILN_MSG_SELECT && sizeof(kHandlers) / sizeof(kHandlers[0]) == KILN_MSG_SELECT,
+_Static_assert(sizeof(kPayload) == KILN_MSG_SELECT &&
+                   sizeof(kHandlers) / sizeof(kHandlers[0]) == KILN_MSG_SELECT,
                "one handler and one payload length per request type");
 
 static kiln_status_t serve_request(kiln_endpoint_t* ep, uint32_t type, size_t len, size_t* out_reply) {

@@ -42,8 +42,8 @@
  *                    device with one model accepts only 0).
  *   ERROR 0xFF       (reply only) i32 status, u8 request type (0 if unknown), u8 reason (KILN_REASON_*),
  *                    u16 reserved (0), u64 numbers[4], UTF-8 text (up to KILN_ENDPOINT_MESSAGE_BYTES: a
- *                    tensor's name, or the message of kiln_endpoint_send_error). The device sends no sentences:
- *                    the host words the message from the reason, its numbers and the text
+ *                    tensor's name, or the message of kiln_endpoint_send_error). The device sends no
+ *                    sentences: the host words the message from the reason, its numbers and the text
  *                    (kiln.runtime_c.abi.ERROR_REASONS says what each number is).
  *
  * Malformed input gets an ERROR reply and the endpoint keeps serving: bad magic (the endpoint then skips

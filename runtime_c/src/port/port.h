@@ -46,8 +46,8 @@ KILN_NORETURN void kiln_port_halt(void);
 void kiln_port_text(char* buf, size_t cap, size_t* len, const char* s);
 void kiln_port_hex(char* buf, size_t cap, size_t* len, uint32_t v);
 
-/* Stack of the fault handler (defined in firmware_main.c, entered by startup_*), separate from the main stack,
- * which may be what overflowed. */
+/* Stack of the fault handler (defined in firmware_main.c, entered by startup_*), separate from the main
+ * stack, which may be what overflowed. */
 #define KILN_FAULT_STACK_BYTES 768
 #define KILN_STR_(x)           #x
 #define KILN_STR(x)            KILN_STR_(x)
