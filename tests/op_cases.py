@@ -1201,3 +1201,59 @@ case(
     attrs={"sorted": 1, "axis": 1},
     outputs=4,
 )
+case(
+    "dft-real-axis1-opset17",
+    "DFT",
+    [("x", _x(2, 12, 3, 1))],
+    "dft",
+    opset=17,
+    attrs={"axis": 1},
+    rtol=1e-4,
+    atol=1e-4,
+)
+case(
+    "dft-complex-inverse-opset17",
+    "DFT",
+    [("x", _x(3, 7, 2))],
+    "dft",
+    opset=17,
+    attrs={"axis": 1, "inverse": 1},
+    rtol=1e-4,
+    atol=1e-5,
+)
+case(
+    "dft-rfft-length-opset20",
+    "DFT",
+    [("x", _x(2, 9, 1)), C("n", _i(16)[0]), C("axis", _i(1)[0])],
+    "dft",
+    opset=20,
+    attrs={"onesided": 1},
+    rtol=1e-4,
+    atol=1e-4,
+)
+case(
+    "col2im-strides-pads-dilations",
+    "Col2Im",
+    [("x", _x(2, 3 * 4, 9)), C("image", _i(5, 7)), C("block", _i(2, 2))],
+    "col2im",
+    opset=18,
+    attrs={"strides": [2, 2], "pads": [1, 0, 0, 1], "dilations": [1, 2]},
+)
+_UNPOOL_X = _x(1, 2, 4, 4)
+_UNPOOL_I = np.argmax(
+    _UNPOOL_X.reshape(1, 2, 2, 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(1, 2, 2, 2, 4), axis=-1
+)  # the positions MaxPool(2, stride 2) picks, as flat indices into the 4 x 4 input
+_UNPOOL_IDX = (
+    np.arange(2).reshape(1, 2, 1, 1) * 16
+    + (np.arange(2).reshape(1, 1, 2, 1) * 2 + _UNPOOL_I // 2) * 4
+    + np.arange(2).reshape(1, 1, 1, 2) * 2
+    + _UNPOOL_I % 2
+).astype(np.int64)
+case(
+    "maxunpool-2x2",
+    "MaxUnpool",
+    [("x", _x(1, 2, 2, 2)), ("i", _UNPOOL_IDX)],
+    "max_unpool",
+    opset=11,
+    attrs={"kernel_shape": [2, 2], "strides": [2, 2]},
+)

@@ -1804,6 +1804,53 @@ def _unique(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs:
     return _bounded(im, "unique", [_a(ins, 0)], outs, sorted=int(attrs.get("sorted", 1)), **extra)
 
 
+@converter("DFT")
+def _dft(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """Opset 17 takes the axis as an attribute (default 1), opset 20 as a constant input (default -2); the
+    transform length (input 1) must be a constant too."""
+    x = _a(ins, 0)
+    if im.opset >= 20:
+        given = _optional_const(im, ins, 2, "the axis")
+        axis = int(given.reshape(-1)[0]) if given is not None else -2
+    else:
+        axis = int(attrs.get("axis", 1))
+    nd = x.type.ndim
+    if not -nd <= axis < nd - 1 or axis % nd == nd - 1:
+        raise im.fail(f"axis {axis} is not a signal axis of {x.type} (the last axis holds real, imaginary)")
+    axis %= nd
+    inverse, onesided = int(attrs.get("inverse", 0)), int(attrs.get("onesided", 0))
+    given_len = _optional_const(im, ins, 1, "dft_length")
+    n = x.type.shape[axis]
+    if given_len is not None:
+        length = int(given_len.reshape(-1)[0])
+    elif not isinstance(n, int):
+        raise im.fail(f"the signal length along axis {axis} of {x.type} must be static (or give dft_length)")
+    else:
+        length = 2 * (n - 1) if inverse and onesided else n
+    return im.emit("dft", [x], outs, axis=axis, length=length, inverse=inverse, onesided=onesided)
+
+
+@converter("Col2Im")
+def _col2im(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    image = [int(d) for d in im.const_input(ins[1] if len(ins) > 1 else None, "image_shape")]
+    block = [int(d) for d in im.const_input(ins[2] if len(ins) > 2 else None, "block_shape")]
+    keep = {k: [int(a) for a in attrs[k]] for k in ("dilations", "pads", "strides") if k in attrs}
+    return im.emit("col2im", [_a(ins, 0)], outs, image_shape=image, block_shape=block, **keep)
+
+
+@converter("MaxUnpool")
+def _max_unpool(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    shape = _optional_const(im, ins, 2, "output_shape")
+    keep: dict[str, list[int]] = {
+        k: [int(a) for a in attrs[k]] for k in ("kernel_shape", "pads", "strides") if k in attrs
+    }
+    if shape is not None:
+        keep["output_shape"] = [int(d) for d in shape]
+    return im.emit("max_unpool", [_a(ins, 0), _a(ins, 1)], outs, **keep)
+
+
 # ---- quantization: integer kernels (int32 accumulation) with the requantize as a fused elementwise epilogue
 _Q_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
 

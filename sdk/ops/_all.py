@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     einsum,
     elementwise,
     grid_sample,
+    image_fold,
     indexing,
     linalg,
     math_fns,
@@ -21,5 +22,6 @@ from . import (  # noqa: F401
     selection,
     shape_compute,
     shape_ops,
+    spectral,
     tile,
 )

@@ -110,6 +110,9 @@ STATIC_INPUTS: dict[str, set[int] | None] = {
     "CenterCropPad": {1},
     "AffineGrid": {1},
     "NonMaxSuppression": {2, 3, 4},  # max_output_boxes_per_class, iou_threshold, score_threshold
+    "DFT": {1, 2},  # dft_length, axis (opset 20)
+    "Col2Im": {1, 2},
+    "MaxUnpool": {2},
     "Loop": {0, 1},  # the trip count and the initial condition (kiln unrolls loops)
     "HannWindow": None,
     "HammingWindow": None,
@@ -164,44 +167,12 @@ KNOWN_FAILURES: dict[str, str] = {
     ),
     **dict.fromkeys(
         (
-            "test_col2im",
-            "test_col2im_5d",
-            "test_col2im_dilations",
-            "test_col2im_pads",
-            "test_col2im_strides",
-        ),
-        "kiln does not import Col2Im yet",
-    ),
-    **dict.fromkeys(
-        (
-            "test_dft",
-            "test_dft_axis",
-            "test_dft_axis_opset19",
-            "test_dft_inverse",
-            "test_dft_inverse_opset19",
-            "test_dft_irfft",
-            "test_dft_irfft_opset19",
-            "test_dft_opset19",
-            "test_dft_rfft",
-            "test_dft_rfft_opset19",
-        ),
-        "kiln does not import DFT yet",
-    ),
-    **dict.fromkeys(
-        (
             "test_basic_deform_conv_with_padding",
             "test_basic_deform_conv_without_padding",
             "test_deform_conv_with_mask_bias",
             "test_deform_conv_with_multiple_offset_groups",
         ),
         "kiln does not import DeformConv yet",
-    ),
-    **dict.fromkeys(
-        (
-            "test_maxunpool_export_with_output_shape",
-            "test_maxunpool_export_without_output_shape",
-        ),
-        "kiln does not import MaxUnpool yet",
     ),
     **dict.fromkeys(
         ("test_melweightmatrix",),
