@@ -21,37 +21,39 @@ static const uint8_t kMagic[4] = {'K', 'I', 'L', 'N'};
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the device protocol needs a little-endian target");
 _Static_assert(sizeof(kiln_dtype_t) == 4, "kiln_dtype_t is u8 code, u8 bits, u16 lanes, as on the wire");
 
-/* Where an unaligned load or store is one instruction (Armv7-M and up, x86-64, AArch64) the integer helpers
- * are inlined; elsewhere (RV32) each is a row of byte moves, kept out of line. */
-#if defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || defined(__aarch64__)
-#define KILN_CODEC static inline
-#else
-#define KILN_CODEC KILN_OUTLINE static
-#endif
-
 KILN_OUTLINE static void copy_bytes(uint8_t* dst, const uint8_t* src, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     dst[i] = src[i];
   }
 }
 
+/* Where an unaligned load or store is one instruction (Armv7-M and up, x86-64, AArch64) the integer helpers
+ * are inlined; elsewhere (RV32) they are calls of copy_bytes, out of line. */
+#if defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || defined(__aarch64__)
+#define KILN_CODEC             static inline
+#define KILN_COPY(dst, src, n) __builtin_memcpy(dst, src, n)
+#else
+#define KILN_CODEC             KILN_OUTLINE static
+#define KILN_COPY(dst, src, n) copy_bytes((uint8_t*)(dst), (const uint8_t*)(src), n)
+#endif
+
 KILN_CODEC void put_u32(uint8_t* p, uint32_t v) {
-  __builtin_memcpy(p, &v, sizeof(v));
+  KILN_COPY(p, &v, sizeof(v));
 }
 
 KILN_CODEC void put_u64(uint8_t* p, uint64_t v) {
-  __builtin_memcpy(p, &v, sizeof(v));
+  KILN_COPY(p, &v, sizeof(v));
 }
 
 KILN_CODEC uint32_t get_u32(const uint8_t* p) {
   uint32_t v;
-  __builtin_memcpy(&v, p, sizeof(v));
+  KILN_COPY(&v, p, sizeof(v));
   return v;
 }
 
 KILN_CODEC uint64_t get_u64(const uint8_t* p) {
   uint64_t v;
-  __builtin_memcpy(&v, p, sizeof(v));
+  KILN_COPY(&v, p, sizeof(v));
   return v;
 }
 
