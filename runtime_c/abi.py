@@ -130,6 +130,17 @@ THREADS_DEFAULT_SYMBOL = "kiln_threads_default"
 #: Environment variable the Linux runner reads for its thread count (``--threads N`` takes precedence).
 THREADS_ENV = "KILN_THREADS"
 
+
+def check_threads(threads: object) -> int:
+    """``threads`` if it is a thread count for the runner's pool: a whole number from 0 (one thread per
+    online CPU) to :data:`THREADS_MAX`; ValueError saying so otherwise."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= THREADS_MAX:
+        raise ValueError(
+            f"threads must be a whole number from 0 (one per online CPU) to {THREADS_MAX}, got {threads!r}"
+        )
+    return threads
+
+
 # ------------------------------------------------------------------------------------------------ status codes
 #: Status categories (status.h): a status is ``category << 8 | code``.
 STATUS_CATEGORIES = {0: "OK", 1: "ARG", 2: "MODEL", 3: "PROTOCOL", 4: "IO", 5: "PLATFORM"}

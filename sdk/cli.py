@@ -105,6 +105,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             custom_ops=custom_ops or None,
             schedule=args.schedule,
             prefix=args.prefix,
+            threads=args.threads,
         )
     for w in caught:
         print(f"kiln: warning: {w.message}", file=sys.stderr)
@@ -328,13 +329,20 @@ def _open(args: argparse.Namespace, pkg: Package) -> Executable:
     from .device.ssh import SshLauncher, options_from_args
     from .rpc.cli import open_remote
 
+    ssh = options_from_args(args)
+    threads = getattr(args, "threads", None)
+    elsewhere = ssh is not None or any(getattr(args, a, None) for a in ("serial", "tracker", "device"))
+    if threads is not None and elsewhere:
+        raise CLIError(
+            f"--threads applies to runners on this host; for a board or a farm device, compile the package "
+            f"with kiln compile --threads {threads}"
+        )
     if getattr(args, "serial", None):
         from .device.serial import SerialLauncher
 
         return pkg.open_session(SerialLauncher(pkg.target, args.serial, args.baud))
-    ssh = options_from_args(args)
     if ssh is None:
-        return open_remote(args, pkg) or pkg.open_session()
+        return open_remote(args, pkg) or pkg.open_session(threads=threads)
     if getattr(args, "tracker", None) or getattr(args, "device", None):
         raise CLIError("--ssh runs on a board directly; give either --ssh or --tracker/--device")
     launcher = SshLauncher(pkg.target, ssh)
@@ -496,6 +504,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--serial", metavar="PORT", help="a flashed board on this serial port or URL (e.g. /dev/ttyACM0)"
     )
     p.add_argument("--baud", type=int, default=115200, help="baud rate for --serial (default 115200)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="threads for the model's parallel loops (0: one per online CPU; default: the package's, "
+        "from kiln compile --threads); runners on this host only",
+    )
     add_remote_args(p)
     add_ssh_args(p)
 
@@ -551,6 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="prefix of the model's C symbols (default kiln_model); distinct prefixes let several models "
         "share one firmware (kiln export)",
+    )
+    c.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="the package's default number of threads for its parallel loops (default 1; 0: one per online "
+        "CPU); kiln run/bench/profile --threads overrides it",
     )
     c.set_defaults(fn=cmd_compile)
 

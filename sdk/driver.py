@@ -77,6 +77,7 @@ def compile(
     custom_ops: Mapping[str, Any] | None = None,
     prefix: str | None = None,
     schedule: Any = None,
+    threads: int | None = None,
 ) -> Any:
     """Compile ``model`` for ``target`` into a :class:`kiln.package.kpkg.Package` (run it with ``.run``).
     ``pipeline`` is a :class:`Pipeline` or its text (default: the target's default pipeline, hooks
@@ -84,7 +85,10 @@ def compile(
     model's global symbols (default ``kiln_model``; distinct prefixes let several models share a firmware or
     program, :mod:`kiln.runtime_c.abi`); ``schedule`` is a schedule file (path, decoded JSON or
     :class:`kiln.ops.schedule.ScheduleFile`) whose records replace the target's default schedules for the
-    operator instances it names."""
+    operator instances it names; ``threads`` is the package's default size of the thread pool that runs
+    its ``parallel`` loops (default 1; 0: one thread per online CPU; a session may ask for another,
+    :meth:`kiln.package.kpkg.Package.open_session`), stored in the manifest; bare-metal packages are
+    single-threaded."""
     from .codegen import generate
     from .ops.schedule import ScheduleFile, apply_schedule_file, record_instances
     from .package import link_model
@@ -99,6 +103,13 @@ def compile(
     mod = load_model(model, shapes, name, custom_ops)
     if prefix is not None:
         mod = mod.with_attrs(symbol_prefix=abi.check_prefix(prefix))
+    if threads is not None:
+        if t.is_bare_metal and threads != 1:
+            raise ValueError(
+                f"target {t.name} is bare metal: its firmware runs on one thread (threads={threads!r}); "
+                "leave threads unset"
+            )
+        mod = mod.with_attrs(threads=abi.check_threads(threads))
     source_ops = sorted({n.op for n in mod.main.nodes})
     if isinstance(pipeline, str):
         pipeline = Pipeline.parse(pipeline, t)
@@ -123,6 +134,8 @@ def compile(
         "weights_sha256": hashlib.sha256(code.weights).hexdigest(),
         "flops": _flops(lowered),
     }
+    if not t.is_bare_metal:
+        manifest["threads"] = int(lowered.attrs.get("threads", 1))
     if code.externs:
         manifest["externs"] = [e.describe() for e in code.externs]
     if sched is not None:

@@ -46,7 +46,8 @@ typedef struct {
   pthread_t workers[KILN_THREADS_MAX];
 } kiln_pool_t;
 
-static kiln_pool_t g_pool = {.threads = 1, .mutex = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+static kiln_pool_t g_pool = {
+    .threads = 1, .mutex = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 static _Thread_local int t_in_chunk;
 
 static void cpu_relax(void) {

@@ -70,12 +70,7 @@ def build_llvm_ir(mod: Module, target: Target) -> tuple[str, bytes, list[str]]:
 
 def default_threads(mod: Module) -> int:
     """The package's default thread count: module attribute ``threads`` (0: one per online CPU), else 1."""
-    n = mod.attrs.get("threads", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= abi.THREADS_MAX:
-        raise ValueError(
-            f"threads must be a whole number from 0 (one per online CPU) to {abi.THREADS_MAX}, got {n!r}"
-        )
-    return n
+    return abi.check_threads(mod.attrs.get("threads", 1))
 
 
 def _declare(llmod: ir.Module, f: TensorFunction) -> ir.Function:

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -258,21 +258,28 @@ class ProcessLauncher(Launcher):
         """The command line that executes ``runnable``."""
 
     def start(
-        self, runnable: Path, *, timeout: float | None = 60.0, isolation: Isolation | None = None
+        self,
+        runnable: Path,
+        *,
+        timeout: float | None = 60.0,
+        isolation: Isolation | None = None,
+        args: Sequence[str] = (),
     ) -> Session:
         """As :meth:`Launcher.start`; with ``isolation`` the runner is confined as it says (the device farm
         does that), and runs from its package directory under a relative path (a private /tmp may hide the
-        absolute one)."""
+        absolute one). ``args`` go to the runner (``--threads N``)."""
         runnable = Path(runnable)
         if not runnable.is_file():
             raise LauncherError(f"{runnable} does not exist; extract the package first (Package.extract)")
         pkgdir = runnable.resolve().parent.parent
         extra: dict[str, Any] = {}
         if isolation is not None:
-            cmd = isolation.wrap(self.command(Path(".") / runnable.resolve().relative_to(pkgdir)))
+            cmd = isolation.wrap(
+                self.command(Path(".") / runnable.resolve().relative_to(pkgdir)) + list(args)
+            )
             extra = {"env": dict(isolation.env)}
         else:
-            cmd = self.command(runnable)
+            cmd = self.command(runnable) + list(args)
         try:
             proc = subprocess.Popen(  # in the package directory, so that core dumps land there
                 cmd,

@@ -57,7 +57,7 @@ from typing import IO, Any
 import numpy as np
 
 from kiln import runtime_c
-from kiln.device.launchers import Launcher, launcher_for
+from kiln.device.launchers import Launcher, ProcessLauncher, launcher_for
 from kiln.device.protocol import Session
 from kiln.package.link import LinkedModel, ModelInfo
 from kiln.runtime_c import abi
@@ -359,13 +359,33 @@ class Package:
 
     # ---- running
 
-    def open_session(self, launcher: Launcher | None = None, *, timeout: float | None = _AUTO) -> Session:
+    def open_session(
+        self, launcher: Launcher | None = None, *, timeout: float | None = _AUTO, threads: int | None = None
+    ) -> Session:
         """Extracts the package to a temporary directory and starts its runnable with ``launcher`` (default:
         :func:`kiln.device.launchers.launcher_for` the package's target). Returns the Session (an
         :class:`~kiln.device.Executable`); closing it stops the runner and removes the directory.
-        ``timeout`` bounds each call (default: :func:`run_timeout` of the manifest; None: no bound)."""
+        ``timeout`` bounds each call (default: :func:`run_timeout` of the manifest; None: no bound).
+        ``threads`` sizes the runner's thread pool (0: one per online CPU; default: the package's
+        ``threads``, from ``kiln compile --threads``); runners started on this host (``local``,
+        ``qemu-user``) take it."""
         if timeout is _AUTO:
             timeout = run_timeout(self._manifest)
+        args: list[str] = []
+        if threads is not None:
+            try:
+                args = ["--threads", str(abi.check_threads(threads))]
+            except ValueError as e:
+                raise PackageError(f"package {self.name!r}: {e}") from None
+            if self.target.is_bare_metal:
+                raise PackageError(
+                    f"package {self.name!r} is firmware for {self.target.name}: it runs on one thread"
+                )
+            if not isinstance(launcher or launcher_for(self.target), ProcessLauncher):
+                raise PackageError(
+                    f"the {getattr(launcher, 'name', '?')} launcher cannot pass a thread count to the runner; "
+                    f"compile the package with threads={threads} (kiln compile --threads {threads}) instead"
+                )
         runnable = self._manifest.get("runnable")
         if not runnable:
             raise PackageError(
@@ -374,7 +394,12 @@ class Package:
         tmp = Path(tempfile.mkdtemp(prefix="kiln-pkg-"))
         try:
             self.extract(tmp)
-            session = (launcher or launcher_for(self.target)).start(tmp / runnable, timeout=timeout)
+            chosen = launcher or launcher_for(self.target)
+            if args:
+                assert isinstance(chosen, ProcessLauncher)
+                session = chosen.start(tmp / runnable, timeout=timeout, args=args)
+            else:
+                session = chosen.start(tmp / runnable, timeout=timeout)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -10,9 +10,9 @@
  * the calling thread and every worker that is awake claim chunks from one atomic counter until none is
  * left; the call returns when every iteration is done. No lock is held while chunks run, and the caller
  * waits only for chunks already claimed: a worker that is asleep or descheduled when the call starts finds
- * the work taken, so a pool larger than the machine's cores costs little. It runs the whole range on the calling thread, serially, when the pool
- * has one thread or is not started, when n < 2, when called from inside a chunk (nested parallel loops)
- * and when another thread is using the pool at the time.
+ * the work taken, so a pool larger than the machine's cores costs little. It runs the whole range on the
+ * calling thread, serially, when the pool has one thread or is not started, when n < 2, when called from
+ * inside a chunk (nested parallel loops) and when another thread is using the pool at the time.
  *
  * A chunk's stack holds the body's scratch buffers (the generated code allocates them there so that threads
  * never share one): workers get KILN_THREAD_STACK_BYTES of stack, and code generation keeps the scratch of
