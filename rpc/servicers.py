@@ -13,12 +13,12 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import numpy as np
 
-from kiln.device import Profile, Session
+from kiln.device import Session
 from kiln.rpc import common_pb2, device_pb2, device_pb2_grpc, tracker_pb2, tracker_pb2_grpc
 from kiln.rpc.auth import LEASE_METADATA_KEY, Identity, ServerSecurity
 from kiln.rpc.cache import BadRequest, CorruptUpload, DeviceServerError, NotCached, TooLarge
@@ -34,6 +34,7 @@ from kiln.rpc.device_service import (
     DeviceService,
     InvalidPackage,
     NotLeased,
+    Runner,
     RunnerFailed,
     RunnerTimeout,
     TrackerUnreachable,
@@ -49,6 +50,8 @@ from kiln.rpc.tracker import (
     Tracker,
     TrackerError,
 )
+
+T = TypeVar("T")
 
 _STATUS: dict[type[Exception], grpc.StatusCode] = {
     # tracker
@@ -283,89 +286,69 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
             return device_pb2.HasPackageReply(cached=self.s.cache.has(request.sha256, owner))
 
     def Upload(self, request_iterator, context):
-        with self._leased(context) as owner:
-            try:
-                with self.s.upload_slot():
-                    chunks = _watched(request_iterator, self.s, context)
-                    sha, size = self.s.upload(chunks, owner)
-            except DeviceServerError as e:
-                _abort(context, e)
-            return device_pb2.UploadReply(sha256=sha, size=size)
+        with self._leased(context) as owner, self.s.upload_slot():
+            sha, size = self.s.upload(_watched(request_iterator, self.s, context), owner)
+        return device_pb2.UploadReply(sha256=sha, size=size)
 
     def Load(self, request, context):
         with self._leased(context) as owner:
-            try:
-                r = self.s.load(request.sha256, owner)
-            except DeviceServerError as e:
-                _abort(context, e)
-            return device_pb2.LoadReply(
-                sha256=r.sha, manifest_json=json.dumps(r.manifest), info_json=r.info_json
-            )
+            r = self.s.load(request.sha256, owner)
+        return device_pb2.LoadReply(sha256=r.sha, manifest_json=json.dumps(r.manifest), info_json=r.info_json)
 
     def Unload(self, request, context):
         with self._leased(context) as owner:
             self.s.unload(request.sha256, owner)
-            return device_pb2.UnloadReply()
+        return device_pb2.UnloadReply()
+
+    def _on_runner(
+        self,
+        request: Any,
+        context: grpc.ServicerContext,
+        fn: Callable[[Session, dict[str, np.ndarray]], T],
+        what: str = "run",
+        check: Callable[[Runner], None] | None = None,
+    ) -> tuple[T, float]:
+        """``fn(session, inputs)`` on the runner of the request's package (``sha256``, ``inputs``,
+        ``timeout_ms``), for the caller's lease, cancelled with the RPC; returns its result and duration."""
+        with self._leased(context) as owner:
+            inputs = _inputs(request.inputs)
+            return self.s.call(
+                request.sha256,
+                lambda sess: fn(sess, inputs),
+                request.timeout_ms,
+                what,
+                owner=owner,
+                cancel=self._cancel_token(context),
+                check=check,
+            )
 
     def Run(self, request, context):
-        with self._leased(context) as owner:
-            try:
-                inputs = _inputs(request.inputs)
-                outputs, dt = self.s.call(
-                    request.sha256,
-                    lambda sess: sess.run(inputs),
-                    request.timeout_ms,
-                    owner=owner,
-                    cancel=self._cancel_token(context),
-                )
-            except DeviceServerError as e:
-                _abort(context, e)
-            return device_pb2.RunReply(outputs=pack_tensors(outputs), device_s=dt)
+        outputs, dt = self._on_runner(request, context, lambda sess, inputs: sess.run(inputs))
+        return device_pb2.RunReply(outputs=pack_tensors(outputs), device_s=dt)
 
     def Time(self, request, context):
-        def fn(sess: Session) -> list[float]:
-            if inputs:
-                sess.set_inputs(inputs)
-            return sess.time(request.number, request.repeat, request.min_repeat_ms)
-
-        with self._leased(context) as owner:
-            try:
-                inputs = _inputs(request.inputs)
-                secs, _ = self.s.call(
-                    request.sha256,
-                    fn,
-                    request.timeout_ms,
-                    what="time",
-                    owner=owner,
-                    cancel=self._cancel_token(context),
-                    check=lambda r: self.s.check_time_args(
-                        r, request.number, request.repeat, request.min_repeat_ms
-                    ),
-                )
-            except DeviceServerError as e:
-                _abort(context, e)
-            return device_pb2.TimeReply(seconds=list(secs))
+        number, repeat, min_ms = request.number, request.repeat, request.min_repeat_ms
+        secs, _ = self._on_runner(
+            request,
+            context,
+            lambda sess, inputs: _given(sess, inputs).time(number, repeat, min_ms),
+            "time",
+            check=lambda runner: self.s.check_time_args(runner, number, repeat, min_ms),
+        )
+        return device_pb2.TimeReply(seconds=list(secs))
 
     def Profile(self, request, context):
-        def fn(sess: Session) -> Profile:
-            if inputs:
-                sess.set_inputs(inputs)
-            return sess.profile()
+        prof, _ = self._on_runner(
+            request, context, lambda sess, inputs: _given(sess, inputs).profile(), "profile"
+        )
+        return device_pb2.ProfileReply(profile_json=prof.to_json())
 
-        with self._leased(context) as owner:
-            try:
-                inputs = _inputs(request.inputs)
-                prof, _ = self.s.call(
-                    request.sha256,
-                    fn,
-                    request.timeout_ms,
-                    what="profile",
-                    owner=owner,
-                    cancel=self._cancel_token(context),
-                )
-            except DeviceServerError as e:
-                _abort(context, e)
-            return device_pb2.ProfileReply(profile_json=prof.to_json())
+
+def _given(sess: Session, inputs: dict[str, np.ndarray]) -> Session:
+    """``sess`` with ``inputs`` set (none given: the ones it has, or its zero default)."""
+    if inputs:
+        sess.set_inputs(inputs)
+    return sess
 
 
 def _watched(
