@@ -852,7 +852,7 @@ case(
         C("za", np.array(128, np.uint8)),
         C("zb", np.array([3, 100, 0, 255], np.uint8)),
     ],
-    {"cast", "sub", "matmul"},
+    {"matmul", "sub"},  # 8-bit operands; the zero points fold into B and a correction
     opset=10,
 )
 
@@ -1014,7 +1014,7 @@ case(
         C("ys", _f(0.05).reshape(())),
         C("yz", np.array(10, np.uint8)),
     ],
-    {"cast", "sub", "matmul", "mul", "round", "add", "clip"},
+    {"cast", "sub", "mul", "matmul", "div", "round", "add", "clip"},  # DQ, matmul, Q: fuse-qdq's input
     opset=10,
 )
 case(
@@ -1031,7 +1031,7 @@ case(
         C("yz", np.array(128, np.uint8)),
         C("bias", np.array([100, -50, 0], np.int32)),
     ],
-    {"cast", "sub", "conv2d", "mul", "round", "add", "clip"},
+    {"cast", "sub", "mul", "conv2d", "div", "round", "add", "clip"},  # DQ, conv, Q: fuse-qdq's input
     opset=10,
     attrs={"pads": [1, 1, 1, 1]},
 )
@@ -1043,7 +1043,7 @@ case(
         C("w", _rng.integers(0, 256, (2, 2, 2, 2)).astype(np.uint8)),
         C("xz", np.array(7, np.uint8)),
     ],
-    {"cast", "sub", "conv2d"},
+    {"conv2d", "sub"},  # 8-bit operands, padded with the zero point, corrected per channel
     opset=10,
 )
 
