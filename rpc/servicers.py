@@ -126,12 +126,20 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         ident = self.security.identify(context)
         return None if ident.is_admin else ident.name
 
-    def Register(self, request, context):
-        self._admin(context, "registering a device")
+    @contextlib.contextmanager
+    def _mapped(self, context: grpc.ServicerContext, admin_for: str = "") -> Iterator[None]:
+        """Tracker errors in the body abort the call with their gRPC status; ``admin_for``: what the call
+        does, which needs an admin token (checked first)."""
+        if admin_for:
+            self._admin(context, admin_for)
         try:
-            rec = self.tracker.register(Capabilities.from_proto(request.caps), _peer_host(context))
+            yield
         except TrackerError as e:
             _abort(context, e)
+
+    def Register(self, request, context):
+        with self._mapped(context, admin_for="registering a device"):
+            rec = self.tracker.register(Capabilities.from_proto(request.caps), _peer_host(context))
         return tracker_pb2.RegisterReply(
             device_id=rec.device_id,
             heartbeat_interval_ms=int(self.tracker.heartbeat_interval * 1000),
@@ -139,29 +147,20 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         )
 
     def Heartbeat(self, request, context):
-        self._admin(context, "a heartbeat")
-        try:
+        with self._mapped(context, admin_for="a heartbeat"):
             lease_id = self.tracker.heartbeat(request.device_id, request.runs_served)
-        except TrackerError as e:
-            _abort(context, e)
         return tracker_pb2.HeartbeatReply(lease_id=lease_id)
 
     def VerifyLease(self, request, context):
-        self._admin(context, "verifying a lease")
-        try:
+        with self._mapped(context, admin_for="verifying a lease"):
             lease = self.tracker.verify(request.device_id, request.lease_id)
-        except TrackerError as e:
-            _abort(context, e)
         return tracker_pb2.LeaseGrant(
             owner=lease.owner, expires_in_ms=int(self.tracker.expires_in(lease) * 1000)
         )
 
     def Unregister(self, request, context):
-        self._admin(context, "unregistering a device")
-        try:
+        with self._mapped(context, admin_for="unregistering a device"):
             self.tracker.unregister(request.device_id)
-        except TrackerError as e:
-            _abort(context, e)
         return tracker_pb2.UnregisterReply()
 
     def RequestDevice(self, request, context):
@@ -191,18 +190,14 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         yield tracker_pb2.QueueUpdate(lease=_lease_proto(lease, dev, t.lease_ttl))
 
     def RenewLease(self, request, context):
-        try:
+        with self._mapped(context):
             lease = self.tracker.renew(request.lease_id, self._owner(context))
             dev = self.tracker.device_for(lease)
-        except TrackerError as e:
-            _abort(context, e)
         return _lease_proto(lease, dev, self.tracker.lease_ttl)
 
     def ReleaseLease(self, request, context):
-        try:
+        with self._mapped(context):
             held = self.tracker.release(request.lease_id, self._owner(context))
-        except TrackerError as e:
-            _abort(context, e)
         return tracker_pb2.ReleaseReply(held_s=held)
 
     def ListDevices(self, request, context):
