@@ -3,8 +3,10 @@
 ``attrs``: ``kernel=(kh, kw)``, ``strides``, ``pads=(top, left, bottom, right)``, ``ceil_mode`` (0/1),
 ``dilations``, ``count_include_pad`` (avg only; ONNX default 0: padding is not counted).
 
-The schedule record's ``pool`` section (:func:`kiln.ops.schedule.schedule_for`) can mark the loop over an output
-row ``vectorized`` and the loops over a window's taps ``unrolled``; by default both are serial.
+max_pool2d works a row at a time in unit-stride SIMD loops with no bounds check per tap
+(:func:`_max_pool_rows`). For avg_pool2d, the schedule record's ``pool`` section
+(:func:`kiln.ops.schedule.schedule_for`) can mark the loop over an output row ``vectorized`` and the loops over a
+window's taps ``unrolled``; by default both are serial.
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ class Pool2D(OpDef):
         if not self.is_max:
             canonical["count_include_pad"] = int(include_pad)
         sched = schedule_for(ctx, self.name, ins, canonical).pool
+        if self.is_max:
+            return _max_pool_rows(ctx, x, out, (kh, kw), (sh, sw), p, (dh, dw))
         taps_kind = "unrolled" if sched.unroll_taps else "serial"
 
         def pixel(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
@@ -157,6 +161,95 @@ class Pool2D(OpDef):
         return T.loop_nest(
             out.shape, pixel, prefix=f"{ctx.name}_i", innermost="vectorized" if sched.vectorize else "serial"
         )
+
+
+def _max_pool_rows(
+    ctx: LowerContext,
+    x: T.Buffer,
+    out: T.Buffer,
+    k: tuple[int, int],
+    s: tuple[int, int],
+    p: tuple[int, int, int, int],
+    d: tuple[int, int],
+) -> T.Stmt:
+    """Max pooling one output row at a time, in unit-stride (SIMD) loops without bounds checks per tap:
+
+    1. ``row[p_left + ix] = max over the window's kh input rows of x[.., iy, ix]`` for every input column (a
+       row outside the input contributes -inf; whether it is outside depends on the output row only);
+    2. ``win[i] = max over b < kw of row[i + b * dw]``: the horizontal max at every padded column, read from
+       ``row`` whose left and right padding hold -inf (written once);
+    3. ``out[ox] = win[ox * sw]``: straight from step 2 when ``sw == 1``, else a strided copy.
+
+    Padding never wins (-inf, as in the reference); NaN wins (``nan_max``)."""
+    (kh, kw), (sh, sw), (dh, dw) = k, s, d
+    _, _, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    dt = x.dtype
+    low = T.const(limit_value(-float("inf"), dt), dt)
+    span = (ow - 1) * sw + 1  # padded columns where a window starts
+    wp = max(p[1] + w, span + (kw - 1) * dw)
+    row = T.Buffer(f"{ctx.name}_row", (wp,), dt, scope="workspace")
+    win = T.Buffer(f"{ctx.name}_win", (span,), dt, scope="workspace")
+
+    def fill(start: int, count: int) -> T.Stmt | None:
+        if count <= 0:
+            return None
+        return T.loop(
+            count, lambda i: T.Store(row, (start + i,), low), name=f"{ctx.name}_pad", kind="vectorized"
+        )
+
+    def fold(values: list[T.Expr]) -> T.Expr:
+        acc = values[0]
+        for v in values[1:]:
+            acc = nan_max(acc, v)
+        return acc
+
+    def out_row(n: T.LoopVar, c: T.LoopVar, oy: T.LoopVar) -> T.Stmt:
+        y0 = oy * sh - p[0]
+
+        def vertical(ix: T.LoopVar) -> T.Stmt:
+            taps = []
+            for a in range(kh):
+                iy = y0 + a * dh
+                inside = T.logical_and(iy >= 0, iy < h)
+                taps.append(T.select(inside, x[n, c, T.minimum(T.maximum(iy, 0), h - 1), ix], low))
+            return T.Store(row, (p[1] + ix,), fold(taps))
+
+        def horizontal(i: T.LoopVar) -> T.Expr:
+            return fold([row[i + b * dw] for b in range(kw)])
+
+        rows = T.loop(w, vertical, name=f"{ctx.name}_v", kind="vectorized")
+        if sw == 1:
+            write = T.loop(
+                ow,
+                lambda ox: T.Store(
+                    out, (n, c, oy, ox), ctx.apply_epilogue(horizontal(ox), (n, c, oy, ox), None)
+                ),
+                name=f"{ctx.name}_o",
+                kind="vectorized",
+            )
+            return T.seq(rows, write)
+        cols = T.loop(
+            span, lambda i: T.Store(win, (i,), horizontal(i)), name=f"{ctx.name}_h", kind="vectorized"
+        )
+        write = T.loop(
+            ow,
+            lambda ox: T.Store(out, (n, c, oy, ox), ctx.apply_epilogue(win[ox * sw], (n, c, oy, ox), None)),
+            name=f"{ctx.name}_o",
+        )
+        return T.seq(rows, cols, write)
+
+    nest = T.loop(
+        out.shape[0],
+        lambda n: T.loop(
+            out.shape[1],
+            lambda c: T.loop(oh, lambda oy: out_row(n, c, oy), name=f"{ctx.name}_oy"),
+            name=f"{ctx.name}_c",
+        ),
+        name=f"{ctx.name}_n",
+    )
+    body = T.seq(fill(0, p[1]), fill(p[1] + w, wp - p[1] - w), nest)
+    return T.Allocate(row, T.Allocate(win, body) if sw != 1 else body)
 
 
 class MaxPool2D(Pool2D):

@@ -55,3 +55,45 @@ def test_layer_norm_rows(target: str, shape: tuple[int, ...]) -> None:
     mean = x64.mean(axis=-1, keepdims=True)
     want = (x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean(axis=-1, keepdims=True) + 1e-5) * gamma + beta
     np.testing.assert_allclose(got, want.astype("f4"), rtol=1e-4, atol=1e-4)
+
+
+def _max_pool(x: np.ndarray, k: int, s: int, p: int, d: int, out_hw: tuple[int, ...]) -> np.ndarray:
+    """Max over windows of the input padded with -inf (padding never wins)."""
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p + k * d), (p, p + k * d)), constant_values=-np.inf)
+    oh, ow = out_hw
+    taps = [
+        xp[:, :, a * d : a * d + s * oh : s, b * d : b * d + s * ow : s] for a in range(k) for b in range(k)
+    ]
+    return np.max(taps, axis=0)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(
+    ("shape", "k", "s", "p", "d", "ceil"),
+    [
+        ((1, 8, 112, 112), 3, 2, 1, 1, 0),  # ResNet's stem
+        ((1, 4, 55, 55), 3, 2, 0, 1, 0),  # AlexNet's
+        ((2, 3, 20, 37), 3, 1, 1, 1, 0),  # stride 1: the window max is stored directly
+        ((1, 2, 30, 41), 2, 2, 0, 1, 1),  # ceil mode: the last window runs past the input
+        ((1, 2, 25, 40), 3, 1, 2, 2, 0),  # dilated
+    ],
+)
+def test_max_pool_rows(
+    target: str, shape: tuple[int, ...], k: int, s: int, p: int, d: int, ceil: int
+) -> None:
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype("f4")
+    x[0, 0, 5, 7] = np.nan  # a NaN wins its windows
+    got = _run(
+        target,
+        lambda g, x: g.max_pool2d(
+            x, kernel=(k, k), strides=(s, s), pads=(p,) * 4, dilations=(d, d), ceil_mode=ceil
+        ),
+        x=x,
+    )
+    span = [n + 2 * p - d * (k - 1) - 1 for n in shape[2:]]
+    out_hw = tuple(
+        (-(-n // s) if ceil else n // s) + 1 for n in span
+    )  # no window starts in the end padding here
+    assert got.shape == (*shape[:2], *out_hw)
+    np.testing.assert_array_equal(got, _max_pool(x, k, s, p, d, out_hw))
