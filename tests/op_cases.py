@@ -1257,3 +1257,54 @@ case(
     opset=11,
     attrs={"kernel_shape": [2, 2], "strides": [2, 2]},
 )
+
+
+def _loop_body(scan: bool) -> onnx.GraphProto:
+    """(i, cond, x) -> (sum(x') < 40, x' = x * 0.5 + i + 1[, x']): the condition is computed at run time."""
+    nodes = [
+        helper.make_node("Mul", ["x", "half"], ["xh"]),
+        helper.make_node("Cast", ["i"], ["fi"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["fi", "one"], ["f1"]),
+        helper.make_node("Add", ["xh", "f1"], ["x2"]),
+        helper.make_node("ReduceSum", ["x2"], ["s"], keepdims=0),
+        helper.make_node("Less", ["s", "limit"], ["c2"]),
+    ]
+    outs = [
+        helper.make_tensor_value_info("c2", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("x2", TensorProto.FLOAT, [2, 3]),
+    ]
+    if scan:
+        nodes.append(helper.make_node("Neg", ["x2"], ["ys"]))
+        outs.append(helper.make_tensor_value_info("ys", TensorProto.FLOAT, [2, 3]))
+    consts = [
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor("limit", TensorProto.FLOAT, [], [40.0 if not scan else 1e9]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("i", TensorProto.INT64, []),
+        helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+    ]
+    return helper.make_graph(nodes, "body", inputs, outs, consts)
+
+
+# a real loop: the trip count is a run-time input (and the condition stops it after a few iterations)
+case(
+    "loop-run-time-trip-count",
+    "Loop",
+    [("m", np.array(100, np.int64)), C("cond", np.array(True)), ("x0", _x(2, 3))],
+    "loop",
+    opset=16,
+    attrs={"body": _loop_body(scan=False)},
+)
+# a constant trip count with a condition computed at run time (it stays true here: every scan row is real)
+case(
+    "loop-run-time-condition-scan",
+    "Loop",
+    [C("m", np.array(5, np.int64)), C("cond", np.array(True)), ("x0", _x(2, 3))],
+    "loop",
+    opset=16,
+    attrs={"body": _loop_body(scan=True)},
+    outputs=2,
+)

@@ -1636,38 +1636,145 @@ def _stack(im: _Importer, vals: list[Value], axis: int, out: str) -> Value:
     return parts[0] if len(parts) == 1 else im.emit("concat", parts, [im.tmp(out)], axis=axis)[0]
 
 
+class _RunTimeLoop(Exception):
+    """The loop cannot be unrolled at import (a condition computed at run time, or too many iterations)."""
+
+
 @converter("Loop")
 def _loop(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    """Unrolled: the trip count must be a constant and the condition constant or computed from constants in
-    each iteration (loops with a run-time trip count or condition are not supported yet)."""
+    """Unrolled when the trip count is a constant and the condition constant or computed from constants in
+    each iteration (up to MAX_UNROLL iterations); otherwise a real loop (kiln.ops.control)."""
+    m = ins[0] if ins else None
+    cond = ins[1] if len(ins) > 1 else None
+    if m is None and cond is None:
+        raise im.fail("a Loop without trip count or condition never ends")
+    if (m is None or isinstance(m, Constant)) and (cond is None or isinstance(cond, Constant)):
+        mark = len(im.nodes)
+        try:
+            return _unrolled_loop(im, ins, attrs, outs)
+        except _RunTimeLoop:
+            del im.nodes[mark:]  # the iterations imported so far: the real loop replaces them
+    return _run_time_loop(im, ins, attrs, outs)
+
+
+def _unrolled_loop(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
     body: onnx.GraphProto = attrs["body"]
     m = ins[0] if ins else None
     cond = ins[1] if len(ins) > 1 else None
     carried: list[Value] = [_a(ins, i) for i in range(2, len(ins))]
     trip = int(im.const_input(m, "the trip count").reshape(-1)[0]) if m is not None else None
-    if cond is not None and not isinstance(cond, Constant):
-        raise im.fail("a Loop whose condition is computed at run time is not supported (it is unrolled)")
     going = bool(np.asarray(cond.data).reshape(-1)[0]) if isinstance(cond, Constant) else True
-    if trip is None and cond is None:
-        raise im.fail("a Loop without trip count or condition never ends")
     tag = im.tmp(outs[0] or "loop")
     scans: list[list[Value]] = []
     i = 0
     while going and (trip is None or i < trip):
         if i >= MAX_UNROLL:
-            raise im.fail(f"a Loop of more than {MAX_UNROLL} iterations is not supported (it is unrolled)")
+            raise _RunTimeLoop
         it = Constant(im.tmp("iter"), np.array(i, np.int64))
         res = _inline_graph(im, body, [it, Constant(im.tmp("cond"), np.array(True)), *carried], f"{tag}_{i}_")
         new_cond, carried, step = res[0], res[1 : 1 + len(carried)], res[1 + len(carried) :]
         scans = [[*s, v] for s, v in zip(scans, step, strict=True)] if scans else [[v] for v in step]
         if not isinstance(new_cond, Constant):
-            raise im.fail("a Loop whose condition is computed at run time is not supported (it is unrolled)")
+            raise _RunTimeLoop
         going = bool(np.asarray(new_cond.data).reshape(-1)[0])
         i += 1
     n_scan = len(body.output) - 1 - len(carried)
     if n_scan and not scans:
         raise im.fail("a Loop with scan outputs that runs zero times (empty outputs) is not supported")
     return [*carried, *(_stack(im, s, 0, tag) for s in scans)]
+
+
+def _run_time_loop(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    """The body imported as a graph function of its own (iteration, condition, carried values and the values
+    it reads from outside as parameters), run by kiln's ``loop`` operator."""
+    body: onnx.GraphProto = attrs["body"]
+    m = ins[0] if ins else None
+    cond = ins[1] if len(ins) > 1 else None
+    carried: list[Value] = [_a(ins, i) for i in range(2, len(ins))]
+    n_scan = len(body.output) - 1 - len(carried)
+    max_trip = int(np.asarray(m.data).reshape(-1)[0]) if isinstance(m, Constant) else None
+    if n_scan and max_trip is None:
+        raise im.fail(
+            "a Loop with scan outputs needs a constant trip count (kiln sizes the stacked outputs at compile "
+            "time); its trip count is computed at run time"
+        )
+    tag = im.tmp(outs[0] or "loop")
+
+    def scalar(v: Value | None, default: Any, dtype: str, what: str) -> Value:
+        if v is None:
+            return Constant(im.tmp(f"{tag}_{what}"), np.array(default, np_dtype(dtype)))
+        if v.type.numel != 1:
+            raise im.fail(f"the {what} must hold one value, got {v.type}")
+        v = v if v.type.ndim == 0 else im.emit("reshape", [v], [im.tmp(tag)], shape=())[0]
+        return v if v.type.dtype == dtype else im.emit("cast", [v], [im.tmp(tag)], to=dtype)[0]
+
+    trip = scalar(m, np.iinfo(np.int64).max, "int64", "trip count")
+    go = scalar(cond, True, "bool", "condition")
+    params = [
+        Var(im.tmp(f"{tag}_iter"), TensorType((), "int64")),
+        Var(im.tmp(f"{tag}_cond"), TensorType((), "bool")),
+    ]
+    params += [Var(im.tmp(f"{tag}_state"), v.type) for v in carried]
+    outer_nodes, im.nodes = im.nodes, []
+    try:
+        results = _inline_graph(im, body, params, f"{tag}_")
+        inner = im.nodes
+        c = results[0]
+        if c.type.ndim != 0 and c.type.numel == 1:
+            c = im.emit("reshape", [c], [im.tmp(tag)], shape=())[0]
+        if c.type.dtype != "bool":
+            c = im.emit("cast", [c], [im.tmp(tag)], to="bool")[0]
+        results[0] = c
+    finally:
+        im.nodes = outer_nodes
+    produced = {id(o) for n in inner for o in n.outputs}
+    own = {id(p) for p in params}
+    captured: dict[int, tuple[Value, Var]] = {}  # values from outside the body (and constants): parameters
+
+    def local(v: Value) -> Value:
+        if id(v) in produced or id(v) in own:
+            return v
+        if id(v) not in captured:
+            captured[id(v)] = (v, Var(im.tmp(f"{tag}_outer"), v.type))
+        return captured[id(v)][1]
+
+    inner = [n.with_(inputs=tuple(local(v) for v in n.inputs)) for n in inner]
+    finals: list[Value] = []
+    for v in results:  # every output the result of a body node of its own (identity where it is not)
+        v = local(v)
+        if id(v) not in produced or any(f is v for f in finals):
+            copy = Var(im.tmp(f"{tag}_out"), v.type)
+            inner.append(Node("identity", (v,), (copy,), {}, im.node_name))
+            v = copy
+        finals.append(v)
+    for k, (v, f) in enumerate(zip(carried, finals[1 : 1 + len(carried)], strict=True)):
+        if v.type != f.type:
+            raise im.fail(
+                f"loop-carried value {k} starts as {v.type} and the body makes it {f.type}; kiln needs the same "
+                "shape and type in every iteration"
+            )
+    fn = GraphFunction(
+        f"{tag}_body",
+        (*params, *(p for _, p in captured.values())),
+        tuple(inner),
+        tuple(finals),
+        {},
+    )
+    n_out = len(carried) + n_scan
+    names = [outs[k] if k < len(outs) and outs[k] else im.tmp(tag) for k in range(n_out)]
+    return im.emit(
+        "loop",
+        [trip, go, *carried, *(v for v, _ in captured.values())],
+        names,
+        body=fn,
+        num_carried=len(carried),
+        num_scanned=n_scan,
+        max_trip=max_trip,
+    )
 
 
 @converter("Scan")

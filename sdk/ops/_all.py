@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401
     bitcast,
+    control,
     conv2d,
     conv_transpose,
     detection,
