@@ -30,7 +30,7 @@ from ..runtime_c import abi
 from ..targets import Target
 from .entry import emit_entry, layout_constants
 from .mathlib import MathLib
-from .target_machine import compile_ir, emit_assembly
+from .target_machine import compile_ir, compile_objects, emit_assembly
 from .tensor_codegen import TensorCodegen
 
 
@@ -41,7 +41,8 @@ class ObjectCode:
     kernel_names: tuple[str, ...]
     llvm_ir: str
     workspace_bytes: int
-    #: objects compiled from the module's LLVM IR externs, to link next to ``object``
+    #: objects to link next to ``object``: the tensor functions compiled apart (targets with an OS, see
+    #: :func:`kiln.codegen.target_machine.compile_objects`), then those of the module's LLVM IR externs
     extra_objects: tuple[bytes, ...] = ()
     #: every extern of the module (the C ones still to compile for the target)
     externs: tuple[ExternSource, ...] = ()
@@ -85,7 +86,7 @@ def _declare(llmod: ir.Module, f: TensorFunction) -> ir.Function:
 
 def generate(mod: Module, target: Target) -> ObjectCode:
     text, weights, kernels = build_llvm_ir(mod, target)
-    obj, _ = compile_ir(text, target)
+    obj, *functions = compile_objects(text, target)  # split, cached, in parallel (target_machine)
     extra = tuple(compile_ir(e.files[0][1], target)[0] for e in externs(mod.attrs) if e.kind == "llvm")
     return ObjectCode(
         obj,
@@ -93,7 +94,7 @@ def generate(mod: Module, target: Target) -> ObjectCode:
         tuple(kernels),
         text,
         int(mod.attrs["memory_plan"]["arena_bytes"]),
-        extra,
+        (*functions, *extra),
         externs(mod.attrs),
     )
 

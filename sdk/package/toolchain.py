@@ -7,7 +7,8 @@ Contracts:
 - Objects are built without debug info (``-g0``) and with relative file names, and archives in
   deterministic mode (``zig ar rcD``), so the same inputs give byte-identical outputs in any directory.
 - :func:`runtime_build` compiles ``kiln.runtime_c`` once per (target, runtime sources, flags, zig version)
-  into ``$KILN_CACHE_DIR`` (default ``~/.cache/kiln``). A build appears there atomically (built in a
+  into kiln's cache (``$KILN_CACHE_DIR``, else ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``:
+  :func:`kiln.codegen.target_machine.cache_dir`). A build appears there atomically (built in a
   temporary directory, then renamed), so parallel processes (pytest-xdist) can race safely: the first
   rename wins and the others use its result.
 """
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln import runtime_c
+from kiln.codegen.target_machine import cache_dir
 from kiln.targets import Target
 from kiln.targets.board import board_of
 
@@ -151,10 +153,6 @@ class RuntimeBuild:
     runner_main: Path | None
     firmware: tuple[Path, ...] = ()
     compiler_rt: Path | None = None
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("KILN_CACHE_DIR") or Path.home() / ".cache" / "kiln")
 
 
 def runtime_key(target: Target) -> str:

@@ -1,0 +1,125 @@
+"""Compile time, ONNX file to saved package, split by phase, on a warm cache (ResNet-50 and SqueezeNet).
+
+    python benchmarks/compile_time.py [--models resnet50,squeezenet] [--target native] [--rounds 3]
+
+Each model is compiled once to warm the caches (the runtime build, zig's libc, kiln's object cache), then
+``--rounds`` more times; the table shows the median of each phase. Phases are the driver's steps, timed by
+wrapping them (the driver itself is unchanged): ``import`` (a fresh interpreter importing kiln's compile
+path), ``frontend`` (ONNX -> Module), ``passes`` (the pipeline), ``llvm-ir`` (tensor functions and the entry
+-> LLVM IR), ``llvm`` (parse, O3 and object emission; in parallel processes for large modules), ``link``
+(runtime + runner + libmodel.a) and ``package`` (the manifest, and writing the .kpkg). ``compile`` is the sum
+of the phases after import, as a ``kiln compile`` process spends it. :func:`compile_seconds` is the same
+measurement for other benchmarks (``benchmarks/models.py`` prints its total).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import kiln  # noqa: E402
+import kiln.codegen  # noqa: E402
+import kiln.driver  # noqa: E402
+import kiln.package  # noqa: E402
+import kiln.targets  # noqa: E402
+import models  # noqa: E402  (tests/models.py builds the model files)
+from kiln.package.kpkg import Package  # noqa: E402
+
+PHASES = ("frontend", "passes", "llvm-ir", "llvm", "link", "package")
+_IMPORT = (
+    "import time; t = time.perf_counter(); "
+    "import kiln, kiln.driver, kiln.frontend.onnx, kiln.codegen, kiln.package; "
+    "print(time.perf_counter() - t)"
+)
+
+
+@contextlib.contextmanager
+def _timed(times: dict[str, float]) -> Iterator[None]:
+    """Wraps the driver's steps so that each adds its seconds to ``times[phase]``."""
+
+    def wrap(owner: Any, attr: str, phase: str) -> Callable[[], None]:
+        original = getattr(owner, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                times[phase] = times.get(phase, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, timed)
+        return lambda: setattr(owner, attr, original)
+
+    undo = [
+        wrap(kiln.driver, "load_model", "frontend"),
+        wrap(kiln.driver, "compile_module", "passes"),
+        wrap(kiln.codegen, "build_llvm_ir", "llvm-ir"),
+        wrap(kiln.codegen, "compile_objects", "llvm"),
+        wrap(kiln.package, "link_model", "link"),
+    ]
+    create = Package.__dict__["create"]
+    undo.append(wrap(Package, "create", "package"))
+    try:
+        yield
+    finally:
+        for u in reversed(undo):
+            u()
+        Package.create = create  # type: ignore[method-assign]
+
+
+def import_seconds() -> float:
+    """Seconds a fresh interpreter takes to import kiln's compile path."""
+    out = subprocess.run([sys.executable, "-c", _IMPORT], check=True, capture_output=True, text=True)
+    return float(out.stdout)
+
+
+def compile_seconds(model: str | Path, target: str = "native", rounds: int = 1) -> dict[str, float]:
+    """Seconds per phase (median over ``rounds`` compiles after one warm-up) and ``compile``, their sum:
+    compiling ``model`` (an ONNX file) for ``target`` and saving the package. ``import`` is not included."""
+    samples: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="kiln-compile-time-") as tmp:
+        for i in range(rounds + 1):
+            times: dict[str, float] = {}
+            t0 = time.perf_counter()
+            with _timed(times):
+                pkg = kiln.compile(str(model), target)
+                t_save = time.perf_counter()
+                pkg.save(Path(tmp) / "model.kpkg")
+                times["package"] = times.get("package", 0.0) + time.perf_counter() - t_save
+            times["compile"] = time.perf_counter() - t0
+            times["kpkg MB"] = (Path(tmp) / "model.kpkg").stat().st_size / 1e6
+            times["weights MB"] = pkg.manifest["weight_bytes"] / 1e6
+            if i:  # the first compile warms the caches
+                samples.append(times)
+    return {k: statistics.median(s.get(k, 0.0) for s in samples) for k in samples[0]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", default="native", help="default: the best target this host runs natively")
+    ap.add_argument("--models", default="resnet50,squeezenet")
+    ap.add_argument("--rounds", type=int, default=3, help="timed compiles per model after the warm-up")
+    args = ap.parse_args()
+    target = kiln.targets.get_target(args.target).name
+    cols = ("import", *PHASES, "compile", "kpkg MB", "weights MB")
+    print(f"compile time in seconds, warm cache, median of {args.rounds} (target {target})")
+    print(f"{'model':12}" + "".join(f"{c:>11}" for c in cols))
+    for name in args.models.split(","):
+        times = compile_seconds(models.light_random_path(name), target, args.rounds)
+        times["import"] = import_seconds()
+        print(f"{name:12}" + "".join(f"{times.get(c, 0.0):11.2f}" for c in cols), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
