@@ -97,3 +97,21 @@ def test_max_pool_rows(
     )  # no window starts in the end padding here
     assert got.shape == (*shape[:2], *out_hw)
     np.testing.assert_array_equal(got, _max_pool(x, k, s, p, d, out_hw))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(
+    ("shape", "size", "beta"),
+    [((1, 16, 13, 29), 5, 0.75), ((2, 7, 9, 11), 3, 0.6), ((1, 6, 20, 20), 4, 0.75)],
+)
+def test_lrn_planes(target: str, shape: tuple[int, ...], size: int, beta: float) -> None:
+    rng = np.random.default_rng(size)
+    x = (rng.standard_normal(shape) * 4).astype("f4")
+    alpha, bias = 0.3, 1.5
+    got = _run(target, lambda g, x: g.lrn(x, size=size, alpha=alpha, beta=beta, bias=bias), x=x)
+    x64 = x.astype(np.float64)
+    sq = np.zeros_like(x64)
+    below, above = (size - 1) // 2, size - 1 - (size - 1) // 2  # channels before and after, ONNX's split
+    for c in range(shape[1]):
+        sq[:, c] = (x64[:, max(0, c - below) : c + above + 1] ** 2).sum(axis=1)
+    np.testing.assert_allclose(got, x64 / (bias + alpha / size * sq) ** beta, rtol=2e-5, atol=1e-6)
