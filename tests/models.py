@@ -7,8 +7,10 @@
 * light variants of the large light models (:data:`LIGHT_VARIANTS`): their first layers, up to a chosen
   tensor, on a smaller image, with random weights: the family's structure at a few percent of the cost, for
   the emulated targets;
-* PyTorch-built models (ResNet-18-style, MobileNetV2-style, MLP, 2-layer transformer encoder) with fixed
-  seeds, exported to ONNX here.
+* small PyTorch-built models for the tests (ResNet-18-style, MobileNetV2-style, MLP, 2-layer transformer
+  encoder, :data:`TORCH_MODELS`) and the benchmark set's real-size ones (:data:`BENCH_MODELS`: ResNet-18,
+  MobileNetV2, EfficientNet-B0-, ConvNeXt-Tiny- and ViT-B/16-style nets at 224x224, a 6-layer encoder with an
+  attention mask, an MLP at batch 1 and 64), with fixed seeds, exported to ONNX here.
 
 Files are cached per process in a temporary directory, removed when the process exits.
 """
@@ -265,19 +267,252 @@ def _torch_model(name: str):  # noqa: ANN202
 
 @functools.cache
 def torch_onnx_path(name: str) -> Path:
-    """Export the PyTorch model ``name`` to ONNX (legacy TorchScript exporter, opset 17) and cache it."""
+    """Export the PyTorch model ``name`` (one of :data:`TORCH_MODELS` or :data:`BENCH_MODELS`) to ONNX (legacy
+    TorchScript exporter, opset 17) and cache it."""
     import torch
 
-    model, example = _torch_model(name)
+    model, examples = _bench_model(name) if name in BENCH_MODELS else _torch_model(name)
+    if not isinstance(examples, tuple):
+        examples = (examples,)
+    names = ["x", "mask"][: len(examples)]
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"]
+            model, examples, buf, dynamo=False, opset_version=17, input_names=names, output_names=["y"]
         )
     path = cache_dir() / f"{name}.onnx"
     path.write_bytes(buf.getvalue())
     return path
+
+
+# ------------------------------------------------------------------------- real-size PyTorch models (benchmarks)
+# The benchmark set's own networks at their published sizes (ImageNet 224x224, 1000 classes), written here from
+# their papers' layer tables with seeded random weights; "-style" where a detail is simplified (no stochastic
+# depth or dropout: inference). Each is also an end-to-end test (tests/e2e/test_bench_models.py, slow).
+BENCH_MODELS = (
+    "resnet18",
+    "mobilenetv2",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "vit_b16",
+    "encoder6",
+    "mlp_b1",
+    "mlp_b64",
+)
+ENCODER_SEQ = 128  # encoder6: tokens per sequence; its mask input keeps the first 3/4 of them
+
+
+def _bench_model(name: str):  # noqa: ANN202, C901, PLR0915  (one definition per network)
+    import torch
+    from torch import nn
+
+    torch.manual_seed(100 + BENCH_MODELS.index(name))
+    image = torch.randn(1, 3, 224, 224)
+
+    def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type | None = nn.ReLU):  # noqa: ANN202
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        return nn.Sequential(*layers, act()) if act is not None else nn.Sequential(*layers)
+
+    class BasicBlock(nn.Module):  # ResNet-18/34
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(conv_bn(cin, cout, 3, stride), conv_bn(cout, cout, 3, act=None))
+            self.short = (
+                conv_bn(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else nn.Identity()
+            )
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return torch.relu(self.body(x) + self.short(x))
+
+    class MBConv(nn.Module):  # MobileNetV2 inverted residual; with squeeze-excitation and SiLU: EfficientNet
+        def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int, se: bool) -> None:
+            super().__init__()
+            hid = cin * expand
+            act = nn.SiLU if se else nn.ReLU6
+            layers: list[nn.Module] = [conv_bn(cin, hid, 1, act=act)] if expand != 1 else []
+            layers.append(conv_bn(hid, hid, k, stride, groups=hid, act=act))
+            self.expand = nn.Sequential(*layers)
+            self.se = (
+                nn.Sequential(
+                    nn.AdaptiveAvgPool2d(1),
+                    nn.Conv2d(hid, max(1, cin // 4), 1),
+                    nn.SiLU(),
+                    nn.Conv2d(max(1, cin // 4), hid, 1),
+                    nn.Sigmoid(),
+                )
+                if se
+                else None
+            )
+            self.project = conv_bn(hid, cout, 1, act=None)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            y = self.expand(x)
+            if self.se is not None:
+                y = y * self.se(y)
+            y = self.project(y)
+            return x + y if self.residual else y
+
+    class ChannelsLast(nn.Module):  # applies ``mod`` (a LayerNorm, an MLP) over the channels of NCHW
+        def __init__(self, mod: nn.Module) -> None:
+            super().__init__()
+            self.mod = mod
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return self.mod(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    class ConvNeXtBlock(nn.Module):
+        def __init__(self, dim: int) -> None:
+            super().__init__()
+            self.dw = nn.Conv2d(dim, dim, 7, 1, 3, groups=dim)
+            self.mlp = ChannelsLast(
+                nn.Sequential(
+                    nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+                )
+            )
+            self.gamma = nn.Parameter(torch.rand(dim, 1, 1) * 0.5 + 0.1)  # layer scale
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return x + self.gamma * self.mlp(self.dw(x))
+
+    class ViT(nn.Module):
+        def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, patch: int = 16) -> None:
+            super().__init__()
+            self.embed = nn.Conv2d(3, dim, patch, patch)
+            tokens = (224 // patch) ** 2 + 1
+            self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+            self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+            layer = nn.TransformerEncoderLayer(
+                dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
+            self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(dim, eps=1e-6)
+            self.head = nn.Linear(dim, 1000)
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            t = self.embed(x).flatten(2).transpose(1, 2)
+            t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+            return self.head(self.norm(self.blocks(t))[:, 0])
+
+    class Encoder(nn.Module):  # BERT-style: post-norm layers, GELU, an additive mask from a 0/1 key mask
+        def __init__(self, dim: int = 384, depth: int = 6, heads: int = 6) -> None:
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(
+                dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True
+            )
+            self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(dim)
+
+        def forward(self, x, mask):  # noqa: ANN001, ANN202
+            bias = ((1.0 - mask) * -10000.0).expand(x.shape[1], x.shape[1])  # (seq, seq): masked keys
+            return self.norm(self.blocks(x, mask=bias))
+
+    examples: object = image
+    if name == "resnet18":
+        stages: list[nn.Module] = []
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        model = nn.Sequential(
+            conv_bn(3, 64, 7, 2),
+            nn.MaxPool2d(3, 2, 1),
+            *stages,
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(512, 1000),
+        )
+    elif name in ("mobilenetv2", "efficientnet_b0"):
+        se = name == "efficientnet_b0"
+        # (expand, out channels, repeats, stride, kernel) per stage
+        table = (
+            (
+                (1, 16, 1, 1, 3),
+                (6, 24, 2, 2, 3),
+                (6, 40, 2, 2, 5),
+                (6, 80, 3, 2, 3),
+                (6, 112, 3, 1, 5),
+                (6, 192, 4, 2, 5),
+                (6, 320, 1, 1, 3),
+            )
+            if se
+            else (
+                (1, 16, 1, 1, 3),
+                (6, 24, 2, 2, 3),
+                (6, 32, 3, 2, 3),
+                (6, 64, 4, 2, 3),
+                (6, 96, 3, 1, 3),
+                (6, 160, 3, 2, 3),
+                (6, 320, 1, 1, 3),
+            )
+        )
+        act = nn.SiLU if se else nn.ReLU6
+        blocks: list[nn.Module] = [conv_bn(3, 32, 3, 2, act=act)]
+        cin = 32
+        for t, c, n, s, k in table:
+            for i in range(n):
+                blocks.append(MBConv(cin, c, k, s if i == 0 else 1, t, se))
+                cin = c
+        blocks += [
+            conv_bn(cin, 1280, 1, act=act),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(1280, 1000),
+        ]
+        model = nn.Sequential(*blocks)
+    elif name == "convnext_tiny":
+        dims, depths = (96, 192, 384, 768), (3, 3, 9, 3)
+        layers: list[nn.Module] = [nn.Conv2d(3, dims[0], 4, 4), ChannelsLast(nn.LayerNorm(dims[0], eps=1e-6))]
+        for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+            if i:
+                layers += [
+                    ChannelsLast(nn.LayerNorm(dims[i - 1], eps=1e-6)),
+                    nn.Conv2d(dims[i - 1], dim, 2, 2),
+                ]
+            layers += [ConvNeXtBlock(dim) for _ in range(depth)]
+        layers += [
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.LayerNorm(dims[-1], eps=1e-6),
+            nn.Linear(dims[-1], 1000),
+        ]
+        model = nn.Sequential(*layers)
+    elif name == "vit_b16":
+        model = ViT()
+    elif name == "encoder6":
+        model = Encoder()
+        examples = (torch.randn(1, ENCODER_SEQ, 384), _encoder_mask(torch))
+    elif name in ("mlp_b1", "mlp_b64"):
+        model = nn.Sequential(
+            nn.Linear(1024, 4096), nn.GELU(), nn.Linear(4096, 4096), nn.GELU(), nn.Linear(4096, 1000)
+        )
+        examples = torch.randn(1 if name == "mlp_b1" else 64, 1024)
+    else:
+        raise KeyError(name)
+    model.eval()
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):  # running statistics that are not the identity
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+            elif isinstance(mod, nn.MultiheadAttention):  # TransformerEncoder's layers start as copies of one
+                mod._reset_parameters()
+            elif isinstance(mod, nn.Linear):
+                mod.reset_parameters()
+            elif isinstance(mod, nn.LayerNorm):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.normal_(0.0, 0.1)
+    return model, examples
+
+
+def _encoder_mask(torch):  # noqa: ANN001, ANN202
+    mask = torch.zeros(1, ENCODER_SEQ)
+    mask[:, : ENCODER_SEQ * 3 // 4] = 1.0
+    return mask
 
 
 # ---------------------------------------------------------------------------------------------------- oracles
@@ -290,7 +525,10 @@ def inputs_for(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
         if vi.name in inits:
             continue
         shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        out[vi.name] = rng.standard_normal(shape).astype("f4")
+        if vi.name == "mask":  # a key mask (encoder6): the first 3/4 of the tokens are real, the rest padding
+            out[vi.name] = (np.arange(shape[-1]) < shape[-1] * 3 // 4).astype("f4").reshape(shape)
+        else:
+            out[vi.name] = rng.standard_normal(shape).astype("f4")
     return out
 
 
