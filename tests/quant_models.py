@@ -128,18 +128,20 @@ def graph_kernels(model: Path | bytes | Module, target: str) -> list[tuple[str, 
     return out
 
 
-def quantized_weight_ops(path: Path) -> int:
-    """How many convolutions and matrix products of the ONNX model have quantized constant weights: QDQ
-    Conv/Gemm/MatMul on a DequantizeLinear of an initializer, QLinearConv, QLinearMatMul with a constant B,
-    ConvInteger/MatMulInteger with constant weights."""
+def quantized_products(path: Path) -> int:
+    """How many convolutions and matrix products of the ONNX model are quantized: QDQ Conv/Gemm with
+    weights dequantized from an initializer and MatMul on two dequantized operands, QLinearConv,
+    QLinearMatMul, ConvInteger/MatMulInteger with constant weights."""
     g = onnx.load(str(path)).graph
     inits = {t.name for t in g.initializer}
-    dq_of_init = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    dq = {n.output[0]: n.input[0] for n in g.node if n.op_type == "DequantizeLinear"}
     count = 0
     for n in g.node:
-        if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in dq_of_init:
+        if n.op_type in ("Conv", "Gemm") and dq.get(n.input[1]) in inits and n.input[0] in dq:
             count += 1
-        elif n.op_type in ("QLinearConv", "QLinearMatMul") and n.input[3] in inits:
+        elif n.op_type == "MatMul" and n.input[0] in dq and n.input[1] in dq:
+            count += 1
+        elif n.op_type in ("QLinearConv", "QLinearMatMul"):
             count += 1
         elif n.op_type in ("ConvInteger", "MatMulInteger") and n.input[1] in inits:
             count += 1

@@ -20,7 +20,9 @@ where ``M = xs * ws / ys`` (per output channel), the bias ``B`` is in accumulato
 zero point (``-xz * sum(Wq')`` per output channel; a convolution's padding reads ``xz`` through
 ``pad_value``), a nonzero weight zero point is subtracted from the constant weights (``Wq'`` int16), and the
 activation becomes the clip bounds (``relu``: ``lo >= yz``). Rounding is half to even and saturating, as
-``QuantizeLinear``'s.
+``QuantizeLinear``'s. A ``matmul`` of two 8-bit values computed at run time (a transformer's attention)
+becomes ``A @ B - zb * rowsum(A) - za * colsum(B) + K * za * zb`` in int32 (the sums are products with a
+vector of ones), followed by the same requantize.
 
 Expects: the graph as imported, before ``fold-constants``. Guarantees: the same results up to one step of
 the output quantization (the float model rounds differently). Removes: the matched float nodes (what
@@ -192,9 +194,12 @@ def _rewrite(g: _Graph, q_node: Node, q: _Quantize) -> list[Node] | None:
     if core is None or not g.private(y) or y.type.dtype != "float32":
         return None
     x = _dequantize_var(g, core.inputs[0])
-    w = _dequantize_const(g, core.inputs[1])
-    if x is None or w is None:
+    if x is None:
         return None
+    w = _dequantize_const(g, core.inputs[1])
+    if w is None:
+        other = _dequantize_var(g, core.inputs[1]) if core.op == "matmul" and extra is None else None
+        return _two_operands(q_node, q, lo, hi, x, other) if other is not None else None
     xq, xs, xz = x
     wq, ws, wz = w
     conv = core.op == "conv2d"
@@ -238,7 +243,38 @@ def _rewrite(g: _Graph, q_node: Node, q: _Quantize) -> list[Node] | None:
             acc = mk.node("add", [acc, Constant(f"{name}_bias", acc_bias.astype(np.int32))])
     shape = [1] * nd
     shape[out_axis] = channels
-    mult = (xs * ws_c / q.scale).astype(np.float32).reshape(shape)
+    return _requantize(mk, acc, (xs * ws_c / q.scale).astype(np.float32).reshape(shape), q, lo, hi, q_node)
+
+
+def _two_operands(
+    q_node: Node, q: _Quantize, lo: float, hi: float, a: tuple[Var, float, int], b: tuple[Var, float, int]
+) -> list[Node] | None:
+    """A matrix product of two 8-bit values computed at run time (attention): ``(A - za) @ (B - zb)`` as
+    ``A @ B - zb * rowsum(A) - za * colsum(B) + K * za * zb``, the sums themselves products with a vector
+    of ones (8-bit operands, int32 results), the corrections elementwise on the accumulator (its epilogue)."""
+    (aq, as_, az), (bq, bs, bz) = a, b
+    k = aq.type.shape[-1]
+    if aq.type.ndim < 2 or bq.type.ndim < 2 or not isinstance(k, int):
+        return None
+    name = q_node.outputs[0].name
+    mk = _Maker(name, q_node.name)
+    acc = mk.node("matmul", [aq, bq])
+    if bz:
+        rows = mk.node("matmul", [aq, Constant(f"{name}_ones_k1", np.ones((k, 1), np.int8))])
+        acc = mk.node("sub", [acc, mk.node("mul", [rows, Constant(f"{name}_zb", np.array(bz, np.int32))])])
+    if az:
+        cols = mk.node("matmul", [Constant(f"{name}_ones_1k", np.ones((1, k), np.int8)), bq])
+        acc = mk.node("sub", [acc, mk.node("mul", [cols, Constant(f"{name}_za", np.array(az, np.int32))])])
+    if az and bz:
+        acc = mk.node("add", [acc, Constant(f"{name}_kzz", np.array(k * az * bz, np.int32))])
+    return _requantize(mk, acc, np.array(as_ * bs / q.scale, np.float32), q, lo, hi, q_node)
+
+
+def _requantize(
+    mk: _Maker, acc: Var, mult: np.ndarray, q: _Quantize, lo: float, hi: float, q_node: Node
+) -> list[Node]:
+    """``cast(clip(round(float(acc) * mult) + zero point, lo, hi))`` into ``q_node``'s result."""
+    name = q_node.outputs[0].name
     f = mk.node("cast", [acc], to="float32")
     f = mk.node("mul", [f, Constant(f"{name}_multiplier", mult)])
     f = mk.node("round", [f])

@@ -1,7 +1,7 @@
 """fuse-qdq: hand-built QDQ graphs (uint8 and int8 activations with zero points, padding, per-channel and
-per-tensor weights, a weight zero point, Gemm with transB and bias, Relu) become integer kernels whose results
-(NumPy interpreter) are within one output step of onnxruntime's for the same ONNX graph; what does not match
-(weights computed at run time) is left in float."""
+per-tensor weights, a weight zero point, Gemm with transB and bias, Relu, a product of two run-time values)
+become integer kernels whose results (NumPy interpreter) are within one output step of onnxruntime's for the
+same ONNX graph; what does not match (weights computed at run time) is left in float."""
 
 from __future__ import annotations
 
@@ -86,6 +86,16 @@ def gemm_model() -> tuple[bytes, float]:
     return _model(nodes + q, inits + i, [5, 16], [5, 8]), 0.03
 
 
+def attention_model() -> tuple[bytes, float]:
+    """MatMul of two quantized run-time values (x and x transposed, both with zero points), batched."""
+    nodes, inits = _qdq("x", 0.04, np.array(100, np.uint8), "a")
+    nodes.append(helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]))
+    q, i = _qdq("xt", 0.05, np.array(-7, np.int8), "b")
+    nodes += [*q, helper.make_node("MatMul", ["a", "b"], ["m"])]
+    q2, i2 = _qdq("m", 0.1, np.array(5, np.int8), "y")
+    return _model(nodes + q2, inits + i + i2, [2, 6, 9], [2, 6, 6]), 0.1
+
+
 def _onnxruntime(model: bytes, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
@@ -106,6 +116,7 @@ CASES = {
     "conv-uint8-per-channel": lambda: conv_model(np.uint8, True),
     "conv-int8-per-tensor": lambda: conv_model(np.int8, False),
     "gemm-uint8-weights-with-zero-point": gemm_model,
+    "matmul-of-two-run-time-values": attention_model,
 }
 
 
@@ -115,8 +126,10 @@ def test_qdq_becomes_an_integer_kernel_within_a_step_of_onnxruntime(case: str) -
     mod = from_onnx(model)
     fused = get_pass("fuse-qdq")(mod)
     verify(fused, infer=type_rule)
-    (kernel,) = _kernels(fused)
-    assert all(d in ("int8", "uint8", "int16") for d in kernel[1]), kernel
+    kernels = _kernels(fused)  # two run-time operands: their row and column sums are products too
+    assert len(kernels) == (3 if case.startswith("matmul-of-two") else 1), kernels
+    kernel = kernels[0]
+    assert all(d in ("int8", "uint8", "int16") for k in kernels for d in k[1]), kernels
     if case.startswith("conv-uint8"):
         assert kernel[2]["pad_value"] == 128  # the padding reads the input's zero point
     x = RNG.standard_normal(mod.main.params[0].type.static_shape).astype(np.float32) * 2
