@@ -1308,3 +1308,27 @@ case(
     attrs={"body": _loop_body(scan=True)},
     outputs=2,
 )
+
+# Scan of opset 8: a batch axis on every input and output, constant sequence lengths (zero after them)
+_SCAN8_BODY = helper.make_graph(
+    [helper.make_node("Add", ["s", "x"], ["s2"]), helper.make_node("Mul", ["s2", "x"], ["y"])],
+    "scan8_body",
+    [
+        helper.make_tensor_value_info("s", TensorProto.FLOAT, [2]),
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+    ],
+    [
+        helper.make_tensor_value_info("s2", TensorProto.FLOAT, [2]),
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
+    ],
+)
+for lens, dirs in ((None, 0), (_i(3, 1, 4), 1)):
+    case(
+        f"scan8-batch-{'lens' if lens is not None else 'full'}-dir{dirs}",
+        "Scan",
+        [("lens", lens, True), ("s0", _x(3, 2)), ("xs", _x(3, 4, 2))],
+        {"slice", "reshape", "add", "mul", "concat", "identity"},
+        opset=8,
+        attrs={"body": _SCAN8_BODY, "num_scan_inputs": 1, "directions": [dirs]},
+        outputs=2,
+    )

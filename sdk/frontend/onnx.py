@@ -1779,27 +1779,82 @@ def _run_time_loop(
 
 @converter("Scan")
 def _scan(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    """Unrolled over the scan axis (opset 9 and later)."""
-    if im.opset < 9:
-        raise im.fail("Scan before opset 9 (with a batch axis and sequence_lens) is not supported")
+    """Unrolled over the scan axis. Opset 8's form (a batch axis 0 on every input and output, optional
+    constant sequence_lens) is unrolled per batch entry, each a scan of its own, the results stacked again
+    (scan outputs beyond an entry's length are zero)."""
     body: onnx.GraphProto = attrs["body"]
     n_in = int(attrs["num_scan_inputs"])
-    vals = [_a(ins, i) for i in range(len(ins))]
+    tag = im.tmp(outs[0] or "scan")
+    if im.opset >= 9:
+        vals = [_a(ins, i) for i in range(len(ins))]
+        states, xs = vals[: len(vals) - n_in], vals[len(vals) - n_in :]
+        n_out = len(body.output) - len(states)
+        axes = (
+            [int(a) for a in attrs.get("scan_input_axes", [0] * n_in)],
+            [int(a) for a in attrs.get("scan_input_directions", [0] * n_in)],
+            [int(a) for a in attrs.get("scan_output_axes", [0] * n_out)],
+            [int(a) for a in attrs.get("scan_output_directions", [0] * n_out)],
+        )
+        return _scan_unrolled(im, body, states, xs, axes, None, tag)
+    lens = ins[0] if ins else None
+    vals = [_a(ins, i) for i in range(1, len(ins))]
     states, xs = vals[: len(vals) - n_in], vals[len(vals) - n_in :]
-    in_axes = [int(a) for a in attrs.get("scan_input_axes", [0] * n_in)]
-    in_dirs = [int(a) for a in attrs.get("scan_input_directions", [0] * n_in)]
     n_out = len(body.output) - len(states)
-    out_axes = [int(a) for a in attrs.get("scan_output_axes", [0] * n_out)]
-    out_dirs = [int(a) for a in attrs.get("scan_output_directions", [0] * n_out)]
+    batch = {v.type.shape[0] for v in vals}
+    if len(batch) != 1 or not isinstance(next(iter(batch)), int):
+        raise im.fail(
+            f"Scan (opset 8) needs one static batch size (axis 0 of every input), got {sorted(map(str, batch))}"
+        )
+    nb = int(next(iter(batch)))  # type: ignore[arg-type]
+    lengths = None if lens is None else [int(n) for n in im.const_input(lens, "sequence_lens").reshape(-1)]
+    dirs = [int(a) for a in attrs.get("directions", [0] * n_in)]
+    axes = ([0] * n_in, dirs, [0] * n_out, [0] * n_out)
+    per_batch: list[list[Value]] = []
+    for b in range(nb):
+        pick = [_take(im, v, b, tag) for v in vals]
+        res = _scan_unrolled(
+            im,
+            body,
+            pick[: len(states)],
+            pick[len(states) :],
+            axes,
+            None if lengths is None else lengths[b],
+            f"{tag}_{b}",
+        )
+        per_batch.append(res)
+    return [_stack(im, [r[k] for r in per_batch], 0, tag) for k in range(len(per_batch[0]))]
+
+
+def _take(im: _Importer, v: Value, b: int, tag: str) -> Value:
+    """``v[b]``: entry ``b`` of axis 0, without that axis."""
+    s = im.emit("slice", [v], [im.tmp(tag)], starts=(b,), ends=(b + 1,), axes=(0,))[0]
+    return im.emit("reshape", [s], [im.tmp(tag)], shape=tuple(v.type.shape[1:]))[0]
+
+
+def _scan_unrolled(
+    im: _Importer,
+    body: onnx.GraphProto,
+    states: list[Value],
+    xs: list[Value],
+    axes: tuple[list[int], list[int], list[int], list[int]],
+    length: int | None,
+    tag: str,
+) -> list[Value]:
+    """The body applied along the scan axes (``axes``: input axes and directions, output axes and
+    directions); only the first ``length`` steps when given, the scan outputs zero after them."""
+    in_axes, in_dirs, out_axes, out_dirs = axes
+    n_out = len(body.output) - len(states)
     lengths = {x.type.shape[a % x.type.ndim] for x, a in zip(xs, in_axes, strict=True)}
     if len(lengths) != 1 or not isinstance(next(iter(lengths)), int):
         raise im.fail(
             f"scan inputs need one static length along their scan axes, got {sorted(map(str, lengths))}"
         )
-    steps = int(next(iter(lengths)))  # type: ignore[arg-type]
+    total = int(next(iter(lengths)))  # type: ignore[arg-type]
+    steps = total if length is None else length
+    if not 0 <= steps <= total:
+        raise im.fail(f"sequence length {steps} is out of range for scan inputs of length {total}")
     if steps > MAX_UNROLL:
         raise im.fail(f"a Scan of more than {MAX_UNROLL} steps is not supported (it is unrolled)")
-    tag = im.tmp(outs[0] or "scan")
     collected: list[list[Value]] = [[] for _ in range(n_out)]
     for t in range(steps):
         slices = []
@@ -1817,6 +1872,11 @@ def _scan(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     for j, vs in enumerate(collected):
         if out_dirs[j]:
             vs = vs[::-1]
+        if steps < total:  # opset 8's sequence_lens: the rest of the output is zero
+            if not vs:
+                raise im.fail("a Scan entry of length 0 with scan outputs is not supported")
+            zero = Constant(im.tmp(tag), np.zeros(vs[0].type.static_shape, np_dtype(vs[0].type.dtype)))
+            vs = [*vs, *[zero] * (total - steps)]
         stacked.append(_stack(im, vs, out_axes[j], tag))
     return [*states, *stacked]
 
