@@ -5,10 +5,12 @@
 Each model is compiled once to warm the caches (the runtime build, zig's libc, kiln's object cache), then
 ``--rounds`` more times; the table shows the median of each phase. Phases are the driver's steps, timed by
 wrapping them (the driver itself is unchanged): ``import`` (a fresh interpreter importing kiln's compile
-path), ``frontend`` (ONNX -> Module), ``passes`` (the pipeline), ``llvm-ir`` (tensor functions and the entry
--> LLVM IR), ``llvm`` (parse, O3 and object emission; in parallel processes for large modules), ``link``
-(runtime + runner + libmodel.a) and ``package`` (the manifest, and writing the .kpkg). ``compile`` is the sum
-of the phases after import, as a ``kiln compile`` process spends it. :func:`compile_seconds` is the same
+path), ``frontend`` (ONNX -> Module), ``passes`` (the pipeline), ``codegen`` (Module -> objects: the
+module's cache key, and on a miss ``llvm-ir``, tensor functions and the entry -> LLVM IR, and ``llvm``,
+parse, O3 and object emission in parallel processes, per object cached), ``link`` (runtime + runner +
+libmodel.a) and ``package`` (the manifest, and writing the .kpkg). ``compile`` is the wall time of the whole
+compile after import, as a ``kiln compile`` process spends it, and ``cpu`` the CPU seconds it used (this
+process and zig; on a busy machine a steadier figure than wall time). :func:`compile_seconds` is the same
 measurement for other benchmarks (``benchmarks/models.py`` prints its total).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,7 +38,7 @@ import kiln.targets  # noqa: E402
 import models  # noqa: E402  (tests/models.py builds the model files)
 from kiln.package.kpkg import Package  # noqa: E402
 
-PHASES = ("frontend", "passes", "llvm-ir", "llvm", "link", "package")
+PHASES = ("frontend", "passes", "codegen", "llvm-ir", "llvm", "link", "package")
 _IMPORT = (
     "import time; t = time.perf_counter(); "
     "import kiln, kiln.driver, kiln.frontend.onnx, kiln.codegen, kiln.package; "
@@ -63,6 +66,7 @@ def _timed(times: dict[str, float]) -> Iterator[None]:
     undo = [
         wrap(kiln.driver, "load_model", "frontend"),
         wrap(kiln.driver, "compile_module", "passes"),
+        wrap(kiln.codegen, "generate", "codegen"),
         wrap(kiln.codegen, "build_llvm_ir", "llvm-ir"),
         wrap(kiln.codegen, "compile_objects", "llvm"),
         wrap(kiln.package, "link_model", "link"),
@@ -75,6 +79,12 @@ def _timed(times: dict[str, float]) -> Iterator[None]:
         for u in reversed(undo):
             u()
         Package.create = create  # type: ignore[method-assign]
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (zig)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def import_seconds() -> float:
@@ -90,6 +100,7 @@ def compile_seconds(model: str | Path, target: str = "native", rounds: int = 1) 
     with tempfile.TemporaryDirectory(prefix="kiln-compile-time-") as tmp:
         for i in range(rounds + 1):
             times: dict[str, float] = {}
+            cpu0 = _cpu_seconds()
             t0 = time.perf_counter()
             with _timed(times):
                 pkg = kiln.compile(str(model), target)
@@ -97,6 +108,7 @@ def compile_seconds(model: str | Path, target: str = "native", rounds: int = 1) 
                 pkg.save(Path(tmp) / "model.kpkg")
                 times["package"] = times.get("package", 0.0) + time.perf_counter() - t_save
             times["compile"] = time.perf_counter() - t0
+            times["cpu"] = _cpu_seconds() - cpu0
             times["kpkg MB"] = (Path(tmp) / "model.kpkg").stat().st_size / 1e6
             times["weights MB"] = pkg.manifest["weight_bytes"] / 1e6
             if i:  # the first compile warms the caches
@@ -111,7 +123,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="timed compiles per model after the warm-up")
     args = ap.parse_args()
     target = kiln.targets.get_target(args.target).name
-    cols = ("import", *PHASES, "compile", "kpkg MB", "weights MB")
+    cols = ("import", *PHASES, "compile", "cpu", "kpkg MB", "weights MB")
     print(f"compile time in seconds, warm cache, median of {args.rounds} (target {target})")
     print(f"{'model':12}" + "".join(f"{c:>11}" for c in cols))
     for name in args.models.split(","):

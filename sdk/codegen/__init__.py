@@ -10,6 +10,12 @@ override, :mod:`kiln.transform.codegen_override`) is declared, not emitted, and 
 object each, in ``ObjectCode.extra_objects``); its C externs are passed on (``ObjectCode.externs``) for the
 package step to compile with the target's C toolchain.
 
+Objects and caching: :func:`kiln.codegen.target_machine.compile_objects` turns the module into one object per
+tensor function and one for the entry (targets with an OS; bare metal: one object), in parallel processes,
+each cached by content. :func:`generate` also caches a whole module's result (LLVM IR, kernel names,
+objects) under the sha256 of the printed module, the target and the code generator's sources, so compiling
+the same model again skips LLVM IR emission too; the output is the same with or without the cache.
+
 Threads: on targets with an OS, ``parallel`` loops call the runtime's thread pool (see
 :mod:`kiln.codegen.tensor_codegen`), and the object defines the package's default thread count, module
 attribute ``threads`` (default 1; 0: one per online CPU), as the weak ``int32``
@@ -19,7 +25,12 @@ neither.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import llvmlite.ir as ir
 
@@ -30,7 +41,7 @@ from ..runtime_c import abi
 from ..targets import Target
 from .entry import emit_entry, layout_constants
 from .mathlib import MathLib
-from .target_machine import compile_ir, compile_objects, emit_assembly
+from .target_machine import cache_get, cache_key, cache_put, compile_ir, compile_objects, emit_assembly
 from .tensor_codegen import TensorCodegen
 
 
@@ -74,6 +85,41 @@ def default_threads(mod: Module) -> int:
     return abi.check_threads(mod.attrs.get("threads", 1))
 
 
+@functools.cache
+def _sources_hash() -> str:  # noqa: N802
+    """sha256 of kiln's version and the code generator's sources (a new codegen misses the cache)."""
+    from kiln import __version__
+
+    h = hashlib.sha256(__version__.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _cache(key: str, text: str, kernels: list[str], objects: list[bytes]) -> None:
+    """Caches a module's code generation: LLVM IR (compressed), kernel names, objects."""
+    head = json.dumps({"kernels": kernels, "objects": [len(o) for o in objects]}).encode()
+    cache_put(
+        key,
+        b"".join([len(head).to_bytes(8, "little"), head, *objects, zlib.compress(text.encode(), 1)]),
+        "modules",
+    )
+
+
+def _cached(key: str) -> tuple[str, list[str], list[bytes]] | None:
+    """What :func:`_cache` stored under ``key``, or None."""
+    data = cache_get(key, "modules")
+    if data is None:
+        return None
+    n = int.from_bytes(data[:8], "little")
+    head = json.loads(data[8 : 8 + n])
+    pos, objects = 8 + n, []
+    for size in head["objects"]:
+        objects.append(data[pos : pos + size])
+        pos += size
+    return zlib.decompress(data[pos:]).decode(), list(head["kernels"]), objects
+
+
 def _declare(llmod: ir.Module, f: TensorFunction) -> ir.Function:
     """An external declaration of tensor function ``f`` under its override's symbol."""
     nparams = len(f.params) + (1 if workspace_bytes(f) else 0)
@@ -85,8 +131,15 @@ def _declare(llmod: ir.Module, f: TensorFunction) -> ir.Function:
 
 
 def generate(mod: Module, target: Target) -> ObjectCode:
-    text, weights, kernels = build_llvm_ir(mod, target)
-    obj, *functions = compile_objects(text, target)  # split, cached, in parallel (target_machine)
+    key = cache_key(_sources_hash(), repr(target), str(mod))
+    hit = _cached(key)
+    if hit is not None:
+        text, kernels, (obj, *functions) = hit
+        weights = layout_constants(mod)[0]
+    else:
+        text, weights, kernels = build_llvm_ir(mod, target)
+        obj, *functions = compile_objects(text, target)  # split, cached, in parallel (target_machine)
+        _cache(key, text, kernels, [obj, *functions])
     extra = tuple(compile_ir(e.files[0][1], target)[0] for e in externs(mod.attrs) if e.kind == "llvm")
     return ObjectCode(
         obj,

@@ -199,25 +199,22 @@ def split_module(llvm_ir: str) -> list[str]:
     return texts
 
 
-def _cache_key(text: str, t: Target) -> str:
+def cache_key(*parts: str) -> str:
+    """sha256 (hex) over ``parts`` (each length-prefixed) and the LLVM that compiles them."""
     h = hashlib.sha256()
-    for part in (
-        _CACHE_FORMAT,
-        llvmlite.__version__,
-        str(llvm.llvm_version_info),
-        t.triple,
-        t.cpu,
-        t.features,
-        _abi(t),
-        str(t.is_bare_metal),
-        text,
-    ):
-        h.update(len(part.encode()).to_bytes(8, "little") + part.encode())
+    for part in (_CACHE_FORMAT, llvmlite.__version__, str(llvm.llvm_version_info), *parts):
+        data = part.encode()
+        h.update(len(data).to_bytes(8, "little") + data)
     return h.hexdigest()
 
 
-def _cache_get(key: str) -> bytes | None:
-    path = cache_dir() / "objects" / key[:2] / key
+def _cache_key(text: str, t: Target) -> str:
+    return cache_key(t.triple, t.cpu, t.features, _abi(t), str(t.is_bare_metal), text)
+
+
+def cache_get(key: str, kind: str = "objects") -> bytes | None:
+    """The bytes cached under ``key`` (in ``cache_dir()/kind``), or None (absent or damaged)."""
+    path = cache_dir() / kind / key[:2] / key
     try:
         data = path.read_bytes()
     except OSError:
@@ -229,8 +226,10 @@ def _cache_get(key: str) -> bytes | None:
     return obj
 
 
-def _cache_put(key: str, obj: bytes) -> None:
-    root = cache_dir() / "objects"
+def cache_put(key: str, obj: bytes, kind: str = "objects") -> None:
+    """Caches ``obj`` under ``key`` (atomically; the least recently used entries of ``kind`` go beyond
+    :data:`CACHE_LIMIT_BYTES`)."""
+    root = cache_dir() / kind
     path = root / key[:2] / key
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +276,7 @@ def compile_objects(llvm_ir: str, t: Target) -> list[bytes]:
     by one per tensor function (see the module docstring); cached by content, compiled in parallel."""
     texts = [llvm_ir] if t.is_bare_metal else split_module(llvm_ir)
     keys = [_cache_key(text, t) for text in texts]
-    objects = [_cache_get(k) for k in keys]
+    objects = [cache_get(k) for k in keys]
     todo = [i for i, o in enumerate(objects) if o is None]
     n = min(jobs(), len(todo))
     if n > 1 and sum(len(texts[i]) for i in todo) >= PARALLEL_MIN_BYTES:
@@ -290,5 +289,5 @@ def compile_objects(llvm_ir: str, t: Target) -> list[bytes]:
         done = [_compile_object(texts[i], t) for i in todo]
     for i, obj in zip(todo, done, strict=True):
         objects[i] = obj
-        _cache_put(keys[i], obj)
+        cache_put(keys[i], obj)
     return [o for o in objects if o is not None]

@@ -20,6 +20,7 @@ the executable has no build id, so the same inputs give byte-identical outputs.
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
 import struct
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kiln.codegen.target_machine import cache_get, cache_key, cache_put
 from kiln.package import toolchain
 from kiln.runtime_c import abi
 from kiln.targets import Target, get_target
@@ -155,9 +157,7 @@ def link_model(
         (tmp / "model_weights.S").write_text(weights_asm("weights.bin", info.prefix))
         (tmp / "model_desc.c").write_text(desc)
         # boards: the linker script finds the model's code and descriptor by these object names
-        weights_o = toolchain.compile_c(
-            target, tmp / "model_weights.S", tmp / f"kiln_weights_{info.prefix}.o"
-        )
+        weights_o = _weights_object(target, tmp, info.prefix)
         desc_o = toolchain.compile_c(target, tmp / "model_desc.c", tmp / f"kiln_desc_{info.prefix}.o")
         code_o = (tmp / "model_entry.o").rename(tmp / f"kiln_code_{info.prefix}.o")
         lib = toolchain.archive([code_o, *extras, desc_o, weights_o, *runtime.objects], tmp / "libmodel.a")
@@ -202,8 +202,36 @@ def _find_blob(blob_path: Path, libmodel: bytes, runnable: bytes | None) -> tupl
     if runnable is None or blob_path.stat().st_size == 0:
         return None
     with blob_path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as blob:
-        at = libmodel.find(blob), runnable.find(blob)
+        at = _locate(libmodel, blob), _locate(runnable, blob)
     return None if -1 in at else at
+
+
+def _locate(data: bytes, blob: mmap.mmap) -> int:
+    """The first offset where ``data`` holds all of ``blob``, or -1 (found by its head, then compared)."""
+    head = blob[: 1 << 16]
+    at = data.find(head)
+    while at != -1 and not data.startswith(blob, at):  # type: ignore[arg-type]
+        at = data.find(head, at + 1)
+    return at
+
+
+def _weights_object(target: Target, tmp: Path, prefix: str) -> Path:
+    """``model_weights.S`` (with ``weights.bin``) assembled, or the same object from kiln's cache: the
+    assembler copies every byte of a large blob, so a model compiled again reuses it."""
+    out = tmp / f"kiln_weights_{prefix}.o"
+    with (tmp / "weights.bin").open("rb") as f:
+        blob_hash = hashlib.file_digest(f, "sha256").hexdigest()
+    asm = (tmp / "model_weights.S").read_text()
+    key = cache_key(
+        "weights object 1", blob_hash, asm, *toolchain.target_flags(target), toolchain.zig_version()
+    )
+    cached = cache_get(key, "weights")
+    if cached is not None:
+        out.write_bytes(cached)
+        return out
+    toolchain.compile_c(target, tmp / "model_weights.S", out)
+    cache_put(key, out.read_bytes(), "weights")
+    return out
 
 
 def _place_weights(weights: bytes | Path, dest: Path) -> int:
