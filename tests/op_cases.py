@@ -1332,3 +1332,29 @@ for lens, dirs in ((None, 0), (_i(3, 1, 4), 1)):
         attrs={"body": _SCAN8_BODY, "num_scan_inputs": 1, "directions": [dirs]},
         outputs=2,
     )
+case(
+    "deform-conv-groups-stride-pad",
+    "DeformConv",
+    [
+        ("x", _x(1, 4, 7, 6)),
+        ("w", _x(6, 2, 3, 2)),
+        ("offset", _x(1, 2 * 2 * 3 * 2, 4, 3) * 1.5),
+        ("b", _x(6)),
+        ("mask", _x(1, 2 * 3 * 2, 4, 3, lo=0, hi=1)),
+    ],
+    "deform_conv",
+    opset=19,
+    attrs={"strides": [2, 2], "pads": [1, 0, 1, 1], "dilations": [1, 2], "group": 2, "offset_group": 2},
+    rtol=1e-4,
+    atol=1e-5,
+)
+case(
+    "deform-conv-no-bias-no-mask",
+    "DeformConv",
+    [("x", _x(2, 1, 5, 5)), C("w", _x(2, 1, 2, 2)), ("offset", _x(2, 8, 4, 4))],
+    "deform_conv",
+    opset=19,
+    attrs={"kernel_shape": [2, 2]},
+    rtol=1e-4,
+    atol=1e-5,
+)

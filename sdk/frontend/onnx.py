@@ -2018,6 +2018,32 @@ def _max_unpool(
     return im.emit("max_unpool", [_a(ins, 0), _a(ins, 1)], outs, **keep)
 
 
+@converter("DeformConv")
+def _deform_conv(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    x, w, offset = _a(ins, 0), _a(ins, 1), _a(ins, 2)
+    if x.type.ndim != 4:
+        raise im.fail(f"DeformConv on {x.type.ndim - 2}-D images is not supported (kiln has the 2-D form)")
+    if not (w.type.is_static and offset.type.is_static):
+        raise im.fail(f"DeformConv needs static weight and offset shapes, got {w.type} and {offset.type}")
+    oc, off = w.type.static_shape[0], offset.type.static_shape
+    bias = ins[3] if len(ins) > 3 and ins[3] is not None else None
+    mask = ins[4] if len(ins) > 4 and ins[4] is not None else None
+    if bias is None:
+        bias = Constant(im.tmp("bias"), np.zeros(oc, np_dtype(x.type.dtype)))
+    if mask is None:
+        mask = Constant(im.tmp("mask"), np.ones((off[0], off[1] // 2, *off[2:]), np_dtype(x.type.dtype)))
+    keep = {
+        "strides": [int(a) for a in attrs.get("strides", [1, 1])],
+        "pads": [int(a) for a in attrs.get("pads", [0, 0, 0, 0])],
+        "dilations": [int(a) for a in attrs.get("dilations", [1, 1])],
+        "group": int(attrs.get("group", 1)),
+        "offset_group": int(attrs.get("offset_group", 1)),
+    }
+    return im.emit("deform_conv", [x, w, offset, bias, mask], outs, **keep)
+
+
 # ---- quantization: integer kernels (int32 accumulation) with the requantize as a fused elementwise epilogue
 _Q_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
 

@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     control,
     conv2d,
     conv_transpose,
+    deform_conv,
     detection,
     einsum,
     elementwise,

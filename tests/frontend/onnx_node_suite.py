@@ -164,15 +164,6 @@ KNOWN_FAILURES: dict[str, str] = {
         "float16 rounding: ONNX's reference rounds each step to float16, kiln computes in float32 (2+ ulp apart)",
     ),
     **dict.fromkeys(
-        (
-            "test_basic_deform_conv_with_padding",
-            "test_basic_deform_conv_without_padding",
-            "test_deform_conv_with_mask_bias",
-            "test_deform_conv_with_multiple_offset_groups",
-        ),
-        "kiln does not import DeformConv yet",
-    ),
-    **dict.fromkeys(
         ("test_melweightmatrix",),
         "kiln does not import MelWeightMatrix yet",
     ),

@@ -71,6 +71,9 @@ ALWAYS_COMPILED = {
     "DFT",
     "Col2Im",
     "MaxUnpool",
+    "DeformConv",
+    "Loop",
+    "Scan",
 }
 
 
