@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -74,7 +75,9 @@ def _board(tmp_path: Path, home: Path):
     key = sshboard.keygen(home / ".ssh" / "id_ed25519")
     prelude = None
     if sshboard.NAMESPACES:
-        cache = Path.home() / ".cache" / "kiln"
+        cache = (
+            Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache" / "kiln"
+        )  # the login's home, as sshd sets it
         cache.mkdir(parents=True, exist_ok=True)
         (tmp_path / "board-cache").mkdir()
         prelude = f"mount --bind {tmp_path / 'board-cache'} {cache}"
