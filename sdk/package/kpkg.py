@@ -523,7 +523,7 @@ def unpack(
                     if m.size > 16 << 20:
                         raise PackageError(f"{source}: {MANIFEST} of {m.size} bytes is too large")
                     manifest_data = f.read()
-                    cuts = _stored_once(_parse_manifest(manifest_data, source), source)
+                    cuts = _stored_once(_json_object(manifest_data), source)  # the rest is checked at the end
                     if cuts and count != 1:
                         raise PackageError(
                             f"{source}: {MANIFEST} is not the first member; the package is corrupted"
@@ -679,6 +679,8 @@ def _stored_once(manifest: Mapping[str, Any], source: str) -> dict[str, _Cut]:
     """The manifest's ``stored_once`` entries by path, checked against its ``files``: a source is stored
     whole and comes before the file it completes in the archive, and both hold the range."""
     entries = manifest.get("stored_once", [])
+    if entries == []:
+        return {}
     files = manifest.get("files")
     if not isinstance(entries, list) or not isinstance(files, dict):
         raise PackageError(f"{source}: {MANIFEST} 'stored_once' must be a list; the package is corrupted")
@@ -709,6 +711,15 @@ def _stored_once(manifest: Mapping[str, Any], source: str) -> dict[str, _Cut]:
             )
         cuts[cut.path] = cut
     return cuts
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    """``data`` as a JSON object, or an empty one if it is not (the caller reports bad manifests later)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _pax_sparse(m: tarfile.TarInfo) -> bool:
