@@ -75,9 +75,8 @@ def _board(tmp_path: Path, home: Path):
     key = sshboard.keygen(home / ".ssh" / "id_ed25519")
     prelude = None
     if sshboard.NAMESPACES:
-        cache = (
-            Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache" / "kiln"
-        )  # the login's home, as sshd sets it
+        login_home = Path(pwd.getpwuid(os.getuid()).pw_dir)  # sshd starts sessions there, not in $HOME
+        cache = login_home / ".cache" / "kiln"
         cache.mkdir(parents=True, exist_ok=True)
         (tmp_path / "board-cache").mkdir()
         prelude = f"mount --bind {tmp_path / 'board-cache'} {cache}"
