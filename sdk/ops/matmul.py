@@ -1,8 +1,10 @@
 """matmul: NumPy ``a @ b`` semantics (batch dimensions broadcast; 1-D operands are promoted and squeezed).
 
 Lowered per batch index to the shared register-tiled GEMM (its tiles from the instance's schedule record,
-:func:`kiln.ops.schedule.schedule_for`; its tile loop ``parallel`` on targets with an OS); ONNX Gemm becomes
-matmul plus transposes and an elementwise bias add, which fusion folds into this kernel's epilogue.
+:func:`kiln.ops.schedule.schedule_for`); ONNX Gemm becomes matmul plus transposes and an elementwise bias
+add, which fusion folds into this kernel's epilogue. On targets with an OS, a batch of at least
+``BATCH_PARALLEL_MIN`` (4) products, or of small ones, runs its batch indices in parallel; otherwise each
+GEMM splits its tiles over threads (:mod:`kiln.ops.gemm_kernel`).
 
 8- and 16-bit integer operands (int8, uint8, int16, and mixed int8 x uint8) are multiplied and accumulated
 in int32 and give an int32 result, like ONNX MatMulInteger (ONNX MatMul itself does not take them): the sum
@@ -24,6 +26,8 @@ from .gemm_kernel import gemm, parallel_for
 from .schedule import schedule_for
 
 SMALL_INTS = ("int8", "uint8", "int16")
+#: From this many batch indices a batched product runs its batch in parallel (fewer: each GEMM does).
+BATCH_PARALLEL_MIN = 4
 
 
 def acc_dtype(a: str, b: str) -> str:
@@ -83,11 +87,14 @@ class MatMul(OpDef):
         nb = len(batch)
         acc = acc_dtype(a.dtype, b.dtype)
         sched = schedule_for(ctx, self.name, ins)
+        count = int(np.prod(batch)) if nb else 1
+        # threads: over the batch when it has several small products (attention heads), else in each GEMM
+        by_batch = parallel_for(ctx.target) and count >= 2 and (count >= BATCH_PARALLEL_MIN or m * n < 4096)
 
         def load(buf: T.Buffer, idx: tuple[T.Expr, ...]) -> T.Expr:
             return T.cast(acc, buf[idx])
 
-        def for_batch(bi: tuple[T.LoopVar, ...]) -> T.Stmt:
+        def for_batch(bi: tuple[T.Expr, ...]) -> T.Stmt:
             def bidx(buf: T.Buffer) -> tuple[T.Expr, ...]:
                 off = nb - (buf.ndim - 2)
                 return tuple(T.IntImm(0) if buf.shape[d] == 1 else bi[d + off] for d in range(buf.ndim - 2))
@@ -112,11 +119,18 @@ class MatMul(OpDef):
                 ctx.lanes,
                 acc,
                 schedule=sched.gemm,
-                parallel=parallel_for(ctx.target),
+                parallel=parallel_for(ctx.target) and not by_batch,
             )
 
         if nb == 0:
             return for_batch(())
+        if by_batch:  # one loop over every batch index, its coordinates recovered from the flat one
+
+            def flat(f: T.LoopVar) -> T.Stmt:
+                strides = [int(np.prod(batch[d + 1 :])) for d in range(nb)]
+                return for_batch(tuple((f // st) % batch[d] for d, st in enumerate(strides)))
+
+            return T.loop(count, flat, name=f"{ctx.name}_pb", kind="parallel")
         return T.loop_nest(batch, for_batch, prefix=f"{ctx.name}_b")
 
 

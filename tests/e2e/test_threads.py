@@ -56,6 +56,17 @@ def dense() -> Module:
     return g.build()
 
 
+def batched() -> Module:
+    """Batched products: 2 x 3 small ones with a broadcast operand (the batch in parallel) and 2 large ones
+    (each GEMM in parallel)."""
+    g = GraphBuilder()
+    q = g.input("q", (2, 3, 12, 16))
+    big = g.input("big", (2, 64, 80))
+    g.output(g.matmul(q, g.const(_w(3, 16, 10))), "heads")
+    g.output(g.matmul(big, g.const(_w(2, 80, 72))), "big_out")
+    return g.build()
+
+
 def _feed(mod: Module) -> dict[str, np.ndarray]:
     return {p.name: RNG.standard_normal(p.type.static_shape).astype("f4") for p in mod.main.params}
 
@@ -81,7 +92,7 @@ def _check(pkg: Package, mod: Module, feed: dict[str, np.ndarray], threads: int,
                 np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
-@pytest.mark.parametrize("model", [cnn, dense])
+@pytest.mark.parametrize("model", [cnn, dense, batched])
 def test_more_threads_than_cores_match_the_reference(model: object) -> None:
     mod = model()  # type: ignore[operator]
     loops = _parallel_loops(mod, "x86_64-linux")
