@@ -282,7 +282,7 @@ def compile_objects(llvm_ir: str, t: Target) -> list[bytes]:
     if n > 1 and sum(len(texts[i]) for i in todo) >= PARALLEL_MIN_BYTES:
         try:
             done = list(_pool(n).map(_compile_object, [texts[i] for i in todo], [t] * len(todo)))
-        except concurrent.futures.process.BrokenProcessPool:
+        except Exception:  # noqa: BLE001 (no worker processes here, a dead one, or LLVM's error: in-process)
             _pool.cache_clear()
             done = [_compile_object(texts[i], t) for i in todo]
     else:
