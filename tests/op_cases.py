@@ -1358,3 +1358,20 @@ case(
     rtol=1e-4,
     atol=1e-5,
 )
+case(
+    "stft-window-onesided",
+    "STFT",
+    [("x", _x(2, 40, 1)), C("step", _i(6)[0]), ("w", _x(8, lo=0.2, hi=1.0))],
+    {"gather", "reshape", "mul", "dft"},
+    opset=17,
+    rtol=1e-4,
+    atol=1e-4,
+)
+case(
+    "tensor-scatter-circular",
+    "TensorScatter",
+    [("cache", _x(2, 3, 5, 4)), ("update", _x(2, 3, 2, 4)), ("write", _i(1, 4))],
+    "tensor_scatter",
+    opset=24,
+    attrs={"mode": "circular"},
+)

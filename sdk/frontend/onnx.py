@@ -2044,6 +2044,69 @@ def _deform_conv(
     return im.emit("deform_conv", [x, w, offset, bias, mask], outs, **keep)
 
 
+@converter("STFT")
+def _stft(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """Frames (a gather with constant positions), times the window, then a DFT along the frame axis."""
+    x = _a(ins, 0)
+    step = int(im.const_input(ins[1] if len(ins) > 1 else None, "frame_step").reshape(-1)[0])
+    window = ins[2] if len(ins) > 2 else None
+    given = _optional_const(im, ins, 3, "frame_length")
+    n = x.type.shape[1] if x.type.ndim == 3 else None
+    if not isinstance(n, int) or x.type.shape[2] not in (1, 2):
+        raise im.fail(f"STFT expects a signal [batch, length, 1 or 2] of static length, got {x.type}")
+    if given is not None:
+        length = int(given.reshape(-1)[0])
+    elif window is not None and isinstance(window.type.shape[0], int):
+        length = int(window.type.shape[0])
+    else:
+        length = n
+    if step < 1 or not 1 <= length <= n:
+        raise im.fail(f"frame_step {step} and frame_length {length} do not fit a signal of length {n}")
+    frames = (n - length) // step + 1
+    pos = Constant(im.tmp("frames"), np.arange(frames)[:, None] * step + np.arange(length)[None, :])
+    y = im.emit("gather", [x, pos], [im.tmp(outs[0])], axis=1)[0]  # [batch, frames, length, 1 or 2]
+    if window is not None:
+        w = im.emit("reshape", [window], [im.tmp(outs[0])], shape=(1, 1, length, 1))[0]
+        if w.type.dtype != x.type.dtype:
+            w = im.emit("cast", [w], [im.tmp(outs[0])], to=x.type.dtype)[0]
+        y = im.emit("mul", [y, w], [im.tmp(outs[0])])[0]
+    onesided = int(attrs.get("onesided", 1))
+    return im.emit("dft", [y], outs, axis=2, length=length, inverse=0, onesided=onesided)
+
+
+@converter("MelWeightMatrix")
+def _mel_weight_matrix(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    names = ("num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz", "upper_edge_hertz")
+    vals = [
+        Constant(im.tmp(w), im.const_input(ins[k] if k < len(ins) else None, w)) for k, w in enumerate(names)
+    ]
+    dtype = ONNX_DTYPES.get(int(attrs.get("output_datatype", 1)))
+    if dtype is None:
+        raise im.fail(f"output_datatype {attrs.get('output_datatype')} is not one of kiln's element types")
+    return im.emit("mel_weight_matrix", vals, outs, dtype=dtype)  # constant inputs: computed here
+
+
+@converter("TensorScatter")
+def _tensor_scatter(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    cache, update = _a(ins, 0), _a(ins, 1)
+    write = ins[2] if len(ins) > 2 else None
+    if write is None:
+        write = Constant(im.tmp("write"), np.zeros(cache.type.static_shape[0], np.int64))
+    elif write.type.dtype != "int64":
+        write = im.emit("cast", [write], [im.tmp(outs[0])], to="int64")[0]
+    mode = str(attrs.get("mode", "linear"))
+    if mode not in ("linear", "circular"):
+        raise im.fail(f"mode {mode!r} is not 'linear' or 'circular'")
+    axis = int(attrs.get("axis", -2))
+    return im.emit(
+        "tensor_scatter", [cache, update, write], outs, axis=axis, circular=int(mode == "circular")
+    )
+
+
 # ---- quantization: integer kernels (int32 accumulation) with the requantize as a fused elementwise epilogue
 _Q_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
 

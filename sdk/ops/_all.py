@@ -25,5 +25,6 @@ from . import (  # noqa: F401
     shape_compute,
     shape_ops,
     spectral,
+    tensor_scatter,
     tile,
 )

@@ -4,7 +4,9 @@ imaginary) signal.
 ``attrs``: ``axis`` (normalized, a signal axis), ``length`` (the transform length: the signal is cut or
 zero-padded to it, as ``numpy.fft``'s ``n``), ``inverse`` (divide by the length, opposite sign) and
 ``onesided`` (forward: only the first ``length // 2 + 1`` bins; inverse: the input is that half spectrum of a
-real signal, the result real, ``[..., 1]``, as ``numpy.fft.irfft``). Lowered as the direct O(n^2) sum per
+real signal, the result real, ``[..., 1]``, as ``numpy.fft.irfft``). ONNX STFT is imported as frames
+(a gather), the window (a product) and this DFT. mel_weight_matrix (ONNX MelWeightMatrix) is computed at
+import from its constant inputs. Lowered as the direct O(n^2) sum per
 output bin; cos and sin are taken of the angle reduced to its quarter turn, so multiples of a quarter
 turn are exact (a bin that is 0 in exact arithmetic stays 0) and large bins stay accurate.
 """
@@ -12,12 +14,15 @@ turn are exact (a bin that is 0 in exact arithmetic stays 0) and large bins stay
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from ..ir.types import TensorType
+from ..ir.types import TensorType, np_dtype
 from . import script
-from .base import OpError
+from .base import OpError, register
+from .shape_compute import _ImportOnly
 
 
 def _out_len(length: int, inverse: int, onesided: int) -> int:
@@ -92,3 +97,34 @@ def dft(x, out, *, axis, length, inverse=0, onesided=0):  # type: ignore[no-unty
         ys[o, k, e, 0] = script.cast(out.dtype, re * scale)
         if c_out == 2:
             ys[o, k, e, 1] = script.cast(out.dtype, im * scale)
+
+
+class MelWeightMatrix(_ImportOnly):
+    """ONNX MelWeightMatrix: the ``[dft_length // 2 + 1, num_mel_bins]`` matrix of triangular mel filters
+    (peak 1) between ``lower_edge_hertz`` and ``upper_edge_hertz``; five scalar inputs (num_mel_bins,
+    dft_length, sample_rate, lower and upper edge), ``attrs["dtype"]`` the result's. Computed at import."""
+
+    name = "mel_weight_matrix"
+
+    def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        raise self.error("its size depends on its input values: it needs constant inputs")
+
+    def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
+        bins, length, rate = (int(np.asarray(v).reshape(())) for v in inputs[:3])
+        lower, upper = (float(np.asarray(v).reshape(())) for v in inputs[3:])
+        mel_lo, mel_hi = (2595 * np.log10(1 + f / 700) for f in (lower, upper))
+        mels = np.arange(bins + 2) * ((mel_hi - mel_lo) / (bins + 2)) + mel_lo
+        edges = (((length + 1) * (700 * (10 ** (mels / 2595) - 1))) // rate).astype(int)
+        out = np.zeros((length // 2 + 1, bins))
+        for i in range(bins):
+            lo, mid, hi = edges[i : i + 3]
+            if mid == lo:
+                out[mid, i] = 1
+            else:
+                out[lo : mid + 1, i] = (np.arange(lo, mid + 1) - lo) / (mid - lo)
+            if hi > mid:
+                out[mid:hi, i] = (hi - np.arange(mid, hi)) / (hi - mid)
+        return [out.astype(np_dtype(str(attrs.get("dtype", "float32"))))]
+
+
+register(MelWeightMatrix())

@@ -112,6 +112,8 @@ STATIC_INPUTS: dict[str, set[int] | None] = {
     "NonMaxSuppression": {2, 3, 4},  # max_output_boxes_per_class, iou_threshold, score_threshold
     "DFT": {1, 2},  # dft_length, axis (opset 20)
     "Col2Im": {1, 2},
+    "STFT": {1, 3},  # frame_step, frame_length
+    "MelWeightMatrix": None,
     "MaxUnpool": {2},
     # the trip count and the initial condition: constants, so the loop unrolls (a run-time trip count makes it
     # a real loop, but test_loop11's scan output then has no compile-time size)
@@ -162,25 +164,6 @@ KNOWN_FAILURES: dict[str, str] = {
             "test_attention_4d_gqa_with_past_and_present_fp16_expanded",
         ),
         "float16 rounding: ONNX's reference rounds each step to float16, kiln computes in float32 (2+ ulp apart)",
-    ),
-    **dict.fromkeys(
-        ("test_melweightmatrix",),
-        "kiln does not import MelWeightMatrix yet",
-    ),
-    **dict.fromkeys(
-        (
-            "test_stft",
-            "test_stft_with_window",
-        ),
-        "kiln does not import STFT yet",
-    ),
-    **dict.fromkeys(
-        (
-            "test_tensorscatter",
-            "test_tensorscatter_3d",
-            "test_tensorscatter_circular",
-        ),
-        "kiln does not import TensorScatter yet",
     ),
 }
 

@@ -74,6 +74,9 @@ ALWAYS_COMPILED = {
     "DeformConv",
     "Loop",
     "Scan",
+    "STFT",
+    "MelWeightMatrix",
+    "TensorScatter",
 }
 
 
