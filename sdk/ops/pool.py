@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from ..ir import tensor as T
-from ..ir.types import TensorType
+from ..ir.types import TensorType, is_float
 from .base import LowerContext, OpDef, limit_value, nan_max, register
+from .reduce import vector_reduce
 from .schedule import schedule_for
 
 
@@ -298,6 +299,17 @@ class GlobalAvgPool2D(OpDef):
 
         def chan(i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
             idx = (i, j, *([T.IntImm(0)] * (x.ndim - 2)))
+            if hw >= 2 * ctx.lanes and is_float(x.dtype):  # a channel's plane in vector partial sums
+                return vector_reduce(
+                    ctx.name,
+                    hw,
+                    x.dtype,
+                    ctx.lanes,
+                    0.0,
+                    lambda a, b: a + b,
+                    lambda k: xf[i, j, k],
+                    lambda s: T.Store(of, (i, j), ctx.apply_epilogue(s[0] * (1.0 / hw), idx, i * c + j)),
+                )
             return T.Allocate(
                 acc,
                 T.seq(

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..ir import tensor as T
-from ..ir.types import TensorType
+from ..ir.types import TensorType, is_float
 from .base import LowerContext, OpDef, limit_value, nan_max, normalize_axis, register, unflatten
 
 Index = tuple[T.Expr, ...]
@@ -73,6 +73,10 @@ class Reduce(OpDef):
     def combine(self, acc: T.Expr, x: T.Expr) -> T.Expr:
         return acc + x
 
+    def merge(self, a: T.Expr, b: T.Expr) -> T.Expr:
+        """Two partial results combined (the vector path's partial accumulators): a sum unless overridden."""
+        return a + b
+
     def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
         raise NotImplementedError
 
@@ -102,6 +106,27 @@ class Reduce(OpDef):
         def finish(idx: Index, acc: T.Buffer) -> T.Stmt:
             oidx = tuple(idx[d] for d in range(x.ndim) if keep or d not in axes)
             return T.Store(out, oidx, ctx.apply_epilogue(self.final(acc[0], count), oidx, None))
+
+        tail = axes == list(range(x.ndim - len(axes), x.ndim))
+        if tail and is_float(x.dtype) and count >= 2 * ctx.lanes:  # one contiguous run per output: SIMD
+            kept = x.shape[: x.ndim - len(axes)]
+            xf = x.with_(shape=(int(np.prod(kept)), count), strides=())
+
+            def run(r: T.Expr) -> T.Stmt:
+                idx = (*unflatten(r, kept), *[T.IntImm(0)] * len(axes))
+                return vector_reduce(
+                    ctx.name,
+                    count,
+                    x.dtype,
+                    ctx.lanes,
+                    limit_value(self.init, x.dtype),
+                    self.combine,
+                    lambda j: xf[r, j],
+                    lambda acc: finish(idx, acc),
+                    merge=self.merge,
+                )
+
+            return T.loop_or_once(xf.shape[0], run, name=f"{ctx.name}_k")
 
         return reduce_nest(
             ctx.name,
@@ -151,6 +176,9 @@ class ReduceMax(Reduce):
 
     def combine(self, acc: T.Expr, x: T.Expr) -> T.Expr:
         return nan_max(acc, x)
+
+    def merge(self, a: T.Expr, b: T.Expr) -> T.Expr:
+        return nan_max(a, b)
 
     def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
         return np.max(x, axis=axes, keepdims=keepdims)
@@ -280,6 +308,7 @@ def vector_reduce(
     combine: Callable[[T.Expr, T.Expr], T.Expr],
     term: Callable[[T.Expr], T.Expr],
     then: Callable[[T.Buffer], T.Stmt],
+    merge: Callable[[T.Expr, T.Expr], T.Expr] | None = None,
 ) -> T.Stmt:
     """``s = init; for j < n: s = combine(s, term(j))``, then ``then(s)`` (read the result as ``s[0]``), in
     vector registers: ``combine`` must be associative and commutative, and ``term(j)`` should read at unit
@@ -287,7 +316,9 @@ def vector_reduce(
 
     Partial results of 1, 2 or 4 vectors of ``lanes`` (a small local scratch of ``width`` elements) take
     ``width`` consecutive terms per step; the last ``n % width`` terms go into the first partials; then the
-    partials are combined pairwise, halving the width each time (log2(width) steps, not ``width``)."""
+    partials are combined pairwise with ``merge`` (default ``combine``; a sum of squares accumulates
+    ``acc + x * x`` but merges ``a + b``), halving the width each time (log2(width) steps, not ``width``)."""
+    merge = merge or combine
     k = 1
     while k < MAX_PARTIAL_VECTORS and 2 * k * lanes <= n:
         k *= 2
@@ -315,7 +346,7 @@ def vector_reduce(
 
     def fold(src: T.Buffer, dst: T.Buffer, h: int) -> T.Stmt:
         return T.loop(
-            h, lambda i: T.Store(dst, (i,), combine(src[i], src[i + h])), name=f"{name}_h", kind="vectorized"
+            h, lambda i: T.Store(dst, (i,), merge(src[i], src[i + h])), name=f"{name}_h", kind="vectorized"
         )
 
     src, dst, m = part, half, width

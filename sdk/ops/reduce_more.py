@@ -28,6 +28,9 @@ class ReduceMin(Reduce):
     def combine(self, acc: T.Expr, x: T.Expr) -> T.Expr:
         return nan_min(acc, x)
 
+    def merge(self, a: T.Expr, b: T.Expr) -> T.Expr:
+        return nan_min(a, b)
+
     def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
         return np.min(x, axis=axes, keepdims=keepdims)
 
@@ -40,6 +43,9 @@ class ReduceProd(Reduce):
 
     def combine(self, acc: T.Expr, x: T.Expr) -> T.Expr:
         return acc * x
+
+    def merge(self, a: T.Expr, b: T.Expr) -> T.Expr:
+        return a * b
 
     def np_reduce(self, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
         return np.prod(x, axis=axes, keepdims=keepdims)

@@ -115,3 +115,44 @@ def test_lrn_planes(target: str, shape: tuple[int, ...], size: int, beta: float)
     for c in range(shape[1]):
         sq[:, c] = (x64[:, max(0, c - below) : c + above + 1] ** 2).sum(axis=1)
     np.testing.assert_allclose(got, x64 / (bias + alpha / size * sq) ** beta, rtol=2e-5, atol=1e-6)
+
+
+REDUCTIONS = {
+    "reduce_sum": lambda x, ax: x.sum(axis=ax),
+    "reduce_mean": lambda x, ax: x.mean(axis=ax),
+    "reduce_max": lambda x, ax: x.max(axis=ax),
+    "reduce_min": lambda x, ax: x.min(axis=ax),
+    "reduce_prod": lambda x, ax: x.prod(axis=ax),
+    "reduce_sum_square": lambda x, ax: (x * x).sum(axis=ax),
+    "reduce_l1": lambda x, ax: np.abs(x).sum(axis=ax),
+    "reduce_l2": lambda x, ax: np.sqrt((x * x).sum(axis=ax)),
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("op", sorted(REDUCTIONS))
+@pytest.mark.parametrize(("shape", "axes"), [((3, 37), (1,)), ((2, 4, 128), (2,)), ((2, 10, 20), (1, 2))])
+def test_reductions_over_trailing_axes(
+    target: str, op: str, shape: tuple[int, ...], axes: tuple[int, ...]
+) -> None:
+    rng = np.random.default_rng(len(op) + shape[-1])
+    x = (
+        rng.uniform(0.9, 1.1, shape).astype("f4")
+        if op == "reduce_prod"
+        else rng.standard_normal(shape).astype("f4")
+    )
+    if op in ("reduce_max", "reduce_min"):
+        x[0, -1] = np.nan  # a NaN anywhere in a run gives NaN
+    got = _run(target, lambda g, x: g.op(op, x, axes=axes, keepdims=0), x=x)
+    want = REDUCTIONS[op](x.astype(np.float64), axes).astype("f4")
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("shape", [(1, 8, 14, 14), (2, 3, 7, 9)])
+def test_global_avg_pool_planes(target: str, shape: tuple[int, ...]) -> None:
+    x = np.random.default_rng(shape[-1]).standard_normal(shape).astype("f4")
+    got = _run(target, lambda g, x: g.global_avg_pool2d(x), x=x)
+    np.testing.assert_allclose(
+        got, x.astype(np.float64).mean(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-6
+    )
