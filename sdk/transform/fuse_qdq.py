@@ -15,6 +15,7 @@ per tensor, and rewrites it to
 
     acc = op(xq, Wq', B)                       int32 accumulation of the 8-bit operands
     q = cast(clip(round(float(acc) * M) + yz, lo, hi))     one requantize, fused into op's epilogue
+                                                   (the rounding as float adds, _requantize)
 
 where ``M = xs * ws / ys`` (per output channel), the bias ``B`` is in accumulator units and absorbs the input
 zero point (``-xz * sum(Wq')`` per output channel; a convolution's padding reads ``xz`` through
@@ -42,6 +43,7 @@ from .pipeline import register_pass
 
 _RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 _LAYOUT = ("transpose", "reshape")
+_MAGIC = 1.5 * 2**23  # float32 values from 2**23 to 2**24 are the integers: adding it rounds to one
 
 
 @dataclass
@@ -273,13 +275,15 @@ def _two_operands(
 def _requantize(
     mk: _Maker, acc: Var, mult: np.ndarray, q: _Quantize, lo: float, hi: float, q_node: Node
 ) -> list[Node]:
-    """``cast(clip(round(float(acc) * mult) + zero point, lo, hi))`` into ``q_node``'s result."""
+    """``cast(clip(round(float(acc) * mult) + zero point, lo, hi))`` into ``q_node``'s result. The rounding
+    (half to even) is float32 arithmetic's own: adding ``1.5 * 2**23`` (plus the zero point) leaves no bits
+    for a fraction, and subtracting it back is exact (for results within +-2**22; beyond, the clip saturates
+    either way). Two operations where a ``round`` is a dozen."""
     name = q_node.outputs[0].name
     f = mk.node("cast", [acc], to="float32")
     f = mk.node("mul", [f, Constant(f"{name}_multiplier", mult)])
-    f = mk.node("round", [f])
-    if q.zero:
-        f = mk.node("add", [f, Constant(f"{name}_zero_point", np.array(q.zero, np.float32))])
+    f = mk.node("add", [f, Constant(f"{name}_round_zero_point", np.array(_MAGIC + q.zero, np.float32))])
+    f = mk.node("sub", [f, Constant(f"{name}_round", np.array(_MAGIC, np.float32))])
     f = mk.node("clip", [f], min=lo, max=hi)
     mk.nodes.append(Node("cast", (f,), q_node.outputs, {"to": q.dtype}, q_node.name))
     return mk.nodes
