@@ -20,10 +20,12 @@
 #include <time.h>
 #include <unistd.h>
 
-/* How long an idle worker polls for the next job before it sleeps (ns), and how many polls spin without
- * yielding the CPU first. Between the parallel loops of one run the gaps are short, so workers usually catch
- * the next job while polling; between runs they sleep. */
-#define KILN_THREADS_POLL_NS    200000
+/* How long an idle worker spins for the next job before it sleeps (ns; the clock is read every
+ * KILN_THREADS_SPIN_POLLS polls), and how many polls the caller spins for the last chunks before it yields
+ * its CPU between polls. Between the parallel loops of one run the gaps are short, so spinning workers
+ * take the next job at once (a woken one takes tens of microseconds, more on a busy machine); between
+ * runs they sleep. */
+#define KILN_THREADS_POLL_NS    300000
 #define KILN_THREADS_SPIN_POLLS 256
 /* Chunks per thread a job is cut into (more: better balance when threads are descheduled or uneven). */
 #define KILN_THREADS_CHUNKS 4
@@ -93,22 +95,14 @@ static void run_chunks(uint32_t gen) {
 
 /* Waits until the generation differs from `seen`; returns the new one. */
 static uint32_t wait_for_job(uint32_t seen) {
-  uint64_t deadline = 0;
-  for (uint32_t polls = 0;; ++polls) {
+  uint64_t deadline = now_ns() + KILN_THREADS_POLL_NS;
+  for (uint32_t polls = 1;; ++polls) {
     uint32_t g = (uint32_t)(atomic_load_explicit(&g_pool.work, memory_order_acquire) >> 32);
     if (g != seen) {
       return g;
     }
-    if (polls < KILN_THREADS_SPIN_POLLS) {
-      cpu_relax();
-      continue;
-    }
-    uint64_t t = now_ns();
-    if (deadline == 0) {
-      deadline = t + KILN_THREADS_POLL_NS;
-    }
-    if (t < deadline) {
-      (void)sched_yield();
+    cpu_relax();
+    if (polls % KILN_THREADS_SPIN_POLLS != 0 || now_ns() < deadline) {
       continue;
     }
     (void)pthread_mutex_lock(&g_pool.mutex);
