@@ -1375,3 +1375,26 @@ case(
     opset=24,
     attrs={"mode": "circular"},
 )
+case(
+    "max-roi-pool",
+    "MaxRoiPool",
+    [
+        ("x", _x(2, 3, 9, 8)),
+        (
+            "rois",
+            np.array([[0, 1, 1, 6, 7], [1, 0, 2.5, 7.4, 4], [1, 3, 3, 3, 3], [0, -2, -1, 20, 5]], np.float32),
+        ),
+    ],
+    "max_roi_pool",
+    opset=1,
+    attrs={"pooled_shape": [3, 2], "spatial_scale": 0.95},
+)
+case(
+    "global-lp-pool-p3",
+    "GlobalLpPool",
+    [("x", _x(2, 3, 4, 5))],
+    {"abs", "pow", "reduce_sum"},
+    opset=2,
+    attrs={"p": 3},
+    rtol=1e-4,
+)

@@ -2107,6 +2107,28 @@ def _tensor_scatter(
     )
 
 
+@converter("MaxRoiPool")
+def _max_roi_pool(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    pooled = tuple(int(d) for d in attrs["pooled_shape"])
+    scale = float(attrs.get("spatial_scale", 1.0))
+    return im.emit("max_roi_pool", [_a(ins, 0), _a(ins, 1)], outs, pooled_shape=pooled, spatial_scale=scale)
+
+
+@converter("GlobalLpPool")
+def _global_lp_pool(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    """``(sum over the spatial axes of |x|^p)^(1/p)``, kept as size 1."""
+    x = _a(ins, 0)
+    p, dt = float(attrs.get("p", 2)), x.type.dtype
+    t = im.emit("abs", [x], [im.tmp(outs[0])])[0]
+    t = im.emit("pow", [t, _scalar(im, p, dt)], [im.tmp(outs[0])])[0]
+    s = im.emit("reduce_sum", [t], [im.tmp(outs[0])], axes=tuple(range(2, x.type.ndim)), keepdims=1)[0]
+    return im.emit("pow", [s, _scalar(im, 1.0 / p, dt)], outs)
+
+
 # ---- quantization: integer kernels (int32 accumulation) with the requantize as a fused elementwise epilogue
 _Q_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
 

@@ -351,3 +351,79 @@ def roi_align(  # type: ignore[no-untyped-def]
                         out[r, c, ph, pw] = script.cast(out.dtype, acc / count)
                     else:
                         out[r, c, ph, pw] = script.cast(out.dtype, acc)
+
+
+# ---------------------------------------------------------------------------------------------- max_roi_pool
+def _roi_pool_infer(
+    x: TensorType, rois: TensorType, *, pooled_shape: tuple[int, int], spatial_scale: float = 1.0
+) -> TensorType:
+    if x.ndim != 4 or rois.ndim != 2 or rois.shape[1] != 5 or len(pooled_shape) != 2:
+        raise OpError(
+            f"max_roi_pool: expects X [N, C, H, W], rois [R, 5] (batch, x1, y1, x2, y2) and a 2-D pooled_shape, "
+            f"got {x}, {rois}, {pooled_shape}"
+        )
+    return TensorType((rois.shape[0], x.shape[1], int(pooled_shape[0]), int(pooled_shape[1])), x.dtype)
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def _roi_pool_reference(
+    x: np.ndarray, rois: np.ndarray, *, pooled_shape: tuple[int, int], spatial_scale: float = 1.0
+) -> np.ndarray:
+    _, c, h, w = x.shape
+    ph_n, pw_n = (int(d) for d in pooled_shape)
+    out = np.zeros((rois.shape[0], c, ph_n, pw_n), x.dtype)
+    for r in range(rois.shape[0]):
+        b = int(rois[r, 0])
+        x0, y0, x1, y1 = (
+            int(v) for v in _round_half_away(rois[r, 1:].astype(np.float32) * np.float32(spatial_scale))
+        )
+        bh = np.float32(max(y1 - y0 + 1, 1)) / np.float32(ph_n)
+        bw = np.float32(max(x1 - x0 + 1, 1)) / np.float32(pw_n)
+        for ph in range(ph_n):
+            hs = min(max(int(np.floor(np.float32(ph) * bh)) + y0, 0), h)
+            he = min(max(int(np.ceil(np.float32(ph + 1) * bh)) + y0, 0), h)
+            for pw in range(pw_n):
+                ws = min(max(int(np.floor(np.float32(pw) * bw)) + x0, 0), w)
+                we = min(max(int(np.ceil(np.float32(pw + 1) * bw)) + x0, 0), w)
+                if he > hs and we > ws:
+                    out[r, :, ph, pw] = x[b, :, hs:he, ws:we].max(axis=(1, 2))
+    return out
+
+
+@script.operator("max_roi_pool", infer=_roi_pool_infer, reference=_roi_pool_reference, flops_per_element=0)
+def max_roi_pool(x, rois, out, *, pooled_shape, spatial_scale=1.0):  # type: ignore[no-untyped-def]
+    """ONNX MaxRoiPool (Fast R-CNN's ROI pooling): each region (``rois[r] = batch, x1, y1, x2, y2`` in
+    input pixels times ``spatial_scale``, rounded half away from zero) split into ``pooled_shape`` bins, each
+    the maximum of the pixels it covers (0 for an empty bin)."""
+    h = x.shape[2]
+    w = x.shape[3]
+    ph_n = out.shape[2]
+    pw_n = out.shape[3]
+    for r in range(rois.shape[0]):
+        b = int(rois[r, 0])
+        vx0 = script.cast("float32", rois[r, 1]) * spatial_scale
+        vy0 = script.cast("float32", rois[r, 2]) * spatial_scale
+        vx1 = script.cast("float32", rois[r, 3]) * spatial_scale
+        vy1 = script.cast("float32", rois[r, 4]) * spatial_scale
+        x0 = int(script.select(vx0 >= 0.0, script.floor(vx0 + 0.5), -script.floor(0.5 - vx0)))
+        y0 = int(script.select(vy0 >= 0.0, script.floor(vy0 + 0.5), -script.floor(0.5 - vy0)))
+        x1 = int(script.select(vx1 >= 0.0, script.floor(vx1 + 0.5), -script.floor(0.5 - vx1)))
+        y1 = int(script.select(vy1 >= 0.0, script.floor(vy1 + 0.5), -script.floor(0.5 - vy1)))
+        bh = float(max(y1 - y0 + 1, 1)) / ph_n
+        bw = float(max(x1 - x0 + 1, 1)) / pw_n
+        for c, ph, pw in script.grid(x.shape[1], ph_n, pw_n):
+            hs = min(max(int(script.floor(ph * bh)) + y0, 0), h)
+            he = min(max(int(script.ceil((ph + 1) * bh)) + y0, 0), h)
+            ws = min(max(int(script.floor(pw * bw)) + x0, 0), w)
+            we = min(max(int(script.ceil((pw + 1) * bw)) + x0, 0), w)
+            best = 0.0
+            found = 0
+            for yy in range(hs, he):
+                for xx in range(ws, we):
+                    v = script.cast("float32", x[b, c, yy, xx])
+                    best = script.select(found == 0 or v > best, v, best)
+                    found = 1
+            out[r, c, ph, pw] = script.cast(out.dtype, best)

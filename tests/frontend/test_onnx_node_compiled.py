@@ -77,6 +77,8 @@ ALWAYS_COMPILED = {
     "STFT",
     "MelWeightMatrix",
     "TensorScatter",
+    "MaxRoiPool",
+    "GlobalLpPool",
 }
 
 
