@@ -30,17 +30,23 @@
 /* Chunks per thread a job is cut into (more: better balance when threads are descheduled or uneven). */
 #define KILN_THREADS_CHUNKS 4
 
+/* One job. Written by the caller before it publishes the job's generation, read by workers that may be
+ * late (a stale read is then discarded by their failed compare-and-swap), hence atomic, relaxed. */
+typedef struct {
+  _Atomic(kiln_parallel_body_fn) body;
+  _Atomic(void*) context;
+  _Atomic(int64_t) n;
+  _Atomic(int64_t) grain;
+} kiln_job_t;
+
 typedef struct {
   _Atomic(uint64_t) work; /* generation << 32 | next unclaimed iteration */
   _Atomic(int64_t) done;  /* iterations finished in this generation */
   _Atomic(int) busy;      /* a kiln_parallel_for call is running */
   _Atomic(int) stop;
-  /* the job: written by the caller before it publishes, read by workers racing with the next job's writes
-   * (a stale read is discarded by the failed compare-and-swap), hence atomic, relaxed */
-  _Atomic(kiln_parallel_body_fn) body;
-  _Atomic(void*) context;
-  _Atomic(int64_t) n;
-  _Atomic(int64_t) grain;
+  /* the job of generation g is jobs[g % 2]: the next job is written into the other slot, so while `work`
+   * still holds generation g (a late worker's compare-and-swap could still succeed), its job is unchanged */
+  kiln_job_t jobs[2];
   uint32_t threads;
   uint32_t sleepers;
   pthread_mutex_t mutex;
@@ -73,17 +79,16 @@ static void run_chunks(uint32_t gen) {
     if ((uint32_t)(w >> 32) != gen) {
       return;
     }
-    /* the job's fields are stable while its generation has unclaimed iterations (the caller cannot
-     * publish the next job before every iteration is done) */
-    int64_t n = atomic_load_explicit(&g_pool.n, memory_order_relaxed);
+    kiln_job_t* job = &g_pool.jobs[gen % 2];
+    int64_t n = atomic_load_explicit(&job->n, memory_order_relaxed);
     int64_t begin = (int64_t)(uint32_t)w;
     if (begin >= n) {
       return;
     }
-    int64_t grain = atomic_load_explicit(&g_pool.grain, memory_order_relaxed);
+    int64_t grain = atomic_load_explicit(&job->grain, memory_order_relaxed);
     int64_t end = begin + grain < n ? begin + grain : n;
-    kiln_parallel_body_fn body = atomic_load_explicit(&g_pool.body, memory_order_relaxed);
-    void* context = atomic_load_explicit(&g_pool.context, memory_order_relaxed);
+    kiln_parallel_body_fn body = atomic_load_explicit(&job->body, memory_order_relaxed);
+    void* context = atomic_load_explicit(&job->context, memory_order_relaxed);
     if (atomic_compare_exchange_weak_explicit(&g_pool.work, &w, ((uint64_t)gen << 32) | (uint64_t)end,
                                               memory_order_acq_rel, memory_order_acquire)) {
       body(context, begin, end);
@@ -207,10 +212,12 @@ void kiln_parallel_for(kiln_parallel_body_fn body, void* context, int64_t n) {
     return;
   }
   int64_t grain = n / ((int64_t)threads * KILN_THREADS_CHUNKS);
-  atomic_store_explicit(&g_pool.body, body, memory_order_relaxed);
-  atomic_store_explicit(&g_pool.context, context, memory_order_relaxed);
-  atomic_store_explicit(&g_pool.n, n, memory_order_relaxed);
-  atomic_store_explicit(&g_pool.grain, grain > 0 ? grain : 1, memory_order_relaxed);
+  uint32_t next = (uint32_t)(atomic_load_explicit(&g_pool.work, memory_order_relaxed) >> 32) + 1u;
+  kiln_job_t* job = &g_pool.jobs[next % 2];
+  atomic_store_explicit(&job->body, body, memory_order_relaxed);
+  atomic_store_explicit(&job->context, context, memory_order_relaxed);
+  atomic_store_explicit(&job->n, n, memory_order_relaxed);
+  atomic_store_explicit(&job->grain, grain > 0 ? grain : 1, memory_order_relaxed);
   atomic_store_explicit(&g_pool.done, 0, memory_order_relaxed);
   uint32_t gen = publish();
   t_in_chunk = 1;
