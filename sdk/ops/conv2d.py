@@ -6,9 +6,11 @@ convolutions use the input itself as ``col``; others build it in workspace scrat
 ``col`` holds a block of output rows at a time, at most ``col_block_bytes`` (512 KiB), so that it is still in the
 cache when the GEMM reads it back; each block is built and multiplied before the next.
 
-On targets with an OS, each block's im2col is a ``parallel`` loop over the rows of ``col`` and its GEMM
-splits its tiles over threads (:mod:`kiln.ops.gemm_kernel`); a depthwise convolution runs its channels in
-parallel, each with its own padded plane.
+On targets with an OS, a convolution of at least ``PARALLEL_MIN_BLOCKS`` (8) full blocks runs its blocks
+in parallel, each chunk building its own ``col`` (on its stack) and multiplying it; one of fewer blocks runs
+each block's im2col as a ``parallel`` loop over the rows of ``col`` and its GEMM splits its tiles over
+threads (:mod:`kiln.ops.gemm_kernel`). A depthwise convolution runs its channels in parallel, each with its
+own padded plane.
 
 The block size, the K from which im2col panels are packed, and the GEMM's tiles come from the instance's
 schedule record (sections ``conv2d`` and ``gemm`` of :class:`kiln.targets.schedule.Schedule`,
@@ -30,6 +32,9 @@ from ..targets.schedule import Conv2dSchedule
 from .base import LowerContext, OpDef, register, static_dims
 from .gemm_kernel import gemm, parallel_for
 from .schedule import schedule_for
+
+#: From this many full blocks of output rows, the blocks (im2col + GEMM) are the parallel loop.
+PARALLEL_MIN_BLOCKS = 8
 
 
 def rows_per_block(
@@ -137,13 +142,16 @@ class Conv2D(OpDef):
             if direct
             else T.Buffer(f"{ctx.name}_col", (kdim, rows * ow), x.dtype, scope="workspace")
         )
+        threads = parallel_for(ctx.target)
+        by_block = threads and not direct and oh // rows >= PARALLEL_MIN_BLOCKS
 
         def per_image_group(ni: T.LoopVar, gi: T.LoopVar) -> T.Stmt:
             c0 = gi * cg if g > 1 else T.IntImm(0)
             oc0 = gi * ocg if g > 1 else T.IntImm(0)
 
-            def block(y0: T.Expr, nrows: int) -> T.Stmt:
-                """Output rows ``y0 .. y0 + nrows``: im2col into ``col``, then the GEMM over its columns."""
+            def block(y0: T.Expr, nrows: int, own: bool = False) -> T.Stmt:
+                """Output rows ``y0 .. y0 + nrows``: im2col into ``col``, then the GEMM over its columns;
+                ``own``: with its own ``col`` (a chunk of the parallel loop over blocks)."""
 
                 def b_load(k: T.Expr, j: T.Expr) -> T.Expr:
                     return col[ni, c0 + k, j] if direct else col[k, j]
@@ -170,15 +178,26 @@ class Conv2D(OpDef):
                     # they are long (conv2d.pack_min_k). The input of a direct 1x1 convolution always is.
                     pack_b=direct or kdim >= sched.conv2d.pack_min_k,
                     schedule=sched.gemm,
-                    parallel=parallel_for(ctx.target),
+                    parallel=threads and not by_block,
                 )
                 if direct:
                     return mm
-                return T.seq(self._im2col(ctx, x, col, ni, c0, attrs, (kh, kw), (y0, nrows, ow)), mm)
+                rows_of = (y0, nrows, ow)
+                both = T.seq(
+                    self._im2col(ctx, x, col, ni, c0, attrs, (kh, kw), rows_of, not own and threads), mm
+                )
+                return T.Allocate(col, both) if own else both
 
             full, tail = divmod(oh, rows)
             blocks = (
-                T.loop(full, lambda yb: block(yb * rows, rows), name=f"{ctx.name}_yb") if full > 1 else None
+                T.loop(
+                    full,
+                    lambda yb: block(yb * rows, rows, own=by_block),
+                    name=f"{ctx.name}_yb",
+                    kind="parallel" if by_block else "serial",
+                )
+                if full > 1
+                else None
             )
             return T.seq(
                 blocks if full > 1 else block(T.IntImm(0), rows),
@@ -265,9 +284,11 @@ class Conv2D(OpDef):
         attrs: dict[str, Any],
         ksize: tuple[int, int],
         rows: tuple[T.Expr, int, int],
+        parallel: bool,
     ) -> T.Stmt:
         """``col[(c*KH + i)*KW + j, y*OW + z] = x[c0 + c, (y0 + y)*SH + i*DH - PT, z*SW + j*DW - PL]`` (zero
-        outside the input) for the ``nrows`` output rows from ``y0``; ``rows = (y0, nrows, OW)``."""
+        outside the input) for the ``nrows`` output rows from ``y0``; ``rows = (y0, nrows, OW)``; ``parallel``:
+        the rows of ``col`` split over threads."""
         (sh, sw), (pt, pl, _, _), (dh, dw), _ = _attrs(attrs)
         _, _, h, wd = x.shape
         kh, kw = ksize
@@ -291,7 +312,7 @@ class Conv2D(OpDef):
                 name=f"{ctx.name}_oy",
             )
 
-        if parallel_for(ctx.target):  # one loop over the rows of col, split over threads
+        if parallel:  # one loop over the rows of col, split over threads
             taps = kh * kw
             return T.loop(
                 cg * taps,

@@ -33,9 +33,12 @@ def _w(*shape: int) -> np.ndarray:
 
 
 def cnn() -> Module:
-    """A blocked 3x3 convolution (im2col rows and column tiles in parallel), a depthwise one (channels in
-    parallel, a padded plane each), a 1x1 one (column tiles of the whole image)."""
+    """A 3x3 convolution of two blocks (im2col rows and column tiles in parallel), a depthwise one (channels
+    in parallel, a padded plane each), a 1x1 one (column tiles of the whole image), and a 3x3 one of 20
+    blocks (the blocks in parallel, each with its own im2col scratch)."""
     g = GraphBuilder()
+    wide = g.input("wide", (1, 64, 60, 60))
+    g.output(g.conv2d(wide, g.const(_w(16, 64, 3, 3)), pads=(1, 1, 1, 1)), "blocks")
     x = g.input("x", (2, 16, 40, 40))
     y = g.relu(g.conv2d(x, g.const(_w(48, 16, 3, 3)), g.const(_w(48)), pads=(1, 1, 1, 1)))
     y = g.conv2d(y, g.const(_w(48, 1, 3, 3)), g.const(_w(48)), pads=(1, 1, 1, 1), groups=48)
