@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
+from onnx import TensorProto, helper, numpy_helper
 
 import kiln
 from kiln.driver import compile_module
@@ -185,3 +188,39 @@ def test_bare_metal_firmware_has_no_thread_code(tmp_path: Path) -> None:
     assert any(n.endswith("_entry") for n in names)  # the symbol table is the model's
     threads = sorted(n for n in names if "pthread" in n or "parallel" in n or n.startswith("kiln_threads"))
     assert threads == []
+
+
+def _kiln(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_cli_threads(tmp_path: Path) -> None:
+    """kiln compile --threads stores the default; run --threads gives NumPy's result; bench --threads is a
+    one-line error for a farm device and for a bad count."""
+    w = _w(64, 40)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["y"])],
+        "mm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [30, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(model))
+    pkg_path = tmp_path / "m.kpkg"
+    r = _kiln("compile", str(model), "-t", "x86_64-linux", "--threads", "2", "-o", str(pkg_path))
+    assert r.returncode == 0, r.stderr
+    assert Package.load(pkg_path).manifest["threads"] == 2
+    x = RNG.standard_normal((30, 64)).astype("f4")
+    np.save(tmp_path / "a.npy", x)
+    out = tmp_path / "out"
+    r = _kiln("run", str(pkg_path), "--input", f"a={tmp_path / 'a.npy'}", "--threads", "3", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    want = x.astype("f8") @ w.astype("f8")
+    np.testing.assert_allclose(np.load(out / "y.npy"), want, rtol=1e-5, atol=1e-5)
+    r = _kiln("bench", str(pkg_path), "--random-inputs", "--threads", "2", "--tracker", "127.0.0.1:1")
+    assert r.returncode == 1 and "--threads applies to runners on this host" in r.stderr
+    r = _kiln("bench", str(pkg_path), "--random-inputs", "--threads", "-1")
+    assert r.returncode == 1 and "threads must be a whole number from 0" in r.stderr
