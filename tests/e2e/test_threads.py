@@ -118,9 +118,10 @@ def test_parallel_loops_shorter_than_the_pool_match_the_reference() -> None:
 
 
 @pytest.mark.slow
-def test_threads_under_qemu_user_match_the_reference() -> None:
+@pytest.mark.parametrize("target", ["aarch64-linux", "armv7-linux"])  # armv7: 32-bit loop indices
+def test_threads_under_qemu_user_match_the_reference(target: str) -> None:
     mod = cnn()
-    _check(kiln.compile(mod, "aarch64-linux"), mod, _feed(mod), 3, timeout=None)
+    _check(kiln.compile(mod, target), mod, _feed(mod), 3, timeout=None)
 
 
 def _tasks(session: object) -> int:
