@@ -151,25 +151,24 @@ def nan_max(a: T.Expr, b: T.ExprLike) -> T.Expr:
     """``max(a, b)`` with IEEE 754-2019 ``maximum`` semantics for floats: NaN if either operand is NaN (as
     NumPy's ``np.maximum``), so a NaN is never lost in a relu, clip, max-pool or max reduction.
 
-    Against a constant that is not NaN (relu's 0, clip's bounds) one ordered compare is enough:
-    ``a < b ? b : a`` keeps a NaN ``a`` (the compare is false) and is a single ``maxps``-like instruction;
-    two run-time operands take ``a == a ? max(a, b) : a`` (``max`` itself gives ``b`` when either is NaN)."""
+    ``a < b ? b : a`` keeps a NaN ``a`` (the ordered compare is false) and is one ``maxps``-like instruction;
+    that is all it takes against a constant that is not NaN (relu's 0, clip's bounds). Otherwise a NaN ``b``
+    is passed on by a check of ``b`` alone: an accumulator goes first (``nan_max(acc, x)``), so that check is
+    not on the accumulator's dependency chain (a check of ``a`` would put a compare before every max)."""
     if not a.dtype.startswith("float"):
         return T.maximum(a, b)
-    if _plain_number(b):
-        c = T.const(b, a.dtype)
-        return T.select(a < c, c, a)
-    return T.select(a.eq(a), T.maximum(a, b), a)
+    c = T.const(b, a.dtype)
+    m = T.select(a < c, c, a)
+    return m if _plain_number(b) else T.select(c.eq(c), m, c)
 
 
 def nan_min(a: T.Expr, b: T.ExprLike) -> T.Expr:
-    """``min(a, b)``, NaN if either operand is NaN (see :func:`nan_max`)."""
+    """``min(a, b)``, NaN if either operand is NaN (see :func:`nan_max`; ``a > b ? b : a``)."""
     if not a.dtype.startswith("float"):
         return T.minimum(a, b)
-    if _plain_number(b):
-        c = T.const(b, a.dtype)
-        return T.select(a > c, c, a)
-    return T.select(a.eq(a), T.minimum(a, b), a)
+    c = T.const(b, a.dtype)
+    m = T.select(a > c, c, a)
+    return m if _plain_number(b) else T.select(c.eq(c), m, c)
 
 
 def limit_value(value: float, dtype: str) -> float | int:
