@@ -1,5 +1,5 @@
 """Single-kernel speed, kiln vs onnxruntime, one thread: the convolutions and matmuls of the benchmark models and
-the glue around them (softmax of attention, max pooling, LRN, layer norm, GELU).
+the glue around them (softmax of attention, max and average pooling, LRN, layer norm, GELU).
 
     python benchmarks/kernels.py [--target native] [--cases softmax,maxpool] [--no-cold]
 
@@ -133,6 +133,13 @@ def maxpool_model(c: int, hw: int, k: int, s: int, p: int) -> onnx.ModelProto:
     return _model([node], [("x", [1, c, hw, hw])], [])
 
 
+def avgpool_model(c: int, hw: int, k: int, s: int, p: int) -> onnx.ModelProto:
+    node = helper.make_node(
+        "AveragePool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4, count_include_pad=1
+    )
+    return _model([node], [("x", [1, c, hw, hw])], [])
+
+
 def lrn_model(c: int, hw: int, size: int) -> onnx.ModelProto:
     node = helper.make_node("LRN", ["x"], ["y"], size=size, alpha=1e-4, beta=0.75, bias=1.0)
     return _model([node], [("x", [1, c, hw, hw])], [])
@@ -169,6 +176,7 @@ def cases() -> list[tuple[str, onnx.ModelProto]]:
         ("softmax 12x197x197", softmax_model([12, 197, 197])),
         ("maxpool 64x112x112 k3s2p1", maxpool_model(64, 112, 3, 2, 1)),
         ("maxpool 96x55x55 k3s2", maxpool_model(96, 55, 3, 2, 0)),
+        ("avgpool 256x28x28 k3s1p1", avgpool_model(256, 28, 3, 1, 1)),
         ("lrn 96x55x55 size5", lrn_model(96, 55, 5)),
         ("layernorm 128x384", layernorm_model(128, 384)),
         ("layernorm 197x768", layernorm_model(197, 768)),

@@ -3,8 +3,8 @@
 ``attrs``: ``kernel=(kh, kw)``, ``strides``, ``pads=(top, left, bottom, right)``, ``ceil_mode`` (0/1),
 ``dilations``, ``count_include_pad`` (avg only; ONNX default 0: padding is not counted).
 
-max_pool2d works a row at a time in unit-stride SIMD loops with no bounds check per tap
-(:func:`_max_pool_rows`). For avg_pool2d, the schedule record's ``pool`` section
+max_pool2d and float avg_pool2d work a row at a time in unit-stride SIMD loops with no bounds check per tap
+(:func:`_pool_rows`). For an integer avg_pool2d, the schedule record's ``pool`` section
 (:func:`kiln.ops.schedule.schedule_for`) can mark the loop over an output row ``vectorized`` and the loops over a
 window's taps ``unrolled``; by default both are serial.
 """
@@ -115,8 +115,8 @@ class Pool2D(OpDef):
         if not self.is_max:
             canonical["count_include_pad"] = int(include_pad)
         sched = schedule_for(ctx, self.name, ins, canonical).pool
-        if self.is_max:
-            return _max_pool_rows(ctx, x, out, (kh, kw), (sh, sw), p, (dh, dw))
+        if self.is_max or is_float(x.dtype):
+            return _pool_rows(ctx, x, out, (kh, kw), (sh, sw), p, (dh, dw), self.is_max, include_pad)
         taps_kind = "unrolled" if sched.unroll_taps else "serial"
 
         def pixel(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
@@ -127,8 +127,6 @@ class Pool2D(OpDef):
                 iy, ix = y0 + a * dh, x0 + b * dw
                 inside = T.logical_and(iy >= 0, iy < h, ix >= 0, ix < w)
                 v = x[n, c, T.minimum(T.maximum(iy, 0), h - 1), T.minimum(T.maximum(ix, 0), w - 1)]
-                if self.is_max:
-                    return T.Store(acc, zero, T.select(inside, nan_max(acc[0], v), acc[0]))
                 counted = (
                     T.logical_and(iy >= -p[0], iy < h + p[2], ix >= -p[1], ix < w + p[3])
                     if include_pad
@@ -147,10 +145,6 @@ class Pool2D(OpDef):
                 name=f"{ctx.name}_ky",
                 kind=taps_kind,
             )
-            if self.is_max:
-                init = T.Store(acc, zero, T.const(limit_value(-float("inf"), x.dtype), x.dtype))
-                body = T.seq(init, taps, T.Store(out, idx, ctx.apply_epilogue(acc[0], idx, None)))
-                return T.Allocate(acc, body)
             body = T.seq(
                 T.Store(acc, zero, T.const(0.0, x.dtype)),
                 T.Store(cnt, zero, T.const(0.0, x.dtype)),
@@ -164,7 +158,7 @@ class Pool2D(OpDef):
         )
 
 
-def _max_pool_rows(
+def _pool_rows(
     ctx: LowerContext,
     x: T.Buffer,
     out: T.Buffer,
@@ -172,21 +166,26 @@ def _max_pool_rows(
     s: tuple[int, int],
     p: tuple[int, int, int, int],
     d: tuple[int, int],
+    is_max: bool,
+    include_pad: bool,
 ) -> T.Stmt:
-    """Max pooling one output row at a time, in unit-stride (SIMD) loops without bounds checks per tap:
+    """Max or average pooling one output row at a time, in unit-stride (SIMD) loops without bounds checks per
+    tap:
 
-    1. ``row[p_left + ix] = max over the window's kh input rows of x[.., iy, ix]`` for every input column (a
-       row outside the input contributes -inf; whether it is outside depends on the output row only);
-    2. ``win[i] = max over b < kw of row[i + b * dw]``: the horizontal max at every padded column, read from
-       ``row`` whose left and right padding hold -inf (written once);
-    3. ``out[ox] = win[ox * sw]``: straight from step 2 when ``sw == 1``, else a strided copy.
+    1. ``row[p_left + ix] = reduce over the window's kh input rows of x[.., iy, ix]`` for every input column (a
+       row outside the input contributes -inf or 0; whether it is outside depends on the output row only);
+    2. ``win[i] = reduce over b < kw of row[i + b * dw]`` at every padded column, read from ``row`` whose left
+       and right padding hold -inf or 0 (written once);
+    3. ``out[ox] = win[ox * sw]`` (an average divided by the taps counted: rows counted for this output row
+       times columns counted for this column); straight from step 2 when ``sw == 1``, else a strided loop.
 
-    Padding never wins (-inf, as in the reference); NaN wins (``nan_max``)."""
+    Padding never wins a max (-inf, as in the reference); NaN wins (``nan_max``)."""
     (kh, kw), (sh, sw), (dh, dw) = k, s, d
     _, _, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     dt = x.dtype
-    low = T.const(limit_value(-float("inf"), dt), dt)
+    low = T.const(limit_value(-float("inf"), dt), dt) if is_max else T.const(0.0, dt)
+    one = T.const(1.0, dt)
     span = (ow - 1) * sw + 1  # padded columns where a window starts
     wp = max(p[1] + w, span + (kw - 1) * dw)
     row = T.Buffer(f"{ctx.name}_row", (wp,), dt, scope="workspace")
@@ -202,11 +201,26 @@ def _max_pool_rows(
     def fold(values: list[T.Expr]) -> T.Expr:
         acc = values[0]
         for v in values[1:]:
-            acc = nan_max(acc, v)
+            acc = nan_max(acc, v) if is_max else acc + v
         return acc
+
+    def counted(i: T.Expr, size: int, before: int, after: int) -> T.Expr:
+        """1 if input coordinate ``i`` counts towards an average, else 0."""
+        lo, hi = (-before, size + after) if include_pad else (0, size)
+        return T.select(T.logical_and(i >= lo, i < hi), one, T.const(0.0, dt))
 
     def out_row(n: T.LoopVar, c: T.LoopVar, oy: T.LoopVar) -> T.Stmt:
         y0 = oy * sh - p[0]
+        rows_counted = fold([counted(y0 + a * dh, h, p[0], p[2]) for a in range(kh)]) if not is_max else one
+
+        def result(ox: T.Expr, value: T.Expr) -> T.Stmt:
+            if not is_max:
+                x0 = ox * sw - p[1]
+                cols = counted(x0, w, p[1], p[3])
+                for b in range(1, kw):
+                    cols = cols + counted(x0 + b * dw, w, p[1], p[3])
+                value = value / (rows_counted * cols)
+            return T.Store(out, (n, c, oy, ox), ctx.apply_epilogue(value, (n, c, oy, ox), None))
 
         def vertical(ix: T.LoopVar) -> T.Stmt:
             taps = []
@@ -216,28 +230,17 @@ def _max_pool_rows(
                 taps.append(T.select(inside, x[n, c, T.minimum(T.maximum(iy, 0), h - 1), ix], low))
             return T.Store(row, (p[1] + ix,), fold(taps))
 
-        def horizontal(i: T.LoopVar) -> T.Expr:
+        def horizontal(i: T.Expr) -> T.Expr:
             return fold([row[i + b * dw] for b in range(kw)])
 
         rows = T.loop(w, vertical, name=f"{ctx.name}_v", kind="vectorized")
         if sw == 1:
-            write = T.loop(
-                ow,
-                lambda ox: T.Store(
-                    out, (n, c, oy, ox), ctx.apply_epilogue(horizontal(ox), (n, c, oy, ox), None)
-                ),
-                name=f"{ctx.name}_o",
-                kind="vectorized",
-            )
+            write = T.loop(ow, lambda ox: result(ox, horizontal(ox)), name=f"{ctx.name}_o", kind="vectorized")
             return T.seq(rows, write)
         cols = T.loop(
             span, lambda i: T.Store(win, (i,), horizontal(i)), name=f"{ctx.name}_h", kind="vectorized"
         )
-        write = T.loop(
-            ow,
-            lambda ox: T.Store(out, (n, c, oy, ox), ctx.apply_epilogue(win[ox * sw], (n, c, oy, ox), None)),
-            name=f"{ctx.name}_o",
-        )
+        write = T.loop(ow, lambda ox: result(ox, win[ox * sw]), name=f"{ctx.name}_o")
         return T.seq(rows, cols, write)
 
     nest = T.loop(

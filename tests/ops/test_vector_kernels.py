@@ -156,3 +156,36 @@ def test_global_avg_pool_planes(target: str, shape: tuple[int, ...]) -> None:
     np.testing.assert_allclose(
         got, x.astype(np.float64).mean(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("include_pad", [0, 1])
+@pytest.mark.parametrize(
+    ("shape", "k", "s", "p", "ceil"),
+    [((1, 8, 35, 35), 3, 1, 1, 0), ((1, 4, 56, 56), 3, 2, 1, 0), ((1, 2, 30, 41), 2, 2, 1, 1)],
+)
+def test_avg_pool_rows(
+    target: str, include_pad: int, shape: tuple[int, ...], k: int, s: int, p: int, ceil: int
+) -> None:
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype("f4")
+    got = _run(
+        target,
+        lambda g, x: g.avg_pool2d(
+            x, kernel=(k, k), strides=(s, s), pads=(p,) * 4, ceil_mode=ceil, count_include_pad=include_pad
+        ),
+        x=x,
+    )
+    h, w = shape[2:]
+    out_hw = [(-(-(n + 2 * p - k) // s) if ceil else (n + 2 * p - k) // s) + 1 for n in (h, w)]
+    out_hw = [o - 1 if (o - 1) * s >= n + p else o for o, n in zip(out_hw, (h, w), strict=True)]  # ONNX: no
+    # window may start in the trailing padding
+    extra = k + s  # zeros past the trailing padding, so every window can be sliced
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p + extra), (p, p + extra)))
+    inside = np.pad(np.ones((h, w)), ((p, p + extra), (p, p + extra)))
+    padded = np.pad(np.ones((h + 2 * p, w + 2 * p)), ((0, extra), (0, extra)))  # input and its padding
+    weight = padded if include_pad else inside
+    oh, ow = out_hw
+    total = sum(xp[:, :, a : a + s * oh : s, b : b + s * ow : s] for a in range(k) for b in range(k))
+    count = sum(weight[a : a + s * oh : s, b : b + s * ow : s] for a in range(k) for b in range(k))
+    assert got.shape == (*shape[:2], oh, ow)
+    np.testing.assert_allclose(got, total / count, rtol=1e-5, atol=1e-6)
