@@ -28,7 +28,7 @@
 #define KILN_THREADS_POLL_NS    300000
 #define KILN_THREADS_SPIN_POLLS 256
 /* Chunks per thread a job is cut into (more: better balance when threads are descheduled or uneven). */
-#define KILN_THREADS_CHUNKS 4
+#define KILN_THREADS_CHUNKS 8
 
 /* One job. Written by the caller before it publishes the job's generation, read by workers that may be
  * late (a stale read is then discarded by their failed compare-and-swap), hence atomic, relaxed. */

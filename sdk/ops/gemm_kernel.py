@@ -16,12 +16,12 @@ wide ``B``: there is no reuse of ``B`` to tile for, and the run time is the time
 rows are then computed together over blocks of ``stream_columns`` (512) columns, each ``k`` step reading one
 contiguous stretch of a row of ``B`` (the order that memory prefetchers stream at full bandwidth).
 
-With ``parallel`` (targets with an OS, :func:`parallel_for`), the outermost tile loop is a ``parallel`` loop
-(run on the runtime's thread pool, chunks of its iterations per thread): over the column tiles when there
-are at least ``PARALLEL_MIN_COLUMN_TILES`` (8) of them or no fewer than row tiles (each iteration packs its own
-panel, on its own stack), else over groups of row tiles (at most ``PARALLEL_MAX_ROW_GROUPS``, 16; each group
-packs the panels it reads). The tail row or column tiles are taken by the last iteration. The streaming
-form runs its column blocks in parallel.
+With ``parallel`` (targets with an OS, :func:`parallel_for`), the tiles are one ``parallel`` loop (run on the
+runtime's thread pool, chunks of its iterations per thread) over pairs of a column tile and a group of row
+tiles: one group when there are at least ``PARALLEL_MIN_ITERATIONS`` (16) column tiles, else as many groups
+as make 16 iterations (at most one per row tile). Each iteration packs its own panel (on its own stack)
+when its group has enough row tiles to reuse it; the last group also takes the tail rows, and iterations of
+the tail column tile their own edge loop nest. The streaming form runs its column blocks in parallel.
 
 Every size and threshold above is a field of the ``gemm`` section of a schedule record
 (:class:`kiln.targets.schedule.GemmSchedule`: ``mr``, ``nr``, ``pack``, ``pack_min_row_tiles``, ``pack_min_k``,
@@ -42,10 +42,8 @@ from ..targets.schedule import GemmSchedule, default_schedule
 Load2 = Callable[[T.Expr, T.Expr], T.Expr]
 Store2 = Callable[[T.Expr, T.Expr, T.Expr], T.Stmt]
 
-#: Split over column tiles when there are at least this many (else over row tiles, if there are more).
-PARALLEL_MIN_COLUMN_TILES = 8
-#: At most this many groups of row tiles when splitting over rows (each group packs the panels it reads).
-PARALLEL_MAX_ROW_GROUPS = 16
+#: The parallel loop has at least this many iterations where the tiles allow (for balance over threads).
+PARALLEL_MIN_ITERATIONS = 16
 
 
 def parallel_for(target: Target | None) -> bool:
@@ -94,31 +92,39 @@ def gemm(
     def tiles(mp: tuple[int, int, int], np_: tuple[int, int, int], **where: Any) -> T.Stmt:
         return _tiles(name, *mp, *np_, k, a, b, store, dtype, init, pack_b, s, **where)
 
-    n_tiles, m_tiles = n_full + len(n_parts) - 1, m_full + len(m_parts) - 1
-    if parallel and n_tiles >= 2 and (n_tiles >= PARALLEL_MIN_COLUMN_TILES or n_tiles >= m_tiles):
+    n_tiles = n_full + len(n_parts) - 1
+    groups = 1  # groups of full row tiles: enough that column tiles x groups >= PARALLEL_MIN_ITERATIONS
+    if n_tiles < PARALLEL_MIN_ITERATIONS and m_full >= 2:
+        groups = min(m_full, -(-PARALLEL_MIN_ITERATIONS // n_tiles))
+    per = -(-m_full // groups) if m_full else 0  # row tiles per group
+    groups = -(-m_full // per) if m_full else 1
+    if parallel and n_tiles * groups >= 2:
+        full_rows = m_parts[0] if m_full else None
+        tail_rows = m_parts[-1] if m_tail else None
 
-        def column(no: T.LoopVar) -> T.Stmt:  # one column tile, every row
-            full = T.seq(*(tiles(mp, n_parts[0], column=no) for mp in m_parts))
+        def item(t: T.LoopVar) -> T.Stmt:  # column tile t // groups, row group t % groups
+            no: T.Expr = t // groups if groups > 1 else t
+            g: T.Expr = t % groups if groups > 1 else T.IntImm(0)
+
+            def rows_of(np_: tuple[int, int, int], col: T.Expr) -> T.Stmt:
+                parts: list[T.Stmt] = []
+                if full_rows is not None and groups > 1:
+                    first = g * per
+                    count = T.minimum(per, m_full - first) if m_full % per else T.IntImm(per)
+                    parts.append(tiles(full_rows, np_, rows=(first, count, per), column=col))
+                elif full_rows is not None:
+                    parts.append(tiles(full_rows, np_, column=col))
+                if tail_rows is not None:  # the last group takes the tail rows
+                    tail = tiles(tail_rows, np_, column=col)
+                    parts.append(T.IfThenElse(g.eq(groups - 1), tail) if groups > 1 else tail)
+                return T.seq(*parts)
+
+            full = rows_of(n_parts[0], no)
             if len(n_parts) == 1:
                 return full
-            tail = T.seq(*(tiles(mp, n_parts[1], column=T.IntImm(0)) for mp in m_parts))
-            return T.IfThenElse(no < n_full, full, tail)
+            return T.IfThenElse(no < n_full, full, rows_of(n_parts[1], T.IntImm(0)))
 
-        return T.loop(n_tiles, column, name=f"{name}_pn", kind="parallel")
-    if parallel and m_full >= 2:
-        per = -(-m_full // min(m_full, PARALLEL_MAX_ROW_GROUPS))  # row tiles per group
-        groups = -(-m_full // per)
-
-        def group(g: T.LoopVar) -> T.Stmt:  # a group of full row tiles, every column; the last: the tail rows
-            first = g * per
-            count = T.minimum(per, m_full - first) if m_full % per else T.IntImm(per)
-            full = T.seq(*(tiles(m_parts[0], np_, rows=(first, count, per)) for np_ in n_parts))
-            if len(m_parts) == 1:
-                return full
-            tail = T.seq(*(tiles(m_parts[1], np_) for np_ in n_parts))
-            return T.seq(full, T.IfThenElse(g.eq(groups - 1), tail))
-
-        return T.loop(groups, group, name=f"{name}_pm", kind="parallel")
+        return T.loop(n_tiles * groups, item, name=f"{name}_par", kind="parallel")
     return T.seq(*(tiles(mp, np_) for mp in m_parts for np_ in n_parts))
 
 

@@ -6,7 +6,7 @@
  * emit such loops as ordinary serial loops and do not link this file: a firmware image has no thread code.
  *
  * One pool per process, started by kiln_threads_start (the Linux runner does it once, before serving).
- * kiln_parallel_for cuts [0, n) into chunks of about n / (4 * threads) iterations, wakes the workers, and
+ * kiln_parallel_for cuts [0, n) into chunks of about n / (8 * threads) iterations, wakes the workers, and
  * the calling thread and every worker that is awake claim chunks from one atomic counter until none is
  * left; the call returns when every iteration is done. No lock is held while chunks run, and the caller
  * waits only for chunks already claimed: a worker that is asleep or descheduled when the call starts finds
