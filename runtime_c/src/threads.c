@@ -15,17 +15,18 @@
 #include "kiln/threads.h"
 
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
 
-/* How long an idle worker spins for the next job before it sleeps (ns; the clock is read every
- * KILN_THREADS_SPIN_POLLS polls), and how many polls the caller spins for the last chunks before it yields
- * its CPU between polls. Between the parallel loops of one run the gaps are short, so spinning workers
- * take the next job at once (a woken one takes tens of microseconds, more on a busy machine); between
- * runs they sleep. */
-#define KILN_THREADS_POLL_NS    300000
+/* How long an idle worker spins for the next job before it sleeps, and how long the caller spins for the
+ * last chunks before it sleeps until they are done (ns; the clock is read every KILN_THREADS_SPIN_POLLS
+ * polls). Between the parallel loops of one run the gaps are short, so spinning workers take the next job
+ * at once (a woken one takes tens of microseconds, more on a busy machine); between runs they sleep. A
+ * caller that sleeps leaves its core to a worker still running a chunk (on a machine with fewer free
+ * cores than threads, the worker may need it). */
+#define KILN_THREADS_POLL_NS    100000
+#define KILN_THREADS_WAIT_NS    20000
 #define KILN_THREADS_SPIN_POLLS 256
 /* Chunks per thread a job is cut into (more: better balance when threads are descheduled or uneven). */
 #define KILN_THREADS_CHUNKS 8
@@ -48,14 +49,18 @@ typedef struct {
    * still holds generation g (a late worker's compare-and-swap could still succeed), its job is unchanged */
   kiln_job_t jobs[2];
   uint32_t threads;
-  uint32_t sleepers;
+  uint32_t sleepers;   /* workers waiting on `wake` (under `mutex`) */
+  int caller_sleeping; /* the caller waits on `finished` (under `mutex`) */
   pthread_mutex_t mutex;
   pthread_cond_t wake;
+  pthread_cond_t finished;
   pthread_t workers[KILN_THREADS_MAX];
 } kiln_pool_t;
 
-static kiln_pool_t g_pool = {
-    .threads = 1, .mutex = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
+static kiln_pool_t g_pool = {.threads = 1,
+                             .mutex = PTHREAD_MUTEX_INITIALIZER,
+                             .wake = PTHREAD_COND_INITIALIZER,
+                             .finished = PTHREAD_COND_INITIALIZER};
 static _Thread_local int t_in_chunk;
 
 static void cpu_relax(void) {
@@ -92,7 +97,13 @@ static void run_chunks(uint32_t gen) {
     if (atomic_compare_exchange_weak_explicit(&g_pool.work, &w, ((uint64_t)gen << 32) | (uint64_t)end,
                                               memory_order_acq_rel, memory_order_acquire)) {
       body(context, begin, end);
-      atomic_fetch_add_explicit(&g_pool.done, end - begin, memory_order_release);
+      if (atomic_fetch_add_explicit(&g_pool.done, end - begin, memory_order_acq_rel) + (end - begin) == n) {
+        (void)pthread_mutex_lock(&g_pool.mutex); /* the last chunk: wake the caller if it sleeps */
+        if (g_pool.caller_sleeping) {
+          (void)pthread_cond_signal(&g_pool.finished);
+        }
+        (void)pthread_mutex_unlock(&g_pool.mutex);
+      }
       w = atomic_load_explicit(&g_pool.work, memory_order_acquire);
     }
   }
@@ -223,12 +234,24 @@ void kiln_parallel_for(kiln_parallel_body_fn body, void* context, int64_t n) {
   t_in_chunk = 1;
   run_chunks(gen);
   t_in_chunk = 0;
-  for (uint32_t polls = 0; atomic_load_explicit(&g_pool.done, memory_order_acquire) < n; ++polls) {
-    if (polls < KILN_THREADS_SPIN_POLLS) {
-      cpu_relax();
-    } else {
-      (void)sched_yield();
+  uint64_t deadline = 0;
+  for (uint32_t polls = 1; atomic_load_explicit(&g_pool.done, memory_order_acquire) < n; ++polls) {
+    cpu_relax();
+    if (polls % KILN_THREADS_SPIN_POLLS != 0) {
+      continue;
     }
+    uint64_t t = now_ns();
+    deadline = deadline == 0 ? t + KILN_THREADS_WAIT_NS : deadline;
+    if (t < deadline) {
+      continue;
+    }
+    (void)pthread_mutex_lock(&g_pool.mutex);
+    g_pool.caller_sleeping = 1;
+    while (atomic_load_explicit(&g_pool.done, memory_order_acquire) < n) {
+      (void)pthread_cond_wait(&g_pool.finished, &g_pool.mutex);
+    }
+    g_pool.caller_sleeping = 0;
+    (void)pthread_mutex_unlock(&g_pool.mutex);
   }
   atomic_store_explicit(&g_pool.busy, 0, memory_order_release);
 }
