@@ -58,7 +58,9 @@ class Loop(OpDef):
                     f"loop-carried value {k} starts as {have} and the body makes it {give}; kiln needs the "
                     "same shape and type in every iteration"
                 )
-        scans = [TensorType((max_trip or 0, *v.type.shape), v.type.dtype) for v in body.outputs[1 + carried :]]
+        scans = [
+            TensorType((max_trip or 0, *v.type.shape), v.type.dtype) for v in body.outputs[1 + carried :]
+        ]
         return [*inputs[2 : 2 + carried], *scans]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
