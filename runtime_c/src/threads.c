@@ -22,11 +22,12 @@
 /* How long an idle worker spins for the next job before it sleeps, and how long the caller spins for the
  * last chunks before it sleeps until they are done (ns; the clock is read every KILN_THREADS_SPIN_POLLS
  * polls). Between the parallel loops of one run the gaps are short, so spinning workers take the next job
- * at once (a woken one takes tens of microseconds, more on a busy machine); between runs they sleep. A
- * caller that sleeps leaves its core to a worker still running a chunk (on a machine with fewer free
- * cores than threads, the worker may need it). */
-#define KILN_THREADS_POLL_NS    100000
-#define KILN_THREADS_WAIT_NS    20000
+ * at once (a woken one takes tens of microseconds, more on a busy machine); between runs they sleep. The
+ * caller's budget covers a chunk of a typical loop (waking it costs as much as waking a worker); past it,
+ * it sleeps and leaves its core to the worker still running a chunk (on a machine with fewer free cores
+ * than threads, that worker may need it). */
+#define KILN_THREADS_POLL_NS    300000
+#define KILN_THREADS_WAIT_NS    500000
 #define KILN_THREADS_SPIN_POLLS 256
 /* Chunks per thread a job is cut into (more: better balance when threads are descheduled or uneven). */
 #define KILN_THREADS_CHUNKS 8
