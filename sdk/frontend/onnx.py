@@ -2316,6 +2316,20 @@ def _conv_integer(
     return [_zero_point_correction(im, acc, xz, sums.reshape(-1, *[1] * (acc.type.ndim - 2)), 1, outs)]
 
 
+def _float32_scales(im: _Importer, xs: Value, ws: Value, ys: Value, out: str) -> tuple[Value, Value, Value]:
+    """QLinearMatMul/QLinearConv scales given in float16 or bfloat16: ONNX defines the result as the exact
+    integer product times ``xs * ws / ys`` computed in the scales' own type. The float32 scales returned
+    give that same multiplier (the weight scale absorbs its rounding), so the dequantize -> op -> quantize
+    form (and the integer kernel ``fuse-qdq`` makes of it) rounds like the reference instead of computing
+    the product in half precision. Constant scales fold at import."""
+    if ws.type.dtype == "float32":
+        return xs, ws, ys
+    m = im.emit("div", [im.emit("mul", [xs, ws], [im.tmp(out)])[0], ys], [im.tmp(out)])[0]
+    x32, y32, m32 = (im.emit("cast", [v], [im.tmp(out)], to="float32")[0] for v in (xs, ys, m))
+    w32 = im.emit("div", [im.emit("mul", [m32, y32], [im.tmp(out)])[0], x32], [im.tmp(out)])[0]
+    return x32, w32, y32
+
+
 @converter("QLinearMatMul")
 def _qlinear_matmul(
     im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
@@ -2323,6 +2337,7 @@ def _qlinear_matmul(
     """Dequantize, multiply, quantize: with constant B the ``fuse-qdq`` pass makes it an integer kernel
     (int32 accumulation, one fused requantize); with two run-time operands it runs in float."""
     a, a_s, a_z, b, b_s, b_z, y_s, y_z = (_a(ins, i) for i in range(8))
+    a_s, b_s, y_s = _float32_scales(im, a_s, b_s, y_s, outs[0])
     af = _dequantize(im, a, a_s, a_z, -2, [im.tmp(outs[0])])
     bf = _dequantize(im, b, b_s, b_z, -1, [im.tmp(outs[0])])
     y = im.emit("matmul", [af, bf], [im.tmp(outs[0])])[0]
@@ -2336,6 +2351,7 @@ def _qlinear_conv(
     """Dequantize, convolve, quantize: the ``fuse-qdq`` pass makes it an integer kernel (int32
     accumulation, the bias in the accumulator, one fused requantize)."""
     x, x_s, x_z, w, w_s, w_z, y_s, y_z = (_a(ins, i) for i in range(8))
+    x_s, w_s, y_s = _float32_scales(im, x_s, w_s, y_s, outs[0])
     bias = ins[8] if len(ins) > 8 else None
     xf = _dequantize(im, x, x_s, x_z, 1, [im.tmp(outs[0])])
     wf = _dequantize(im, w, w_s, w_z, 0, [im.tmp(outs[0])])

@@ -60,8 +60,16 @@ QEMU_SAMPLE = (
 )
 
 # Operators whose every in-scope case is compiled natively (not only the fixed quarter): the data-dependent
-# ones (bounded outputs, run-time loop bounds) and the ones added last.
+# ones (bounded outputs, run-time loop bounds), the quantized ones (their rounding is exact, one unit off
+# is a failure) and the ones added last.
 ALWAYS_COMPILED = {
+    "QLinearMatMul",
+    "QLinearConv",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
     "NonZero",
     "NonMaxSuppression",
     "Unique",
