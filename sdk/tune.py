@@ -120,7 +120,7 @@ def candidates(key: str, target: Target, rng: random.Random | None = None) -> li
     base = target.schedule_for(key)
     jitter = rng or random.Random(0)
     scored: list[tuple[float, dict[str, dict[str, Any]]]] = []
-    if op in ("max_pool2d", "avg_pool2d"):
+    if op in ("max_pool2d", "avg_pool2d"):  # integer average pooling: float pooling has no schedule
         for vec, unroll in itertools.product((False, True), repeat=2):
             scored.append((jitter.random(), {"pool": {"vectorize": vec, "unroll_taps": unroll}}))
     else:

@@ -8,7 +8,8 @@ A :class:`Schedule` holds one section per schedule family (fields and bounds in 
   ``stream_columns``), and whether the tile's rows are unrolled and its columns vectorized;
 * ``conv2d`` (:mod:`kiln.ops.conv2d`): the im2col block size (``col_block_bytes``, ``min_block_columns``) and
   the K from which a block's column panels are packed (``pack_min_k``);
-* ``pool`` (:mod:`kiln.ops.pool`): whether the output row loop is vectorized and the window taps unrolled.
+* ``pool`` (:mod:`kiln.ops.pool`): for integer average pooling, whether the output row loop is vectorized and
+  the window taps unrolled (max pooling and float average pooling always run SIMD row kernels).
 
 A target's defaults are :func:`default_schedule` for its vector width with its TOML file's ``[schedule]``
 table laid over them (``[schedule.gemm] mr = 6``); :func:`parse_schedule_table` validates that table (and the
@@ -96,7 +97,7 @@ FIELDS: dict[str, dict[str, FieldSpec]] = {
         "pack_min_k": FieldSpec(int, "im2col blocks: pack B panels when K is at least this", 0),
     },
     "pool": {
-        "vectorize": FieldSpec(bool, "vectorize the loop over the output row (max/avg pooling)"),
+        "vectorize": FieldSpec(bool, "vectorize the loop over the output row (integer average pooling)"),
         "unroll_taps": FieldSpec(bool, "unroll the loops over the window's taps"),
     },
 }

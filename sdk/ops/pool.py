@@ -114,9 +114,9 @@ class Pool2D(OpDef):
         canonical["ceil_mode"] = int(bool(attrs.get("ceil_mode", 0)))
         if not self.is_max:
             canonical["count_include_pad"] = int(include_pad)
-        sched = schedule_for(ctx, self.name, ins, canonical).pool
-        if self.is_max or is_float(x.dtype):
+        if self.is_max or is_float(x.dtype):  # no schedule choices: not a tunable instance
             return _pool_rows(ctx, x, out, (kh, kw), (sh, sw), p, (dh, dw), self.is_max, include_pad)
+        sched = schedule_for(ctx, self.name, ins, canonical).pool
         taps_kind = "unrolled" if sched.unroll_taps else "serial"
 
         def pixel(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
@@ -133,10 +133,8 @@ class Pool2D(OpDef):
                     else inside
                 )
                 return T.seq(
-                    T.Store(acc, zero, acc[0] + T.select(inside, v, T.const(0.0, x.dtype))),
-                    T.Store(
-                        cnt, zero, cnt[0] + T.select(counted, T.const(1.0, x.dtype), T.const(0.0, x.dtype))
-                    ),
+                    T.Store(acc, zero, acc[0] + T.select(inside, v, T.const(0, x.dtype))),
+                    T.Store(cnt, zero, cnt[0] + T.select(counted, T.const(1, x.dtype), T.const(0, x.dtype))),
                 )
 
             taps = T.loop(
@@ -146,8 +144,8 @@ class Pool2D(OpDef):
                 kind=taps_kind,
             )
             body = T.seq(
-                T.Store(acc, zero, T.const(0.0, x.dtype)),
-                T.Store(cnt, zero, T.const(0.0, x.dtype)),
+                T.Store(acc, zero, T.const(0, x.dtype)),
+                T.Store(cnt, zero, T.const(0, x.dtype)),
                 taps,
                 T.Store(out, idx, ctx.apply_epilogue(acc[0] / cnt[0], idx, None)),
             )
