@@ -279,20 +279,6 @@ RUNNER_EXIT: dict[str, tuple[int, str]] = {
 RUNNER_EXIT_CODES: dict[int, str] = dict(RUNNER_EXIT.values())
 
 
-# ------------------------------------------------------------------------------------------------ the runner
-#: Exit statuses of the Linux runner (status.h ``KILN_RUNNER_EXIT_*``, returned by runner_main.c) and what
-#: each means.
-RUNNER_EXIT: dict[str, tuple[int, str]] = {
-    "KILN_RUNNER_EXIT_STREAM": (1, "the protocol stream failed"),
-    "KILN_RUNNER_EXIT_USAGE": (2, "usage error"),
-    "KILN_RUNNER_EXIT_MODEL": (65, "the linked model descriptor is invalid"),
-    "KILN_RUNNER_EXIT_PLATFORM": (70, "platform init failed"),
-    "KILN_RUNNER_EXIT_MEMORY": (71, "out of memory"),
-}
-#: Exit status -> meaning.
-RUNNER_EXIT_CODES: dict[int, str] = dict(RUNNER_EXIT.values())
-
-
 def c_assertions() -> str:
     """C source that includes every public header and ``_Static_assert``s each value above against it."""
     checks: list[tuple[str, int]] = [

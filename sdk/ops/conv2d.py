@@ -6,6 +6,11 @@ convolutions use the input itself as ``col``; others build it in workspace scrat
 ``col`` holds a block of output rows at a time, at most ``col_block_bytes`` (512 KiB), so that it is still in the
 cache when the GEMM reads it back; each block is built and multiplied before the next.
 
+8-bit integer convolutions (int8/uint8 input and weights) accumulate in int32 and give an int32 result,
+like matmul (:func:`kiln.ops.matmul.acc_dtype`): the operands are widened as they are loaded, and ``col`` stays
+8-bit. ``pad_value`` (default 0) is the value the padding reads: a quantized input's zero point, so padding
+stands for a real 0.
+
 On targets with an OS, a convolution of at least ``PARALLEL_MIN_BLOCKS`` (8) full blocks runs its blocks
 in parallel, each chunk building its own ``col`` (on its stack) and multiplying it; one of fewer blocks runs
 each block's im2col as a ``parallel`` loop over the rows of ``col`` and its GEMM splits its tiles over
@@ -31,6 +36,7 @@ from ..ir.types import TensorType
 from ..targets.schedule import Conv2dSchedule
 from .base import LowerContext, OpDef, register, static_dims
 from .gemm_kernel import gemm, parallel_for
+from .matmul import SMALL_INTS, acc_dtype
 from .schedule import schedule_for
 
 #: From this many full blocks of output rows, the blocks (im2col + GEMM) are the parallel loop.
@@ -75,18 +81,21 @@ class Conv2D(OpDef):
             raise self.error(f"{oc} output channels do not divide into {g} groups")
         if len(inputs) > 2 and inputs[2].shape != (oc,):
             raise self.error(f"bias must have shape ({oc},), got {inputs[2]}")
+        if x.dtype != w.dtype and not (x.dtype in SMALL_INTS and w.dtype in SMALL_INTS):
+            raise self.error(f"input and weights have different dtypes: {x} and {w}")
         oh = conv_out_size(h, kh, sh, pt + pb, dh) if isinstance(h, int) else h
         ow = conv_out_size(wd, kw, sw, pl + pr, dw) if isinstance(wd, int) else wd
         if isinstance(oh, int) and isinstance(ow, int) and (oh <= 0 or ow <= 0):
             raise self.error(f"kernel {kh}x{kw} does not fit input {h}x{wd} with pads {attrs.get('pads')}")
-        return [TensorType((n, oc, oh, ow), x.dtype)]
+        return [TensorType((n, oc, oh, ow), acc_dtype(x.dtype, w.dtype))]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x, w = inputs[0], inputs[1]
         (sh, sw), (pt, pl, pb, pr), (dh, dw), g = _attrs(attrs)
         n, c, h, wd = x.shape
         oc, cg, kh, kw = w.shape
-        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        pad = attrs.get("pad_value", 0)
+        xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad)
         oh = conv_out_size(h, kh, sh, pt + pb, dh)
         ow = conv_out_size(wd, kw, sw, pl + pr, dw)
         out = np.zeros((n, oc, oh, ow), dtype=np.float64)
@@ -106,7 +115,7 @@ class Conv2D(OpDef):
                     acc += np.tensordot(patch, ws[:, :, i, j], axes=([1], [1])).transpose(0, 3, 1, 2)
         if len(inputs) > 2:
             out += inputs[2].reshape(1, -1, 1, 1)
-        return [out.astype(x.dtype)]
+        return [out.astype(acc_dtype(str(x.dtype), str(w.dtype)))]
 
     def flops(
         self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
@@ -125,6 +134,7 @@ class Conv2D(OpDef):
         oc, cg, kh, kw = w.shape
         _, _, oh, ow = out.shape
         ocg, kdim, ohw = oc // g, cg * kh * kw, oh * ow
+        acc = acc_dtype(x.dtype, w.dtype)  # int32 for 8-bit operands, widened as they are loaded
         if g > 1 and cg == 1 and ocg == 1:
             return self._depthwise(ctx, x, w, bias, out, attrs)
         sched = schedule_for(
@@ -154,7 +164,7 @@ class Conv2D(OpDef):
                 ``own``: with its own ``col`` (a chunk of the parallel loop over blocks)."""
 
                 def b_load(k: T.Expr, j: T.Expr) -> T.Expr:
-                    return col[ni, c0 + k, j] if direct else col[k, j]
+                    return T.cast(acc, col[ni, c0 + k, j] if direct else col[k, j])
 
                 def store(i: T.Expr, j: T.Expr, acc: T.Expr) -> T.Stmt:
                     ch = oc0 + i
@@ -169,11 +179,11 @@ class Conv2D(OpDef):
                     ocg,
                     nrows * ow,
                     kdim,
-                    lambda i, k: wf[oc0 + i, k],
+                    lambda i, k: T.cast(acc, wf[oc0 + i, k]),
                     b_load,
                     store,
                     ctx.lanes,
-                    x.dtype,
+                    acc,
                     # A block of col is compact and in cache; its column panels are worth packing only when
                     # they are long (conv2d.pack_min_k). The input of a direct 1x1 convolution always is.
                     pack_b=direct or kdim >= sched.conv2d.pack_min_k,
@@ -229,12 +239,13 @@ class Conv2D(OpDef):
         _, _, oh, ow = out.shape
         hp, wp = h + pt + pb, wd + pl + pr
         plane = T.Buffer(f"{ctx.name}_plane", (hp, wp), x.dtype, scope="workspace")
-        zero = T.const(0, x.dtype)  # IntImm for integer convolutions (ConvInteger)
+        zero = T.const(attrs.get("pad_value", 0), x.dtype)  # IntImm for integer convolutions
+        acc = acc_dtype(x.dtype, w.dtype)
 
         def channel(ni: T.LoopVar, ch: T.LoopVar) -> T.Stmt:
             def pixel(y: T.LoopVar, z: T.LoopVar) -> T.Stmt:
                 taps = [
-                    plane[y * sh + i * dh, z * sw + j * dw] * w[ch, 0, i, j]
+                    T.cast(acc, plane[y * sh + i * dh, z * sw + j * dw]) * T.cast(acc, w[ch, 0, i, j])
                     for i in range(kh)
                     for j in range(kw)
                 ]
@@ -294,7 +305,7 @@ class Conv2D(OpDef):
         kh, kw = ksize
         y0, oh, ow = rows
         cg = col.shape[0] // (kh * kw)
-        zero = T.const(0, x.dtype)  # IntImm for integer convolutions (ConvInteger)
+        zero = T.const(attrs.get("pad_value", 0), x.dtype)  # IntImm for integer convolutions
 
         def row(c: T.Expr, i: T.Expr, j: T.Expr) -> T.Stmt:
             k = (c * kh + i) * kw + j
