@@ -22,10 +22,11 @@ Weights stored once: the weights blob is linked into both the runnable (``bin/ru
 and ``lib/libmodel.a``, so the archive stores the library without it. ``stored_once`` lists such members:
 ``[{path, offset, size, source, source_offset}]`` says that ``path`` is stored with the ``size`` bytes at
 ``offset`` cut out, and that those bytes are ``source``'s at ``source_offset`` (``source`` is stored whole and
-comes earlier in the archive). Reading puts them back before checking digests, so :attr:`Package.files`,
-:meth:`Package.extract` and :func:`unpack` give every file whole and ``files`` digests are of whole files;
-a plain ``tar x`` gives a whole ``bin/runner`` but an incomplete ``lib/libmodel.a`` (extract with kiln to
-embed it). Format version 1 (no ``stored_once``) is still read.
+comes earlier in the archive). The cut member is stored under its path plus ``.without-weights``, so a plain
+``tar x`` gives a whole ``bin/runner`` and no incomplete ``lib/libmodel.a`` (extract with kiln to embed the
+library). Reading puts the bytes back before checking digests, so :attr:`Package.files`,
+:meth:`Package.extract` and :func:`unpack` give every file whole under its own path and ``files`` digests are
+of whole files. Format version 1 (no ``stored_once``) is still read.
 
 :meth:`Package.load` trusts nothing: it rejects members that are not plain regular files (links,
 directories, devices, GNU sparse members, whose declared size can be far larger than the archive) or whose
@@ -257,7 +258,9 @@ class Package:
             raise PackageError(f"{source} is not a kiln package: it has no {MANIFEST}")
         manifest = _parse_manifest(contents.pop(MANIFEST), source)
         for cut in _stored_once(manifest, source).values():
-            stored = contents.get(cut.path)
+            stored = contents.pop(cut.path + CUT_SUFFIX, None)
+            if stored is not None and cut.path in contents:
+                raise PackageError(f"{source}: {cut.path!r} is stored twice; the package is corrupted")
             whole = contents.get(cut.source)
             if stored is None or whole is None:
                 continue  # the digest check names the missing member
@@ -313,7 +316,7 @@ class Package:
                 if cut is not None:
                     view = memoryview(data)
                     data = b"".join((view[: cut.offset], view[cut.offset + cut.size :]))
-                info = tarfile.TarInfo(name)
+                info = tarfile.TarInfo(name + CUT_SUFFIX if cut is not None else name)
                 info.size = len(data)
                 info.mtime = 0
                 info.mode = 0o755 if name.startswith("bin/") else 0o644
@@ -531,8 +534,13 @@ def unpack(
                     if root is not None:
                         (root / MANIFEST).write_bytes(manifest_data)
                     continue
-                lends = [c for c in cuts.values() if c.source == m.name]
-                cut = cuts.get(m.name)
+                name = m.name.removesuffix(CUT_SUFFIX)
+                cut = cuts.get(name) if name != m.name else None
+                if cut is None:
+                    name = m.name  # an unknown *.without-weights member: the digest check names it
+                if name in digests:
+                    raise PackageError(f"{source}: {name!r} is stored twice; the package is corrupted")
+                lends = [c for c in cuts.values() if c.source == name]
                 if cut is not None and m.size + cut.size > limits.max_member_bytes:
                     raise PackageError(
                         f"{source}: member {m.name!r} of {m.size + cut.size} bytes is over the limit of "
@@ -541,11 +549,11 @@ def unpack(
                 h = hashlib.sha256()
                 out = None
                 if root is not None:
-                    dest_path = root.joinpath(*PurePosixPath(m.name).parts)
+                    dest_path = root.joinpath(*PurePosixPath(name).parts)
                     dest_path.parent.mkdir(parents=True, exist_ok=True)
                     out = dest_path.open("wb")
                 if lends:
-                    held[m.name] = stack.enter_context(tempfile.TemporaryFile())
+                    held[name] = stack.enter_context(tempfile.TemporaryFile())
                 size = 0
                 try:
                     for block in _member_blocks(f, m.size, cut, held, source):
@@ -558,13 +566,13 @@ def unpack(
                                 min(size + len(block), c.source_offset + c.size),
                             )
                             if lo < hi:
-                                held[m.name].write(block[lo - size : hi - size])
+                                held[name].write(block[lo - size : hi - size])
                         size += len(block)
                 finally:
                     if out is not None:
                         out.close()
-                        dest_path.chmod(0o755 if m.name.startswith("bin/") else 0o644)
-                digests[m.name] = (h.hexdigest(), size)
+                        dest_path.chmod(0o755 if name.startswith("bin/") else 0o644)
+                digests[name] = (h.hexdigest(), size)
         if manifest_data is None:
             raise PackageError(f"{source} is not a kiln package: it has no {MANIFEST}")
         manifest = _parse_manifest(manifest_data, source)
@@ -673,6 +681,10 @@ class _Cut:
     size: int
     source: str
     source_offset: int
+
+
+#: Suffix of the archive name of a member stored without the bytes another member lends it (``stored_once``).
+CUT_SUFFIX = ".without-weights"
 
 
 def _stored_once(manifest: Mapping[str, Any], source: str) -> dict[str, _Cut]:

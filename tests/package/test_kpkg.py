@@ -159,7 +159,7 @@ def test_tampered_file_is_rejected(pkg: Package) -> None:
     def flip(data: bytes) -> bytes:
         return data[:100] + bytes([data[100] ^ 1]) + data[101:]
 
-    members = [(m, flip(data) if m.name == "lib/libmodel.a" else data) for m, data in _members(pkg)]
+    members = [(m, flip(data) if m.name.startswith("lib/libmodel.a") else data) for m, data in _members(pkg)]
     with pytest.raises(PackageError, match=r"'lib/libmodel.a' does not match the manifest.*corrupted"):
         Package.from_bytes(_tar(members))
 

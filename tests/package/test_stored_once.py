@@ -63,6 +63,36 @@ def test_save_load_and_unpack_give_every_file_whole(pkg: Package, tmp_path: Path
         assert (tmp_path / "x" / name).read_bytes() == data, name
 
 
+def test_a_plain_tar_extract_gives_no_incomplete_library(pkg: Package, tmp_path: Path) -> None:
+    """The library stored without the weights has an archive name of its own: ``tar x`` gives the whole
+    runner and ``lib/libmodel.a.without-weights``, never a ``lib/libmodel.a`` that would link wrong."""
+    path = pkg.save(tmp_path / "m.kpkg")
+    with tarfile.open(path) as tar:
+        tar.extractall(tmp_path / "t", filter="data")
+    assert (tmp_path / "t" / "bin" / "runner").read_bytes() == pkg.files["bin/runner"]
+    assert not (tmp_path / "t" / "lib" / "libmodel.a").exists()
+    part = (tmp_path / "t" / "lib" / "libmodel.a.without-weights").read_bytes()
+    assert len(part) == len(pkg.files["lib/libmodel.a"]) - pkg.manifest["stored_once"][0]["size"]
+
+
+def test_a_library_stored_twice_is_refused(pkg: Package, tmp_path: Path) -> None:
+    """A whole ``lib/libmodel.a`` beside its cut copy is ambiguous: refused by both readers."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(pkg.to_bytes())) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for m in src:
+            dst.addfile(m, src.extractfile(m))
+        whole = pkg.files["lib/libmodel.a"]
+        info = tarfile.TarInfo("lib/libmodel.a")
+        info.size = len(whole)
+        dst.addfile(info, io.BytesIO(whole))
+    with pytest.raises(PackageError, match="stored twice"):
+        Package.from_bytes(out.getvalue())
+    (tmp_path / "twice.kpkg").write_bytes(out.getvalue())
+    with pytest.raises(PackageError, match="stored twice"):
+        unpack(tmp_path / "twice.kpkg", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_two_builds_give_byte_identical_packages(pkg: Package, blob: bytes) -> None:
     assert _package(NATIVE, blob).to_bytes() == pkg.to_bytes()
 
