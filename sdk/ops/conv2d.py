@@ -154,6 +154,8 @@ class Conv2D(OpDef):
         )
         threads = parallel_for(ctx.target)
         by_block = threads and not direct and oh // rows >= PARALLEL_MIN_BLOCKS
+        # a chunk's own col: a buffer of its own name (the shared col still serves the tail block)
+        own_col = T.Buffer(f"{ctx.name}_colp", (kdim, rows * ow), x.dtype, scope="workspace")
 
         def per_image_group(ni: T.LoopVar, gi: T.LoopVar) -> T.Stmt:
             c0 = gi * cg if g > 1 else T.IntImm(0)
@@ -162,9 +164,10 @@ class Conv2D(OpDef):
             def block(y0: T.Expr, nrows: int, own: bool = False) -> T.Stmt:
                 """Output rows ``y0 .. y0 + nrows``: im2col into ``col``, then the GEMM over its columns;
                 ``own``: with its own ``col`` (a chunk of the parallel loop over blocks)."""
+                cb = own_col if own else col
 
                 def b_load(k: T.Expr, j: T.Expr) -> T.Expr:
-                    return T.cast(acc, col[ni, c0 + k, j] if direct else col[k, j])
+                    return T.cast(acc, cb[ni, c0 + k, j] if direct else cb[k, j])
 
                 def store(i: T.Expr, j: T.Expr, acc: T.Expr) -> T.Stmt:
                     ch = oc0 + i
@@ -194,9 +197,9 @@ class Conv2D(OpDef):
                     return mm
                 rows_of = (y0, nrows, ow)
                 both = T.seq(
-                    self._im2col(ctx, x, col, ni, c0, attrs, (kh, kw), rows_of, not own and threads), mm
+                    self._im2col(ctx, x, cb, ni, c0, attrs, (kh, kw), rows_of, not own and threads), mm
                 )
-                return T.Allocate(col, both) if own else both
+                return T.Allocate(cb, both) if own else both
 
             full, tail = divmod(oh, rows)
             blocks = (

@@ -25,7 +25,9 @@ Markers are HTML comments on the line(s) right before a block, visible in the pa
   lists every skipped block with its reason.
 - ``<!-- docs-test: slow REASON -->`` anywhere in a page: the page's test is marked ``slow`` (it compiles big
   models or boots emulators).
-- ``<!-- docs-test: timeout SECONDS -->`` anywhere in a page: the page's time limit (default 120 s).
+- ``<!-- docs-test: timeout SECONDS -->`` anywhere in a page: the page's backstop against a hang (default
+  1500 s, under pytest-timeout's 1800 s so the page's output is shown); not a speed check: a loaded machine
+  may take many times as long as an idle one.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def parse_text(rel: str, text: str) -> Page:
     """The blocks and page markers of a page's text; ``rel`` names it in errors (its path under docs/)."""
     lines = text.split("\n")
     blocks: list[Block] = []
-    slow, timeout, board = None, 120.0, False
+    slow, timeout, board = None, 1500.0, False
     pending: list[tuple[str, str]] = []  # markers seen since the last block
     i = 0
     while i < len(lines):
