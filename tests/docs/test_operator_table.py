@@ -32,7 +32,9 @@ def test_every_kiln_operator_and_converter_is_on_the_page() -> None:
     # kiln's own operators, from a fresh interpreter: other tests register custom operators in this process
     code = "import kiln.ops._all; from kiln.ops import all_ops; print('\\n'.join(sorted(all_ops())))"
     own = set(
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        ).stdout.split()
     )
     page = (ROOT / "docs" / "reference" / "operators.md").read_text()
     rows = {line.split("|")[1].strip().strip("`") for line in page.splitlines() if line.startswith("| ")}
