@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kiln.device.profile import InstructionCounts
+from kiln.runtime_c import abi
 
 #: The plugin's inputs and output in the counter's directory.
 RANGES_FILE = "icount.ranges"
@@ -35,10 +36,15 @@ class CountError(RuntimeError):
     """Instruction counting cannot be done: a runner without symbols, a kernel without code, no counts."""
 
 
-def kernel_ranges(elf_path: Path, kernels: Sequence[str]) -> list[tuple[int, int, int]]:
+def kernel_ranges(
+    elf_path: Path, kernels: Sequence[str], entry: str = abi.ENTRY_SYMBOL
+) -> list[tuple[int, int, int]]:
     """``(start, end, kernel index)`` of every function in ``elf_path``'s symbol table that belongs to a
-    kernel (named as the kernel, or ``<kernel>.`` followed by anything; the longest kernel name wins), sorted
-    by address. A :class:`CountError` when the runner has no symbol table or a kernel has no code."""
+    kernel, sorted by address: named as the kernel, or ``<kernel>.`` followed by anything (its outlined
+    parallel loops), either also behind ``<entry>.`` (the code generator compiles each kernel called by the
+    model's entry point ``entry`` in a unit of its own, under that name: :mod:`kiln.codegen.target_machine`);
+    the longest kernel name wins. A :class:`CountError` when the runner has no symbol table or a kernel has
+    no code."""
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
 
@@ -57,11 +63,12 @@ def kernel_ranges(elf_path: Path, kernels: Sequence[str]) -> list[tuple[int, int
         }
     by_length = sorted(range(len(kernels)), key=lambda i: -len(kernels[i]))
     ranges: list[tuple[int, int, int]] = []
-    for start, end, name in sorted(funcs):
+    for start, end, symbol in sorted(funcs):
+        name = symbol.removeprefix(entry + ".")
         for i in by_length:
             if name == kernels[i] or name.startswith(kernels[i] + "."):
                 if ranges and start < ranges[-1][1]:
-                    raise CountError(f"{elf_path}: function {name!r} overlaps the code of another kernel")
+                    raise CountError(f"{elf_path}: function {symbol!r} overlaps the code of another kernel")
                 ranges.append((start, end, i))
                 break
     missing = sorted(set(range(len(kernels))) - {r[2] for r in ranges})
@@ -75,13 +82,23 @@ class InstructionCounter:
     """Counts a runner's instructions per kernel, with the QEMU plugin at ``plugin``: give it to the
     ``qemu-user`` launcher (``QemuUserLauncher(target, count=counter)``), start and use the session, close
     it (the counts are written when the runner exits), then call :meth:`result`. ``kernels``: the model's
-    kernel names (the package manifest's ``kernels``). Holds a temporary directory until :meth:`close`."""
+    kernel names (the package manifest's ``kernels``); ``prefix``: its symbol prefix (the manifest's
+    ``symbol_prefix``). Holds a temporary directory until :meth:`close`."""
 
-    def __init__(self, plugin: Path, kernels: Sequence[str], *, model: str = "", target: str = "") -> None:
+    def __init__(
+        self,
+        plugin: Path,
+        kernels: Sequence[str],
+        *,
+        prefix: str = abi.DEFAULT_PREFIX,
+        model: str = "",
+        target: str = "",
+    ) -> None:
         if not Path(plugin).is_file():
             raise CountError(f"the instruction-count plugin {plugin} does not exist")
         self.plugin = Path(plugin)
         self.kernels = list(kernels)
+        self.entry = abi.entry_symbol(prefix)
         self.model = model
         self.target = target
         self.directory = Path(tempfile.mkdtemp(prefix="kiln-icount-"))
@@ -92,7 +109,7 @@ class InstructionCounter:
 
     def emulator_args(self, runnable: Path) -> list[str]:
         """Writes the kernel ranges of ``runnable`` and returns the emulator options that load the plugin."""
-        ranges = kernel_ranges(Path(runnable), self.kernels)
+        ranges = kernel_ranges(Path(runnable), self.kernels, self.entry)
         (self.directory / RANGES_FILE).write_text("".join(f"{s} {e} {k}\n" for s, e, k in ranges))
         self.counts_path.unlink(missing_ok=True)
         for path in (self.plugin, self.directory):

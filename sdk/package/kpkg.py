@@ -440,7 +440,11 @@ class Package:
             )
         try:
             counter = InstructionCounter(
-                icount_plugin(), self._manifest["kernels"], model=self.name, target=t.name
+                icount_plugin(),
+                self._manifest["kernels"],
+                prefix=self._manifest.get("symbol_prefix", abi.DEFAULT_PREFIX),
+                model=self.name,
+                target=t.name,
             )
             with counter:
                 launcher = QemuUserLauncher(t, count=counter)

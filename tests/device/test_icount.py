@@ -81,6 +81,7 @@ def test_kernel_ranges_cover_outlined_bodies_and_refuse_a_stripped_runner(tmp_pa
     pkg = package("conv", "aarch64-linux")
     runner = pkg.extract(tmp_path) / pkg.manifest["runnable"]
     ranges = kernel_ranges(runner, pkg.manifest["kernels"])
+    assert len(ranges) > len(pkg.manifest["kernels"])  # the kernel's function and its outlined parallel body
     assert [s for s, _, _ in ranges] == sorted(s for s, _, _ in ranges)
     assert all(s < e for s, e, _ in ranges) and all(
         e <= s2 for (_, e, _), (s2, _, _) in zip(ranges, ranges[1:])
