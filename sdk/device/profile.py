@@ -144,8 +144,8 @@ class Profile:
 class InstructionCounts:
     """Guest instructions executed by one counted run under QEMU (:mod:`kiln.device.icount`): per kernel
     (including its outlined parallel bodies), and ``total`` for the whole runner process (start-up, the
-    device protocol, the runtime between kernels: this part varies with how the host delivers the bytes;
-    the kernels' counts do not)."""
+    device protocol, the runtime between kernels: this part can vary with how the host delivers the
+    protocol's bytes; the kernels' counts cannot)."""
 
     kernels: dict[str, int]
     total: int

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from elftools.elf.elffile import ELFFile
 
 import kiln
 from graphs import conv_bn_relu
@@ -82,6 +83,9 @@ def test_kernel_ranges_cover_outlined_bodies_and_refuse_a_stripped_runner(tmp_pa
     runner = pkg.extract(tmp_path) / pkg.manifest["runnable"]
     ranges = kernel_ranges(runner, pkg.manifest["kernels"])
     assert len(ranges) > len(pkg.manifest["kernels"])  # the kernel's function and its outlined parallel body
+    with runner.open("rb") as fh:  # the runner keeps its symbol table, not the debug info of zig's libc
+        names = [s.name for s in ELFFile(fh).iter_sections()]
+    assert ".symtab" in names and not [n for n in names if n.startswith(".debug")]
     assert [s for s, _, _ in ranges] == sorted(s for s, _, _ in ranges)
     assert all(s < e for s, e, _ in ranges) and all(
         e <= s2 for (_, e, _), (s2, _, _) in zip(ranges, ranges[1:])
