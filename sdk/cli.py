@@ -394,6 +394,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     pkg = Package.load(args.package)
     inputs = _load_inputs(args, pkg.manifest["inputs"])
+    if args.count:
+        elsewhere = [f"--{a}" for a in ("ssh", "serial", "tracker", "device") if getattr(args, a, None)]
+        if elsewhere or args.threads not in (None, 1):
+            raise CLIError(
+                "--count runs the package under QEMU user mode on this host, on one thread; drop "
+                + ", ".join(elsewhere or ["--threads"])
+            )
+        counts = pkg.count_instructions(inputs)
+        print(f"{pkg.manifest['name']} on {pkg.manifest['target']['name']}: guest instructions of one run")
+        print(counts.table())
+        return 0
     with _open(args, pkg) as sess:
         sess.run(inputs)
         times = np.asarray(
@@ -618,6 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--number", type=int, default=10, help="runs per repeat")
     b.add_argument("--repeat", type=int, default=5)
     b.add_argument("--min-repeat-ms", type=int, default=0)
+    b.add_argument(
+        "--count",
+        action="store_true",
+        help="instead of timing, count the instructions of one run per kernel under QEMU user mode "
+        "(exact, the same every run; targets this host emulates)",
+    )
     b.set_defaults(fn=cmd_bench)
 
     pr = sub.add_parser("profile", help="per-kernel times and a Chrome trace")

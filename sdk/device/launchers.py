@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from kiln.device.icount import CountError, InstructionCounter
 from kiln.device.protocol import Session
 from kiln.runtime_c import abi
 from kiln.targets import Target, get_target
@@ -317,17 +318,39 @@ class LocalLauncher(ProcessLauncher):
 
 
 class QemuUserLauncher(ProcessLauncher):
-    """Executes the runner under the target's QEMU user-mode emulator (``emulator`` in its TOML)."""
+    """Executes the runner under the target's QEMU user-mode emulator (``emulator`` in its TOML).
+
+    ``count``: an :class:`~kiln.device.icount.InstructionCounter`; QEMU then loads its plugin and counts the
+    runner's instructions per kernel (read them with ``count.result()`` after the session closed)."""
 
     name = "qemu-user"
 
-    def __init__(self, target: Target | str) -> None:
+    def __init__(self, target: Target | str, *, count: InstructionCounter | None = None) -> None:
         t = get_target(target)
         self.exe = emulator_path(t, "qemu-user")
+        self.count = count
         super().__init__(t)
 
     def command(self, runnable: Path) -> list[str]:
-        return [self.exe, *self.target.emulator[1:], str(runnable)]
+        plugin: list[str] = []
+        if self.count is not None:
+            try:
+                plugin = self.count.emulator_args(runnable)
+            except (OSError, CountError) as e:
+                raise LauncherError(f"cannot count the instructions of {runnable}: {e}") from e
+        return [self.exe, *self.target.emulator[1:], *plugin, str(runnable)]
+
+    def start(
+        self,
+        runnable: Path,
+        *,
+        timeout: float | None = 60.0,
+        isolation: Isolation | None = None,
+        args: Sequence[str] = (),
+    ) -> Session:
+        if self.count is not None and isolation is not None:
+            raise LauncherError("instruction counting runs a trusted runner on this host, without isolation")
+        return super().start(runnable, timeout=timeout, isolation=isolation, args=args)
 
 
 def emulator_path(t: Target, default_package: str, what: str = "target") -> str:

@@ -138,3 +138,40 @@ class Profile:
             model=str(data.get("model", "")),
             meta=dict(data.get("meta", {})),
         )
+
+
+@dataclass(frozen=True)
+class InstructionCounts:
+    """Guest instructions executed by one counted run under QEMU (:mod:`kiln.device.icount`): per kernel
+    (including its outlined parallel bodies), and ``total`` for the whole runner process (start-up, the
+    device protocol, the runtime between kernels: this part can vary with how the host delivers the
+    protocol's bytes; the kernels' counts cannot)."""
+
+    kernels: dict[str, int]
+    total: int
+    model: str = ""
+    target: str = ""
+
+    @property
+    def kernel_total(self) -> int:
+        """The instructions of all kernels."""
+        return sum(self.kernels.values())
+
+    def top(self, n: int | None = None) -> list[tuple[str, int]]:
+        """``(kernel, count)``, the largest first (ties by name); the first ``n`` when given."""
+        rows = sorted(self.kernels.items(), key=lambda kv: (-kv[1], kv[0]))
+        return rows if n is None else rows[:n]
+
+    def table(self) -> str:
+        """Per-kernel counts (largest first), the kernels' sum and the process total, as fixed-width text."""
+        rows = self.top()
+        width = max([len("kernels"), len("process total"), *(len(k) for k, _ in rows)])
+        ksum = self.kernel_total or 1
+        lines = [f"{'kernel':<{width}}  {'instructions':>15}  {'%':>6}"]
+        lines += [f"{k:<{width}}  {c:>15,}  {100.0 * c / ksum:>6.1f}" for k, c in rows]
+        lines.append(f"{'kernels':<{width}}  {self.kernel_total:>15,}  {100.0:>6.1f}")
+        lines.append(f"{'process total':<{width}}  {self.total:>15,}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -58,7 +58,9 @@ from typing import IO, Any
 import numpy as np
 
 from kiln import runtime_c
-from kiln.device.launchers import Launcher, ProcessLauncher, launcher_for
+from kiln.device.icount import CountError, InstructionCounter
+from kiln.device.launchers import Launcher, ProcessLauncher, QemuUserLauncher, launcher_for
+from kiln.device.profile import InstructionCounts
 from kiln.device.protocol import Session
 from kiln.package.link import LinkedModel, ModelInfo
 from kiln.runtime_c import abi
@@ -414,6 +416,44 @@ class Package:
         profile several times, keep a session: ``with pkg.open_session() as s: ...``."""
         with self.open_session(launcher) as s:
             return s.run(inputs)
+
+    def count_instructions(self, inputs: Mapping[str, Any], *, runs: int = 1) -> InstructionCounts:
+        """Runs ``runs`` times on ``inputs`` under QEMU user mode with kiln's count plugin, on one thread,
+        and returns the guest instructions executed per kernel (:mod:`kiln.device.icount`): exact and the same
+        run to run. For Linux targets that this host emulates (not native ones: time those, or count with
+        ``perf stat``)."""
+        from kiln.package.toolchain import icount_plugin
+
+        t = self.target
+        if runs < 1:
+            raise PackageError(f"runs must be at least 1, got {runs}")
+        if t.is_bare_metal:
+            raise PackageError(
+                f"package {self.name!r} is firmware for {t.name}: instruction counts need a Linux target run "
+                "under qemu-user (boards under qemu-system report instructions per run with kiln bench)"
+            )
+        if t.runs_natively():
+            raise PackageError(
+                f"package {self.name!r} is for {t.name}, which runs natively on this host: instruction counts "
+                "come from QEMU user mode; compile for a target this host emulates (e.g. aarch64-linux, "
+                "riscv64-linux-rvv) or count native runs with perf stat"
+            )
+        try:
+            counter = InstructionCounter(
+                icount_plugin(),
+                self._manifest["kernels"],
+                prefix=self._manifest.get("symbol_prefix", abi.DEFAULT_PREFIX),
+                model=self.name,
+                target=t.name,
+            )
+            with counter:
+                launcher = QemuUserLauncher(t, count=counter)
+                with self.open_session(launcher, threads=1) as session:
+                    for _ in range(runs):
+                        session.run(inputs)
+                return counter.result()
+        except CountError as e:
+            raise PackageError(f"package {self.name!r}: {e}") from None
 
     def __repr__(self) -> str:
         return (

@@ -9,8 +9,9 @@ temporary directory with fixed file names:
 - ``weights.S``: ``.incbin`` of the weights blob as the 64-byte-aligned symbol ``<prefix>_weights`` in
   ``.rodata`` (works for blobs of hundreds of MB on every target; the blob is never parsed);
 - ``libmodel.a``: generated object, extra objects, descriptor, weights, runtime (core + platform defaults);
-- for Linux targets ``runner``: ``kiln_runner_main.o`` + ``libmodel.a``, static (musl), stripped,
-  ``--gc-sections``, ``--build-id=none``.
+- for Linux targets ``runner``: ``kiln_runner_main.o`` + ``libmodel.a``, static (musl), without debug
+  info but with its symbol table (instruction counts per kernel read the kernels' address ranges from it:
+  :mod:`kiln.device.icount`), ``--gc-sections``, ``--build-id=none``.
 - for boards (bare-metal targets) ``image.elf``: a firmware image (see :mod:`kiln.package.firmware`) with
   the model's static memory (``<prefix>_memory``) added to ``model_desc.c``, and its linker map.
 
@@ -173,7 +174,6 @@ def link_model(
                     "cc",
                     *toolchain.target_flags(target),
                     "-static",
-                    "-s",
                     "-o",
                     "runner",
                     str(runtime.runner_main),
@@ -183,7 +183,7 @@ def link_model(
                 ],
                 cwd=tmp,
             )
-            runner = (tmp / "runner").read_bytes()
+            runner = strip_debug_info((tmp / "runner").read_bytes())
         libmodel = lib.read_bytes()
         runnable = runner if image is None else image.elf
         return LinkedModel(
@@ -420,3 +420,53 @@ def elf_code_size(obj: bytes) -> int:
         if sh_type != 8 and flags & shf_alloc_exec == shf_alloc_exec:  # 8 = SHT_NOBITS
             total += size
     return total
+
+
+def strip_debug_info(elf: bytes) -> bytes:
+    """``elf`` (a linked executable, 32- or 64-bit, little-endian) without its non-allocated sections other
+    than the symbol table and its string tables: the debug info zig's libc brings, ``.comment``. The loaded
+    bytes and addresses are unchanged; symbols of a dropped section become undefined. (zig's linker strips
+    the symbol table together with the debug info, and kiln reads a runner's symbols: kiln.device.icount.)"""
+    is64 = elf[4] == 2
+    if elf[:4] != b"\x7fELF" or elf[5] != 1:
+        raise ValueError("strip_debug_info: not a little-endian ELF file")
+    ehdr = "<16sHHIQQQIHHHHHH" if is64 else "<16sHHIIIIIHHHHHH"
+    shdr = "<IIQQQQIIQQ" if is64 else "<IIIIIIIIII"
+    fields = list(struct.unpack_from(ehdr, elf))
+    shoff, shentsize, shnum, shstrndx = fields[6], fields[11], fields[12], fields[13]
+    sections = [list(struct.unpack_from(shdr, elf, shoff + i * shentsize)) for i in range(shnum)]
+    # fields: name, type, flags, addr, offset, size, link, info, addralign, entsize
+    symtabs = [i for i, s in enumerate(sections) if s[1] == 2]  # SHT_SYMTAB
+    kept_tables = {shstrndx, *symtabs, *(sections[i][6] for i in symtabs)}
+    first_dropped = next(
+        (i for i, s in enumerate(sections) if i and not s[2] & 0x2 and i not in kept_tables), None
+    )
+    if first_dropped is None:
+        return elf
+    if any(s[2] & 0x2 for s in sections[first_dropped:]):
+        return elf  # an allocated section after a dropped one: section indices would move; keep everything
+    old_index = list(range(first_dropped)) + sorted(i for i in kept_tables if i >= first_dropped)
+    new_index = {old: new for new, old in enumerate(old_index)}
+    loaded_end = max((s[4] + s[5] for s in sections[:first_dropped] if s[1] != 8), default=0)  # not NOBITS
+    out = bytearray(elf[:loaded_end])
+    new_sections = [list(s) for s in sections[:first_dropped]]
+    for old in old_index[first_dropped:]:
+        s = list(sections[old])
+        data = bytearray(elf[s[4] : s[4] + s[5]])
+        if s[1] == 2:  # symbols: st_shndx of dropped sections -> SHN_UNDEF
+            at = 6 if is64 else 14
+            for off in range(0, len(data), s[9]):
+                (ndx,) = struct.unpack_from("<H", data, off + at)
+                if 0 < ndx < 0xFF00:
+                    struct.pack_into("<H", data, off + at, new_index.get(ndx, 0))
+            s[6] = new_index[s[6]]
+        out += b"\0" * (-len(out) % max(1, s[8]))
+        s[4] = len(out)
+        out += data
+        new_sections.append(s)
+    out += b"\0" * (-len(out) % 8)
+    fields[6], fields[12], fields[13] = len(out), len(new_sections), new_index[shstrndx]
+    for s in new_sections:
+        out += struct.pack(shdr, *s)
+    struct.pack_into(ehdr, out, 0, *fields)
+    return bytes(out)

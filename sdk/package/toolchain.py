@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
@@ -257,3 +258,41 @@ def _compiler_rt(target: Target, work: Path) -> Path:
         f"target {target.name}: cannot find zig's compiler_rt for {target.zig_target}; the probe link "
         f"{shlex.join(cmd)} said:\n{proc.stderr.strip()}"
     )
+
+
+#: Flags of the host shared object that QEMU loads to count instructions (:func:`icount_plugin`).
+PLUGIN_FLAGS: tuple[str, ...] = ("-shared", "-fPIC", "-fvisibility=hidden", *CFLAGS)
+
+
+def host_zig_target() -> str:
+    """The zig target of this host, with glibc (QEMU loads plugins into a glibc process)."""
+    machine = platform.machine().lower()
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    return f"{arch}-linux-gnu"
+
+
+def icount_plugin() -> Path:
+    """The QEMU user-mode plugin that counts instructions per kernel (:mod:`kiln.device.icount`), built for
+    this host from ``kiln.runtime_c``'s ``qemu_plugin/`` on first use and kept in kiln's cache (keyed by its
+    sources, flags and zig version; built in a temporary file, then renamed)."""
+    sources = sorted(runtime_c.QEMU_PLUGIN_DIR.glob("*.[ch]"))
+    h = hashlib.sha256()
+    for part in (host_zig_target(), shlex.join(PLUGIN_FLAGS), zig_version()):
+        h.update(part.encode() + b"\n")
+    for src in sources:
+        h.update(src.name.encode() + b"\n" + src.read_bytes())
+    final = cache_dir() / "qemu-plugin" / f"kiln_icount-{h.hexdigest()[:20]}.so"
+    if not final.is_file():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}-", dir=final.parent)
+        os.close(fd)
+        try:
+            src = runtime_c.QEMU_PLUGIN_SOURCE
+            run_tool(
+                [*zig(), "cc", "-target", host_zig_target(), *PLUGIN_FLAGS, src.name, "-o", tmp],
+                cwd=src.parent,
+            )
+            os.rename(tmp, final)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return final
