@@ -14,7 +14,10 @@ import re
 from enum import IntEnum
 
 #: ``KILN_ABI_VERSION`` (model.h): the version of the model descriptor and entry-point contract.
-ABI_VERSION = 1
+ABI_VERSION = 2
+#: ``KILN_MAX_DIMS`` (model.h): at most this many run-time dimensions (named sizes and the sizes computed from
+#: them) per model; the entry reads and fills a table of this many int64 values.
+MAX_DIMS = 16
 #: ``KILN_ALIGNMENT`` (config.h): alignment of the workspace, every input/output buffer, every workspace
 #: offset the memory planner hands out, every scratch buffer and every constant in the weights blob.
 ALIGNMENT = 64
@@ -184,7 +187,7 @@ def status_name(status: int) -> str:
 # ------------------------------------------------------------------------------------------- device protocol
 #: Frame layout (endpoint.h): magic, u8 version, u8 type, u16 reserved, u32 payload length; payload; CRC-32.
 FRAME_MAGIC = b"KILN"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 FRAME_HEADER_BYTES = 12
 FRAME_CRC_BYTES = 4
 #: ``KILN_ENDPOINT_MAX_PAYLOAD``: no device sends or accepts a larger payload.
@@ -210,6 +213,7 @@ class Msg(IntEnum):
     PROFILE = 0x06
     QUIT = 0x07
     SELECT = 0x08
+    DIMS = 0x09
     REPLY = 0x80  # or-ed into the request type
     ERROR = 0xFF
 
@@ -254,6 +258,8 @@ ERROR_REASONS: dict[int, tuple[str, str]] = {
     18: ("KILN_REASON_PROFILE_INDEX", "profile record {0} is past the last one ({1} records)"),
     19: ("KILN_REASON_MODEL_INDEX", "model index {0} is out of range: the device has {1}"),
     20: ("KILN_REASON_SELECT", "selecting the model failed"),
+    21: ("KILN_REASON_DIMS_COUNT", "DIMS sent {0} sizes; the model has {1} named run-time dimensions"),
+    22: ("KILN_REASON_DIM_RANGE", "run-time dimension {0} is {1}; it must be between 1 and its bound {2}"),
 }
 
 
@@ -283,6 +289,7 @@ def c_assertions() -> str:
     """C source that includes every public header and ``_Static_assert``s each value above against it."""
     checks: list[tuple[str, int]] = [
         ("KILN_ABI_VERSION", ABI_VERSION),
+        ("KILN_MAX_DIMS", MAX_DIMS),
         ("KILN_ALIGNMENT", ALIGNMENT),
         ("KILN_DTYPE_INT", DTYPE_CODE_INT),
         ("KILN_DTYPE_UINT", DTYPE_CODE_UINT),

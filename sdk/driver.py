@@ -23,6 +23,7 @@ from typing import Any
 
 from .ir import Module
 from .ir.extern import ExternSource
+from .ir.types import bound_of, bound_type
 from .runtime_c import abi
 from .targets import Target, get_target
 from .transform import PassContext, Pipeline, default_pipeline
@@ -118,14 +119,32 @@ def compile(
         lowered = compile_module(mod, t, pipe, ctx)
     code = generate(lowered, t)
     main = lowered.main
+    bounds = lowered.attrs.get("dim_bounds") or {}
+    table = (lowered.attrs.get("dims") or {}).get("table", [])
+    if table and t.is_bare_metal:
+        raise ValueError(
+            f"target {t.name} is bare metal: its firmware runs fixed shapes; give every dimension a size "
+            f"(run-time dimensions: {', '.join(map(str, table))})"
+        )
+
+    def spec(v: Any) -> tuple[str, str, tuple[int, ...]]:
+        return (v.name, v.type.dtype, bound_type(v.type, bounds).static_shape)
+
+    def dims_of(v: Any) -> tuple[int, ...]:
+        return () if v.type.is_static else tuple(-1 if isinstance(d, int) else table.index(d) for d in v.type.shape)
+
     info = ModelInfo(
         name=main.attrs.get("model_name", name or "model"),
-        inputs=[(p.name, p.type.dtype, p.type.static_shape) for p in main.params],
-        outputs=[(v.name, v.type.dtype, v.type.static_shape) for v in main.outputs],
+        inputs=[spec(p) for p in main.params],
+        outputs=[spec(v) for v in main.outputs],
         workspace_bytes=code.workspace_bytes,
         kernel_names=code.kernel_names,
         operators=source_ops,
         prefix=prefix or abi.DEFAULT_PREFIX,
+        dim_bounds=[bound_of(d, bounds) for d in table],
+        named_dims=(lowered.attrs.get("dims") or {}).get("named", 0),
+        input_dims=[dims_of(p) for p in main.params],
+        output_dims=[dims_of(v) for v in main.outputs],
     )
     extra_objects = [*code.extra_objects, *compile_externs(t, code.externs)]
     artifacts = link_model(t, code.object, code.weights, info, extra_objects=extra_objects)
@@ -136,6 +155,8 @@ def compile(
     }
     if not t.is_bare_metal:
         manifest["threads"] = int(lowered.attrs.get("threads", 1))
+    if table:  # dynamic shapes: what each run-time dimension is, and its bound
+        manifest["dims"] = [{"name": str(d), "bound": bound_of(d, bounds)} for d in table]
     if code.externs:
         manifest["externs"] = [e.describe() for e in code.externs]
     if sched is not None:

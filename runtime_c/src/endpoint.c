@@ -96,12 +96,30 @@ KILN_OUTLINE static kiln_status_t fail0(kiln_endpoint_t* ep, uint32_t reason) {
   return fail(ep, reason, 0, 0);
 }
 
+/* The size in bytes of tensor t at the current run-time dimensions. */
+static uint64_t tensor_size(const kiln_endpoint_t* ep, const kiln_tensor_info_t* t) {
+#if KILN_DYNAMIC_DIMS
+  return kiln_tensor_bytes(t, ep->dims);
+#else
+  (void)ep;
+  return t->nbytes;
+#endif
+}
+
+/* Every run-time dimension of the selected model at its bound. */
+static void reset_dims(kiln_endpoint_t* ep) {
+  const kiln_model_t* m = ep->config.model;
+  for (uint32_t k = 0; k < m->num_dims && k < KILN_MAX_DIMS; ++k) {
+    ep->dims[k] = m->dim_bounds[k];
+  }
+}
+
 /* fail() about tensor `index`, `t`: its size and index are numbers 2 and 3, its name the text. */
 KILN_OUTLINE static kiln_status_t fail_tensor(kiln_endpoint_t* ep, uint32_t reason, uint64_t a, uint64_t b,
                                               const kiln_tensor_info_t* t, uint32_t index) {
   kiln_status_t status = fail(ep, reason, a, 0);
   ep->numbers[1] = b;
-  ep->numbers[2] = t->nbytes;
+  ep->numbers[2] = tensor_size(ep, t);
   ep->numbers[3] = index;
   ep->text = t->name;
   return status;
@@ -280,6 +298,16 @@ static kiln_status_t on_info(kiln_endpoint_t* ep, size_t len, size_t* out_reply)
   for (uint32_t k = 0; k < m->num_kernels; ++k) {
     win_str(&w, m->kernel_names[k]);
   }
+  win_u32(&w, m->num_dims);
+  win_u32(&w, m->num_named_dims);
+  win_bytes(&w, (const uint8_t*)m->dim_bounds, 8 * (size_t)m->num_dims);
+  for (uint32_t i = 0; i < m->num_inputs + m->num_outputs; ++i) {
+    const kiln_tensor_info_t* t = i < m->num_inputs ? &m->inputs[i] : &m->outputs[i - m->num_inputs];
+    for (int32_t d = 0; d < t->ndim; ++d) {
+      uint8_t k = t->dims != NULL ? (uint8_t)t->dims[d] : 0xFFu;
+      win_bytes(&w, &k, 1);
+    }
+  }
   if (w.skip > w.pos) {
     return fail(ep, KILN_REASON_INFO_OFFSET, w.skip, (uint32_t)w.pos);
   }
@@ -308,7 +336,7 @@ static kiln_status_t on_set_input(kiln_endpoint_t* ep, size_t len, size_t* out_r
     return status;
   }
   const kiln_tensor_info_t* t = &ep->config.model->inputs[index];
-  if (nbytes != t->nbytes) {
+  if (nbytes != tensor_size(ep, t)) {
     return fail_tensor(ep, KILN_REASON_INPUT_SIZE, nbytes, 0, t, index);
   }
   if (offset > nbytes || n > nbytes - offset) {
@@ -320,7 +348,7 @@ static kiln_status_t on_set_input(kiln_endpoint_t* ep, size_t len, size_t* out_r
 
 static kiln_status_t run_model(kiln_endpoint_t* ep, kiln_profiler_t* prof) {
   const kiln_endpoint_config_t* c = &ep->config;
-  kiln_status_t status = kiln_model_run(c->model, c->inputs, c->outputs, c->workspace, prof);
+  kiln_status_t status = kiln_model_run_dims(c->model, c->inputs, c->outputs, c->workspace, prof, ep->dims);
   return status == KILN_OK ? KILN_OK : fail_call(ep, KILN_REASON_RUN, status);
 }
 
@@ -340,7 +368,7 @@ static kiln_status_t on_get_output(kiln_endpoint_t* ep, size_t len, size_t* out_
     return status;
   }
   const kiln_tensor_info_t* t = &ep->config.model->outputs[index];
-  uint64_t size = t->nbytes;
+  uint64_t size = tensor_size(ep, t);
   if (offset > size) {
     return fail_tensor(ep, KILN_REASON_OUTPUT_RANGE, offset, 0, t, index);
   }
@@ -492,9 +520,40 @@ static kiln_status_t on_select(kiln_endpoint_t* ep, size_t len, size_t* out_repl
       return fail_call(ep, KILN_REASON_SELECT, status);
     }
   }
+  reset_dims(ep);
   put_u32(ep->config.frame, count);
   *out_reply = 4;
   return status;
+}
+
+static kiln_status_t on_dims(kiln_endpoint_t* ep, size_t len, size_t* out_reply) {
+#if KILN_DYNAMIC_DIMS
+  uint8_t* p = ep->config.frame;
+  const kiln_model_t* m = ep->config.model;
+  uint32_t count = get_u32(p);
+  if ((count != 0 && count != m->num_named_dims) || len != 4 + 8 * (size_t)count) {
+    return fail(ep, KILN_REASON_DIMS_COUNT, count, m->num_named_dims);
+  }
+  for (uint32_t k = 0; k < count; ++k) {
+    int64_t v = (int64_t)get_u64(p + 4 + 8 * k);
+    if (v < 1 || v > m->dim_bounds[k]) {
+      kiln_status_t status = fail(ep, KILN_REASON_DIM_RANGE, k, (uint64_t)v);
+      ep->numbers[2] = (uint64_t)m->dim_bounds[k];
+      return status;
+    }
+  }
+  for (uint32_t k = 0; k < count; ++k) {
+    ep->dims[k] = (int64_t)get_u64(p + 4 + 8 * k);
+  }
+  put_u32(p, m->num_dims);
+  copy_bytes(p + 4, (const uint8_t*)ep->dims, 8 * (size_t)m->num_dims);
+  *out_reply = 4 + 8 * (size_t)m->num_dims;
+  return KILN_OK;
+#else
+  (void)len;
+  (void)out_reply;
+  return fail(ep, KILN_REASON_TYPE, KILN_MSG_DIMS, 0);
+#endif
 }
 
 /* ---- dispatch ---- */
@@ -504,11 +563,10 @@ typedef kiln_status_t (*handler_t)(kiln_endpoint_t* ep, size_t len, size_t* out_
 /* Request type t (KILN_MSG_INFO..KILN_MSG_SELECT) is served by kHandlers[t - 1]; its payload is exactly
  * kPayload[t - 1] bytes long, or at least that many with KILN_AT_LEAST. */
 #define KILN_AT_LEAST 0x80u
-static const handler_t kHandlers[] = {on_info, on_set_input, on_run,  on_get_output,
-                                      on_time, on_profile,   on_quit, on_select};
-static const uint8_t kPayload[] = {4, 20 | KILN_AT_LEAST, 0, 12, 12, 4, 0, 4};
-_Static_assert(sizeof(kPayload) == KILN_MSG_SELECT &&
-                   sizeof(kHandlers) / sizeof(kHandlers[0]) == KILN_MSG_SELECT,
+static const handler_t kHandlers[] = {on_info, on_set_input, on_run,    on_get_output, on_time,
+                                      on_profile, on_quit,    on_select, on_dims};
+static const uint8_t kPayload[] = {4, 20 | KILN_AT_LEAST, 0, 12, 12, 4, 0, 4, 4 | KILN_AT_LEAST};
+_Static_assert(sizeof(kPayload) == KILN_MSG_DIMS && sizeof(kHandlers) / sizeof(kHandlers[0]) == KILN_MSG_DIMS,
                "one handler and one payload length per request type");
 
 static kiln_status_t serve_request(kiln_endpoint_t* ep, uint32_t type, size_t len, size_t* out_reply) {
@@ -548,6 +606,7 @@ kiln_status_t kiln_endpoint_init(const kiln_endpoint_config_t* config, kiln_endp
   }
   out_endpoint->config = *config;
   out_endpoint->ticks_per_second = tps;
+  reset_dims(out_endpoint);
   return KILN_OK;
 }
 

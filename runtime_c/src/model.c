@@ -36,12 +36,35 @@ static kiln_status_t check_tensor(const kiln_tensor_info_t* t) {
   return nbytes == t->nbytes ? KILN_OK : KILN_ERR_MODEL_INVALID;
 }
 
-static kiln_status_t check_tensors(const kiln_tensor_info_t* tensors, uint32_t count) {
+static kiln_status_t check_dims(const kiln_tensor_info_t* t, uint32_t num_dims) {
+  for (int32_t d = 0; t->dims != NULL && d < t->ndim; ++d) {
+    if (t->dims[d] >= (int32_t)num_dims || t->dims[d] < -1) {
+      return KILN_ERR_MODEL_INVALID;
+    }
+  }
+  return KILN_OK;
+}
+
+uint64_t kiln_tensor_bytes(const kiln_tensor_info_t* t, const int64_t* dims) {
+  if (t->dims == NULL || dims == NULL) {
+    return t->nbytes;
+  }
+  uint64_t nbytes = (uint64_t)(t->dtype.bits / 8) * t->dtype.lanes;
+  for (int32_t d = 0; d < t->ndim; ++d) {
+    nbytes *= (uint64_t)(t->dims[d] < 0 ? t->shape[d] : dims[t->dims[d]]);
+  }
+  return nbytes;
+}
+
+static kiln_status_t check_tensors(const kiln_tensor_info_t* tensors, uint32_t count, uint32_t num_dims) {
   if (count > 0 && tensors == NULL) {
     return KILN_ERR_MODEL_INVALID;
   }
   for (uint32_t i = 0; i < count; ++i) {
     kiln_status_t status = check_tensor(&tensors[i]);
+    if (status == KILN_OK) {
+      status = check_dims(&tensors[i], num_dims);
+    }
     if (status != KILN_OK) {
       return status;
     }
@@ -67,8 +90,12 @@ kiln_status_t kiln_model_check(const kiln_model_t* model) {
       return KILN_ERR_MODEL_INVALID;
     }
   }
-  kiln_status_t status = check_tensors(model->inputs, model->num_inputs);
-  return status != KILN_OK ? status : check_tensors(model->outputs, model->num_outputs);
+  if (model->num_dims > KILN_MAX_DIMS || model->num_named_dims > model->num_dims ||
+      (model->num_dims > 0 && model->dim_bounds == NULL)) {
+    return KILN_ERR_MODEL_INVALID;
+  }
+  kiln_status_t status = check_tensors(model->inputs, model->num_inputs, model->num_dims);
+  return status != KILN_OK ? status : check_tensors(model->outputs, model->num_outputs, model->num_dims);
 }
 
 static kiln_status_t check_buffers(void* const* buffers, uint32_t count) {
@@ -88,8 +115,23 @@ static kiln_status_t check_buffers(void* const* buffers, uint32_t count) {
 
 kiln_status_t kiln_model_run(const kiln_model_t* model, void* const* inputs, void* const* outputs,
                              uint8_t* workspace, kiln_profiler_t* prof) {
-  if (model == NULL || (model->workspace_bytes > 0 && workspace == NULL)) {
+  int64_t dims[KILN_MAX_DIMS];
+  for (uint32_t k = 0; model != NULL && k < model->num_dims && k < KILN_MAX_DIMS; ++k) {
+    dims[k] = model->dim_bounds[k];
+  }
+  return kiln_model_run_dims(model, inputs, outputs, workspace, prof, dims);
+}
+
+kiln_status_t kiln_model_run_dims(const kiln_model_t* model, void* const* inputs, void* const* outputs,
+                                  uint8_t* workspace, kiln_profiler_t* prof, int64_t* dims) {
+  if (model == NULL || (model->workspace_bytes > 0 && workspace == NULL) ||
+      (model->num_dims > 0 && dims == NULL)) {
     return KILN_ERR_ARG_NULL;
+  }
+  for (uint32_t k = 0; k < model->num_named_dims; ++k) {
+    if (dims[k] < 1 || dims[k] > model->dim_bounds[k]) {
+      return KILN_ERR_ARG_RANGE;
+    }
   }
   if (!is_aligned(workspace)) {
     return KILN_ERR_ARG_ALIGNMENT;
@@ -101,7 +143,7 @@ kiln_status_t kiln_model_run(const kiln_model_t* model, void* const* inputs, voi
   if (status != KILN_OK) {
     return status;
   }
-  return model->entry(inputs, outputs, workspace, prof) == 0 ? KILN_OK : KILN_ERR_MODEL_ENTRY;
+  return model->entry(inputs, outputs, workspace, prof, dims) == 0 ? KILN_OK : KILN_ERR_MODEL_ENTRY;
 }
 
 kiln_status_t kiln_model_find_tensor(const kiln_model_t* model, int is_output, const char* name,

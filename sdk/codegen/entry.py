@@ -11,7 +11,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 import numpy as np
 
-from ..ir import Constant, Module, Value
+from ..ir import Constant, Module, Sym, Value
 from ..ir.tensor import workspace_bytes
 from ..runtime_c import abi
 
@@ -53,13 +53,16 @@ def emit_entry(
     weights.global_constant = True
     begin = ir.Function(llmod, ir.FunctionType(ir.VoidType(), [PTR, I32]), abi.PROFILE_BEGIN_SYMBOL)
     end = ir.Function(llmod, ir.FunctionType(ir.VoidType(), [PTR, I32]), abi.PROFILE_END_SYMBOL)
-    fn = ir.Function(llmod, ir.FunctionType(I32, [PTR, PTR, PTR, PTR]), abi.entry_symbol(prefix))
+    fn = ir.Function(llmod, ir.FunctionType(I32, [PTR, PTR, PTR, PTR, PTR]), abi.entry_symbol(prefix))
     fn.attributes.add("nounwind")
-    inputs, outputs, ws, prof = fn.args
-    for a, n in zip(fn.args, ("inputs", "outputs", "workspace", "prof"), strict=True):
+    inputs, outputs, ws, prof, dims = fn.args
+    for a, n in zip(fn.args, ("inputs", "outputs", "workspace", "prof", "dims"), strict=True):
         a.name = n
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     profiling = b.icmp_unsigned("!=", prof, ir.Constant(PTR, None))
+    dim_table = mod.attrs.get("dims")
+    if dim_table:
+        _fill_dims(b, dims, dim_table["table"], dim_table["named"])
 
     def slot(array: ir.Value, i: int) -> ir.Value:
         return b.load(b.gep(array, [ir.Constant(I64, i)], source_etype=PTR), typ=PTR)
@@ -71,6 +74,8 @@ def emit_entry(
         return b.gep(base, [ir.Constant(I64, off)], source_etype=I8) if off else base
 
     def pointer(v: Value) -> ir.Value:
+        if dim_table and v.uid == dim_table["var"]:
+            return dims
         if isinstance(v, Constant):
             return byte_ptr(weights, const_offsets[v.uid])
         kind, where = storage[v.uid]
@@ -111,3 +116,29 @@ def emit_entry(
             b.call(end, [prof, kid])
     b.ret(ir.Constant(I32, 0))
     return kernels
+
+
+def _fill_dims(b: ir.IRBuilder, dims: ir.Value, table: list[Sym], named: int) -> None:
+    """Entries ``named..`` of the dimension table, computed from the named sizes the caller wrote first
+    (sizes are >= 0, so LLVM's signed division is the floor division of :class:`~kiln.ir.Sym`)."""
+
+    def slot(k: int) -> ir.Value:
+        return b.gep(dims, [ir.Constant(I64, k)], source_etype=I64)
+
+    def value(d: Sym) -> ir.Value:
+        total: ir.Value = ir.Constant(I64, 0)
+        for mono, coeff in d.terms:
+            term: ir.Value = ir.Constant(I64, coeff)
+            for atom in mono:
+                if isinstance(atom, str):
+                    x = b.load(slot(table.index(Sym(atom))), typ=I64)
+                else:
+                    op, inner, k = atom
+                    v = value(inner)
+                    x = b.sdiv(v, ir.Constant(I64, k)) if op == "//" else b.srem(v, ir.Constant(I64, k))
+                term = b.mul(term, x)
+            total = b.add(total, term)
+        return total
+
+    for k in range(named, len(table)):
+        b.store(value(table[k]), slot(k))

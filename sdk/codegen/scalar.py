@@ -141,6 +141,12 @@ class ScalarCodegen:
         off: ir.Value | None = None
         const_off = 0
         for idx, stride in zip(indices, buf.elem_strides, strict=True):
+            if isinstance(stride, T.Expr):  # a run-time stride (dynamic shapes): the product is an expression
+                if isinstance(idx, T.IntImm) and idx.value == 0:
+                    continue
+                v = self.fit(c, self.expr(c, idx * stride), self.index)
+                off = v if off is None else c.b.add(off, v, flags=["nsw"])
+                continue
             if isinstance(idx, T.IntImm):
                 const_off += idx.value * stride
                 continue

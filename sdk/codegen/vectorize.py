@@ -119,9 +119,10 @@ def _stride(buf: T.Buffer, indices: tuple[T.Expr, ...], v: T.LoopVar) -> int | N
     total = 0
     for idx, stride in zip(indices, buf.elem_strides, strict=True):
         k = _coef(idx, v)
-        if k is None:
+        if k is None or (k and not isinstance(stride, int)):
             return None
-        total += k * stride
+        if k:
+            total += k * stride
     return total
 
 

@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, NamedTuple, NoReturn, Protocol
 
@@ -94,11 +94,21 @@ class TensorSpec(NamedTuple):
 
     name: str
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # a run-time dimension's bound where ``dims`` says so
+    #: dynamic shapes: per dimension -1 (a fixed size) or the index of the model's run-time dimension that
+    #: gives its size; empty when every size is fixed
+    dims: tuple[int, ...] = ()
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.numpy_dtype.itemsize
+
+    def at(self, table: Sequence[int] | None) -> TensorSpec:
+        """This tensor at the run-time dimensions ``table`` (None or no run-time dimensions: as it is)."""
+        if not self.dims or table is None:
+            return self
+        shape = tuple(d if k < 0 else int(table[k]) for d, k in zip(self.shape, self.dims, strict=True))
+        return self._replace(shape=shape)
 
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
@@ -119,6 +129,10 @@ class DeviceInfo:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     kernel_names: tuple[str, ...]
+    #: dynamic shapes: the bounds of the model's run-time dimensions; the first ``named_dims`` are the inputs'
+    #: named sizes (set with DIMS), the rest are computed from them by each run
+    dim_bounds: tuple[int, ...] = ()
+    named_dims: int = 0
 
     @classmethod
     def decode(cls, record: bytes) -> DeviceInfo:
@@ -128,13 +142,26 @@ class DeviceInfo:
         inputs = tuple(r.tensor() for _ in range(r.unpack("<I")[0]))
         outputs = tuple(r.tensor() for _ in range(r.unpack("<I")[0]))
         kernels = tuple(r.string() for _ in range(r.unpack("<I")[0]))
+        num_dims, named = r.unpack("<II")
+        bounds = tuple(int(b) for b in r.unpack(f"<{num_dims}q"))
+        if named > num_dims:
+            raise ProtocolError(f"device reports {named} named run-time dimensions of {num_dims}")
+
+        def with_dims(t: TensorSpec) -> TensorSpec:
+            dims = tuple(int(k) for k in r.unpack(f"<{len(t.shape)}b"))
+            if any(k >= num_dims for k in dims):
+                raise ProtocolError(f"tensor {t.name!r} names a run-time dimension the model does not have")
+            return t._replace(dims=dims) if any(k >= 0 for k in dims) else t
+
+        inputs = tuple(with_dims(t) for t in inputs)
+        outputs = tuple(with_dims(t) for t in outputs)
         r.finish()
         if not MIN_PAYLOAD <= max_payload <= MAX_PAYLOAD:
             raise ProtocolError(
                 f"device reports a frame buffer of {max_payload} bytes, outside the protocol's "
                 f"{MIN_PAYLOAD}..{MAX_PAYLOAD}"
             )
-        return cls(name, abi, max_payload, tps, workspace, weights, inputs, outputs, kernels)
+        return cls(name, abi, max_payload, tps, workspace, weights, inputs, outputs, kernels, bounds, named)
 
 
 class _Cursor:
@@ -290,6 +317,7 @@ class Session(Executable):
         self.peer = peer
         self.label = label or (peer.label if peer is not None else "device")
         self._info: DeviceInfo | None = None
+        self._table: tuple[int, ...] | None = None  # run-time dimensions as last set or reported (DIMS)
         self._broken: str | None = None
         self._closed = False
         self._kill_lock = threading.Lock()
@@ -380,12 +408,60 @@ class Session(Executable):
         and returns how many it serves. Model 0 is selected when a device starts."""
         (count,) = struct.unpack("<I", self.call(Msg.SELECT, struct.pack("<I", index)))
         self._info = None
+        self._table = None
         return int(count)
 
+    def dims(self, sizes: Sequence[int] | None = None) -> tuple[int, ...]:
+        """The model's run-time dimension table (DIMS): its named sizes, then the sizes the last run computed
+        from them. ``sizes`` (one per named dimension) sets the named sizes for the next inputs and runs."""
+        values = [int(v) for v in sizes or ()]
+        reply = _Cursor(self.call(Msg.DIMS, struct.pack(f"<I{len(values)}q", len(values), *values)))
+        (count,) = reply.unpack("<I")
+        table = tuple(int(v) for v in reply.unpack(f"<{count}q"))
+        reply.finish()
+        self._table = table
+        return table
+
+    def _sizes_of(self, inputs: Mapping[str, Any]) -> list[int] | None:
+        """The named run-time sizes that ``inputs`` have (None for a model of fixed shapes), checked against
+        each other and the bounds."""
+        info = self.info()
+        if not info.named_dims:
+            return None
+        current = self._table or info.dim_bounds
+        sizes: dict[int, tuple[int, str]] = {}
+        for spec in info.inputs:
+            if spec.name not in inputs or not spec.dims:
+                continue
+            shape = np.shape(inputs[spec.name])
+            if len(shape) != len(spec.shape):
+                raise InputError(
+                    f"input {spec.name!r}: the model expects {len(spec.shape)} dimensions "
+                    f"{_shape_text(spec)}, got shape {tuple(shape)}"
+                )
+            for d, k in enumerate(spec.dims):
+                if k < 0:
+                    continue
+                size = int(shape[d])
+                if not 1 <= size <= info.dim_bounds[k]:
+                    raise InputError(
+                        f"input {spec.name!r}: dimension {d} is {size}; the model was compiled for 1.."
+                        f"{info.dim_bounds[k]} there (compile with a larger bound, e.g. --shape "
+                        f"{spec.name}=...x?:{max(size, 1)}x...)"
+                    )
+                if k in sizes and sizes[k][0] != size:
+                    raise InputError(
+                        f"input {spec.name!r}: dimension {d} is {size}, but {sizes[k][1]} gives the same "
+                        f"run-time dimension the size {sizes[k][0]}"
+                    )
+                sizes[k] = (size, f"input {spec.name!r}")
+        return [sizes[k][0] if k in sizes else int(current[k]) for k in range(info.named_dims)]
+
     def set_input(self, key: int | str, value: Any) -> None:
-        """Sends one input (by index or name); its shape and dtype must match the model exactly."""
+        """Sends one input (by index or name); its shape and dtype must match the model exactly (a run-time
+        dimension: the size set last, see :meth:`dims`)."""
         index, spec = self._tensor(key, outputs=False)
-        data = _check_array(spec, value)
+        data = _check_array(spec.at(self._table or self.info().dim_bounds), value)
         chunk = self.info().max_payload - 20
         for offset in range(0, len(data), chunk):
             part = data[offset : offset + chunk]
@@ -406,14 +482,19 @@ class Session(Executable):
             raise InputError(
                 "missing input(s) " + ", ".join(f"{s.name!r} ({s.dtype} {s.shape})" for s in missing)
             )
+        sizes = self._sizes_of(inputs)
+        table = None if sizes is None else (*sizes, *self.info().dim_bounds[len(sizes) :])
         for name, value in inputs.items():
-            _check_array(specs[name], value)
+            _check_array(specs[name].at(table), value)
+        if sizes is not None and tuple(sizes) != (self._table or self.info().dim_bounds)[: len(sizes)]:
+            self.dims(sizes)
         for name, value in inputs.items():
             self.set_input(name, value)
 
     def get_output(self, key: int | str) -> np.ndarray:
         """Fetches one output (by index or name) of the last run."""
         index, spec = self._tensor(key, outputs=True)
+        spec = spec.at(self._table)
         data = bytearray()
         while len(data) < spec.nbytes:
             reply = _Cursor(self.call(MSG_GET_OUTPUT, struct.pack("<IQ", index, len(data))))
@@ -436,6 +517,9 @@ class Session(Executable):
         self.run_seconds = max(self.run_seconds, time.monotonic() - t0)
         if not fetch_outputs:
             return {}
+        info = self.info()
+        if len(info.dim_bounds) > info.named_dims:  # sizes computed by the run: the outputs' shapes
+            self.dims()
         return {spec.name: self.get_output(i) for i, spec in enumerate(self.info().outputs)}
 
     def time(
@@ -603,6 +687,12 @@ def error_from_reply(payload: bytes, request: int) -> DeviceError:
         answered,
         detail,
     )
+
+
+def _shape_text(spec: TensorSpec) -> str:
+    """``(1, ?<=512, 64)``: a tensor's shape with its run-time dimensions and their bounds."""
+    dims = spec.dims or (-1,) * len(spec.shape)
+    return "(" + ", ".join(f"?<={d}" if k >= 0 else str(d) for d, k in zip(spec.shape, dims, strict=True)) + ")"
 
 
 def _check_array(spec: TensorSpec, value: Any) -> bytes:

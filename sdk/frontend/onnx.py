@@ -76,7 +76,7 @@ class _Importer:
     # ---- helpers for converters
     def emit(self, op: str, inputs: Sequence[Value], out_names: Sequence[str], **attrs: Any) -> list[Value]:
         """Apply kiln operator ``op``; folded right away (with its reference) when every input is constant."""
-        if inputs and all(isinstance(v, Constant) for v in inputs):
+        if inputs and all(isinstance(v, Constant) for v in inputs) and not _has_sym(attrs):
             values = get_op(op).reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
             return [Constant(n, np.asarray(v)) for n, v in zip(out_names, values, strict=True)]
         return self.add_node(op, inputs, out_names, attrs)
@@ -122,6 +122,20 @@ def converter(*names: str) -> Callable[[Converter], Converter]:
         return fn
 
     return deco
+
+
+def _has_sym(v: Any) -> bool:
+    """``v`` (an attribute value) holds a symbolic dimension: a result whose size is known only at run time."""
+    if isinstance(v, Sym):
+        return True
+    if isinstance(v, dict):
+        return any(_has_sym(x) for x in v.values())
+    return isinstance(v, list | tuple) and any(_has_sym(x) for x in v)
+
+
+def _dims(arr: np.ndarray) -> tuple[Dim, ...]:
+    """A shape given as a tensor: ints, or symbolic dimensions where it was computed from a dynamic shape."""
+    return tuple(d if isinstance(d, Sym) else int(d) for d in np.asarray(arr).reshape(-1))
 
 
 def _a(inputs: list[Value | None], i: int) -> Value:
@@ -450,32 +464,32 @@ def _softmax(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs
     return im.emit("reshape", [y], outs, shape=x.type.shape)
 
 
-def _resolve_shape(im: _Importer, x: Value, shape: Sequence[int], allowzero: bool) -> tuple[Dim, ...]:
-    """ONNX Reshape's target shape with 0 (copy the input dimension) and -1 (the rest) resolved. Symbolic
-    dimensions work when they are copied with 0 (or when -1 stands for exactly one of them)."""
+def _resolve_shape(im: _Importer, x: Value, shape: Sequence[Dim], allowzero: bool) -> tuple[Dim, ...]:
+    """ONNX Reshape's target shape with 0 (copy the input dimension) and -1 (the rest) resolved; symbolic
+    dimensions are expressions (:class:`Sym`), so -1 is the input's size divided by the other sizes."""
     src = x.type.shape
-    out: list[Dim] = [src[i] if (d == 0 and not allowzero) else int(d) for i, d in enumerate(shape)]
-    if -1 in out:
-        syms_in = [d for d in src if isinstance(d, Sym)]
-        syms_out = [d for d in out if isinstance(d, Sym)]
-        known = int(np.prod([d for d in out if isinstance(d, int) and d != -1]))
-        total = int(np.prod([d for d in src if isinstance(d, int)]))
-        rest = [d for d in syms_in if d not in syms_out]
-        if not rest:
-            out[out.index(-1)] = total // max(known, 1)
-        elif len(rest) == 1 and total == known:
-            out[out.index(-1)] = rest[0]
-        else:
-            raise im.fail(
-                f"cannot reshape {x.type} to {tuple(shape)}; bind its symbolic dimensions with shapes="
-            )
-    return tuple(out)
+    out: list[Dim] = [src[i] if (isinstance(d, int) and d == 0 and not allowzero) else d for i, d in enumerate(shape)]
+    if any(isinstance(d, int) and d == -1 for d in out):
+        i = next(i for i, d in enumerate(out) if isinstance(d, int) and d == -1)
+        total: Dim = 1
+        for d in src:
+            total = total * d
+        known: Dim = 1
+        for j, d in enumerate(out):
+            if j != i:
+                known = known * d
+        try:
+            rest = total // known
+        except TypeError:
+            raise im.fail(f"cannot reshape {x.type} to {tuple(shape)}: the sizes do not divide") from None
+        out[i] = rest
+    return tuple(int(d) if isinstance(d, np.integer) else d for d in out)
 
 
 @converter("Reshape")
 def _reshape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    shape = [int(d) for d in im.const_input(ins[1], "the target shape").reshape(-1)]
+    shape = list(_dims(im.const_input(ins[1], "the target shape")))
     return im.emit("reshape", [x], outs, shape=_resolve_shape(im, x, shape, bool(attrs.get("allowzero", 0))))
 
 
@@ -491,13 +505,11 @@ def _flatten(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs
 
 
 def _dim_product(im: _Importer, x: Value, lo: int, hi: int) -> Dim:
-    """The product of dimensions ``lo:hi`` of ``x`` (a symbolic dimension only when it stands alone)."""
-    dims = [d for d in x.type.shape[lo:hi] if d != 1]
-    if len(dims) == 1:
-        return dims[0]
-    if any(isinstance(d, Sym) for d in dims):
-        raise im.fail(f"cannot flatten symbolic dimensions of {x.type}; bind them with shapes=")
-    return int(np.prod([d for d in dims if isinstance(d, int)], dtype=np.int64))
+    """The product of dimensions ``lo:hi`` of ``x`` (an expression when some are symbolic)."""
+    out: Dim = 1
+    for d in x.type.shape[lo:hi]:
+        out = out * d
+    return out
 
 
 def _axes_attr_or_input(
@@ -552,8 +564,8 @@ def _slice(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
         starts, ends = list(attrs["starts"]), list(attrs["ends"])
         axes, steps = attrs.get("axes"), None
     else:
-        starts = [int(v) for v in im.const_input(ins[1], "starts").reshape(-1)]
-        ends = [int(v) for v in im.const_input(ins[2], "ends").reshape(-1)]
+        starts = list(_dims(im.const_input(ins[1], "starts")))
+        ends = list(_dims(im.const_input(ins[2], "ends")))
         axes = (
             [int(v) for v in im.const_input(ins[3], "axes").reshape(-1)] if len(ins) > 3 and ins[3] else None
         )
@@ -561,7 +573,7 @@ def _slice(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
             [int(v) for v in im.const_input(ins[4], "steps").reshape(-1)] if len(ins) > 4 and ins[4] else None
         )
     big = 2**62
-    ends = [min(max(e, -big), big) for e in ends]
+    ends = [min(max(e, -big), big) if isinstance(e, int) else e for e in ends]
     return im.emit(
         "slice",
         [x],
@@ -619,7 +631,7 @@ def _pad(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
 
 @converter("Expand")
 def _expand(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    shape = tuple(int(d) for d in im.const_input(ins[1], "the target shape").reshape(-1))
+    shape = _dims(im.const_input(ins[1], "the target shape"))
     return im.emit("expand", [_a(ins, 0)], outs, shape=shape)
 
 
@@ -743,7 +755,13 @@ def _shape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
     window = {k: int(attrs[k]) for k in ("start", "end") if k in attrs}
     if x.type.is_static:  # fold: the shape of a statically shaped tensor is a constant
         x = Constant(x.name, np.broadcast_to(np.zeros((), np_dtype(x.type.dtype)), x.type.static_shape))
-    return im.emit("shape", [x], outs, **window)
+        return im.emit("shape", [x], outs, **window)
+    # a shape with symbolic dimensions: a constant of dimensions (an int64 tensor whose entries may be Syms),
+    # so the shape arithmetic after it folds at import like a static one does
+    dims = np.empty(x.type.ndim, dtype=object)
+    dims[:] = list(x.type.shape)
+    sl = get_op("shape")._slice(x.type.ndim, window)  # type: ignore[attr-defined]
+    return [Constant(outs[0], dims[sl])]
 
 
 @converter("Size")
@@ -2502,20 +2520,47 @@ def _load(model: onnx.ModelProto | str | Path | bytes) -> onnx.ModelProto:
     return m
 
 
-def _value_type(vi: onnx.ValueInfoProto, shapes: dict[str, tuple[int, ...]]) -> TensorType:
+def _value_type(
+    vi: onnx.ValueInfoProto, shapes: dict[str, tuple[int | str, ...]], bounds: dict[str, int]
+) -> TensorType:
     tt = vi.type.tensor_type
     dtype = ONNX_DTYPES.get(tt.elem_type)
     if dtype is None:
         raise ImportErrorInNode(f"input {vi.name!r} has unsupported element type {tt.elem_type}")
+    model_dims = list(tt.shape.dim)
+
+    def sym_name(i: int) -> str:
+        d = model_dims[i] if i < len(model_dims) else None
+        return d.dim_param if d is not None and d.dim_param else f"{vi.name}_d{i}"
+
     if vi.name in shapes:
-        return TensorType(tuple(int(d) for d in shapes[vi.name]), dtype)
+        given: list[int | Sym] = []
+        for i, d in enumerate(shapes[vi.name]):
+            if isinstance(d, str):  # "?:512" or "seq:512": a dimension known at run time, at most 512
+                name, bound = parse_dynamic_dim(d, sym_name(i))
+                given.append(Sym(name))
+                if bounds.setdefault(name, bound) != bound:
+                    raise ValueError(f"dimension {name!r} is given two bounds, {bounds[name]} and {bound}")
+            else:
+                given.append(int(d))
+        return TensorType(tuple(given), dtype)
     dims: list[int | Sym] = []
-    for i, d in enumerate(tt.shape.dim):
-        if d.HasField("dim_value"):
-            dims.append(int(d.dim_value))
-        else:
-            dims.append(Sym(d.dim_param or f"{vi.name}_d{i}"))
+    for i, d in enumerate(model_dims):
+        dims.append(int(d.dim_value) if d.HasField("dim_value") else Sym(sym_name(i)))
     return TensorType(tuple(dims), dtype)
+
+
+def parse_dynamic_dim(text: str, default_name: str) -> tuple[str, int]:
+    """``"?:512"`` (named after the model's own name for the dimension) or ``"seq:512"``: a dimension whose
+    size is given at run time, from 1 up to the bound."""
+    name, sep, bound = text.partition(":")
+    name = name.strip()
+    if not sep or not bound.strip().isdigit() or int(bound) < 1 or not (name == "?" or name.isidentifier()):
+        raise ValueError(
+            f"dynamic dimension {text!r}: write ?:MAX or NAME:MAX with MAX the largest size it may take "
+            "(e.g. 1x?:512 for a sequence of up to 512 tokens)"
+        )
+    return (default_name if name == "?" else name), int(bound)
 
 
 def load_custom_op(spec: Any) -> OpDef:
@@ -2590,10 +2635,11 @@ def from_onnx(
         dtype_of(arr)  # rejects unsupported element types with a clear message
         im.env[t.name] = Constant(t.name, arr)
     params: list[Var] = []
+    bounds: dict[str, int] = {}
     for vi in g.input:
         if vi.name in inits:
             continue
-        param = Var(vi.name, _value_type(vi, shapes))
+        param = Var(vi.name, _value_type(vi, shapes, bounds))
         params.append(param)
         im.env[vi.name] = param
     unknown = sorted(set(shapes) - {p.name for p in params})
@@ -2628,4 +2674,4 @@ def from_onnx(
         outputs.append(v)
     model_name = name or g.name or "model"
     main = GraphFunction("main", tuple(params), tuple(im.nodes), tuple(outputs), {"model_name": model_name})
-    return Module({"main": main})
+    return Module({"main": main}, {"dim_bounds": bounds} if bounds else {})

@@ -55,7 +55,9 @@ class Constant:
 
     @property
     def type(self) -> TensorType:
-        return TensorType(tuple(int(d) for d in self.data.shape), dtype_of(self.data))
+        # an object array is a tensor of dimensions (int64 entries, some symbolic): shape arithmetic at import
+        dtype = "int64" if self.data.dtype == object else dtype_of(self.data)
+        return TensorType(tuple(int(d) for d in self.data.shape), dtype)
 
     def __repr__(self) -> str:
         return f"@{self.name}: {self.type}"

@@ -275,9 +275,9 @@ class Buffer:
     """
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[Any, ...]  # ints; an int64 Expr for a dimension known only at run time (dynamic shapes)
     dtype: str = "float32"
-    strides: tuple[int, ...] = ()
+    strides: tuple[Any, ...] = ()
     scope: str = "param"
     uid: int = field(default_factory=lambda: next(_ids))
 
@@ -286,7 +286,12 @@ class Buffer:
         return len(self.shape)
 
     @property
-    def elem_strides(self) -> tuple[int, ...]:
+    def is_dynamic(self) -> bool:
+        """Some dimension is an expression evaluated at run time (see docs/how-to/dynamic-shapes.md)."""
+        return not all(isinstance(d, int) for d in self.shape)
+
+    @property
+    def elem_strides(self) -> tuple[Any, ...]:
         if self.strides:
             return self.strides
         out, acc = [], 1
@@ -439,7 +444,7 @@ def loop_nest(
     stmt = body(vars_)
     for d in reversed(range(len(shape))):
         kind = innermost if d == len(shape) - 1 else "serial"
-        stmt = For(vars_[d], IntImm(shape[d]), stmt, kind)
+        stmt = For(vars_[d], const(shape[d]), stmt, kind)
     return stmt
 
 
@@ -473,6 +478,15 @@ def walk_exprs(e: Expr) -> Iterable[Expr]:
     elif isinstance(e, Load):
         for i in e.indices:
             yield from walk_exprs(i)
+        yield from _stride_exprs(e.buffer)
+
+
+def _stride_exprs(buf: Buffer) -> Iterable[Expr]:
+    """Run-time strides of ``buf`` (dynamic shapes): addressing it reads the values they load."""
+    if buf.is_dynamic or buf.strides:
+        for st in buf.elem_strides:
+            if isinstance(st, Expr):
+                yield from walk_exprs(st)
 
 
 def stmt_exprs(s: Stmt) -> Iterable[Expr]:
@@ -480,6 +494,7 @@ def stmt_exprs(s: Stmt) -> Iterable[Expr]:
     if isinstance(s, Store):
         yield from s.indices
         yield s.value
+        yield from _stride_exprs(s.buffer)
     elif isinstance(s, For):
         yield s.start
         yield s.extent

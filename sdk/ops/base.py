@@ -61,6 +61,10 @@ class OpDef:
     name: str = ""
     kind: str = "opaque"
     num_outputs: int = 1
+    #: The lowering handles buffers whose dimensions are run-time expressions (int64 loads of the model's
+    #: dimension table; dense row-major layout with run-time strides): loop extents from ``buf.shape``, no
+    #: Python arithmetic or scratch sized by them. Legalize refuses a dynamic kernel of any other operator.
+    dynamic_shapes: bool = False
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         raise NotImplementedError
@@ -182,7 +186,13 @@ def limit_value(value: float, dtype: str) -> float | int:
 
 
 def ref_cast(x: np.ndarray, dtype: str) -> np.ndarray:
-    return np.asarray(x).astype(np_dtype(dtype), copy=False)
+    x = np.asarray(x)
+    if x.dtype == object:  # dimensions, some symbolic: integers stay as they are, truth values become bools
+        if dtype == "bool":
+            return x.astype(bool)
+        if dtype == "int64" or dtype.startswith("int"):
+            return x
+    return x.astype(np_dtype(dtype), copy=False)
 
 
 # --------------------------------------------------------------------------------------------------- elementwise
@@ -190,6 +200,7 @@ class Elementwise(OpDef):
     """``out = f(*inputs)`` per element with NumPy broadcasting. Subclasses give ``scalar`` and ``numpy``."""
 
     kind = "elementwise"
+    dynamic_shapes = True
     out_dtype: str | None = None  # None: same as the first input
 
     def scalar(self, attrs: dict[str, Any], *args: T.Expr) -> T.Expr:

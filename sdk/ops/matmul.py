@@ -21,7 +21,7 @@ import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import Dim, TensorType
-from .base import LowerContext, OpDef, broadcast_shapes, flat_index, register
+from .base import LowerContext, OpDef, OpError, broadcast_shapes, flat_index, register
 from .gemm_kernel import gemm, parallel_for
 from .schedule import schedule_for
 
@@ -42,6 +42,7 @@ def _promote(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[tuple[Dim, ...], t
 class MatMul(OpDef):
     name = "matmul"
     kind = "complex"
+    dynamic_shapes = True
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         a, b = inputs
@@ -78,6 +79,8 @@ class MatMul(OpDef):
     ) -> T.Stmt:
         a0, b0 = ins
         out0 = outs[0]
+        if any(b.is_dynamic for b in (a0, b0, out0)):
+            return _lower_dynamic(ctx, a0, b0, out0)
         sa, sb = _promote(a0.shape, b0.shape)
         a = a0.with_(shape=tuple(int(d) for d in sa), strides=())  # type: ignore[arg-type]
         b = b0.with_(shape=tuple(int(d) for d in sb), strides=())  # type: ignore[arg-type]
@@ -132,6 +135,50 @@ class MatMul(OpDef):
 
             return T.loop(count, flat, name=f"{ctx.name}_pb", kind="parallel")
         return T.loop_nest(batch, for_batch, prefix=f"{ctx.name}_b")
+
+
+def _lower_dynamic(ctx: LowerContext, a: T.Buffer, b: T.Buffer, out: T.Buffer) -> T.Stmt:
+    """A product whose sizes are known only at run time: per output row, ``out[i, :] += a[i, k] * b[k, :]``
+    over k (the row stays in cache; the j loop runs at the vector width), then the epilogue. Rows run in
+    parallel on targets with threads."""
+    if a.ndim < 2 or b.ndim < 2:
+        raise OpError(f"matmul: a 1-D operand with run-time dimensions ({a} @ {b}) is not supported")
+    acc = acc_dtype(a.dtype, b.dtype)
+    if out.dtype != acc:
+        raise OpError(f"matmul: an epilogue that changes the dtype ({acc} -> {out.dtype}) with run-time sizes")
+    nb = out.ndim - 2
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+
+    def bidx(buf: T.Buffer, bi: tuple[T.Expr, ...]) -> tuple[T.Expr, ...]:
+        off = nb - (buf.ndim - 2)
+        return tuple(T.IntImm(0) if buf.shape[d] == 1 else bi[d + off] for d in range(buf.ndim - 2))
+
+    def rows(bi: tuple[T.Expr, ...]) -> T.Stmt:
+        ab, bb = bidx(a, bi), bidx(b, bi)
+
+        def row(i: T.LoopVar) -> T.Stmt:
+            at = lambda j: (*bi, i, j)  # noqa: E731
+            zero = T.loop(n, lambda j: T.Store(out, at(j), T.const(0, acc)), f"{ctx.name}_z", "vectorized")
+            sums = T.loop(
+                k,
+                lambda kk: T.loop(
+                    n,
+                    lambda j: T.Store(
+                        out, at(j), out[at(j)] + T.cast(acc, a[(*ab, i, kk)]) * T.cast(acc, b[(*bb, kk, j)])
+                    ),
+                    f"{ctx.name}_j",
+                    "vectorized",
+                ),
+                f"{ctx.name}_k",
+            )
+            epi = T.loop(
+                n, lambda j: T.Store(out, at(j), ctx.apply_epilogue(out[at(j)], at(j), None)), f"{ctx.name}_e"
+            )
+            return T.seq(zero, sums, epi if ctx.epilogue is not None else None)
+
+        return T.loop(m, row, f"{ctx.name}_i", "parallel" if parallel_for(ctx.target) else "serial")
+
+    return T.loop_nest(out.shape[:nb], rows, prefix=f"{ctx.name}_b") if nb else rows(())
 
 
 register(MatMul())

@@ -190,6 +190,7 @@ class Softmax(OpDef):
     name = "softmax"
     kind = "opaque"
     log = False
+    dynamic_shapes = True
 
     def flops(
         self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
@@ -220,7 +221,8 @@ class Softmax(OpDef):
         def at(idx: Index, j: T.Expr) -> Index:
             return tuple(j if d == axis else i for d, i in enumerate(idx))
 
-        if x.elem_strides[axis] != 1 or n < 2 * lanes:  # a strided or short axis: scalar max and sum
+        # a strided, short or run-time-sized axis: scalar max and sum (no scratch row of a fixed size)
+        if x.is_dynamic or x.elem_strides[axis] != 1 or n < 2 * lanes:
             return self._lower_scalar(ctx, x, out, axis)
 
         e = T.Buffer(f"{ctx.name}_exp", (n,), dt, scope="workspace")  # one row's exp(x - max)
@@ -384,6 +386,7 @@ class LayerNorm(OpDef):
 
     name = "layer_norm"
     kind = "opaque"
+    dynamic_shapes = True  # over rows whose count is known at run time; the normalized axes have fixed sizes
 
     def flops(
         self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
@@ -413,9 +416,13 @@ class LayerNorm(OpDef):
         out = outs[0]
         axis = normalize_axis(int(attrs.get("axis", -1)), x.ndim, self.name)
         inner = x.shape[axis:]
+        if not all(isinstance(d, int) for d in inner):
+            raise self.error(f"the normalized axes of {x} must have fixed sizes")
         n = int(np.prod(inner))
         eps = float(attrs.get("epsilon", 1e-5))
-        rows = int(np.prod(x.shape[:axis]))
+        rows: T.ExprLike = 1
+        for d in x.shape[:axis]:
+            rows = rows * d
         xf = x.with_(shape=(rows, n), strides=())
         of = out.with_(shape=(rows, n), strides=())
         sf = scale.with_(shape=(scale.numel,), strides=())

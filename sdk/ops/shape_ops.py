@@ -65,6 +65,7 @@ class Transpose(OpDef):
     name = "transpose"
     kind = "injective"
     flops_per_element = 0  # moves data only
+    dynamic_shapes = True
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
@@ -141,8 +142,9 @@ def _slice_params(shape: Sequence[Dim], attrs: dict[str, Any]) -> list[tuple[int
     for s, e, a, st in zip(starts, ends, axes, steps, strict=True):
         a = normalize_axis(int(a), nd, "slice")
         dim = shape[a]
-        if not isinstance(dim, int):
-            raise OpError(f"slice: cannot slice symbolic dimension {dim} of {tuple(shape)}; bind it first")
+        if not (isinstance(dim, int) and isinstance(s, int) and isinstance(e, int)):
+            out[a] = _symbolic_slice(dim, s, e, st, shape)
+            continue
         if st == 0:
             raise OpError("slice: steps must not be 0")
         s = s + dim if s < 0 else s
@@ -157,6 +159,23 @@ def _slice_params(shape: Sequence[Dim], attrs: dict[str, Any]) -> list[tuple[int
     return out
 
 
+def _symbolic_slice(dim: Dim, s: Dim, e: Dim, st: int, shape: Sequence[Dim]) -> tuple[int, int, Dim]:
+    """A slice whose dimension or end is a run-time size: step 1 from a fixed start, up to an end that is at
+    most the dimension (``x[:, :seq]`` of a table of ``maxlen >= seq`` rows; ``x[1:]``; ``x[:-1]``)."""
+    big = 2**31
+    if st != 1 or not isinstance(s, int) or (isinstance(s, int) and s < 0 and not isinstance(dim, int)):
+        if st != 1 or not isinstance(s, int):
+            raise OpError(
+                f"slice: a slice of {tuple(shape)} with start {s}, end {e}, step {st} needs a known start and step 1"
+            )
+    s = dim + s if s < 0 else s
+    if isinstance(e, int):
+        e = dim if e >= big else dim + e if e < 0 else e
+        if isinstance(e, int) and isinstance(dim, Sym):
+            raise OpError(f"slice: cannot end a slice of run-time dimension {dim} at the fixed index {e}")
+    return (int(s) if isinstance(s, int) else 0, 1, e - s)  # type: ignore[return-value]
+
+
 def _static_slice_params(shape: Sequence[int], attrs: dict[str, Any]) -> list[tuple[int, int, int]]:
     return cast(list[tuple[int, int, int]], _slice_params(shape, attrs))
 
@@ -167,6 +186,7 @@ class Slice(OpDef):
     name = "slice"
     kind = "injective"
     flops_per_element = 0  # moves data only
+    dynamic_shapes = True
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
@@ -200,6 +220,7 @@ class Split(OpDef):
     name = "split"
     kind = "injective"
     flops_per_element = 0  # moves data only
+    dynamic_shapes = True
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
@@ -239,6 +260,7 @@ class Gather(OpDef):
     name = "gather"
     kind = "injective"
     flops_per_element = 0  # moves data only
+    dynamic_shapes = True
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, ind = inputs

@@ -60,6 +60,13 @@ class ModelInfo:
     kernel_calls: int = 0
     #: prefix of the model's global symbols (:func:`kiln.runtime_c.abi.model_symbol` and friends)
     prefix: str = abi.DEFAULT_PREFIX
+    #: dynamic shapes: the run-time dimensions' bounds (the first ``named_dims`` are the inputs' named sizes)
+    #: and, per input and output, which dimension gives each size (-1: fixed; empty: every size fixed).
+    #: Shapes hold the bounds.
+    dim_bounds: Sequence[int] = ()
+    named_dims: int = 0
+    input_dims: Sequence[Sequence[int]] = ()
+    output_dims: Sequence[Sequence[int]] = ()
 
     def __post_init__(self) -> None:
         norm = {
@@ -67,6 +74,10 @@ class ModelInfo:
             "outputs": tuple((str(n), str(d), tuple(int(x) for x in s)) for n, d, s in self.outputs),
             "kernel_names": tuple(str(k) for k in self.kernel_names),
             "operators": tuple(str(o) for o in self.operators),
+            "dim_bounds": tuple(int(b) for b in self.dim_bounds),
+            "input_dims": tuple(tuple(int(k) for k in d) for d in self.input_dims) or ((),) * len(self.inputs),
+            "output_dims": tuple(tuple(int(k) for k in d) for d in self.output_dims)
+            or ((),) * len(self.outputs),
         }
         for key, value in norm.items():
             object.__setattr__(self, key, value)
@@ -98,6 +109,12 @@ class ModelInfo:
                         f"model {self.name!r}: {kind} {name!r} has shape {shape}; the runtime needs static "
                         "non-negative extents (bind symbolic dimensions before linking)"
                     )
+        if len(self.dim_bounds) > abi.MAX_DIMS or not 0 <= self.named_dims <= len(self.dim_bounds):
+            raise ValueError(f"model {self.name!r}: {len(self.dim_bounds)} run-time dimensions (at most {abi.MAX_DIMS})")
+        for kind, tensors, dims in (("input", self.inputs, self.input_dims), ("output", self.outputs, self.output_dims)):
+            for (name, _, shape), ks in zip(tensors, dims, strict=True):
+                if ks and (len(ks) != len(shape) or any(not -1 <= k < len(self.dim_bounds) for k in ks)):
+                    raise ValueError(f"model {self.name!r}: {kind} {name!r} has run-time dimensions {ks}")
 
     @staticmethod
     def nbytes(spec: TensorSpec) -> int:
@@ -271,13 +288,13 @@ def c_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _tensor_table(kind: str, tensors: Sequence[TensorSpec]) -> tuple[str, str]:
+def _tensor_table(kind: str, tensors: Sequence[TensorSpec], dims: Sequence[Sequence[int]]) -> tuple[str, str]:
     """C definitions for one tensor table and the expression that points to it."""
     if not tensors:
         return "", "NULL"
     lines = []
     rows = []
-    for i, spec in enumerate(tensors):
+    for i, (spec, ks) in enumerate(zip(tensors, dims, strict=True)):
         name, dtype, shape = spec
         code, bits = abi.DTYPES[dtype]
         shape_ref = "NULL"
@@ -286,9 +303,13 @@ def _tensor_table(kind: str, tensors: Sequence[TensorSpec]) -> tuple[str, str]:
                 f"static const int64_t k_{kind}_shape{i}[{len(shape)}] = {{{', '.join(map(str, shape))}}};"
             )
             shape_ref = f"k_{kind}_shape{i}"
+        dims_ref = "NULL"
+        if ks:
+            lines.append(f"static const int8_t k_{kind}_dims{i}[{len(ks)}] = {{{', '.join(map(str, ks))}}};")
+            dims_ref = f"k_{kind}_dims{i}"
         rows.append(
             f"    {{{c_string(name)}, {{{code}u, {bits}u, 1u}}, {len(shape)}, {shape_ref}, "
-            f"{ModelInfo.nbytes(spec)}ull}},"
+            f"{ModelInfo.nbytes(spec)}ull, {dims_ref}}},"
         )
     lines += [f"static const kiln_tensor_info_t k_{kind}[{len(tensors)}] = {{", *rows, "};"]
     return "\n".join(lines) + "\n", f"k_{kind}"
@@ -297,8 +318,15 @@ def _tensor_table(kind: str, tensors: Sequence[TensorSpec]) -> tuple[str, str]:
 def descriptor_c(info: ModelInfo, weight_bytes: int) -> str:
     """``model_desc.c``: the descriptor ``<prefix>`` for ``info`` (see runtime_c/include/kiln/model.h)."""
     model, entry, weights = (f(info.prefix) for f in (abi.model_symbol, abi.entry_symbol, abi.weights_symbol))
-    inputs_c, inputs_ref = _tensor_table("inputs", info.inputs)
-    outputs_c, outputs_ref = _tensor_table("outputs", info.outputs)
+    inputs_c, inputs_ref = _tensor_table("inputs", info.inputs, info.input_dims)
+    outputs_c, outputs_ref = _tensor_table("outputs", info.outputs, info.output_dims)
+    bounds_c, bounds_ref = "", "NULL"
+    if info.dim_bounds:
+        bounds_c = (
+            f"static const int64_t k_dim_bounds[{len(info.dim_bounds)}] = "
+            f"{{{', '.join(map(str, info.dim_bounds))}}};\n"
+        )
+        bounds_ref = "k_dim_bounds"
     kernels_c, kernels_ref = "", "NULL"
     if info.kernel_names:
         names = ", ".join(c_string(k) for k in info.kernel_names)
@@ -310,11 +338,11 @@ def descriptor_c(info: ModelInfo, weight_bytes: int) -> str:
 
 #include "kiln/model.h"
 
-int32_t {entry}(void *const *inputs, void *const *outputs, uint8_t *workspace, void *prof);
+int32_t {entry}(void *const *inputs, void *const *outputs, uint8_t *workspace, void *prof, int64_t *dims);
 extern const uint8_t {weights}[];
 extern const kiln_model_t {model};
 
-{inputs_c}{outputs_c}{kernels_c}
+{inputs_c}{outputs_c}{kernels_c}{bounds_c}
 const kiln_model_t {model} = {{
     .abi_version = {abi.ABI_VERSION}u,
     .name = {c_string(info.name)},
@@ -328,6 +356,9 @@ const kiln_model_t {model} = {{
     .num_kernels = {len(info.kernel_names)}u,
     .kernel_names = {kernels_ref},
     .entry = {entry},
+    .num_dims = {len(info.dim_bounds)}u,
+    .num_named_dims = {info.named_dims}u,
+    .dim_bounds = {bounds_ref},
 }};
 """
 

@@ -12,8 +12,11 @@ from .pipeline import register_pass
 
 
 def fold_node(n: Node) -> list[Constant] | None:
-    """Constants for ``n``'s results if all its inputs are constants and its operator is foldable."""
+    """Constants for ``n``'s results if all its inputs are constants, its operator is foldable and its results
+    have fixed sizes (a table sliced to a run-time length stays a node)."""
     if not has_op(n.op) or not all(isinstance(v, Constant) for v in n.inputs):
+        return None
+    if not all(o.type.is_static for o in n.outputs):
         return None
     values = get_op(n.op).reference([v.data for v in n.inputs], n.attrs)  # type: ignore[union-attr]
     return [Constant(o.name, v) for o, v in zip(n.outputs, values, strict=True)]

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import Constant, GraphFunction, Module, Node, TensorFunction, Value, Var
+from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorFunction, TensorType, Value, Var
 from ..ir import tensor as T
 from ..ops import LowerContext, get_op
 from ..ops.base import OpError, broadcast_index, elementwise_copy
+from ..runtime_c import abi
 from .pipeline import register_pass
 
 
@@ -50,6 +51,44 @@ class _Legalizer:
         self.target = mod.attrs.get("target")
         self.funcs: dict[str, TensorFunction] = {}
         self.by_key: dict[Any, str] = {}
+        # dynamic shapes: the table of run-time dimensions (the inputs' named sizes first, then every size
+        # computed from them that a kernel uses) and the graph value that stands for it in kernel calls
+        self.dims: list[Sym] = []
+        for p in mod.main.params:
+            for d in p.type.shape:
+                if isinstance(d, Sym) and d not in self.dims:
+                    if len(d.terms) != 1 or d.terms[0] != ((d.name,), 1):
+                        raise OpError(
+                            f"input {p.name!r} has dimension {d}: a run-time dimension of an input must be a "
+                            "named size (like seq), not an expression"
+                        )
+                    self.dims.append(d)
+        self.named = len(self.dims)
+        self.dims_var = Var("dims", TensorType((abi.MAX_DIMS,), "int64"))
+
+    def dim_index(self, d: Sym) -> int:
+        if d not in self.dims:
+            self.dims.append(d)
+            if len(self.dims) > abi.MAX_DIMS:
+                raise OpError(
+                    f"the model uses more than {abi.MAX_DIMS} distinct run-time dimensions "
+                    f"({', '.join(map(str, self.dims))}); fix some of them with --shape"
+                )
+        return self.dims.index(d)
+
+    def buffers(self, prefix: str, types: list[TensorType], dims: T.Buffer | None) -> list[T.Buffer]:
+        """Kernel parameters for values of ``types``; a run-time dimension is a load of the dimension table
+        (one expression object per table entry, so buffers of equal shapes have equal shape tuples)."""
+        loads: dict[int, T.Expr] = {}
+
+        def dim(d: Any) -> Any:
+            if isinstance(d, int):
+                return d
+            assert dims is not None
+            k = self.dim_index(d)
+            return loads.setdefault(k, dims[k])
+
+        return [T.Buffer(f"{prefix}{i}", tuple(dim(d) for d in t.shape), t.dtype) for i, t in enumerate(types)]
 
     def kernel(self, chain: list[Node], outputs: tuple[Var, ...]) -> tuple[str, list[Value]]:
         """Tensor function for ``chain`` (anchor + elementwise epilogue); returns its name and call inputs."""
@@ -85,27 +124,42 @@ class _Legalizer:
             tuple((v.type.shape, v.type.dtype) for v in call_inputs),
             tuple((o.type.shape, o.type.dtype) for o in outputs),
         )
+        dynamic = not all(v.type.is_static for v in (*call_inputs, *outputs))
         if key in self.by_key:
-            return self.by_key[key], call_inputs
+            return self.by_key[key], [*call_inputs, self.dims_var] if dynamic else call_inputs
         name = _ident("_".join(n.op for n in chain))
         k = 0
         while f"{name}_{k}" in self.funcs or f"{name}_{k}" in self.mod.functions:
             k += 1
         fname = f"{name}_{k}"
-        in_bufs = [T.Buffer(f"in{i}", v.type.static_shape, v.type.dtype) for i, v in enumerate(call_inputs)]
-        out_bufs = [T.Buffer(f"out{i}", o.type.static_shape, o.type.dtype) for i, o in enumerate(outputs)]
+        dims = T.Buffer("dims", (abi.MAX_DIMS,), "int64") if dynamic else None
+        in_bufs = self.buffers("in", [v.type for v in call_inputs], dims)
+        out_bufs = self.buffers("out", [o.type for o in outputs], dims)
+        op = get_op(anchor.op)
+        if dynamic:
+            slow = [n.op for n in chain if not get_op(n.op).dynamic_shapes]
+            if slow:
+                raise OpError(
+                    f"node {anchor.name or anchor.op!r}: operator {', '.join(slow)} has no lowering for run-time "
+                    f"dimensions yet (shapes {', '.join(str(v.type) for v in (*call_inputs, *outputs))}); "
+                    "compile with fixed sizes (--shape NAME=1x3x224x224)"
+                )
         ctx = LowerContext(
             self.target, self._epilogue(chain_sig, in_bufs, out_bufs[0]) if rest else None, fname
         )
-        op = get_op(anchor.op)
         try:
             body = op.lower(ctx, [in_bufs[s] for s in anchor_slots], out_bufs, anchor.attrs)
         except OpError as e:
             raise OpError(f"cannot lower node {anchor.name or anchor.op!r}: {e}") from e
-        flops = op.flops([v.type for v in anchor.inputs], [o.type for o in anchor.outputs], anchor.attrs)
-        tf = TensorFunction(
-            fname, (*in_bufs, *out_bufs), body, len(out_bufs), {"ops": [n.op for n in chain], "flops": flops}
+        flops = (
+            0
+            if dynamic
+            else op.flops([v.type for v in anchor.inputs], [o.type for o in anchor.outputs], anchor.attrs)
         )
+        params = (*in_bufs, *([dims] if dims is not None else []), *out_bufs)
+        tf = TensorFunction(fname, params, body, len(out_bufs), {"ops": [n.op for n in chain], "flops": flops})
+        if dims is not None:
+            call_inputs = [*call_inputs, self.dims_var]
         self.funcs[fname] = tf
         self.by_key[key] = fname
         return fname, call_inputs
@@ -123,7 +177,7 @@ class _Legalizer:
                         exprs.append(T.const(float(val) if dtype.startswith("float") else int(val), dtype))
                     else:
                         b = in_bufs[a]
-                        if flat is not None and b.shape == out.shape:
+                        if flat is not None and b.shape == out.shape and not b.is_dynamic:
                             exprs.append(b.with_(shape=(b.numel,), strides=())[flat])
                         else:
                             exprs.append(b[broadcast_index(b, idx, out.ndim)])
@@ -140,11 +194,11 @@ class _Legalizer:
         while f"copy_{k}" in self.funcs or f"copy_{k}" in self.mod.functions:
             k += 1
         fname = f"copy_{k}"
-        src = T.Buffer("in0", v.type.static_shape, v.type.dtype)
-        dst = T.Buffer("out0", v.type.static_shape, v.type.dtype)
+        dims = None if v.type.is_static else T.Buffer("dims", (abi.MAX_DIMS,), "int64")
+        src, dst = (*self.buffers("in", [v.type], dims), *self.buffers("out", [v.type], dims))
         self.funcs[fname] = TensorFunction(
             fname,
-            (src, dst),
+            (src, *([dims] if dims is not None else []), dst),
             elementwise_copy(LowerContext(self.target), src, dst),
             1,
             {"ops": ["copy"], "flops": 0},
@@ -156,11 +210,14 @@ class _Legalizer:
 @register_pass("legalize", "legalize")
 def legalize(mod: Module) -> Module:
     main = mod.main
+    bounds = mod.attrs.get("dim_bounds") or {}
     for p in main.params:
-        if not p.type.is_static:
+        unbound = [d for d in p.type.shape if isinstance(d, Sym) and not d.atoms() <= set(bounds)]
+        if unbound:
             raise OpError(
-                f"input {p.name!r} has symbolic shape {p.type}; give concrete sizes "
-                f"(kiln compile --shape {p.name}=1x3x224x224, or shapes= in kiln.compile)"
+                f"input {p.name!r} has symbolic shape {p.type}; give concrete sizes or bounds "
+                f"(kiln compile --shape {p.name}=1x3x224x224, or 1x?:512 for a size known at run time, "
+                "at most 512; shapes= in kiln.compile)"
             )
     lg = _Legalizer(mod)
     nodes: list[Node] = []
@@ -178,7 +235,10 @@ def legalize(mod: Module) -> Module:
     fns: dict[str, Any] = {k: v for k, v in mod.functions.items() if k != "main"}
     fns.update(lg.funcs)
     fns["main"] = main.with_(nodes=tuple(nodes), outputs=tuple(outputs))
-    return mod.with_functions(dict(sorted(fns.items(), key=lambda kv: kv[0] != "main")))
+    out = mod.with_functions(dict(sorted(fns.items(), key=lambda kv: kv[0] != "main")))
+    if lg.dims:  # the dimension table the entry fills: what codegen, the package and the runtime read
+        out = out.with_attrs(dims={"table": list(lg.dims), "named": lg.named, "var": lg.dims_var.uid})
+    return out
 
 
 def _unfuse(n: Node) -> list[Node]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from ..ir import Constant, Module, Var
 from ..ir.tensor import workspace_bytes
+from ..ir.types import bound_type
 from ..runtime_c.abi import align_up
 from .pipeline import register_pass
 
@@ -67,6 +68,7 @@ def lower_bound(buffers: Buffers) -> int:
 @register_pass("plan-memory", "tensor_opt")
 def plan_memory(mod: Module) -> Module:
     main = mod.main
+    bounds = mod.attrs.get("dim_bounds") or {}  # run-time dimensions: space for their largest sizes
     storage: dict[int, tuple[str, int]] = {}
     for i, p in enumerate(main.params):
         storage[p.uid] = ("input", i)
@@ -92,7 +94,7 @@ def plan_memory(mod: Module) -> Module:
             continue
         for o in n.outputs:
             if o.uid not in storage:
-                buffers[o.uid] = (align_up(o.type.nbytes), pos, pos)
+                buffers[o.uid] = (align_up(bound_type(o.type, bounds).nbytes), pos, pos)
         if n.op == "call_tensor":
             ws = workspace_bytes(funcs[n.attrs["func"]])
             if ws:

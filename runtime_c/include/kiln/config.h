@@ -31,4 +31,13 @@
 #define KILN_TIME_MAX_NUMBER        (1u << 30)
 #define KILN_TIME_MAX_MIN_REPEAT_MS 3600000u
 
+/* Most run-time dimensions (dynamic shapes) a model may have: named sizes plus the sizes computed from them. */
+#define KILN_MAX_DIMS 16u
+
+/* 1: the endpoint serves models with run-time dimensions (the DIMS message). Firmware images of fixed-shape
+ * models set 0 to save flash; DIMS is then an unknown message and every run is at the bounds. */
+#ifndef KILN_DYNAMIC_DIMS
+#define KILN_DYNAMIC_DIMS 1
+#endif
+
 #endif /* KILN_CONFIG_H_ */

@@ -22,8 +22,11 @@
  *   INFO 0x01        u32 offset -> u32 total, then bytes [offset, offset+k) of the info record:
  *                    u32 abi_version, u32 max_payload, u64 ticks_per_second, u64 workspace_bytes,
  *                    u64 weights_bytes, str name, u32 num_inputs, tensor*, u32 num_outputs, tensor*,
- *                    u32 num_kernels, str*; tensor = str name, u8 code, u8 bits, u16 lanes, u32 ndim,
- *                    i64 shape[ndim], u64 nbytes. The host asks again from offset+k until it has total.
+ *                    u32 num_kernels, str*, u32 num_dims, u32 num_named_dims, i64 dim_bounds[num_dims],
+ *                    then per input and output i8 dims[ndim] (-1: a fixed size; k: run-time dimension k);
+ *                    tensor = str name, u8 code, u8 bits, u16 lanes, u32 ndim, i64 shape[ndim] (a run-time
+ *                    dimension's bound), u64 nbytes (at the bounds). The host asks again from offset+k until it
+ *                    has total.
  *   SET_INPUT 0x02   u32 index, u64 nbytes, u64 offset, data -> empty. nbytes must equal the input's size
  *                    and offset + len(data) <= nbytes; large tensors arrive in several chunks.
  *   RUN 0x03         empty -> empty. Runs the model once on the current inputs.
@@ -40,6 +43,11 @@
  *   SELECT 0x08      u32 model -> u32 count. Later messages address model `model` of the `count` models the
  *                    device serves (a firmware image may link several; model 0 is selected at start, and a
  *                    device with one model accepts only 0).
+ *   DIMS 0x09        u32 count, i64 sizes[count] -> u32 num_dims, i64 dims[num_dims]. Dynamic shapes: count 0
+ *                    only asks; count == the model's named dimensions sets them (each 1..its bound) for the
+ *                    next inputs and runs. The reply is the model's run-time dimension table: the named sizes,
+ *                    then the sizes the last run computed from them (the outputs' shapes). At start, and after
+ *                    SELECT, every dimension is at its bound. SET_INPUT and GET_OUTPUT sizes follow the table.
  *   ERROR 0xFF       (reply only) i32 status, u8 request type (0 if unknown), u8 reason (KILN_REASON_*),
  *                    u16 reserved (0), u64 numbers[4], UTF-8 text (up to KILN_ENDPOINT_MESSAGE_BYTES: a
  *                    tensor's name, or the message of kiln_endpoint_send_error). The device sends no
@@ -66,7 +74,7 @@
 extern "C" {
 #endif
 
-#define KILN_PROTOCOL_VERSION   2u
+#define KILN_PROTOCOL_VERSION   3u
 #define KILN_FRAME_HEADER_BYTES 12u
 #define KILN_FRAME_CRC_BYTES    4u
 
@@ -79,6 +87,7 @@ enum {
   KILN_MSG_PROFILE = 0x06,
   KILN_MSG_QUIT = 0x07,
   KILN_MSG_SELECT = 0x08,
+  KILN_MSG_DIMS = 0x09,
   KILN_MSG_REPLY = 0x80, /* or-ed into the request type */
   KILN_MSG_ERROR = 0xFF
 };
@@ -130,7 +139,9 @@ enum {
   KILN_REASON_PROFILE_INDEX = 18, /* 0: the first record asked for, 1: the records of the last run */
   KILN_REASON_MODEL_INDEX = 19,   /* 0: the index, 1: the models the device serves */
   KILN_REASON_SELECT = 20,        /* selecting the model failed (the status says why) */
-  KILN_REASON_COUNT = 21
+  KILN_REASON_DIMS_COUNT = 21,    /* 0: the sizes sent, 1: the model's named dimensions */
+  KILN_REASON_DIM_RANGE = 22,     /* 0: the dimension's index, 1: the size sent, 2: its bound */
+  KILN_REASON_COUNT = 23
 };
 
 /* Longest ERROR text, in bytes (longer ones are cut), and where it starts in the ERROR payload. */
@@ -144,6 +155,7 @@ typedef struct kiln_endpoint {
   uint64_t numbers[4];       /* the pending ERROR reply's reason, numbers and text */
   const char* text;
   uint8_t reason;
+  int64_t dims[KILN_MAX_DIMS]; /* the model's run-time dimensions (DIMS) */
 } kiln_endpoint_t;
 
 /* Checks the model (kiln_model_check) and the buffers, and writes a ready endpoint to *out_endpoint.

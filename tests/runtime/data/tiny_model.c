@@ -26,7 +26,8 @@ static void scale_row(const float *x, float *t) {
 }
 
 int32_t kiln_model_entry(void *const *inputs, void *const *outputs,
-                         uint8_t *workspace, void *prof) {
+                         uint8_t *workspace, void *prof, int64_t *dims) {
+  (void)dims;
   const float *x = (const float *)inputs[0];
   int32_t mode = *(const int32_t *)inputs[1];
   float *y = (float *)outputs[0];
