@@ -30,14 +30,29 @@ class CLIError(Exception):
     """A user error detected by the CLI itself."""
 
 
-def _parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+def _parse_shape(text: str) -> tuple[str, tuple[int | str, ...]]:
+    """``NAME=1x3x224x224``; a dimension written ``?:512`` (or ``seq:512``) is known only at run time, at
+    most 512 (dynamic shapes: docs/how-to/dynamic-shapes.md)."""
     name, sep, dims = text.rpartition("=")
     if not sep or not name:
         raise CLIError(f"--shape expects NAME=DxDxD, got {text!r}")
-    try:
-        return name, tuple(int(d) for d in dims.lower().split("x") if d)
-    except ValueError:
-        raise CLIError(f"--shape {text!r}: dimensions must be integers like 1x3x224x224") from None
+    out: list[int | str] = []
+    for d in (d.strip() for d in dims.split("x") if d.strip()):
+        if ":" in d:
+            label, _, bound = d.partition(":")
+            if not bound.isdigit() or int(bound) < 1 or not (label == "?" or label.isidentifier()):
+                raise CLIError(
+                    f"--shape {text!r}: a run-time dimension is ?:MAX or NAME:MAX with MAX >= 1 (e.g. 1x?:512)"
+                )
+            out.append(d)
+        elif d.isdigit():
+            out.append(int(d))
+        else:
+            raise CLIError(
+                f"--shape {text!r}: dimensions must be integers like 1x3x224x224, or ?:MAX for a size known "
+                "at run time (e.g. 1x?:512)"
+            )
+    return name, tuple(out)
 
 
 def _console() -> Any:

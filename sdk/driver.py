@@ -33,7 +33,7 @@ ModelLike = Any  # str | Path | bytes | onnx.ModelProto | Module
 
 def load_model(
     model: ModelLike,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    shapes: Mapping[str, tuple[int | str, ...]] | None = None,
     name: str | None = None,
     custom_ops: Mapping[str, Any] | None = None,
 ) -> Module:
@@ -71,7 +71,7 @@ def compile(
     model: ModelLike,
     target: Target | str,
     *,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    shapes: Mapping[str, tuple[int | str, ...]] | None = None,
     pipeline: Pipeline | str | None = None,
     name: str | None = None,
     ctx: PassContext | None = None,

@@ -285,7 +285,7 @@ def tune(
     *,
     trials: int = 8,
     open_device: Opener | None = None,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    shapes: Mapping[str, tuple[int | str, ...]] | None = None,
     inputs: Mapping[str, np.ndarray] | None = None,
     rounds: int = 9,
     margin: float = 0.03,

@@ -119,8 +119,8 @@ def emit_entry(
 
 
 def _fill_dims(b: ir.IRBuilder, dims: ir.Value, table: list[Sym], named: int) -> None:
-    """Entries ``named..`` of the dimension table, computed from the named sizes the caller wrote first
-    (sizes are >= 0, so LLVM's signed division is the floor division of :class:`~kiln.ir.Sym`)."""
+    """Entries ``named..`` of the dimension table, computed from the named sizes the caller wrote first, with
+    the floor division and modulo of :class:`~kiln.ir.Sym`."""
 
     def slot(k: int) -> ir.Value:
         return b.gep(dims, [ir.Constant(I64, k)], source_etype=I64)
@@ -132,10 +132,15 @@ def _fill_dims(b: ir.IRBuilder, dims: ir.Value, table: list[Sym], named: int) ->
             for atom in mono:
                 if isinstance(atom, str):
                     x = b.load(slot(table.index(Sym(atom))), typ=I64)
-                else:
+                else:  # floor division / modulo by k > 0 (C's truncate toward zero, then corrected)
                     op, inner, k = atom
-                    v = value(inner)
-                    x = b.sdiv(v, ir.Constant(I64, k)) if op == "//" else b.srem(v, ir.Constant(I64, k))
+                    v, kk = value(inner), ir.Constant(I64, k)
+                    q, r = b.sdiv(v, kk), b.srem(v, kk)
+                    negative = b.icmp_signed("<", r, ir.Constant(I64, 0))
+                    if op == "//":
+                        x = b.sub(q, b.zext(negative, I64))
+                    else:
+                        x = b.add(r, b.select(negative, kk, ir.Constant(I64, 0)))
                 term = b.mul(term, x)
             total = b.add(total, term)
         return total

@@ -2598,7 +2598,7 @@ def load_custom_op(spec: Any) -> OpDef:
 
 def from_onnx(
     model: onnx.ModelProto | str | Path | bytes,
-    shapes: dict[str, tuple[int, ...]] | None = None,
+    shapes: dict[str, tuple[int | str, ...]] | None = None,
     name: str | None = None,
     custom_ops: dict[str, Any] | None = None,
 ) -> Module:

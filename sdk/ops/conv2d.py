@@ -34,7 +34,7 @@ import numpy as np
 from ..ir import tensor as T
 from ..ir.types import TensorType
 from ..targets.schedule import Conv2dSchedule
-from .base import LowerContext, OpDef, register, static_dims
+from .base import LowerContext, OpDef, OpError, register, static_dims
 from .gemm_kernel import gemm, parallel_for
 from .matmul import SMALL_INTS, acc_dtype
 from .schedule import schedule_for
@@ -67,6 +67,7 @@ def _attrs(attrs: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int, int,
 class Conv2D(OpDef):
     name = "conv2d"
     kind = "complex"
+    dynamic_shapes = True
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, w = inputs[0], inputs[1]
@@ -83,8 +84,8 @@ class Conv2D(OpDef):
             raise self.error(f"bias must have shape ({oc},), got {inputs[2]}")
         if x.dtype != w.dtype and not (x.dtype in SMALL_INTS and w.dtype in SMALL_INTS):
             raise self.error(f"input and weights have different dtypes: {x} and {w}")
-        oh = conv_out_size(h, kh, sh, pt + pb, dh) if isinstance(h, int) else h
-        ow = conv_out_size(wd, kw, sw, pl + pr, dw) if isinstance(wd, int) else wd
+        oh = conv_out_size(h, kh, sh, pt + pb, dh)  # an expression of a run-time size (kiln.ir.Sym)
+        ow = conv_out_size(wd, kw, sw, pl + pr, dw)
         if isinstance(oh, int) and isinstance(ow, int) and (oh <= 0 or ow <= 0):
             raise self.error(f"kernel {kh}x{kw} does not fit input {h}x{wd} with pads {attrs.get('pads')}")
         return [TensorType((n, oc, oh, ow), acc_dtype(x.dtype, w.dtype))]
@@ -135,6 +136,8 @@ class Conv2D(OpDef):
         _, _, oh, ow = out.shape
         ocg, kdim, ohw = oc // g, cg * kh * kw, oh * ow
         acc = acc_dtype(x.dtype, w.dtype)  # int32 for 8-bit operands, widened as they are loaded
+        if any(b.is_dynamic for b in (x, out)):
+            return _lower_dynamic(ctx, x, w, bias, out, attrs)
         if g > 1 and cg == 1 and ocg == 1:
             return self._depthwise(ctx, x, w, bias, out, attrs)
         sched = schedule_for(
@@ -344,3 +347,58 @@ class Conv2D(OpDef):
 
 
 register(Conv2D())
+
+
+def _lower_dynamic(
+    ctx: LowerContext, x: T.Buffer, w: T.Buffer, bias: T.Buffer | None, out: T.Buffer, attrs: dict[str, Any]
+) -> T.Stmt:
+    """A convolution over an image whose size is known only at run time: direct, one output row at a time
+    (``row += w[o, c, i, j] * x[c, y*sh + i*dh - pt, :]`` over the taps, the columns at the vector width,
+    padding read as ``pad_value``), output channels in parallel on targets with threads."""
+    (sh, sw), (pt, pl, _, _), (dh, dw), g = _attrs(attrs)
+    _, _, h, wd = x.shape
+    oc, cg, kh, kw = w.shape
+    ocg = oc // g
+    acc = acc_dtype(x.dtype, w.dtype)
+    if out.dtype != acc:
+        raise OpError(f"conv2d: an epilogue that changes the dtype ({acc} -> {out.dtype}) with run-time sizes")
+    pad = T.const(attrs.get("pad_value", 0), x.dtype)
+    n, _, oh, ow = out.shape
+
+    def channel(ni: T.LoopVar, o: T.LoopVar) -> T.Stmt:
+        c0 = (o // ocg) * cg if g > 1 else T.IntImm(0)
+
+        def row(y: T.LoopVar) -> T.Stmt:
+            at = lambda xo: (ni, o, y, xo)  # noqa: E731
+            start = T.const(0, acc) if bias is None else T.cast(acc, bias[o])
+            init = T.loop(ow, lambda xo: T.Store(out, at(xo), start), f"{ctx.name}_z", "vectorized")
+
+            def tap(ci: T.LoopVar, i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
+                iy = y * sh + i * dh - pt
+                wv = T.cast(acc, w[o, ci, i, j])
+
+                def col(xo: T.LoopVar) -> T.Stmt:
+                    ix = xo * sw + j * dw - pl
+                    inside = T.logical_and(ix >= 0, ix < wd)
+                    v = x[ni, c0 + ci, iy, T.minimum(T.maximum(ix, 0), wd - 1)]
+                    return T.Store(out, at(xo), out[at(xo)] + wv * T.cast(acc, T.select(inside, v, pad)))
+
+                inside_row = T.logical_and(iy >= 0, iy < h)
+                cols = T.loop(ow, col, f"{ctx.name}_x", "vectorized")
+                padded = T.loop(
+                    ow, lambda xo: T.Store(out, at(xo), out[at(xo)] + wv * T.cast(acc, pad)), f"{ctx.name}_p"
+                )
+                return T.IfThenElse(inside_row, cols, padded)
+
+            taps = T.loop(
+                cg,
+                lambda ci: T.loop(kh, lambda i: T.loop(kw, lambda j: tap(ci, i, j), f"{ctx.name}_j"), f"{ctx.name}_i"),
+                f"{ctx.name}_c",
+            )
+            epi = T.loop(ow, lambda xo: T.Store(out, at(xo), ctx.apply_epilogue(out[at(xo)], at(xo), None)), f"{ctx.name}_e")
+            return T.seq(init, taps, epi if ctx.epilogue is not None else None)
+
+        return T.loop(oh, row, f"{ctx.name}_y")
+
+    kind = "parallel" if parallel_for(ctx.target) else "serial"
+    return T.loop(n, lambda ni: T.loop(oc, lambda o: channel(ni, o), f"{ctx.name}_o", kind), f"{ctx.name}_n")

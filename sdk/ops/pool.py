@@ -51,6 +51,7 @@ class Pool2D(OpDef):
 
     kind = "reduce"
     is_max = True
+    dynamic_shapes = True
 
     def flops(
         self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
@@ -66,8 +67,10 @@ class Pool2D(OpDef):
         (kh, kw), (sh, sw), p, (dh, dw) = _params(attrs)
         n, c, h, w = x.shape
         ceil = bool(attrs.get("ceil_mode", 0))
-        oh = pool_out(h, kh, sh, p[0], p[2], dh, ceil) if isinstance(h, int) else h
-        ow = pool_out(w, kw, sw, p[1], p[3], dw, ceil) if isinstance(w, int) else w
+        if ceil and not (isinstance(h, int) and isinstance(w, int)):
+            raise self.error(f"ceil_mode with a run-time image size ({x}) is not supported; use fixed sizes")
+        oh = pool_out(h, kh, sh, p[0], p[2], dh, ceil)  # an expression of a run-time size (kiln.ir.Sym)
+        ow = pool_out(w, kw, sw, p[1], p[3], dw, ceil)
         if (isinstance(oh, int) and oh < 1) or (isinstance(ow, int) and ow < 1):
             raise self.error(f"window {(kh, kw)} with pads {p} does not fit {x}")
         return [TensorType((n, c, oh, ow), x.dtype)]
@@ -114,10 +117,17 @@ class Pool2D(OpDef):
         canonical["ceil_mode"] = int(bool(attrs.get("ceil_mode", 0)))
         if not self.is_max:
             canonical["count_include_pad"] = int(include_pad)
-        if self.is_max or is_float(x.dtype):  # no schedule choices: not a tunable instance
+        vector = False
+        if x.is_dynamic:  # a run-time image size: every tap bounds-checked
+            taps_kind = "serial"
+        elif self.is_max or is_float(x.dtype):  # no schedule choices: not a tunable instance
             return _pool_rows(ctx, x, out, (kh, kw), (sh, sw), p, (dh, dw), self.is_max, include_pad)
-        sched = schedule_for(ctx, self.name, ins, canonical).pool
-        taps_kind = "unrolled" if sched.unroll_taps else "serial"
+        else:
+            sched = schedule_for(ctx, self.name, ins, canonical).pool
+            taps_kind = "unrolled" if sched.unroll_taps else "serial"
+            vector = sched.vectorize
+
+        lowest = T.const(limit_value(-float("inf"), x.dtype), x.dtype)
 
         def pixel(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
             n, c, oy, ox = idx
@@ -132,6 +142,8 @@ class Pool2D(OpDef):
                     if include_pad
                     else inside
                 )
+                if self.is_max:  # a run-time image size (the fixed-size max pools go to _pool_rows)
+                    return T.Store(acc, zero, nan_max(acc[0], T.select(inside, v, lowest)))
                 return T.seq(
                     T.Store(acc, zero, acc[0] + T.select(inside, v, T.const(0, x.dtype))),
                     T.Store(cnt, zero, cnt[0] + T.select(counted, T.const(1, x.dtype), T.const(0, x.dtype))),
@@ -144,15 +156,15 @@ class Pool2D(OpDef):
                 kind=taps_kind,
             )
             body = T.seq(
-                T.Store(acc, zero, T.const(0, x.dtype)),
+                T.Store(acc, zero, lowest if self.is_max else T.const(0, x.dtype)),
                 T.Store(cnt, zero, T.const(0, x.dtype)),
                 taps,
-                T.Store(out, idx, ctx.apply_epilogue(acc[0] / cnt[0], idx, None)),
+                T.Store(out, idx, ctx.apply_epilogue(acc[0] if self.is_max else acc[0] / cnt[0], idx, None)),
             )
             return T.Allocate(acc, T.Allocate(cnt, body))
 
         return T.loop_nest(
-            out.shape, pixel, prefix=f"{ctx.name}_i", innermost="vectorized" if sched.vectorize else "serial"
+            out.shape, pixel, prefix=f"{ctx.name}_i", innermost="vectorized" if vector else "serial"
         )
 
 
@@ -273,6 +285,7 @@ class GlobalAvgPool2D(OpDef):
 
     name = "global_avg_pool2d"
     kind = "reduce"
+    dynamic_shapes = True
 
     def flops(
         self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]
@@ -292,7 +305,9 @@ class GlobalAvgPool2D(OpDef):
     ) -> T.Stmt:
         x, out = ins[0], outs[0]
         n, c = x.shape[:2]
-        hw = int(np.prod(x.shape[2:]))
+        hw: Any = 1
+        for d in x.shape[2:]:
+            hw = hw * d
         xf = x.with_(shape=(n, c, hw), strides=())
         of = out.with_(shape=(n, c), strides=())
         acc = T.Buffer(f"{ctx.name}_acc", (1,), x.dtype, scope="local")
@@ -300,7 +315,7 @@ class GlobalAvgPool2D(OpDef):
 
         def chan(i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
             idx = (i, j, *([T.IntImm(0)] * (x.ndim - 2)))
-            if hw >= 2 * ctx.lanes and is_float(x.dtype):  # a channel's plane in vector partial sums
+            if isinstance(hw, int) and hw >= 2 * ctx.lanes and is_float(x.dtype):  # vector partial sums
                 return vector_reduce(
                     ctx.name,
                     hw,
@@ -316,13 +331,18 @@ class GlobalAvgPool2D(OpDef):
                 T.seq(
                     T.Store(acc, zero, T.const(0.0, x.dtype)),
                     T.loop(hw, lambda k: T.Store(acc, zero, acc[0] + xf[i, j, k]), name=f"{ctx.name}_k"),
-                    T.Store(of, (i, j), ctx.apply_epilogue(acc[0] * (1.0 / hw), idx, i * c + j)),
+                    T.Store(of, (i, j), ctx.apply_epilogue(acc[0] * _inverse(hw, x.dtype), idx, i * c + j)),
                 ),
             )
 
         return T.loop(
             n, lambda i: T.loop(c, lambda j: chan(i, j), name=f"{ctx.name}_c"), name=f"{ctx.name}_n"
         )
+
+
+def _inverse(count: Any, dtype: str) -> T.ExprLike:
+    """``1 / count``: a constant, or computed at run time for a run-time size."""
+    return 1.0 / count if isinstance(count, int) else T.const(1.0, dtype) / T.cast(dtype, count)
 
 
 for _op in (MaxPool2D(), AvgPool2D(), GlobalAvgPool2D()):
