@@ -49,7 +49,7 @@ def load_model(
             from .frontend.torch import from_exported_program
         except ImportError as e:
             raise ValueError(f"{model}: PyTorch programs need torch (pip install 'kiln[torch]'): {e}") from e
-        return from_exported_program(model, shapes=dict(shapes) if shapes else None, name=name)
+        return from_exported_program(model, shapes=dict(shapes) if shapes else None, name=name)  # type: ignore[arg-type]
     from .frontend.onnx import from_onnx
 
     kw = {"custom_ops": dict(custom_ops)} if custom_ops else {}
@@ -131,7 +131,11 @@ def compile(
         return (v.name, v.type.dtype, bound_type(v.type, bounds).static_shape)
 
     def dims_of(v: Any) -> tuple[int, ...]:
-        return () if v.type.is_static else tuple(-1 if isinstance(d, int) else table.index(d) for d in v.type.shape)
+        return (
+            ()
+            if v.type.is_static
+            else tuple(-1 if isinstance(d, int) else table.index(d) for d in v.type.shape)
+        )
 
     info = ModelInfo(
         name=main.attrs.get("model_name", name or "model"),

@@ -515,6 +515,104 @@ def _encoder_mask(torch):  # noqa: ANN001, ANN202
     return mask
 
 
+# ---------------------------------------------------------------------------------- models with dynamic axes
+def _dynamic_model(name: str):  # noqa: ANN202
+    """``bert_dyn``: a BERT-style encoder over token ids with an attention mask, whose sequence length is a
+    dynamic axis (token and position embeddings, the position table sliced to the sequence length, explicit
+    reshapes with -1: what exporters produce for sequence models); ``cnn_dyn``: a small CNN (strided conv with
+    batch norm, max pool, grouped conv, 1x1 conv, average pool, global pool, classifier) whose image height
+    and width are dynamic axes."""
+    import math
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed({"bert_dyn": 7, "cnn_dyn": 8}[name])
+
+    class Layer(nn.Module):
+        def __init__(self, dim: int, heads: int) -> None:
+            super().__init__()
+            self.h, self.d = heads, dim // heads
+            self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+        def forward(self, x, bias):  # noqa: ANN001, ANN202
+            b = x.shape[0]
+            q, k, v = self.qkv(x).reshape(b, -1, 3, self.h, self.d).permute(2, 0, 3, 1, 4)
+            a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.d) + bias, dim=-1) @ v
+            x = self.n1(x + self.out(a.transpose(1, 2).reshape(b, -1, self.h * self.d)))
+            return self.n2(x + self.ff(x))
+
+    class Bert(nn.Module):
+        def __init__(self, vocab: int = 100, dim: int = 64, heads: int = 4, depth: int = 2) -> None:
+            super().__init__()
+            self.tok = nn.Embedding(vocab, dim)
+            self.pos = nn.Parameter(torch.randn(1, DYNAMIC_SEQ_MAX, dim) * 0.1)
+            self.layers = nn.ModuleList([Layer(dim, heads) for _ in range(depth)])
+
+        def forward(self, ids, mask):  # noqa: ANN001, ANN202
+            x = self.tok(ids) + self.pos[:, : ids.shape[1]]
+            bias = ((1.0 - mask) * -10000.0)[:, None, None, :]
+            for layer in self.layers:
+                x = layer(x, bias)
+            return x
+
+    if name == "bert_dyn":
+        model: nn.Module = Bert()
+        examples: tuple = (torch.randint(0, 100, (1, 16)), torch.ones(1, 16))
+        names, axes = ["ids", "mask"], {"ids": {1: "seq"}, "mask": {1: "seq"}, "y": {1: "seq"}}
+    else:
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+            nn.Conv2d(8, 16, 3, 1, 1, groups=2),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 1),
+            nn.ReLU6(),
+            nn.AvgPool2d(2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 5),
+        )
+        with torch.no_grad():
+            model[1].running_mean.uniform_(-0.2, 0.2)
+            model[1].running_var.uniform_(0.5, 1.5)
+        examples = (torch.randn(1, 3, 32, 32),)
+        names, axes = ["x"], {"x": {2: "h", 3: "w"}}
+    return model.eval(), examples, names, axes
+
+
+DYNAMIC_MODELS = ("bert_dyn", "cnn_dyn")
+DYNAMIC_SEQ_MAX = 512  # bert_dyn: the position table's rows, the largest sequence length
+
+
+@functools.cache
+def dynamic_onnx_path(name: str) -> Path:
+    """A model of :data:`DYNAMIC_MODELS` exported to ONNX with its dynamic axes (named ``seq``, ``h``, ``w``)."""
+    import torch
+
+    model, examples, names, axes = _dynamic_model(name)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            examples,
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=names,
+            output_names=["y"],
+            dynamic_axes=axes,
+        )
+    path = cache_dir() / f"{name}.onnx"
+    path.write_bytes(buf.getvalue())
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------- oracles
 def inputs_for(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     m = onnx.load(str(path), load_external_data=False)

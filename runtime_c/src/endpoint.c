@@ -78,6 +78,8 @@ static const uint16_t kReasonStatus[KILN_REASON_COUNT] = {
     [KILN_REASON_NO_PROFILER] = KILN_ERR_PROTO_UNSUPPORTED,
     [KILN_REASON_PROFILE_INDEX] = KILN_ERR_PROTO_INDEX,
     [KILN_REASON_MODEL_INDEX] = KILN_ERR_PROTO_INDEX,
+    [KILN_REASON_DIMS_COUNT] = KILN_ERR_PROTO_PAYLOAD,
+    [KILN_REASON_DIM_RANGE] = KILN_ERR_ARG_RANGE,
 };
 
 /* Records the details of the ERROR reply to come and returns the reason's status. */

@@ -692,7 +692,9 @@ def error_from_reply(payload: bytes, request: int) -> DeviceError:
 def _shape_text(spec: TensorSpec) -> str:
     """``(1, ?<=512, 64)``: a tensor's shape with its run-time dimensions and their bounds."""
     dims = spec.dims or (-1,) * len(spec.shape)
-    return "(" + ", ".join(f"?<={d}" if k >= 0 else str(d) for d, k in zip(spec.shape, dims, strict=True)) + ")"
+    return (
+        "(" + ", ".join(f"?<={d}" if k >= 0 else str(d) for d, k in zip(spec.shape, dims, strict=True)) + ")"
+    )
 
 
 def _check_array(spec: TensorSpec, value: Any) -> bytes:

@@ -468,7 +468,9 @@ def _resolve_shape(im: _Importer, x: Value, shape: Sequence[Dim], allowzero: boo
     """ONNX Reshape's target shape with 0 (copy the input dimension) and -1 (the rest) resolved; symbolic
     dimensions are expressions (:class:`Sym`), so -1 is the input's size divided by the other sizes."""
     src = x.type.shape
-    out: list[Dim] = [src[i] if (isinstance(d, int) and d == 0 and not allowzero) else d for i, d in enumerate(shape)]
+    out: list[Dim] = [
+        src[i] if (isinstance(d, int) and d == 0 and not allowzero) else d for i, d in enumerate(shape)
+    ]
     if any(isinstance(d, int) and d == -1 for d in out):
         i = next(i for i, d in enumerate(out) if isinstance(d, int) and d == -1)
         total: Dim = 1
@@ -2545,8 +2547,8 @@ def _value_type(
                 given.append(int(d))
         return TensorType(tuple(given), dtype)
     dims: list[int | Sym] = []
-    for i, d in enumerate(model_dims):
-        dims.append(int(d.dim_value) if d.HasField("dim_value") else Sym(sym_name(i)))
+    for i, md in enumerate(model_dims):
+        dims.append(int(md.dim_value) if md.HasField("dim_value") else Sym(sym_name(i)))
     return TensorType(tuple(dims), dtype)
 
 

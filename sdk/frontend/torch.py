@@ -47,7 +47,7 @@ from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorType, Value, 
 from ..ir.types import Dim, np_dtype
 from ..ops import OpError, get_op
 from ..ops.base import broadcast_shapes
-from .onnx import ModelLoadError, UnsupportedOperatorError
+from .onnx import ModelLoadError, UnsupportedOperatorError, parse_dynamic_dim
 
 aten = torch.ops.aten
 
@@ -87,7 +87,7 @@ def from_torch(
     dynamic_shapes: Any = None,
     *,
     kwargs: Mapping[str, Any] | None = None,
-    shapes: Mapping[str, Sequence[int]] | None = None,
+    shapes: Mapping[str, Sequence[int | str]] | None = None,
     name: str | None = None,
     strict: bool = False,
 ) -> Module:
@@ -120,7 +120,7 @@ def load_exported_program(path: str | Path) -> torch.export.ExportedProgram:
 
 def from_exported_program(
     program: torch.export.ExportedProgram | str | Path,
-    shapes: Mapping[str, Sequence[int]] | None = None,
+    shapes: Mapping[str, Sequence[int | str]] | None = None,
     name: str | None = None,
 ) -> Module:
     """Import an exported program (or a ``.pt2`` file) into a kiln Module with graph function ``main``."""
@@ -201,7 +201,7 @@ _SKIP = {
 
 
 class _Importer:
-    def __init__(self, ep: torch.export.ExportedProgram, shapes: dict[str, Sequence[int]]) -> None:
+    def __init__(self, ep: torch.export.ExportedProgram, shapes: dict[str, Sequence[int | str]]) -> None:
         self.ep = ep
         self.shapes = shapes
         self.env: dict[fx.Node, Any] = {}
@@ -210,6 +210,7 @@ class _Importer:
         self.count = 0
         self.bind: dict[sympy.Symbol, sympy.Integer] = {}
         self.sym_names: dict[sympy.Symbol, sympy.Symbol] = {}
+        self.bounds: dict[str, int] = {}  # unbound sizes: the largest value each may take (dynamic shapes)
 
     # ---- shapes and types
     def dim(self, d: Any) -> Dim:
@@ -220,7 +221,33 @@ class _Importer:
         expr = sympy.sympify(sympy.sympify(expr).xreplace(self.bind))
         if expr.is_Integer:
             return int(expr)
-        return Sym(str(expr.xreplace(self.sym_names)))
+        return self._sym(expr.xreplace(self.sym_names))
+
+    def _sym(self, expr: Any) -> Dim:
+        """A sympy size expression as a kiln dimension (:class:`~kiln.ir.Sym` arithmetic, so that sizes
+        computed two ways compare equal and the package can compute them at run time)."""
+        if expr.is_Integer:
+            return int(expr)
+        if isinstance(expr, sympy.Symbol):
+            return Sym(expr.name)
+        args = [self._sym(a) for a in expr.args]
+        kind = type(expr).__name__
+        out: Any
+        if isinstance(expr, sympy.Add):
+            out = 0
+            for a in args:
+                out = out + a
+            return out
+        if isinstance(expr, sympy.Mul):
+            out = 1
+            for a in args:
+                out = out * a
+            return out
+        if kind in ("FloorDiv", "floor") and len(args) == 2:
+            return args[0] // args[1]
+        if kind in ("Mod", "PythonMod") and len(args) == 2:
+            return args[0] % args[1]
+        raise _Unsupported(f"the size {expr} ({kind}) is not an expression kiln computes at run time")
 
     def ttype(self, val: Any) -> TensorType:
         return TensorType(tuple(self.dim(d) for d in val.shape), kiln_dtype(val.dtype))
@@ -389,6 +416,25 @@ class _Importer:
                 expr = sympy.sympify(d.node.expr) if isinstance(d, torch.SymInt) else sympy.Integer(int(d))
                 if isinstance(expr, sympy.Symbol) and expr not in self.sym_names:
                     self.sym_names[expr] = sympy.Symbol(f"{n.name}_d{axis}")
+                r = ranges.get(expr) if isinstance(expr, sympy.Symbol) else None
+                if isinstance(expr, sympy.Symbol) and (given is None or isinstance(given[axis], str)):
+                    # a size known at run time: its bound from shapes ("?:512") or the exported range
+                    label = self.sym_names[expr].name
+                    if given is not None:
+                        label, bound = parse_dynamic_dim(str(given[axis]), label)
+                        if label != self.sym_names[expr].name:
+                            raise ValueError(
+                                f"shapes[{n.name!r}] axis {axis}: write ?:{bound} (named by the program)"
+                            )
+                        if r is not None and r.upper.is_Integer and bound > int(r.upper):
+                            raise ValueError(
+                                f"shapes[{n.name!r}] axis {axis} bound {bound} is past the range [{r.lower}, "
+                                f"{r.upper}] the program was exported for"
+                            )
+                        self.bounds[label] = bound
+                    elif r is not None and r.upper.is_Integer:
+                        self.bounds.setdefault(label, int(r.upper))
+                    continue
                 if given is None:
                     continue
                 size = int(given[axis])
@@ -549,7 +595,7 @@ class _Importer:
             for n in self.nodes
         ]
         main = GraphFunction("main", tuple(params), tuple(nodes), tuple(final), {"model_name": name})
-        return Module({"main": main})
+        return Module({"main": main}, {"dim_bounds": dict(self.bounds)} if self.bounds else {})
 
 
 def _leaves(a: Any) -> list[Any]:

@@ -31,7 +31,7 @@ DTYPES: dict[str, np.dtype] = _abi_dtypes(
 def dtype_of(arr: np.ndarray | np.dtype) -> str:
     """The kiln dtype name of a NumPy array or dtype."""
     dt = arr.dtype if isinstance(arr, np.ndarray) else np.dtype(arr)
-    if dt == object:  # a tensor of dimensions, some of them symbolic (shape arithmetic at import)
+    if dt.kind == "O":  # a tensor of dimensions, some of them symbolic (shape arithmetic at import)
         return "int64"
     for name, npdt in DTYPES.items():
         if npdt == dt:
@@ -107,6 +107,16 @@ class Sym:
 
     def __mod__(self, o: Dim) -> Dim:
         return _divide(self, o, "%")
+
+    def __rfloordiv__(self, o: int) -> Dim:
+        if o == 0:
+            return 0
+        raise TypeError(f"cannot divide {o} by symbolic dimension {self}")
+
+    def __rmod__(self, o: int) -> Dim:
+        if o == 0:
+            return 0
+        raise TypeError(f"cannot divide {o} by symbolic dimension {self}")
 
     def __neg__(self) -> Dim:
         return _make(_pscale(self._poly(), -1))
@@ -197,7 +207,9 @@ def _divide(s: Sym, o: Dim, op: str) -> Dim:
         den = o._poly()
         if len(den) == 1:
             ((dm, dc),) = den.items()
-            if dc > 0 and all(c % dc == 0 and all(m.count(a) >= dm.count(a) for a in dm) for m, c in p.items()):
+            if dc > 0 and all(
+                c % dc == 0 and all(m.count(a) >= dm.count(a) for a in dm) for m, c in p.items()
+            ):
                 if op == "%":
                     return 0
                 q: _Poly = {}

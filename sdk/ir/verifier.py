@@ -64,6 +64,8 @@ def verify(mod: Module, infer: TypeRules | None = None) -> None:
 def _verify_graph(f: GraphFunction, mod: Module, infer: TypeRules | None) -> list[str]:
     errs: list[str] = []
     defined: set[int] = {p.uid for p in f.params}
+    if f.name == "main" and mod.attrs.get("dims"):  # the run-time dimension table: defined by the caller
+        defined.add(mod.attrs["dims"]["var"])
     for n in f.nodes:
         where = f"{f.name}: node {n.name or n.op}"
         for v in n.inputs:

@@ -53,7 +53,7 @@ def rows_per_block(
     return max(1, min(oh, max(fit, -(-s.min_block_columns // ow))))
 
 
-def conv_out_size(size: int, k: int, stride: int, pad_total: int, dilation: int) -> int:
+def conv_out_size(size: Any, k: int, stride: int, pad_total: int, dilation: int) -> Any:
     return (size + pad_total - dilation * (k - 1) - 1) // stride + 1
 
 
@@ -361,7 +361,9 @@ def _lower_dynamic(
     ocg = oc // g
     acc = acc_dtype(x.dtype, w.dtype)
     if out.dtype != acc:
-        raise OpError(f"conv2d: an epilogue that changes the dtype ({acc} -> {out.dtype}) with run-time sizes")
+        raise OpError(
+            f"conv2d: an epilogue that changes the dtype ({acc} -> {out.dtype}) with run-time sizes"
+        )
     pad = T.const(attrs.get("pad_value", 0), x.dtype)
     n, _, oh, ow = out.shape
 
@@ -392,10 +394,16 @@ def _lower_dynamic(
 
             taps = T.loop(
                 cg,
-                lambda ci: T.loop(kh, lambda i: T.loop(kw, lambda j: tap(ci, i, j), f"{ctx.name}_j"), f"{ctx.name}_i"),
+                lambda ci: T.loop(
+                    kh, lambda i: T.loop(kw, lambda j: tap(ci, i, j), f"{ctx.name}_j"), f"{ctx.name}_i"
+                ),
                 f"{ctx.name}_c",
             )
-            epi = T.loop(ow, lambda xo: T.Store(out, at(xo), ctx.apply_epilogue(out[at(xo)], at(xo), None)), f"{ctx.name}_e")
+            epi = T.loop(
+                ow,
+                lambda xo: T.Store(out, at(xo), ctx.apply_epilogue(out[at(xo)], at(xo), None)),
+                f"{ctx.name}_e",
+            )
             return T.seq(init, taps, epi if ctx.epilogue is not None else None)
 
         return T.loop(oh, row, f"{ctx.name}_y")

@@ -145,7 +145,9 @@ def _lower_dynamic(ctx: LowerContext, a: T.Buffer, b: T.Buffer, out: T.Buffer) -
         raise OpError(f"matmul: a 1-D operand with run-time dimensions ({a} @ {b}) is not supported")
     acc = acc_dtype(a.dtype, b.dtype)
     if out.dtype != acc:
-        raise OpError(f"matmul: an epilogue that changes the dtype ({acc} -> {out.dtype}) with run-time sizes")
+        raise OpError(
+            f"matmul: an epilogue that changes the dtype ({acc} -> {out.dtype}) with run-time sizes"
+        )
     nb = out.ndim - 2
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
 

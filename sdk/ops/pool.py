@@ -33,7 +33,7 @@ def _params(
     return (k[0], k[1]), (s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1])
 
 
-def pool_out(size: int, k: int, s: int, pad_begin: int, pad_end: int, d: int, ceil_mode: bool) -> int:
+def pool_out(size: Any, k: int, s: int, pad_begin: int, pad_end: int, d: int, ceil_mode: bool) -> Any:
     """Output length of one axis (ONNX/PyTorch rule: with ``ceil_mode`` the last window must start inside the
     input or its leading padding)."""
     span = size + pad_begin + pad_end - (d * (k - 1) + 1)

@@ -163,11 +163,8 @@ def _symbolic_slice(dim: Dim, s: Dim, e: Dim, st: int, shape: Sequence[Dim]) -> 
     """A slice whose dimension or end is a run-time size: step 1 from a fixed start, up to an end that is at
     most the dimension (``x[:, :seq]`` of a table of ``maxlen >= seq`` rows; ``x[1:]``; ``x[:-1]``)."""
     big = 2**31
-    if st != 1 or not isinstance(s, int) or (isinstance(s, int) and s < 0 and not isinstance(dim, int)):
-        if st != 1 or not isinstance(s, int):
-            raise OpError(
-                f"slice: a slice of {tuple(shape)} with start {s}, end {e}, step {st} needs a known start and step 1"
-            )
+    if st != 1 or not isinstance(s, int):
+        raise OpError(f"slice: slicing {tuple(shape)} from {s} to {e} by {st} needs a fixed start and step 1")
     s = dim + s if s < 0 else s
     if isinstance(e, int):
         e = dim if e >= big else dim + e if e < 0 else e

@@ -75,7 +75,8 @@ class ModelInfo:
             "kernel_names": tuple(str(k) for k in self.kernel_names),
             "operators": tuple(str(o) for o in self.operators),
             "dim_bounds": tuple(int(b) for b in self.dim_bounds),
-            "input_dims": tuple(tuple(int(k) for k in d) for d in self.input_dims) or ((),) * len(self.inputs),
+            "input_dims": tuple(tuple(int(k) for k in d) for d in self.input_dims)
+            or ((),) * len(self.inputs),
             "output_dims": tuple(tuple(int(k) for k in d) for d in self.output_dims)
             or ((),) * len(self.outputs),
         }
@@ -110,8 +111,13 @@ class ModelInfo:
                         "non-negative extents (bind symbolic dimensions before linking)"
                     )
         if len(self.dim_bounds) > abi.MAX_DIMS or not 0 <= self.named_dims <= len(self.dim_bounds):
-            raise ValueError(f"model {self.name!r}: {len(self.dim_bounds)} run-time dimensions (at most {abi.MAX_DIMS})")
-        for kind, tensors, dims in (("input", self.inputs, self.input_dims), ("output", self.outputs, self.output_dims)):
+            raise ValueError(
+                f"model {self.name!r}: {len(self.dim_bounds)} run-time dimensions (at most {abi.MAX_DIMS})"
+            )
+        for kind, tensors, dims in (
+            ("input", self.inputs, self.input_dims),
+            ("output", self.outputs, self.output_dims),
+        ):
             for (name, _, shape), ks in zip(tensors, dims, strict=True):
                 if ks and (len(ks) != len(shape) or any(not -1 <= k < len(self.dim_bounds) for k in ks)):
                     raise ValueError(f"model {self.name!r}: {kind} {name!r} has run-time dimensions {ks}")

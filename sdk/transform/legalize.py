@@ -88,7 +88,9 @@ class _Legalizer:
             k = self.dim_index(d)
             return loads.setdefault(k, dims[k])
 
-        return [T.Buffer(f"{prefix}{i}", tuple(dim(d) for d in t.shape), t.dtype) for i, t in enumerate(types)]
+        return [
+            T.Buffer(f"{prefix}{i}", tuple(dim(d) for d in t.shape), t.dtype) for i, t in enumerate(types)
+        ]
 
     def kernel(self, chain: list[Node], outputs: tuple[Var, ...]) -> tuple[str, list[Value]]:
         """Tensor function for ``chain`` (anchor + elementwise epilogue); returns its name and call inputs."""
@@ -157,7 +159,9 @@ class _Legalizer:
             else op.flops([v.type for v in anchor.inputs], [o.type for o in anchor.outputs], anchor.attrs)
         )
         params = (*in_bufs, *([dims] if dims is not None else []), *out_bufs)
-        tf = TensorFunction(fname, params, body, len(out_bufs), {"ops": [n.op for n in chain], "flops": flops})
+        tf = TensorFunction(
+            fname, params, body, len(out_bufs), {"ops": [n.op for n in chain], "flops": flops}
+        )
         if dims is not None:
             call_inputs = [*call_inputs, self.dims_var]
         self.funcs[fname] = tf

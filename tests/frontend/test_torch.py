@@ -28,6 +28,7 @@ from torch import nn  # noqa: E402
 
 import kiln  # noqa: E402
 from kiln.cli import main as cli_main  # noqa: E402
+from kiln.device import InputError  # noqa: E402
 from kiln.driver import load_model  # noqa: E402
 from kiln.frontend import ModelLoadError, UnsupportedOperatorError, from_torch  # noqa: E402
 from kiln.frontend.torch import from_exported_program, supported_operators_markdown  # noqa: E402
@@ -451,6 +452,27 @@ def test_dynamic_batch_stays_symbolic_unless_bound() -> None:
         from_torch(module, (x,), shapes={"x": (3, 3, 32, 32)})
     with pytest.raises(ValueError, match="unknown inputs"):
         from_torch(module, (x,), shapes={"y": (3, 3, 32, 32)})
+
+
+def test_a_dynamic_batch_compiles_once_for_every_size_in_its_range() -> None:
+    """Unbound, a size with a finite exported range is a run-time dimension with that bound: one package runs
+    every batch size up to it, matching torch, and refuses a larger one."""
+    torch.manual_seed(8)
+    module = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 4)).eval()
+    batch = torch.export.Dim("batch", min=1, max=8)
+    mod = from_torch(module, (torch.randn(2, 16),), dynamic_shapes={"input": {0: batch}})
+    assert mod.attrs["dim_bounds"] == {"input_d0": 8}
+    pkg = kiln.compile(mod, NATIVE)
+    with pkg.open_session() as session:
+        for n in (1, 5, 8):
+            x = torch.randn(n, 16)
+            with torch.no_grad():
+                want = module(x).numpy()
+            np.testing.assert_allclose(
+                session.run({"input": x.numpy()})["output"], want, rtol=RTOL_C, atol=ATOL_C
+            )
+        with pytest.raises(InputError, match=r"dimension 0 is 9; the model was compiled for 1\.\.8"):
+            session.run({"input": np.zeros((9, 16), np.float32)})
 
 
 def test_dynamic_sequence_length_bound_at_import_compiles() -> None:
