@@ -213,3 +213,28 @@ def test_malicious_and_foreign_packages_are_rejected(
     err = _upload(srv, big, hashlib.sha256(big).hexdigest(), token)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(srv.cache) == 0
+
+
+def test_a_dynamic_shape_package_runs_remotely_at_several_sizes(
+    make_tracker: Callable[..., TrackerServer], make_device: Callable[..., DeviceServer]
+) -> None:
+    """A package with run-time dimensions (dynamic shapes) behind the farm: each remote run sends its own
+    sequence length, gets outputs of that length, and a length past the bound comes back as a clear error."""
+    from models import DYNAMIC_SEQ_MAX, dynamic_onnx_path, onnxruntime_outputs
+
+    path = dynamic_onnx_path("bert_dyn")
+    seq = f"seq:{DYNAMIC_SEQ_MAX}"
+    pkg = kiln.compile(path, target="x86_64-linux", shapes={"ids": (1, seq), "mask": (1, seq)})
+    tracker = make_tracker()
+    make_device("x86_64-linux", "local", key="x86", tracker=tracker.address)
+    rng = np.random.default_rng(0)
+    with kiln.rpc.connect(tracker.address, client="dyn").request("x86", timeout=60) as dev:
+        m = dev.load(pkg)
+        for n in (3, 40, 9):
+            feeds = {"ids": rng.integers(0, 100, (1, n)).astype(np.int64), "mask": np.ones((1, n), np.float32)}
+            got = m.run(feeds)["y"]
+            assert got.shape == (1, n, 64)
+            np.testing.assert_allclose(got, onnxruntime_outputs(path, feeds)["y"], rtol=2e-5, atol=2e-5)
+        too_long = {"ids": np.zeros((1, 600), np.int64), "mask": np.ones((1, 600), np.float32)}
+        with pytest.raises(RemoteError, match="the model was compiled for 1..512"):
+            m.run(too_long)
