@@ -103,6 +103,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from . import driver
 
     shapes = dict(_parse_shape(s) for s in args.shape)
+    for text in args.max_shape:  # every dimension up to the given size: run-time where the model leaves it open
+        name, dims = _parse_shape(text)
+        if name in shapes:
+            raise CLIError(f"input {name!r} has both --shape and --max-shape; give one")
+        if not all(isinstance(d, int) and d >= 1 for d in dims):
+            raise CLIError(f"--max-shape {text!r}: give the largest size of every dimension, like 1x512")
+        shapes[name] = tuple(f"?:{d}" for d in dims)
     model = Path(args.model)
     if not model.is_file():
         raise CLIError(f"model file {model} does not exist")
@@ -563,7 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=1x3x224x224",
-        help="bind an input's symbolic dimensions",
+        help="bind an input's symbolic dimensions; ?:MAX (or NAME:MAX) for a size known at run time, at most MAX",
+    )
+    c.add_argument(
+        "--max-shape",
+        action="append",
+        default=[],
+        metavar="NAME=1x512",
+        help="the largest shape of an input: dimensions the model leaves open are known at run time, up to these",
     )
     c.add_argument("--pipeline", help="comma-separated pass list (default: the target's default pipeline)")
     c.add_argument("--name", help="model name (default: the file name)")

@@ -94,10 +94,7 @@ class TensorSpec(NamedTuple):
 
     name: str
     dtype: str
-    shape: tuple[int, ...]  # a run-time dimension's bound where ``dims`` says so
-    #: dynamic shapes: per dimension -1 (a fixed size) or the index of the model's run-time dimension that
-    #: gives its size; empty when every size is fixed
-    dims: tuple[int, ...] = ()
+    shape: tuple[int, ...]  # with run-time dimensions (DeviceInfo.input_dims): their bounds
 
     @property
     def nbytes(self) -> int:
@@ -133,6 +130,19 @@ class DeviceInfo:
     #: named sizes (set with DIMS), the rest are computed from them by each run
     dim_bounds: tuple[int, ...] = ()
     named_dims: int = 0
+    #: per input (output), per dimension: -1 (a fixed size) or the run-time dimension that gives its size;
+    #: empty for a tensor whose sizes are all fixed
+    input_dims: tuple[tuple[int, ...], ...] = ()
+    output_dims: tuple[tuple[int, ...], ...] = ()
+
+    def at(self, index: int, table: Sequence[int] | None, *, output: bool) -> TensorSpec:
+        """Input (output) ``index`` at the run-time dimensions ``table`` (None: at the bounds)."""
+        spec = (self.outputs if output else self.inputs)[index]
+        dims = (self.output_dims if output else self.input_dims)[index] if self.dim_bounds else ()
+        if not dims or table is None:
+            return spec
+        shape = tuple(d if k < 0 else int(table[k]) for d, k in zip(spec.shape, dims, strict=True))
+        return spec._replace(shape=shape)
 
     @classmethod
     def decode(cls, record: bytes) -> DeviceInfo:
@@ -147,21 +157,35 @@ class DeviceInfo:
         if named > num_dims:
             raise ProtocolError(f"device reports {named} named run-time dimensions of {num_dims}")
 
-        def with_dims(t: TensorSpec) -> TensorSpec:
+        def dims_of(t: TensorSpec) -> tuple[int, ...]:
             dims = tuple(int(k) for k in r.unpack(f"<{len(t.shape)}b"))
             if any(k >= num_dims for k in dims):
                 raise ProtocolError(f"tensor {t.name!r} names a run-time dimension the model does not have")
-            return t._replace(dims=dims) if any(k >= 0 for k in dims) else t
+            return dims if any(k >= 0 for k in dims) else ()
 
-        inputs = tuple(with_dims(t) for t in inputs)
-        outputs = tuple(with_dims(t) for t in outputs)
+        in_dims = tuple(dims_of(t) for t in inputs)
+        out_dims = tuple(dims_of(t) for t in outputs)
         r.finish()
         if not MIN_PAYLOAD <= max_payload <= MAX_PAYLOAD:
             raise ProtocolError(
                 f"device reports a frame buffer of {max_payload} bytes, outside the protocol's "
                 f"{MIN_PAYLOAD}..{MAX_PAYLOAD}"
             )
-        return cls(name, abi, max_payload, tps, workspace, weights, inputs, outputs, kernels, bounds, named)
+        return cls(
+            name,
+            abi,
+            max_payload,
+            tps,
+            workspace,
+            weights,
+            inputs,
+            outputs,
+            kernels,
+            bounds,
+            named,
+            in_dims,
+            out_dims,
+        )
 
 
 class _Cursor:
@@ -430,16 +454,16 @@ class Session(Executable):
             return None
         current = self._table or info.dim_bounds
         sizes: dict[int, tuple[int, str]] = {}
-        for spec in info.inputs:
-            if spec.name not in inputs or not spec.dims:
+        for spec, dims in zip(info.inputs, info.input_dims, strict=True):
+            if spec.name not in inputs or not dims:
                 continue
             shape = np.shape(inputs[spec.name])
             if len(shape) != len(spec.shape):
                 raise InputError(
                     f"input {spec.name!r}: the model expects {len(spec.shape)} dimensions "
-                    f"{_shape_text(spec)}, got shape {tuple(shape)}"
+                    f"{_shape_text(spec, dims)}, got shape {tuple(shape)}"
                 )
-            for d, k in enumerate(spec.dims):
+            for d, k in enumerate(dims):
                 if k < 0:
                     continue
                 size = int(shape[d])
@@ -460,8 +484,8 @@ class Session(Executable):
     def set_input(self, key: int | str, value: Any) -> None:
         """Sends one input (by index or name); its shape and dtype must match the model exactly (a run-time
         dimension: the size set last, see :meth:`dims`)."""
-        index, spec = self._tensor(key, outputs=False)
-        data = _check_array(spec.at(self._table or self.info().dim_bounds), value)
+        index, _ = self._tensor(key, outputs=False)
+        data = _check_array(self.info().at(index, self._table, output=False), value)
         chunk = self.info().max_payload - 20
         for offset in range(0, len(data), chunk):
             part = data[offset : offset + chunk]
@@ -484,8 +508,9 @@ class Session(Executable):
             )
         sizes = self._sizes_of(inputs)
         table = None if sizes is None else (*sizes, *self.info().dim_bounds[len(sizes) :])
+        index = {s.name: i for i, s in enumerate(self.info().inputs)}
         for name, value in inputs.items():
-            _check_array(specs[name].at(table), value)
+            _check_array(self.info().at(index[name], table, output=False), value)
         if sizes is not None and tuple(sizes) != (self._table or self.info().dim_bounds)[: len(sizes)]:
             self.dims(sizes)
         for name, value in inputs.items():
@@ -493,8 +518,8 @@ class Session(Executable):
 
     def get_output(self, key: int | str) -> np.ndarray:
         """Fetches one output (by index or name) of the last run."""
-        index, spec = self._tensor(key, outputs=True)
-        spec = spec.at(self._table)
+        index, _ = self._tensor(key, outputs=True)
+        spec = self.info().at(index, self._table, output=True)
         data = bytearray()
         while len(data) < spec.nbytes:
             reply = _Cursor(self.call(MSG_GET_OUTPUT, struct.pack("<IQ", index, len(data))))
@@ -689,12 +714,10 @@ def error_from_reply(payload: bytes, request: int) -> DeviceError:
     )
 
 
-def _shape_text(spec: TensorSpec) -> str:
+def _shape_text(spec: TensorSpec, dims: tuple[int, ...]) -> str:
     """``(1, ?<=512, 64)``: a tensor's shape with its run-time dimensions and their bounds."""
-    dims = spec.dims or (-1,) * len(spec.shape)
-    return (
-        "(" + ", ".join(f"?<={d}" if k >= 0 else str(d) for d, k in zip(spec.shape, dims, strict=True)) + ")"
-    )
+    ks = dims or (-1,) * len(spec.shape)
+    return "(" + ", ".join(f"?<={d}" if k >= 0 else str(d) for d, k in zip(spec.shape, ks, strict=True)) + ")"
 
 
 def _check_array(spec: TensorSpec, value: Any) -> bytes:

@@ -2538,7 +2538,16 @@ def _value_type(
     if vi.name in shapes:
         given: list[int | Sym] = []
         for i, d in enumerate(shapes[vi.name]):
-            if isinstance(d, str):  # "?:512" or "seq:512": a dimension known at run time, at most 512
+            fixed = model_dims[i] if i < len(model_dims) and model_dims[i].HasField("dim_value") else None
+            if isinstance(d, str) and fixed is not None:  # "?:N" where the model has a fixed size: that size
+                _, bound = parse_dynamic_dim(d, sym_name(i))
+                if bound < fixed.dim_value:
+                    raise ValueError(
+                        f"input {vi.name!r} dimension {i} has the fixed size {fixed.dim_value} in the model, "
+                        f"over the bound {bound} given for it"
+                    )
+                given.append(int(fixed.dim_value))
+            elif isinstance(d, str):  # "?:512" or "seq:512": a dimension known at run time, at most 512
                 name, bound = parse_dynamic_dim(d, sym_name(i))
                 given.append(Sym(name))
                 if bounds.setdefault(name, bound) != bound:

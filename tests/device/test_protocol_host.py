@@ -22,7 +22,8 @@ def info_record(kernels: tuple[str, ...] = ("k0", "k1")) -> bytes:
     tensor = _str("x") + struct.pack("<BBHI", 2, 32, 1, 2) + struct.pack("<qq", 2, 3) + struct.pack("<Q", 24)
     out = struct.pack("<IIQQQ", 1, 256, 1000, 64, 0) + _str("m")
     out += struct.pack("<I", 1) + tensor + struct.pack("<I", 0)
-    return out + struct.pack("<I", len(kernels)) + b"".join(_str(k) for k in kernels)
+    out += struct.pack("<I", len(kernels)) + b"".join(_str(k) for k in kernels)
+    return out + struct.pack("<II", 0, 0) + struct.pack("<2b", -1, -1)  # no run-time dimensions
 
 
 def reply(request: int, payload: bytes) -> bytes:

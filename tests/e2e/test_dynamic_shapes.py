@@ -111,3 +111,23 @@ def test_an_operator_without_a_run_time_lowering_names_itself() -> None:
 def test_bare_metal_targets_refuse_run_time_sizes() -> None:
     with pytest.raises(ValueError, match="bare metal: its firmware runs fixed shapes"):
         kiln.compile(dynamic_onnx_path("cnn_dyn"), target="mps2-an386", shapes=IMAGE)
+
+
+def test_cli_max_shape_compiles_the_open_dimensions_as_run_time_ones(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from kiln.cli import main as cli_main
+
+    out = Path(str(tmp_path))
+    path = dynamic_onnx_path("bert_dyn")
+    kpkg = out / "enc.kpkg"
+    args = ["compile", str(path), "--target", NATIVE, "--max-shape", "ids=1x64", "--max-shape", "mask=1x64"]
+    assert cli_main([*args, "-o", str(kpkg)]) == 0
+    feed = bert_inputs(5, seed=1)
+    for name, value in feed.items():
+        np.save(out / f"{name}.npy", value)
+    inputs = [f"--input={n}={out / n}.npy" for n in feed]
+    assert cli_main(["run", str(kpkg), *inputs, "--output", str(out / "res")]) == 0
+    got = np.load(out / "res" / "y.npy")
+    np.testing.assert_allclose(got, onnxruntime_outputs(path, feed)["y"], rtol=2e-5, atol=2e-5)
+    assert kiln.load(kpkg).manifest["dims"] == [{"name": "seq", "bound": 64}]

@@ -47,7 +47,7 @@ def test_c_string_escapes_everything_unusual() -> None:
 def test_descriptor_and_header_text() -> None:
     desc = descriptor_c(TINY_INFO, 33)
     assert "const kiln_model_t kiln_model" in desc and ".weights_bytes = 33ull" in desc
-    assert '{"x", {2u, 32u, 1u}, 2, k_inputs_shape0, 32ull}' in desc
+    assert '{"x", {2u, 32u, 1u}, 2, k_inputs_shape0, 32ull, NULL}' in desc
     empty = descriptor_c(ModelInfo("e", [], [], 0), 0)
     assert ".inputs = NULL" in empty and ".kernel_names = NULL" in empty
     header = model_header(TINY_INFO, get_target(NATIVE), 33)
