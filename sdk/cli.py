@@ -103,7 +103,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from . import driver
 
     shapes = dict(_parse_shape(s) for s in args.shape)
-    for text in args.max_shape:  # every dimension up to the given size: run-time where the model leaves it open
+    for (
+        text
+    ) in args.max_shape:  # every dimension up to the given size: run-time where the model leaves it open
         name, dims = _parse_shape(text)
         if name in shapes:
             raise CLIError(f"input {name!r} has both --shape and --max-shape; give one")

@@ -231,7 +231,10 @@ def test_a_dynamic_shape_package_runs_remotely_at_several_sizes(
     with kiln.rpc.connect(tracker.address, client="dyn").request("x86", timeout=60) as dev:
         m = dev.load(pkg)
         for n in (3, 40, 9):
-            feeds = {"ids": rng.integers(0, 100, (1, n)).astype(np.int64), "mask": np.ones((1, n), np.float32)}
+            feeds = {
+                "ids": rng.integers(0, 100, (1, n)).astype(np.int64),
+                "mask": np.ones((1, n), np.float32),
+            }
             got = m.run(feeds)["y"]
             assert got.shape == (1, n, 64)
             np.testing.assert_allclose(got, onnxruntime_outputs(path, feeds)["y"], rtol=2e-5, atol=2e-5)
