@@ -100,13 +100,6 @@ class TensorSpec(NamedTuple):
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.numpy_dtype.itemsize
 
-    def at(self, table: Sequence[int] | None) -> TensorSpec:
-        """This tensor at the run-time dimensions ``table`` (None or no run-time dimensions: as it is)."""
-        if not self.dims or table is None:
-            return self
-        shape = tuple(d if k < 0 else int(table[k]) for d, k in zip(self.shape, self.dims, strict=True))
-        return self._replace(shape=shape)
-
     @property
     def numpy_dtype(self) -> np.dtype[Any]:
         """The NumPy dtype of the buffer (``bfloat16`` travels as ``uint16``)."""
