@@ -15,7 +15,9 @@ from kiln.ir import Module
 from kiln.targets import Target
 
 _NOOP = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32)(lambda p, k: None)
-_ENTRY = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+_ENTRY = ctypes.CFUNCTYPE(
+    ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
+)
 _BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
 # the thread pool's entry, serially: parallel loops run every iteration on the calling thread
 _PARALLEL_FOR = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
@@ -57,8 +59,13 @@ def jit_run(mod: Module, target: Target, inputs: Mapping[str, np.ndarray]) -> li
     ws = np.zeros(int(mod.attrs["memory_plan"]["arena_bytes"]) + 64, dtype=np.uint8)
     in_ptrs = (ctypes.c_void_p * max(1, len(ins)))(*[a.ctypes.data for a in ins])
     out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[a.ctypes.data for a in outs])
+    dims = np.zeros(16, dtype=np.int64)  # the run-time dimension table (unused by fixed shapes)
     rc = entry(
-        ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs), ws.ctypes.data + (-ws.ctypes.data) % 64, None
+        ctypes.addressof(in_ptrs),
+        ctypes.addressof(out_ptrs),
+        ws.ctypes.data + (-ws.ctypes.data) % 64,
+        None,
+        dims.ctypes.data,
     )
     assert rc == 0
     return outs

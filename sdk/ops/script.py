@@ -236,6 +236,7 @@ class _Builder:
                 loop_targets |= {n.id for n in ast.walk(node.target) if isinstance(n, ast.Name)}
         self.mutable = {n for n, c in counts.items() if c > 1} - loop_targets
         self.stored = stored  # names of buffers the kernel writes
+        self.stored_locals: set[int] = set()  # script.alloc buffers bound to such a name (by buffer uid)
 
     def fail(self, node: ast.AST, msg: str) -> ScriptError:
         line = getattr(node, "lineno", 0) + self.tree.lineno - 1
@@ -299,7 +300,8 @@ class _Builder:
             raise self.fail(s, f"cannot assign to {type(target).__name__}")
         name = target.id
         stored_load = isinstance(value, T.Expr) and any(
-            isinstance(e, T.Load) and e.buffer.name in self.stored for e in T.walk_exprs(value)
+            isinstance(e, T.Load) and (e.buffer.name in self.stored or e.buffer.uid in self.stored_locals)
+            for e in T.walk_exprs(value)
         )
         if name in self.mutable or stored_load:
             cur = self.env.get(name)
@@ -316,6 +318,8 @@ class _Builder:
                 self.locals.append(cur.buffer)
             v = value if isinstance(value, T.Expr) else _const_like(value, T.IntImm(0, cur.buffer.dtype))
             return T.Store(cur.buffer, (), v)
+        if isinstance(value, T.Buffer) and name in self.stored:  # a scratch array the kernel writes: a value
+            self.stored_locals.add(value.uid)  # read from it is taken when it is read, not when used
         self.env[name] = value
         return None
 

@@ -195,3 +195,22 @@ def test_unsupported_python_is_reported_with_its_line() -> None:
             k.tensor_function([((4,), "float32")], [((4,), "float32")])
     with pytest.raises(ValueError, match=re.escape("takes 2 buffers (x, out), got 2 inputs and 1 outputs")):
         cube.kernel.tensor_function([((4,), "float32")] * 2, [((4,), "float32")])
+
+
+@script.kernel
+def swap_through_scratch(x, out):  # noqa: ANN001, ANN201
+    """A value read from a scratch array, then the array overwritten: the value read must not change."""
+    n = x.shape[0]
+    tmp = script.alloc((1,), "float32")
+    for i in range(n):
+        tmp[0] = x[i]
+        before = tmp[0]
+        tmp[0] = 0.0
+        out[i] = before + tmp[0]
+
+
+def test_a_value_read_from_a_scratch_array_keeps_the_value_it_read() -> None:
+    """``before = tmp[0]`` then ``tmp[0] = 0.0``: ``before`` is the value read, in the compiled kernel and
+    in the script run as Python (its own reference)."""
+    x = np.arange(5, dtype=np.float32) + 1.0
+    np.testing.assert_array_equal(_call(swap_through_scratch, x, (5,)), x)
