@@ -111,7 +111,7 @@ static uint64_t tensor_size(const kiln_endpoint_t* ep, const kiln_tensor_info_t*
 /* Every run-time dimension of the selected model at its bound. */
 static void reset_dims(kiln_endpoint_t* ep) {
   const kiln_model_t* m = ep->config.model;
-  for (uint32_t k = 0; k < m->num_dims && k < KILN_MAX_DIMS; ++k) {
+  for (uint32_t k = 0; KILN_DYNAMIC_DIMS && k < m->num_dims && k < KILN_MAX_DIMS; ++k) {
     ep->dims[k] = m->dim_bounds[k];
   }
 }
@@ -302,14 +302,16 @@ static kiln_status_t on_info(kiln_endpoint_t* ep, size_t len, size_t* out_reply)
   }
   win_u32(&w, m->num_dims);
   win_u32(&w, m->num_named_dims);
+#if KILN_DYNAMIC_DIMS
   win_bytes(&w, (const uint8_t*)m->dim_bounds, 8 * (size_t)m->num_dims);
-  for (uint32_t i = 0; i < m->num_inputs + m->num_outputs; ++i) {
+  for (uint32_t i = 0; m->num_dims > 0 && i < m->num_inputs + m->num_outputs; ++i) {
     const kiln_tensor_info_t* t = i < m->num_inputs ? &m->inputs[i] : &m->outputs[i - m->num_inputs];
     for (int32_t d = 0; d < t->ndim; ++d) {
       uint8_t k = t->dims != NULL ? (uint8_t)t->dims[d] : 0xFFu;
       win_bytes(&w, &k, 1);
     }
   }
+#endif
   if (w.skip > w.pos) {
     return fail(ep, KILN_REASON_INFO_OFFSET, w.skip, (uint32_t)w.pos);
   }

@@ -37,7 +37,12 @@ static kiln_status_t check_tensor(const kiln_tensor_info_t* t) {
 }
 
 static kiln_status_t check_dims(const kiln_tensor_info_t* t, uint32_t num_dims) {
-  for (int32_t d = 0; t->dims != NULL && d < t->ndim; ++d) {
+#if !KILN_DYNAMIC_DIMS
+  if (t->dims != NULL) {
+    return KILN_ERR_MODEL_INVALID; /* a build without run-time dimensions serves fixed shapes only */
+  }
+#endif
+  for (int32_t d = 0; KILN_DYNAMIC_DIMS && t->dims != NULL && d < t->ndim; ++d) {
     if (t->dims[d] >= (int32_t)num_dims || t->dims[d] < -1) {
       return KILN_ERR_MODEL_INVALID;
     }
@@ -46,7 +51,7 @@ static kiln_status_t check_dims(const kiln_tensor_info_t* t, uint32_t num_dims) 
 }
 
 uint64_t kiln_tensor_bytes(const kiln_tensor_info_t* t, const int64_t* dims) {
-  if (t->dims == NULL || dims == NULL) {
+  if (!KILN_DYNAMIC_DIMS || t->dims == NULL || dims == NULL) {
     return t->nbytes;
   }
   uint64_t nbytes = (uint64_t)(t->dtype.bits / 8) * t->dtype.lanes;
@@ -115,11 +120,15 @@ static kiln_status_t check_buffers(void* const* buffers, uint32_t count) {
 
 kiln_status_t kiln_model_run(const kiln_model_t* model, void* const* inputs, void* const* outputs,
                              uint8_t* workspace, kiln_profiler_t* prof) {
+#if KILN_DYNAMIC_DIMS
   int64_t dims[KILN_MAX_DIMS];
   for (uint32_t k = 0; model != NULL && k < model->num_dims && k < KILN_MAX_DIMS; ++k) {
     dims[k] = model->dim_bounds[k];
   }
   return kiln_model_run_dims(model, inputs, outputs, workspace, prof, dims);
+#else
+  return kiln_model_run_dims(model, inputs, outputs, workspace, prof, NULL);
+#endif
 }
 
 kiln_status_t kiln_model_run_dims(const kiln_model_t* model, void* const* inputs, void* const* outputs,
@@ -128,7 +137,7 @@ kiln_status_t kiln_model_run_dims(const kiln_model_t* model, void* const* inputs
       (model->num_dims > 0 && dims == NULL)) {
     return KILN_ERR_ARG_NULL;
   }
-  for (uint32_t k = 0; k < model->num_named_dims; ++k) {
+  for (uint32_t k = 0; KILN_DYNAMIC_DIMS && k < model->num_named_dims; ++k) {
     if (dims[k] < 1 || dims[k] > model->dim_bounds[k]) {
       return KILN_ERR_ARG_RANGE;
     }

@@ -151,6 +151,8 @@ class DeviceInfo:
             raise ProtocolError(f"device reports {named} named run-time dimensions of {num_dims}")
 
         def dims_of(t: TensorSpec) -> tuple[int, ...]:
+            if not num_dims:  # a model of fixed shapes: no per-tensor map follows
+                return ()
             dims = tuple(int(k) for k in r.unpack(f"<{len(t.shape)}b"))
             if any(k >= num_dims for k in dims):
                 raise ProtocolError(f"tensor {t.name!r} names a run-time dimension the model does not have")

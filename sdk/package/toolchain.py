@@ -213,7 +213,9 @@ def runtime_defines(target: Target) -> list[str]:
             f"got {defines!r}"
         )
     board = board_of(target)
-    return [f"-D{d}" for d in defines] + (board.defines() if board is not None else [])
+    # bare metal compiles fixed shapes only (driver.compile refuses run-time sizes): no DIMS code in flash
+    fixed = ["-DKILN_DYNAMIC_DIMS=0"] if target.is_bare_metal else []
+    return [f"-D{d}" for d in defines] + fixed + (board.defines() if board is not None else [])
 
 
 def _firmware_sources(target: Target) -> list[Path]:

@@ -23,7 +23,7 @@ def info_record(kernels: tuple[str, ...] = ("k0", "k1")) -> bytes:
     out = struct.pack("<IIQQQ", 1, 256, 1000, 64, 0) + _str("m")
     out += struct.pack("<I", 1) + tensor + struct.pack("<I", 0)
     out += struct.pack("<I", len(kernels)) + b"".join(_str(k) for k in kernels)
-    return out + struct.pack("<II", 0, 0) + struct.pack("<2b", -1, -1)  # no run-time dimensions
+    return out + struct.pack("<II", 0, 0)  # no run-time dimensions
 
 
 def reply(request: int, payload: bytes) -> bytes:

@@ -23,7 +23,8 @@
  *                    u32 abi_version, u32 max_payload, u64 ticks_per_second, u64 workspace_bytes,
  *                    u64 weights_bytes, str name, u32 num_inputs, tensor*, u32 num_outputs, tensor*,
  *                    u32 num_kernels, str*, u32 num_dims, u32 num_named_dims, i64 dim_bounds[num_dims],
- *                    then per input and output i8 dims[ndim] (-1: a fixed size; k: run-time dimension k);
+ *                    then, when num_dims > 0, per input and output i8 dims[ndim] (-1: a fixed size; k: run-time
+ *                    dimension k);
  *                    tensor = str name, u8 code, u8 bits, u16 lanes, u32 ndim, i64 shape[ndim] (a run-time
  *                    dimension's bound), u64 nbytes (at the bounds). The host asks again from offset+k until it
  *                    has total.
