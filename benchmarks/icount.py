@@ -11,7 +11,8 @@ Columns: the kernels' guest instructions in millions (exact, the same every run)
 their ratio (below 1: fewer instructions than the reference), and kiln's three largest kernels.
 
 The models are small enough to emulate: a ResNet basic block (64 channels, 28x28), one transformer encoder
-layer (128 wide, 4 heads, 32 tokens) and an MLP (256-512-512-10, batch 8).
+layer (128 wide, 4 heads, 32 tokens), an MLP (256-512-512-10, batch 8) and a smaller one (64-128-10, batch 4:
+fewer rows than a register tile).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ MODELS: dict[str, Callable[[], Module]] = {
     "mlp": lambda: nn.Sequential(
         nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
     ).export({"x": (8, 256)}, name="mlp"),
+    "mlp_small": lambda: nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).export(
+        {"x": (4, 64)}, name="mlp_small"
+    ),
 }
 
 

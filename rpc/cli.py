@@ -141,6 +141,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--max-runners", type=int, default=4, help="runner processes kept alive (default 4)")
     p.add_argument("--call-timeout", type=float, default=120.0, metavar="S", help="default per-call timeout")
+    p.add_argument(
+        "--cores",
+        type=int,
+        metavar="N",
+        help="the most threads a session may ask for (kiln run/bench/profile --threads; default: the CPUs this "
+        "server may use for local and qemu-user runners, 1 for bare metal)",
+    )
     _add_token_args(p, server=True)
     from kiln.device.ssh import add_ssh_args  # the board of --launcher ssh
 
@@ -271,6 +278,7 @@ def _start_device_server(args: argparse.Namespace, launcher: Any, security: Any)
         max_upload_bytes=args.max_upload_mb << 20,
         max_runners=args.max_runners,
         call_timeout=args.call_timeout,
+        cores=args.cores,
         tracker=args.tracker,
         tracker_token=security.token,
         tracker_tls=_client_tls(args),
@@ -313,12 +321,21 @@ def cmd_devices(args: argparse.Namespace) -> int:
         print(f"kiln devices: {e}", file=sys.stderr)
         return 1
     rows = [
-        (d.key, d.target, d.launcher, d.state, d.lease_holder or "-", d.queue, d.address, d.runs_served)
+        (
+            d.key,
+            d.target,
+            d.launcher,
+            d.cores or "-",
+            d.state,
+            d.lease_holder or "-",
+            d.queue,
+            d.address,
+            d.runs_served,
+        )
         for d in devs
     ]
-    print(
-        format_table(rows, ("key", "target", "launcher", "state", "lease holder", "queue", "address", "runs"))
-    )
+    header = ("key", "target", "launcher", "cores", "state", "lease holder", "queue", "address", "runs")
+    print(format_table(rows, header))
     waiting_only = sorted(k for k in queues if k not in {d.key for d in devs})
     for k in waiting_only:
         print(f"(no device registered for key {k!r}; {queues[k]} waiting)")
@@ -412,7 +429,7 @@ def open_remote(args: argparse.Namespace, package: Any) -> RemoteModule | None:
             dev = stack.enter_context(
                 tr.request(args.key, timeout=args.queue_timeout, priority=args.priority, progress=progress)
             )
-        module = dev.load(package)
+        module = dev.load(package, threads=getattr(args, "threads", None))
         module.add_cleanup(stack.pop_all().close)
         return module
     raise AssertionError("unreachable")  # the with block returns or raises

@@ -39,6 +39,7 @@ from kiln.rpc.common import (
     pack_tensors,
     unpack_tensors,
 )
+from kiln.runtime_c import abi
 
 log = logging.getLogger("kiln.rpc.client")
 
@@ -137,7 +138,8 @@ class RemoteModule(Executable):
     """A package loaded on a remote device: the :class:`~kiln.device.Executable` of the farm. ``timeout``
     bounds each call on the device (None: the device server's own limit); closing runs the cleanups its
     opener attached (e.g. releasing the lease). The device keeps the runner warm until it is evicted or
-    :meth:`unload` is called."""
+    :meth:`unload` is called. ``threads`` is what the module asks the device for with every call (None: the
+    package's default); ``pool_threads`` the size of the runner's thread pool as the device reported it."""
 
     def __init__(
         self,
@@ -147,12 +149,16 @@ class RemoteModule(Executable):
         info: dict[str, Any],
         *,
         timeout: float | None = None,
+        threads: int | None = None,
+        pool_threads: int = 0,
     ) -> None:
         self.device = device
         self.sha256 = sha256
         self.manifest = manifest
         self.info = info
         self.timeout = timeout
+        self.threads = threads
+        self.pool_threads = pool_threads
         self.name = str(manifest.get("name", sha256[:12]))
         self.label = f"{self.name} on {device.label}"
         self._cleanups: list[Callable[[], None]] = []
@@ -165,7 +171,9 @@ class RemoteModule(Executable):
 
     def run(self, inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         ms, deadline = self._deadline()
-        req = device_pb2.RunRequest(sha256=self.sha256, inputs=pack_tensors(inputs), timeout_ms=ms)
+        req = device_pb2.RunRequest(
+            sha256=self.sha256, inputs=pack_tensors(inputs), timeout_ms=ms, threads=self.threads
+        )
         reply = self.device._call("Run", req, deadline)
         return unpack_tensors(reply.outputs)
 
@@ -185,17 +193,20 @@ class RemoteModule(Executable):
             repeat=repeat,
             min_repeat_ms=min_repeat_ms,
             timeout_ms=ms,
+            threads=self.threads,
         )
         return list(self.device._call("Time", req, deadline).seconds)
 
     def profile(self, inputs: Mapping[str, Any] | None = None) -> Profile:
         ms, deadline = self._deadline()
-        req = device_pb2.ProfileRequest(sha256=self.sha256, inputs=pack_tensors(inputs), timeout_ms=ms)
+        req = device_pb2.ProfileRequest(
+            sha256=self.sha256, inputs=pack_tensors(inputs), timeout_ms=ms, threads=self.threads
+        )
         data = json.loads(self.device._call("Profile", req, deadline).profile_json)
         return Profile.from_dict(data)
 
     def unload(self) -> None:
-        """Stops the runner on the device (the package stays in its cache)."""
+        """Stops the package's runners on the device (the package stays in its cache)."""
         self.device._call("Unload", device_pb2.PackageRef(sha256=self.sha256), 30.0)
 
     def add_cleanup(self, fn: Callable[[], None]) -> None:
@@ -299,13 +310,25 @@ class RemoteDevice:
         self._call("Upload", chunks(), None)
         return sha
 
-    def load(self, pkg: Any, *, timeout: float | None = None) -> RemoteModule:
+    def load(self, pkg: Any, *, timeout: float | None = None, threads: int | None = None) -> RemoteModule:
         """Upload ``pkg`` if needed and start its runner; returns the remote module, whose calls time out
-        after ``timeout`` seconds (None: the device server's limit)."""
+        after ``timeout`` seconds (None: the device server's limit). ``threads`` sizes the runner's thread
+        pool (None: the package's default, from ``kiln compile --threads``; 0: one per core of the device;
+        else at most the device's ``cores``); the device refuses a count it cannot give (``INVALID_ARGUMENT``)."""
+        if threads is not None:
+            threads = abi.check_threads(threads)
         sha = self.upload(pkg)
-        r = self._call("Load", device_pb2.PackageRef(sha256=sha), None)
+        r = self._call("Load", device_pb2.LoadRequest(sha256=sha, threads=threads), None)
         manifest = json.loads(r.manifest_json)
-        return RemoteModule(self, sha, manifest, json.loads(r.info_json or "{}"), timeout=timeout)
+        return RemoteModule(
+            self,
+            sha,
+            manifest,
+            json.loads(r.info_json or "{}"),
+            timeout=timeout,
+            threads=threads,
+            pool_threads=r.threads,
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -411,6 +434,7 @@ class DeviceStatus:
     last_seen_s: float
     runs_served: int
     queue: int
+    cores: int = 0
 
 
 class TrackerClient:
@@ -489,6 +513,7 @@ class TrackerClient:
                 d.last_seen_s,
                 d.runs_served,
                 queues.get(d.caps.key, 0),
+                d.caps.cores,
             )
             for d in r.devices
         ]

@@ -50,17 +50,19 @@ UPLOAD_CHUNK_BYTES = 1024 * 1024
 class Capabilities:
     """What a device server fronts: a device of pool ``key`` and ``target``, started by ``launcher``, with
     the runtime described by ``runtime_version`` (see :func:`kiln.rpc.device_service.runtime_fingerprint`),
-    reachable at ``address`` (``host:port``)."""
+    reachable at ``address`` (``host:port``), whose sessions may ask for 1 to ``cores`` threads (0: they
+    cannot ask; see :func:`kiln.rpc.device_service.device_cores`)."""
 
     key: str
     target: str = ""
     launcher: str = ""
     runtime_version: str = ""
     address: str = ""
+    cores: int = 0
 
     @classmethod
     def from_proto(cls, m: common_pb2.Capabilities) -> Capabilities:
-        return cls(m.key, m.target, m.launcher, m.runtime_version, m.address)
+        return cls(m.key, m.target, m.launcher, m.runtime_version, m.address, m.cores)
 
     def to_proto(self) -> common_pb2.Capabilities:
         return common_pb2.Capabilities(
@@ -69,6 +71,7 @@ class Capabilities:
             launcher=self.launcher,
             runtime_version=self.runtime_version,
             address=self.address,
+            cores=self.cores,
         )
 
 

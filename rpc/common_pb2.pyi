@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Capabilities(_message.Message):
-    __slots__ = ("key", "target", "launcher", "runtime_version", "address")
+    __slots__ = ("key", "target", "launcher", "runtime_version", "address", "cores")
     KEY_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     LAUNCHER_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CORES_FIELD_NUMBER: _ClassVar[int]
     key: str
     target: str
     launcher: str
     runtime_version: str
     address: str
-    def __init__(self, key: _Optional[str] = ..., target: _Optional[str] = ..., launcher: _Optional[str] = ..., runtime_version: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    cores: int
+    def __init__(self, key: _Optional[str] = ..., target: _Optional[str] = ..., launcher: _Optional[str] = ..., runtime_version: _Optional[str] = ..., address: _Optional[str] = ..., cores: _Optional[int] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kiln.rpc import common_pb2 as kiln_dot_rpc_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kiln/rpc/device.proto\x12\x08kiln.rpc\x1a\x15kiln/rpc/common.proto\"\r\n\x0bInfoRequest\"\xba\x01\n\nDeviceInfo\x12$\n\x04\x63\x61ps\x18\x01 \x01(\x0b\x32\x16.kiln.rpc.Capabilities\x12\x13\n\x0bruns_served\x18\x02 \x01(\x04\x12\x17\n\x0fpackages_cached\x18\x03 \x01(\r\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x04 \x01(\x04\x12\x19\n\x11\x63\x61\x63he_limit_bytes\x18\x05 \x01(\x04\x12\x18\n\x10max_upload_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06loaded\x18\x07 \x03(\t\"\x0f\n\rHealthRequest\"\x1e\n\x0bHealthReply\x12\x0f\n\x07serving\x18\x01 \x01(\x08\"\x1c\n\nPackageRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"!\n\x0fHasPackageReply\x12\x0e\n\x06\x63\x61\x63hed\x18\x01 \x01(\x08\"9\n\x0bUploadChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"+\n\x0bUploadReply\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"E\n\tLoadReply\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\x12\x11\n\tinfo_json\x18\x03 \x01(\t\"\r\n\x0bUnloadReply\"R\n\nRunRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.kiln.rpc.Tensor\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"?\n\x08RunReply\x12!\n\x07outputs\x18\x01 \x03(\x0b\x32\x10.kiln.rpc.Tensor\x12\x10\n\x08\x64\x65vice_s\x18\x02 \x01(\x01\"\x8a\x01\n\x0bTimeRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.kiln.rpc.Tensor\x12\x0e\n\x06number\x18\x03 \x01(\r\x12\x0e\n\x06repeat\x18\x04 \x01(\r\x12\x15\n\rmin_repeat_ms\x18\x05 \x01(\r\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\"\x1c\n\tTimeReply\x12\x0f\n\x07seconds\x18\x01 \x03(\x01\"V\n\x0eProfileRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.kiln.rpc.Tensor\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"$\n\x0cProfileReply\x12\x14\n\x0cprofile_json\x18\x01 \x01(\t2\xfc\x03\n\x06\x44\x65vice\x12\x33\n\x04Info\x12\x15.kiln.rpc.InfoRequest\x1a\x14.kiln.rpc.DeviceInfo\x12\x38\n\x06Health\x12\x17.kiln.rpc.HealthRequest\x1a\x15.kiln.rpc.HealthReply\x12=\n\nHasPackage\x12\x14.kiln.rpc.PackageRef\x1a\x19.kiln.rpc.HasPackageReply\x12\x38\n\x06Upload\x12\x15.kiln.rpc.UploadChunk\x1a\x15.kiln.rpc.UploadReply(\x01\x12\x31\n\x04Load\x12\x14.kiln.rpc.PackageRef\x1a\x13.kiln.rpc.LoadReply\x12\x35\n\x06Unload\x12\x14.kiln.rpc.PackageRef\x1a\x15.kiln.rpc.UnloadReply\x12/\n\x03Run\x12\x14.kiln.rpc.RunRequest\x1a\x12.kiln.rpc.RunReply\x12\x32\n\x04Time\x12\x15.kiln.rpc.TimeRequest\x1a\x13.kiln.rpc.TimeReply\x12;\n\x07Profile\x12\x18.kiln.rpc.ProfileRequest\x1a\x16.kiln.rpc.ProfileReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15kiln/rpc/device.proto\x12\x08kiln.rpc\x1a\x15kiln/rpc/common.proto\"\r\n\x0bInfoRequest\"\xba\x01\n\nDeviceInfo\x12$\n\x04\x63\x61ps\x18\x01 \x01(\x0b\x32\x16.kiln.rpc.Capabilities\x12\x13\n\x0bruns_served\x18\x02 \x01(\x04\x12\x17\n\x0fpackages_cached\x18\x03 \x01(\r\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x04 \x01(\x04\x12\x19\n\x11\x63\x61\x63he_limit_bytes\x18\x05 \x01(\x04\x12\x18\n\x10max_upload_bytes\x18\x06 \x01(\x04\x12\x0e\n\x06loaded\x18\x07 \x03(\t\"\x0f\n\rHealthRequest\"\x1e\n\x0bHealthReply\x12\x0f\n\x07serving\x18\x01 \x01(\x08\"\x1c\n\nPackageRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"!\n\x0fHasPackageReply\x12\x0e\n\x06\x63\x61\x63hed\x18\x01 \x01(\x08\"9\n\x0bUploadChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"+\n\x0bUploadReply\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"?\n\x0bLoadRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x14\n\x07threads\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_threads\"V\n\tLoadReply\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\x12\x11\n\tinfo_json\x18\x03 \x01(\t\x12\x0f\n\x07threads\x18\x04 \x01(\r\"\r\n\x0bUnloadReply\"t\n\nRunRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.kiln.rpc.Tensor\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x14\n\x07threads\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_threads\"?\n\x08RunReply\x12!\n\x07outputs\x18\x01 \x03(\x0b\x32\x10.kiln.rpc.Tensor\x12\x10\n\x08\x64\x65vice_s\x18\x02 \x01(\x01\"\xac\x01\n\x0bTimeRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.kiln.rpc.Tensor\x12\x0e\n\x06number\x18\x03 \x01(\r\x12\x0e\n\x06repeat\x18\x04 \x01(\r\x12\x15\n\rmin_repeat_ms\x18\x05 \x01(\r\x12\x12\n\ntimeout_ms\x18\x06 \x01(\r\x12\x14\n\x07threads\x18\x07 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_threads\"\x1c\n\tTimeReply\x12\x0f\n\x07seconds\x18\x01 \x03(\x01\"x\n\x0eProfileRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12 \n\x06inputs\x18\x02 \x03(\x0b\x32\x10.kiln.rpc.Tensor\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x14\n\x07threads\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_threads\"$\n\x0cProfileReply\x12\x14\n\x0cprofile_json\x18\x01 \x01(\t2\xfd\x03\n\x06\x44\x65vice\x12\x33\n\x04Info\x12\x15.kiln.rpc.InfoRequest\x1a\x14.kiln.rpc.DeviceInfo\x12\x38\n\x06Health\x12\x17.kiln.rpc.HealthRequest\x1a\x15.kiln.rpc.HealthReply\x12=\n\nHasPackage\x12\x14.kiln.rpc.PackageRef\x1a\x19.kiln.rpc.HasPackageReply\x12\x38\n\x06Upload\x12\x15.kiln.rpc.UploadChunk\x1a\x15.kiln.rpc.UploadReply(\x01\x12\x32\n\x04Load\x12\x15.kiln.rpc.LoadRequest\x1a\x13.kiln.rpc.LoadReply\x12\x35\n\x06Unload\x12\x14.kiln.rpc.PackageRef\x1a\x15.kiln.rpc.UnloadReply\x12/\n\x03Run\x12\x14.kiln.rpc.RunRequest\x1a\x12.kiln.rpc.RunReply\x12\x32\n\x04Time\x12\x15.kiln.rpc.TimeRequest\x1a\x13.kiln.rpc.TimeReply\x12;\n\x07Profile\x12\x18.kiln.rpc.ProfileRequest\x1a\x16.kiln.rpc.ProfileReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,22 +48,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPLOADCHUNK']._serialized_end=433
   _globals['_UPLOADREPLY']._serialized_start=435
   _globals['_UPLOADREPLY']._serialized_end=478
-  _globals['_LOADREPLY']._serialized_start=480
-  _globals['_LOADREPLY']._serialized_end=549
-  _globals['_UNLOADREPLY']._serialized_start=551
-  _globals['_UNLOADREPLY']._serialized_end=564
-  _globals['_RUNREQUEST']._serialized_start=566
-  _globals['_RUNREQUEST']._serialized_end=648
-  _globals['_RUNREPLY']._serialized_start=650
-  _globals['_RUNREPLY']._serialized_end=713
-  _globals['_TIMEREQUEST']._serialized_start=716
-  _globals['_TIMEREQUEST']._serialized_end=854
-  _globals['_TIMEREPLY']._serialized_start=856
-  _globals['_TIMEREPLY']._serialized_end=884
-  _globals['_PROFILEREQUEST']._serialized_start=886
-  _globals['_PROFILEREQUEST']._serialized_end=972
-  _globals['_PROFILEREPLY']._serialized_start=974
-  _globals['_PROFILEREPLY']._serialized_end=1010
-  _globals['_DEVICE']._serialized_start=1013
-  _globals['_DEVICE']._serialized_end=1521
+  _globals['_LOADREQUEST']._serialized_start=480
+  _globals['_LOADREQUEST']._serialized_end=543
+  _globals['_LOADREPLY']._serialized_start=545
+  _globals['_LOADREPLY']._serialized_end=631
+  _globals['_UNLOADREPLY']._serialized_start=633
+  _globals['_UNLOADREPLY']._serialized_end=646
+  _globals['_RUNREQUEST']._serialized_start=648
+  _globals['_RUNREQUEST']._serialized_end=764
+  _globals['_RUNREPLY']._serialized_start=766
+  _globals['_RUNREPLY']._serialized_end=829
+  _globals['_TIMEREQUEST']._serialized_start=832
+  _globals['_TIMEREQUEST']._serialized_end=1004
+  _globals['_TIMEREPLY']._serialized_start=1006
+  _globals['_TIMEREPLY']._serialized_end=1034
+  _globals['_PROFILEREQUEST']._serialized_start=1036
+  _globals['_PROFILEREQUEST']._serialized_end=1156
+  _globals['_PROFILEREPLY']._serialized_start=1158
+  _globals['_PROFILEREPLY']._serialized_end=1194
+  _globals['_DEVICE']._serialized_start=1197
+  _globals['_DEVICE']._serialized_end=1706
 # @@protoc_insertion_point(module_scope)

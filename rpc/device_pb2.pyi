@@ -69,29 +69,41 @@ class UploadReply(_message.Message):
     size: int
     def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
+class LoadRequest(_message.Message):
+    __slots__ = ("sha256", "threads")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    threads: int
+    def __init__(self, sha256: _Optional[str] = ..., threads: _Optional[int] = ...) -> None: ...
+
 class LoadReply(_message.Message):
-    __slots__ = ("sha256", "manifest_json", "info_json")
+    __slots__ = ("sha256", "manifest_json", "info_json", "threads")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     INFO_JSON_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     manifest_json: str
     info_json: str
-    def __init__(self, sha256: _Optional[str] = ..., manifest_json: _Optional[str] = ..., info_json: _Optional[str] = ...) -> None: ...
+    threads: int
+    def __init__(self, sha256: _Optional[str] = ..., manifest_json: _Optional[str] = ..., info_json: _Optional[str] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class UnloadReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class RunRequest(_message.Message):
-    __slots__ = ("sha256", "inputs", "timeout_ms")
+    __slots__ = ("sha256", "inputs", "timeout_ms", "threads")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
     timeout_ms: int
-    def __init__(self, sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    threads: int
+    def __init__(self, sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., timeout_ms: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class RunReply(_message.Message):
     __slots__ = ("outputs", "device_s")
@@ -102,20 +114,22 @@ class RunReply(_message.Message):
     def __init__(self, outputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., device_s: _Optional[float] = ...) -> None: ...
 
 class TimeRequest(_message.Message):
-    __slots__ = ("sha256", "inputs", "number", "repeat", "min_repeat_ms", "timeout_ms")
+    __slots__ = ("sha256", "inputs", "number", "repeat", "min_repeat_ms", "timeout_ms", "threads")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     REPEAT_FIELD_NUMBER: _ClassVar[int]
     MIN_REPEAT_MS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
     number: int
     repeat: int
     min_repeat_ms: int
     timeout_ms: int
-    def __init__(self, sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., number: _Optional[int] = ..., repeat: _Optional[int] = ..., min_repeat_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    threads: int
+    def __init__(self, sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., number: _Optional[int] = ..., repeat: _Optional[int] = ..., min_repeat_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class TimeReply(_message.Message):
     __slots__ = ("seconds",)
@@ -124,14 +138,16 @@ class TimeReply(_message.Message):
     def __init__(self, seconds: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ProfileRequest(_message.Message):
-    __slots__ = ("sha256", "inputs", "timeout_ms")
+    __slots__ = ("sha256", "inputs", "timeout_ms", "threads")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]
     timeout_ms: int
-    def __init__(self, sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    threads: int
+    def __init__(self, sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.Tensor, _Mapping]]] = ..., timeout_ms: _Optional[int] = ..., threads: _Optional[int] = ...) -> None: ...
 
 class ProfileReply(_message.Message):
     __slots__ = ("profile_json",)

@@ -56,7 +56,7 @@ class DeviceStub:
                 _registered_method=True)
         self.Load = channel.unary_unary(
                 '/kiln.rpc.Device/Load',
-                request_serializer=kiln_dot_rpc_dot_device__pb2.PackageRef.SerializeToString,
+                request_serializer=kiln_dot_rpc_dot_device__pb2.LoadRequest.SerializeToString,
                 response_deserializer=kiln_dot_rpc_dot_device__pb2.LoadReply.FromString,
                 _registered_method=True)
         self.Unload = channel.unary_unary(
@@ -164,7 +164,7 @@ def add_DeviceServicer_to_server(servicer, server):
             ),
             'Load': grpc.unary_unary_rpc_method_handler(
                     servicer.Load,
-                    request_deserializer=kiln_dot_rpc_dot_device__pb2.PackageRef.FromString,
+                    request_deserializer=kiln_dot_rpc_dot_device__pb2.LoadRequest.FromString,
                     response_serializer=kiln_dot_rpc_dot_device__pb2.LoadReply.SerializeToString,
             ),
             'Unload': grpc.unary_unary_rpc_method_handler(
@@ -321,7 +321,7 @@ class Device:
             request,
             target,
             '/kiln.rpc.Device/Load',
-            kiln_dot_rpc_dot_device__pb2.PackageRef.SerializeToString,
+            kiln_dot_rpc_dot_device__pb2.LoadRequest.SerializeToString,
             kiln_dot_rpc_dot_device__pb2.LoadReply.FromString,
             options,
             channel_credentials,

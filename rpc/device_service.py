@@ -38,6 +38,15 @@ Runners
     the manifest of a package that passed the checks above, and the cache never evicts a package whose runner
     is alive.
 
+Threads
+    A session may ask for the size of its runner's thread pool (``threads`` in ``Load``, ``Run``, ``Time``,
+    ``Profile``): absent, the package's default (``kiln compile --threads``); 0, one per core of the device;
+    else 1 to the device's core count (``Capabilities.cores``: the CPUs this server may use, or ``kiln serve
+    --cores``). The server starts the runner with ``--threads N``; one package loaded with two thread counts
+    has two runners. A count over the device's cores, a count above 1 on a bare-metal device (its firmware
+    runs on one thread) and a count on a device whose launcher cannot pass one to the runner (``ssh``,
+    ``serial``) fail with :class:`BadThreads` (``INVALID_ARGUMENT``) saying what to ask for instead.
+
 Timeouts, cancellation and crashes
     Every call to a runner has a timeout: the request's ``timeout_ms`` if given, else the model's budget
     (:func:`kiln.package.kpkg.run_timeout`), and never more than the server's ``call_timeout`` (``kiln serve
@@ -88,6 +97,7 @@ from kiln.rpc import device_pb2
 from kiln.rpc.cache import BadRequest, DeviceServerError, PackageCache, check_sha
 from kiln.rpc.common import Capabilities
 from kiln.runtime_c import abi
+from kiln.targets import get_target
 
 log = logging.getLogger("kiln.rpc.device_service")
 
@@ -133,6 +143,10 @@ class TrackerUnreachable(DeviceServerError):
     """The lease cannot be checked because the tracker does not answer: ``UNAVAILABLE``."""
 
 
+class BadThreads(DeviceServerError):
+    """A thread count this device cannot give a session: ``INVALID_ARGUMENT``."""
+
+
 class DeviceBusy(DeviceServerError):
     """Every runner slot, upload slot or worker is taken by calls in flight: ``RESOURCE_EXHAUSTED``."""
 
@@ -149,6 +163,26 @@ def runtime_fingerprint() -> str:
     (:func:`kiln.runtime_c.runtime_hash`; a package built by the same kiln records the whole hash in its
     manifest as ``runtime.sha256``)."""
     return f"abi={abi.ABI_VERSION} protocol={abi.PROTOCOL_VERSION} runtime={runtime_c.runtime_hash()[:12]}"
+
+
+def bare_metal_target(target: str) -> bool:
+    """Whether ``target`` (a target name; "" or unknown: no) is a bare-metal one."""
+    try:
+        return bool(target) and get_target(target).is_bare_metal
+    except (LookupError, ValueError):
+        return False
+
+
+def device_cores(launcher: Launcher, bare_metal: bool) -> int:
+    """The cores a device's runners may use, as a device server reports them (``Capabilities.cores``): 1 for
+    bare-metal firmware, the CPUs this process may run on for runners started here (``local``, ``qemu-user``:
+    QEMU runs each guest thread on a host thread), 0 (unknown: sessions cannot ask for a thread count) for a
+    launcher that starts the runner elsewhere."""
+    if bare_metal:
+        return 1
+    if isinstance(launcher, ProcessLauncher):
+        return min(len(os.sched_getaffinity(0)), abi.THREADS_MAX)
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -270,7 +304,7 @@ LeaseVerifier = Callable[[str], tuple[str, float]]
 class Runner:
     """A live runner process for one loaded package of one owner."""
 
-    key: tuple[str, str]  # (owner, sha)
+    key: tuple[str, str, int | None]  # (owner, sha, threads asked for: None = the package's default)
     name: str
     manifest: dict[str, Any]
     session: Session
@@ -278,6 +312,7 @@ class Runner:
     lock: threading.Lock
     slot: int
     info_json: str = "{}"
+    threads: int = 1  # the size of its thread pool (0: the package's default of one per CPU, count unknown)
 
     @property
     def sha(self) -> str:
@@ -350,6 +385,7 @@ class DeviceService:
         if not (math.isfinite(call_timeout) and call_timeout > 0):
             raise ValueError(f"call_timeout must be a positive number of seconds, not {call_timeout!r}")
         self.caps = caps
+        self.bare_metal = bare_metal_target(caps.target)
         self.launcher = launcher
         self.cache = cache
         self.max_runners = max_runners
@@ -366,8 +402,8 @@ class DeviceService:
         self.runs_served = 0
         self.watchdog = Watchdog()
         self._lock = threading.Lock()
-        self._runners: OrderedDict[tuple[str, str], Runner] = OrderedDict()
-        self._loading: dict[tuple[str, str], threading.Lock] = {}
+        self._runners: OrderedDict[tuple[str, str, int | None], Runner] = OrderedDict()
+        self._loading: dict[tuple[str, str, int | None], threading.Lock] = {}
         self._free_slots = list(range(max_runners))
         self._lease_lock = threading.Condition()
         self._lease: _Lease | None = None
@@ -542,23 +578,62 @@ class DeviceService:
 
     def pinned(self) -> set[str]:
         with self._lock:
-            return {sha for _, sha in self._runners}
+            return {sha for _, sha, _ in self._runners}
 
     def loaded(self, owner: str | None = None) -> set[str]:
         """sha256 of the packages with a live runner (of ``owner``; None: of anyone)."""
         with self._lock:
-            return {sha for o, sha in self._runners if owner is None or o == owner}
+            return {sha for o, sha, _ in self._runners if owner is None or o == owner}
 
     # ---- runners
 
     def runner(self, sha: str, owner: str | None = None) -> Runner | None:
         """The live runner of ``sha`` (of ``owner``; None: of anyone), if there is one."""
         with self._lock:
-            return next((r for (o, s), r in self._runners.items() if s == sha and owner in (None, o)), None)
+            return next(
+                (r for (o, s, _), r in self._runners.items() if s == sha and owner in (None, o)), None
+            )
 
-    def load(self, sha: str, owner: str = "") -> Runner:
+    def runners(self, owner: str | None = None) -> list[Runner]:
+        """The live runners (of ``owner``; None: of anyone), least recently used first."""
+        with self._lock:
+            return [r for (o, _, _), r in self._runners.items() if owner in (None, o)]
+
+    def check_threads(self, threads: int | None) -> int | None:
+        """The thread count a session asked for (None: the package's default), as the runner is started with
+        it: 0 becomes the device's core count. :class:`BadThreads` if this device cannot give it (see
+        "Threads" in the module docstring)."""
+        if threads is None:
+            return None
+        cores = self.caps.cores
+        where = f"this device ({self.caps.key}, {self.caps.target})"
+        if self.bare_metal:
+            if threads > 1:
+                raise BadThreads(
+                    f"{where} runs bare-metal firmware on one thread; ask for 1 thread or leave threads unset, "
+                    f"not {threads}"
+                )
+            return None
+        if not isinstance(self.launcher, ProcessLauncher) or cores < 1:
+            raise BadThreads(
+                f"{where} cannot pass a thread count to its runner (the {self.caps.launcher} launcher); leave "
+                f"threads unset and compile the package with the count it should use (kiln compile --threads "
+                f"{threads})"
+            )
+        if threads == 0:
+            return cores
+        if not 1 <= threads <= cores:
+            raise BadThreads(
+                f"{where} has {cores} core{'s' if cores != 1 else ''}: ask for 1 to {cores} threads (0: one per "
+                f"core), not {threads}"
+            )
+        return threads
+
+    def load(self, sha: str, owner: str = "", threads: int | None = None) -> Runner:
+        """The runner of ``sha`` for ``owner`` with a pool of ``threads`` (None: the package's default; 0: one
+        per core), started if it is not alive."""
         check_sha(sha)
-        key = (owner, sha)
+        key = (owner, sha, self.check_threads(threads))
         with self._lock:
             r = self._runners.get(key)
             if r is not None:
@@ -609,8 +684,8 @@ class DeviceService:
         with self._lock:
             self._free_slots.append(slot)
 
-    def _start(self, key: tuple[str, str], slot: int) -> Runner:
-        owner, sha = key
+    def _start(self, key: tuple[str, str, int | None], slot: int) -> Runner:
+        owner, sha, threads = key
         path = self.cache.touch(sha, owner if self.verify_lease is not None or owner else None)
         workdir = self._workroot / f"r{slot}-{secrets.token_hex(4)}"
         try:
@@ -629,8 +704,11 @@ class DeviceService:
             for p in [workdir, *workdir.rglob("*")]:
                 os.lchown(p, uid, uid)
         try:
-            if iso is not None and isinstance(self.launcher, ProcessLauncher):
-                session = self.launcher.start(workdir / runnable, timeout=self.call_timeout, isolation=iso)
+            if isinstance(self.launcher, ProcessLauncher) and (iso is not None or threads is not None):
+                args = [] if threads is None else ["--threads", str(threads)]
+                session = self.launcher.start(
+                    workdir / runnable, timeout=self.call_timeout, isolation=iso, args=args
+                )
             else:
                 session = self.launcher.start(workdir / runnable, timeout=self.call_timeout)
         except Exception as e:
@@ -638,7 +716,10 @@ class DeviceService:
             raise RunnerFailed(
                 f"cannot start the runner of {name!r} with the {self.caps.launcher} launcher: {e}"
             ) from e
-        r = Runner(key, name, manifest, session, workdir, threading.Lock(), slot)
+        if threads is None:  # the package's default (0: one per CPU)
+            default = manifest.get("threads", 1)
+            threads = 1 if self.bare_metal or not isinstance(default, int) else default or self.caps.cores
+        r = Runner(key, name, manifest, session, workdir, threading.Lock(), slot, threads=threads)
         self._record(r)
         try:
             info = session.info()
@@ -657,16 +738,16 @@ class DeviceService:
                 (self._workroot / f"r{r.slot}.pid").write_text(f"{proc.pid} {start}\n")
 
     def unload(self, sha: str, owner: str = "") -> None:
+        """Stops the runners of ``sha`` for ``owner`` (of every thread count), after their calls in flight."""
         with self._lock:
-            r = self._runners.get((owner, sha))
-        if r is None:
-            return
-        with r.lock:  # after the calls in flight on it
-            with self._lock:
-                if self._runners.get(r.key) is not r:
-                    return
-                del self._runners[r.key]
-            self._close(r)
+            runners = [r for (o, s, _), r in self._runners.items() if (o, s) == (owner, sha)]
+        for r in runners:
+            with r.lock:  # after the calls in flight on it
+                with self._lock:
+                    if self._runners.get(r.key) is not r:
+                        continue
+                    del self._runners[r.key]
+                self._close(r)
 
     def _close(self, r: Runner, *, free: bool = True) -> None:
         with contextlib.suppress(Exception):
@@ -715,11 +796,12 @@ class DeviceService:
         owner: str = "",
         cancel: CancelToken | None = None,
         check: Callable[[Runner], None] | None = None,
+        threads: int | None = None,
     ) -> tuple[T, float]:
-        """Call ``fn(session)`` on the package's runner under its lock, with a timeout (enforced by the
-        session and by the watchdog, which also bounds TIME and PROFILE), cancellation and crash isolation.
-        Returns ``(result, seconds spent)``."""
-        r = self.load(sha, owner)
+        """Call ``fn(session)`` on the package's runner (with a pool of ``threads``, as :meth:`load`) under its
+        lock, with a timeout (enforced by the session and by the watchdog, which also bounds TIME and
+        PROFILE), cancellation and crash isolation. Returns ``(result, seconds spent)``."""
+        r = self.load(sha, owner, threads)
         timeout = self.timeout_for(r, timeout_ms)
         if check is not None:
             check(r)
@@ -727,7 +809,9 @@ class DeviceService:
             if self._runners.get(r.key) is not r:  # discarded (crashed, evicted) while we waited for the lock
                 if cancel is not None and cancel.fired:
                     raise Cancelled(f"{what} of {r.name!r} was cancelled")
-                return self.call(sha, fn, timeout_ms, what, owner=owner, cancel=cancel, check=check)
+                return self.call(
+                    sha, fn, timeout_ms, what, owner=owner, cancel=cancel, check=check, threads=threads
+                )
             lease = self._lease if self.verify_lease is not None else None
             if cancel is not None:
                 if lease is not None:

@@ -52,10 +52,13 @@ from kiln.rpc.device_service import (
     MAX_UPLOADS,
     RUNNER_UID_BASE,
     DeviceService,
+    bare_metal_target,
+    device_cores,
     runtime_fingerprint,
 )
 from kiln.rpc.servicers import DeviceServicer, TrackerServicer
 from kiln.rpc.tracker import Tracker
+from kiln.runtime_c import abi
 
 log = logging.getLogger("kiln.rpc.servers")
 
@@ -163,7 +166,8 @@ class TrackerServer:
 
 
 class DeviceServer:
-    """A gRPC Device server for one device, optionally registered with a tracker."""
+    """A gRPC Device server for one device, optionally registered with a tracker. ``cores`` is the most
+    threads a session may ask for (default: :func:`~kiln.rpc.device_service.device_cores`)."""
 
     def __init__(
         self,
@@ -188,8 +192,16 @@ class DeviceServer:
         isolation: Isolation | None = _DEFAULT_ISOLATION,
         runner_uid_base: int | None = RUNNER_UID_BASE,
         max_uploads: int = MAX_UPLOADS,
+        cores: int | None = None,
     ) -> None:
         self.host = host
+        is_bare_metal = bare_metal_target(target)
+        if cores is None:
+            cores = device_cores(launcher, is_bare_metal)
+        elif isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= abi.THREADS_MAX:
+            raise ValueError(f"cores must be a whole number from 1 to {abi.THREADS_MAX}, not {cores!r}")
+        elif is_bare_metal and cores != 1:
+            raise ValueError(f"target {target} is bare metal: its firmware runs on one core, not {cores}")
         self._own_cache = cache_dir is None
         if cache_dir is None:
             base = Path(tempfile.gettempdir())
@@ -224,6 +236,7 @@ class DeviceServer:
             launcher=str(launcher_name),
             runtime_version=runtime_fingerprint(),
             address=advertise or f"{host}:{self.port}",
+            cores=cores,
         )
         self.agent = (
             TrackerAgent(

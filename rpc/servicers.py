@@ -28,6 +28,7 @@ from kiln.rpc.device_service import (
     UPLOAD_IDLE_S,
     UPLOAD_MIN_BYTES_PER_S,
     Alarm,
+    BadThreads,
     Cancelled,
     CancelToken,
     DeviceBusy,
@@ -62,6 +63,7 @@ _STATUS: dict[type[Exception], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     # device server
     BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    BadThreads: grpc.StatusCode.INVALID_ARGUMENT,
     NotCached: grpc.StatusCode.NOT_FOUND,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     CorruptUpload: grpc.StatusCode.DATA_LOSS,
@@ -287,8 +289,10 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
 
     def Load(self, request, context):
         with self._leased(context) as owner:
-            r = self.s.load(request.sha256, owner)
-        return device_pb2.LoadReply(sha256=r.sha, manifest_json=json.dumps(r.manifest), info_json=r.info_json)
+            r = self.s.load(request.sha256, owner, _threads(request))
+        return device_pb2.LoadReply(
+            sha256=r.sha, manifest_json=json.dumps(r.manifest), info_json=r.info_json, threads=r.threads
+        )
 
     def Unload(self, request, context):
         with self._leased(context) as owner:
@@ -304,7 +308,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
         check: Callable[[Runner], None] | None = None,
     ) -> tuple[T, float]:
         """``fn(session, inputs)`` on the runner of the request's package (``sha256``, ``inputs``,
-        ``timeout_ms``), for the caller's lease, cancelled with the RPC; returns its result and duration."""
+        ``timeout_ms``, ``threads``), for the caller's lease, cancelled with the RPC; returns its result and
+        duration."""
         with self._leased(context) as owner:
             inputs = _inputs(request.inputs)
             return self.s.call(
@@ -315,6 +320,7 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
                 owner=owner,
                 cancel=self._cancel_token(context),
                 check=check,
+                threads=_threads(request),
             )
 
     def Run(self, request, context):
@@ -337,6 +343,11 @@ class DeviceServicer(device_pb2_grpc.DeviceServicer):
             request, context, lambda sess, inputs: _given(sess, inputs).profile(), "profile"
         )
         return device_pb2.ProfileReply(profile_json=prof.to_json())
+
+
+def _threads(request: Any) -> int | None:
+    """The request's thread count (``optional uint32 threads``), None if it asks for none."""
+    return int(request.threads) if request.HasField("threads") else None
 
 
 def _given(sess: Session, inputs: dict[str, np.ndarray]) -> Session:

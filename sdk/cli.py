@@ -355,11 +355,10 @@ def _open(args: argparse.Namespace, pkg: Package) -> Executable:
 
     ssh = options_from_args(args)
     threads = getattr(args, "threads", None)
-    elsewhere = ssh is not None or any(getattr(args, a, None) for a in ("serial", "tracker", "device"))
-    if threads is not None and elsewhere:
+    if threads is not None and (ssh is not None or getattr(args, "serial", None)):
         raise CLIError(
-            f"--threads applies to runners on this host; for a board or a farm device, compile the package "
-            f"with kiln compile --threads {threads}"
+            f"--threads applies to runners on this host and on farm devices; for a board over SSH or a serial "
+            f"line, compile the package with kiln compile --threads {threads}"
         )
     if getattr(args, "serial", None):
         from .device.serial import SerialLauncher
@@ -543,8 +542,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="threads for the model's parallel loops (0: one per online CPU; default: the package's, "
-        "from kiln compile --threads); runners on this host only",
+        help="threads for the model's parallel loops (0: one per online CPU, or per core of a farm device; "
+        "default: the package's, from kiln compile --threads); runners on this host and farm devices "
+        "(--tracker/--device: at most the device's cores)",
     )
     add_remote_args(p)
     add_ssh_args(p)

@@ -78,6 +78,15 @@ def test_vectorized_build_counts_fewer_instructions_than_scalar() -> None:
     assert nv < 0.7 * ns, (nv, ns)
 
 
+def test_fewer_rows_than_a_register_tile_still_gain_from_rvv() -> None:
+    """A batch-4 layer (fewer rows than the 6-row register tile) 128 columns wide: RVV's register tiles, not
+    the streaming form for wide matrix-vector products, which counted twice the scalar build's instructions."""
+    vec, scalar = (kiln.compile(matmul(4, 64, 128), t) for t in ("riscv64-linux-rvv", "riscv64-linux"))
+    nv = vec.count_instructions(inputs(vec)).kernel_total
+    ns = scalar.count_instructions(inputs(scalar)).kernel_total
+    assert nv < 0.6 * ns, (nv, ns)
+
+
 def test_kernel_ranges_cover_outlined_bodies_and_refuse_a_stripped_runner(tmp_path: Path) -> None:
     pkg = package("conv", "aarch64-linux")
     runner = pkg.extract(tmp_path) / pkg.manifest["runnable"]

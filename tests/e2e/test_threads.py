@@ -199,7 +199,8 @@ def _kiln(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_threads(tmp_path: Path) -> None:
     """kiln compile --threads stores the default; run --threads gives NumPy's result; bench --threads is a
-    one-line error for a farm device and for a bad count."""
+    one-line error for a board on a serial line (farm devices: tests/rpc/test_farm_threads.py) and for a bad
+    count."""
     w = _w(64, 40)
     g = helper.make_graph(
         [helper.make_node("MatMul", ["a", "w"], ["y"])],
@@ -221,7 +222,7 @@ def test_cli_threads(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     want = x.astype("f8") @ w.astype("f8")
     np.testing.assert_allclose(np.load(out / "y.npy"), want, rtol=1e-5, atol=1e-5)
-    r = _kiln("bench", str(pkg_path), "--random-inputs", "--threads", "2", "--tracker", "127.0.0.1:1")
-    assert r.returncode == 1 and "--threads applies to runners on this host" in r.stderr
+    r = _kiln("bench", str(pkg_path), "--random-inputs", "--threads", "2", "--serial", "/dev/nonexistent")
+    assert r.returncode == 1 and "--threads applies to runners on this host and on farm devices" in r.stderr
     r = _kiln("bench", str(pkg_path), "--random-inputs", "--threads", "-1")
     assert r.returncode == 1 and "threads must be a whole number from 0" in r.stderr
