@@ -272,9 +272,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         f"package sha256 {pkg.sha256[:16]}..."
     )
     io = Table("", "name", "dtype", "shape")
+    dims = m.get("dims", [])
     for kind in ("inputs", "outputs"):
         for t in m[kind]:
-            io.add_row(kind[:-1], t["name"], t["dtype"], "x".join(str(d) for d in t["shape"]))
+            ks = t.get("dims") or [-1] * len(t["shape"])
+            shape = [str(d) if k < 0 else f"{dims[k]['name']}<={d}" for d, k in zip(t["shape"], ks, strict=True)]
+            io.add_row(kind[:-1], t["name"], t["dtype"], "x".join(shape))
     con.print(io)
     if "memory" in m:
         _print_memory(con, m)

@@ -167,15 +167,20 @@ class Package:
             files[IMAGE_MAP] = linked.image.map_text.encode()
             runnable = IMAGE
 
-        def tensors(specs: Any) -> list[dict[str, Any]]:
-            return [{"name": n, "dtype": d, "shape": list(s)} for n, d, s in specs]
+        def tensors(specs: Any, dims: Any) -> list[dict[str, Any]]:
+            # "dims" (dynamic shapes): per dimension -1, or the run-time dimension (manifest "dims") whose
+            # bound the shape holds
+            return [
+                {"name": n, "dtype": d, "shape": list(s), **({"dims": list(ks)} if ks else {})}
+                for (n, d, s), ks in zip(specs, dims, strict=True)
+            ]
 
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "name": info.name,
             "target": {"name": t.name, "triple": t.triple, "cpu": t.cpu, "features": t.features, "os": t.os},
-            "inputs": tensors(info.inputs),
-            "outputs": tensors(info.outputs),
+            "inputs": tensors(info.inputs, info.input_dims),
+            "outputs": tensors(info.outputs, info.output_dims),
             "arena_bytes": info.workspace_bytes,
             "weight_bytes": linked.weight_bytes,
             "code_bytes": linked.code_size,
