@@ -276,7 +276,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for kind in ("inputs", "outputs"):
         for t in m[kind]:
             ks = t.get("dims") or [-1] * len(t["shape"])
-            shape = [str(d) if k < 0 else f"{dims[k]['name']}<={d}" for d, k in zip(t["shape"], ks, strict=True)]
+            shape = [
+                str(d) if k < 0 else f"{dims[k]['name']}<={d}" for d, k in zip(t["shape"], ks, strict=True)
+            ]
             io.add_row(kind[:-1], t["name"], t["dtype"], "x".join(shape))
     con.print(io)
     if "memory" in m:
