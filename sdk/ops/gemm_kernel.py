@@ -291,3 +291,41 @@ def _nest2(
         name=f"{name}_i",
         kind="unrolled" if s.unroll_rows else "serial",
     )
+
+
+def gemm_dynamic(
+    name: str,
+    m: T.ExprLike,
+    n: T.ExprLike,
+    k: T.ExprLike,
+    a: Load2,
+    b: Load2,
+    store: Store2,
+    lanes: int,
+    dtype: str = "float32",
+    schedule: GemmSchedule | None = None,
+) -> T.Stmt:
+    """:func:`gemm` for sizes known only at run time (dynamic shapes: ``m``, ``n``, ``k`` may be int64
+    expressions). The same ``mr x nc`` register tiles over the full tiles (their counts computed at run time);
+    the rows past the last full tile in tiles of one row, the columns past it in tiles of one column. ``B`` is
+    not packed (its panel would have a run-time size)."""
+    s = schedule if schedule is not None else default_schedule(32 * lanes).gemm
+    mr = s.mr
+    nc = s.nr if not isinstance(n, int) else min(s.nr, n)
+    no_pack = GemmSchedule(**{**s.__dict__, "pack": "never"}) if s.pack == "always" else s
+
+    def part(
+        m_count: T.ExprLike, rows: int, m_base: T.ExprLike, n_count: T.ExprLike, cols: int, n_base: T.ExprLike
+    ) -> T.Stmt:
+        return _tiles(
+            name, m_count, rows, m_base, n_count, cols, n_base, k, a, b, store, dtype, None, False, no_pack
+        )  # type: ignore[arg-type]
+
+    m_full, m_tail = T.const(m) // mr, T.const(m) % mr
+    n_full, n_tail = T.const(n) // nc, T.const(n) % nc
+    return T.seq(
+        part(m_full, mr, 0, n_full, nc, 0),
+        part(m_full, mr, 0, n_tail, 1, n_full * nc),
+        part(m_tail, 1, m_full * mr, n_full, nc, 0),
+        part(m_tail, 1, m_full * mr, n_tail, 1, n_full * nc),
+    )

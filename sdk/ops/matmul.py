@@ -22,7 +22,7 @@ import numpy as np
 from ..ir import tensor as T
 from ..ir.types import Dim, TensorType
 from .base import LowerContext, OpDef, OpError, broadcast_shapes, flat_index, register
-from .gemm_kernel import gemm, parallel_for
+from .gemm_kernel import gemm, gemm_dynamic, parallel_for
 from .schedule import schedule_for
 
 SMALL_INTS = ("int8", "uint8", "int16")
@@ -138,49 +138,57 @@ class MatMul(OpDef):
 
 
 def _lower_dynamic(ctx: LowerContext, a: T.Buffer, b: T.Buffer, out: T.Buffer) -> T.Stmt:
-    """A product whose sizes are known only at run time: per output row, ``out[i, :] += a[i, k] * b[k, :]``
-    over k (the row stays in cache; the j loop runs at the vector width), then the epilogue. Rows run in
-    parallel on targets with threads."""
+    """A product whose sizes are known only at run time: the register-tiled GEMM with run-time tile counts
+    (:func:`kiln.ops.gemm_kernel.gemm_dynamic`) per batch index; the batch indices run in parallel on targets
+    with threads."""
     if a.ndim < 2 or b.ndim < 2:
         raise OpError(f"matmul: a 1-D operand with run-time dimensions ({a} @ {b}) is not supported")
     acc = acc_dtype(a.dtype, b.dtype)
-    if out.dtype != acc:
-        raise OpError(
-            f"matmul: an epilogue that changes the dtype ({acc} -> {out.dtype}) with run-time sizes"
-        )
     nb = out.ndim - 2
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    sched = ctx.target.schedule_for() if ctx.target is not None else None  # the target's default tiles
 
     def bidx(buf: T.Buffer, bi: tuple[T.Expr, ...]) -> tuple[T.Expr, ...]:
         off = nb - (buf.ndim - 2)
         return tuple(T.IntImm(0) if buf.shape[d] == 1 else bi[d + off] for d in range(buf.ndim - 2))
 
-    def rows(bi: tuple[T.Expr, ...]) -> T.Stmt:
+    def product(bi: tuple[T.Expr, ...]) -> T.Stmt:
         ab, bb = bidx(a, bi), bidx(b, bi)
 
-        def row(i: T.LoopVar) -> T.Stmt:
-            at = lambda j: (*bi, i, j)  # noqa: E731
-            zero = T.loop(n, lambda j: T.Store(out, at(j), T.const(0, acc)), f"{ctx.name}_z", "vectorized")
-            sums = T.loop(
-                k,
-                lambda kk: T.loop(
-                    n,
-                    lambda j: T.Store(
-                        out, at(j), out[at(j)] + T.cast(acc, a[(*ab, i, kk)]) * T.cast(acc, b[(*bb, kk, j)])
-                    ),
-                    f"{ctx.name}_j",
-                    "vectorized",
-                ),
-                f"{ctx.name}_k",
-            )
-            epi = T.loop(
-                n, lambda j: T.Store(out, at(j), ctx.apply_epilogue(out[at(j)], at(j), None)), f"{ctx.name}_e"
-            )
-            return T.seq(zero, sums, epi if ctx.epilogue is not None else None)
+        def store(i: T.Expr, j: T.Expr, v: T.Expr) -> T.Stmt:
+            return T.Store(out, (*bi, i, j), ctx.apply_epilogue(v, (*bi, i, j), None))
 
-        return T.loop(m, row, f"{ctx.name}_i", "parallel" if parallel_for(ctx.target) else "serial")
+        return gemm_dynamic(
+            ctx.name,
+            m,
+            n,
+            k,
+            lambda i, kk: T.cast(acc, a[(*ab, i, kk)]),
+            lambda kk, j: T.cast(acc, b[(*bb, kk, j)]),
+            store,
+            ctx.lanes,
+            acc,
+            schedule=sched.gemm if sched is not None else None,
+        )
 
-    return T.loop_nest(out.shape[:nb], rows, prefix=f"{ctx.name}_b") if nb else rows(())
+    if nb == 0:
+        return product(())
+    batch = out.shape[:nb]
+    count: T.ExprLike = 1
+    for d in batch:
+        count = count * d
+
+    def flat(f: T.LoopVar) -> T.Stmt:  # the batch coordinates of flat index f
+        idx: list[T.Expr] = []
+        rest: T.Expr = f
+        for d in reversed(batch):
+            idx.append(rest % d if not (isinstance(d, int) and d == 1) else T.IntImm(0))
+            rest = rest // d
+        return product(tuple(reversed(idx)))
+
+    return T.loop(
+        count, flat, name=f"{ctx.name}_pb", kind="parallel" if parallel_for(ctx.target) else "serial"
+    )
 
 
 register(MatMul())

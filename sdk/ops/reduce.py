@@ -221,24 +221,31 @@ class Softmax(OpDef):
         def at(idx: Index, j: T.Expr) -> Index:
             return tuple(j if d == axis else i for d, i in enumerate(idx))
 
-        # a strided, short or run-time-sized axis: scalar max and sum (no scratch row of a fixed size)
-        if x.is_dynamic or x.elem_strides[axis] != 1 or n < 2 * lanes:
+        if x.elem_strides[axis] != 1 or (isinstance(n, int) and n < 2 * lanes):  # strided or short: scalar
             return self._lower_scalar(ctx, x, out, axis)
-
-        e = T.Buffer(f"{ctx.name}_exp", (n,), dt, scope="workspace")  # one row's exp(x - max)
+        # one row's exp(x - max): a scratch row; with a run-time length, the output row itself
+        dynamic = not isinstance(n, int)
+        if dynamic and (out.elem_strides[axis] != 1 or out.dtype != dt or self.log):
+            return self._lower_scalar(ctx, x, out, axis)
+        e = T.Buffer(f"{ctx.name}_exp", (n if not dynamic else 1,), dt, scope="workspace")
 
         def row(idx: Index) -> T.Stmt:
+            def ej(j: T.Expr) -> T.Load:
+                return out[at(idx, j)] if dynamic else e[j]
+
             def with_max(mx: T.Buffer) -> T.Stmt:
                 exps = T.loop(
                     n,
-                    lambda j: T.Store(e, (j,), T.call("exp", x[at(idx, j)] - mx[0])),
+                    lambda j: T.Store(
+                        *((out, at(idx, j)) if dynamic else (e, (j,))), T.call("exp", x[at(idx, j)] - mx[0])
+                    ),
                     name=f"{ctx.name}_e",
                     kind="vectorized",
                 )
 
                 def with_sum(s: T.Buffer) -> T.Stmt:
                     def write(j: T.LoopVar) -> T.Stmt:
-                        v = x[at(idx, j)] - mx[0] - T.call("log", s[0]) if self.log else e[j] * (1.0 / s[0])
+                        v = x[at(idx, j)] - mx[0] - T.call("log", s[0]) if self.log else ej(j) * (1.0 / s[0])
                         return T.Store(out, at(idx, j), ctx.apply_epilogue(v, at(idx, j), None))
 
                     return T.loop(n, write, name=f"{ctx.name}_w", kind="vectorized")
@@ -252,7 +259,7 @@ class Softmax(OpDef):
                         lanes,
                         0.0,
                         lambda a, b: a + b,
-                        lambda j: e[j],
+                        ej,
                         with_sum,
                     ),
                 )
@@ -267,7 +274,8 @@ class Softmax(OpDef):
             it = iter(kidx)
             return row(tuple(T.IntImm(0) if d == axis else next(it) for d in range(x.ndim)))
 
-        return T.Allocate(e, T.loop_nest(kept, outer, prefix=f"{ctx.name}_k") if kept else outer(()))
+        nest = T.loop_nest(kept, outer, prefix=f"{ctx.name}_k") if kept else outer(())
+        return nest if dynamic else T.Allocate(e, nest)
 
     def _lower_scalar(self, ctx: LowerContext, x: T.Buffer, out: T.Buffer, axis: int) -> T.Stmt:
         n = x.shape[axis]
@@ -322,14 +330,15 @@ def vector_reduce(
     ``acc + x * x`` but merges ``a + b``), halving the width each time (log2(width) steps, not ``width``)."""
     merge = merge or combine
     k = 1
-    while k < MAX_PARTIAL_VECTORS and 2 * k * lanes <= n:
+    while k < MAX_PARTIAL_VECTORS and (not isinstance(n, int) or 2 * k * lanes <= n):
         k *= 2
     width = k * lanes
-    chunks, rest = divmod(n, width)
+    # a run-time length (dynamic shapes): as many chunks as it holds and the rest, computed at run time
+    chunks, rest = divmod(n, width) if isinstance(n, int) else (T.const(n) // width, T.const(n) % width)
     part = T.Buffer(f"{name}_part", (width,), dtype, scope="local")
     half = T.Buffer(f"{name}_half", (max(width // 2, 1),), dtype, scope="local")
 
-    def accumulate(base: T.Expr, count: int) -> T.Stmt:
+    def accumulate(base: T.Expr, count: T.ExprLike) -> T.Stmt:
         return T.loop(
             count,
             lambda i: T.Store(part, (i,), combine(part[i], term(base + i))),
@@ -343,8 +352,10 @@ def vector_reduce(
         ),
         T.loop(chunks, lambda c: accumulate(c * width, width), name=f"{name}_c"),
     ]
-    if rest:
-        steps.append(accumulate(T.IntImm(chunks * width), rest))
+    if not isinstance(rest, int) or rest:
+        steps.append(
+            accumulate(chunks * width if not isinstance(chunks, int) else T.IntImm(chunks * width), rest)
+        )
 
     def fold(src: T.Buffer, dst: T.Buffer, h: int) -> T.Stmt:
         return T.loop(
