@@ -86,7 +86,9 @@ def main() -> None:
     print(f"target {kiln.targets.get_target(opts.target).name}, one thread, median ms")
     print(f"{'model':10} {'size':10} {'dynamic':>9} {'fixed':>9} {'dyn/fixed':>9} {'ort':>9} {'dyn/ort':>8}")
     for name, label, d_ms, f_ms, o_ms in rows:
-        print(f"{name:10} {label:10} {d_ms:9.3f} {f_ms:9.3f} {d_ms / f_ms:9.2f} {o_ms:9.3f} {d_ms / o_ms:8.2f}")
+        print(
+            f"{name:10} {label:10} {d_ms:9.3f} {f_ms:9.3f} {d_ms / f_ms:9.2f} {o_ms:9.3f} {d_ms / o_ms:8.2f}"
+        )
 
 
 if __name__ == "__main__":
