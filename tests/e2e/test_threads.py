@@ -137,8 +137,10 @@ def test_the_pool_has_the_package_default_or_the_session_count() -> None:
         s.run(_feed(mod))
         assert _tasks(s) == 3
     with pkg.open_session(threads=5) as s:
+        s.run(_feed(mod))  # a reply: the runner serves, so it has started its pool
         assert _tasks(s) == 5
     with pkg.open_session(threads=0) as s:
+        s.run(_feed(mod))
         assert _tasks(s) == CORES
     assert kiln.compile(mod, "x86_64-linux").manifest["threads"] == 1
 
