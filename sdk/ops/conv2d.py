@@ -35,12 +35,14 @@ from ..ir import tensor as T
 from ..ir.types import TensorType
 from ..targets.schedule import Conv2dSchedule
 from .base import LowerContext, OpDef, OpError, register, static_dims
-from .gemm_kernel import gemm, parallel_for
+from .gemm_kernel import gemm, gemm_dynamic, parallel_for
 from .matmul import SMALL_INTS, acc_dtype
 from .schedule import schedule_for
 
 #: From this many full blocks of output rows, the blocks (im2col + GEMM) are the parallel loop.
 PARALLEL_MIN_BLOCKS = 8
+#: A convolution over a run-time image size builds its im2col in chunks of this many output columns.
+DYNAMIC_COLUMNS = 64
 
 
 def rows_per_block(
@@ -352,61 +354,72 @@ register(Conv2D())
 def _lower_dynamic(
     ctx: LowerContext, x: T.Buffer, w: T.Buffer, bias: T.Buffer | None, out: T.Buffer, attrs: dict[str, Any]
 ) -> T.Stmt:
-    """A convolution over an image whose size is known only at run time: direct, one output row at a time
-    (``row += w[o, c, i, j] * x[c, y*sh + i*dh - pt, :]`` over the taps, the columns at the vector width,
-    padding read as ``pad_value``), output channels in parallel on targets with threads."""
+    """A convolution over an image whose size is known only at run time: per output row and group, the GEMM
+    ``W[OCg, Cg*KH*KW] @ col[Cg*KH*KW, OW]`` with run-time tile counts (:func:`gemm_dynamic`), ``col`` read
+    from the input on the fly (no im2col buffer of a run-time size; padding reads ``pad_value``). Output rows
+    run in parallel on targets with threads."""
     (sh, sw), (pt, pl, _, _), (dh, dw), g = _attrs(attrs)
     _, _, h, wd = x.shape
     oc, cg, kh, kw = w.shape
-    ocg = oc // g
+    ocg, taps = oc // g, kh * kw
     acc = acc_dtype(x.dtype, w.dtype)
-    if out.dtype != acc:
-        raise OpError(
-            f"conv2d: an epilogue that changes the dtype ({acc} -> {out.dtype}) with run-time sizes"
-        )
     pad = T.const(attrs.get("pad_value", 0), x.dtype)
     n, _, oh, ow = out.shape
+    wf = w.with_(shape=(oc, cg * taps), strides=())
+    sched = ctx.target.schedule_for() if ctx.target is not None else None
 
-    def channel(ni: T.LoopVar, o: T.LoopVar) -> T.Stmt:
-        c0 = (o // ocg) * cg if g > 1 else T.IntImm(0)
+    kdim = cg * taps
+    chunk = DYNAMIC_COLUMNS
+    col = T.Buffer(f"{ctx.name}_col", (kdim, chunk), x.dtype, scope="workspace")  # a row's im2col, in chunks
 
-        def row(y: T.LoopVar) -> T.Stmt:
-            at = lambda xo: (ni, o, y, xo)  # noqa: E731
-            start = T.const(0, acc) if bias is None else T.cast(acc, bias[o])
-            init = T.loop(ow, lambda xo: T.Store(out, at(xo), start), f"{ctx.name}_z", "vectorized")
+    def row(ni: T.Expr, gi: T.Expr, y: T.Expr) -> T.Stmt:
+        c0 = gi * cg if g > 1 else T.IntImm(0)
+        o0 = gi * ocg if g > 1 else T.IntImm(0)
 
-            def tap(ci: T.LoopVar, i: T.LoopVar, j: T.LoopVar) -> T.Stmt:
-                iy = y * sh + i * dh - pt
-                wv = T.cast(acc, w[o, ci, i, j])
+        def chunk_at(q: T.Expr) -> T.Stmt:
+            x0 = q * chunk
+            cnt = T.minimum(ow - x0, chunk)
 
-                def col(xo: T.LoopVar) -> T.Stmt:
-                    ix = xo * sw + j * dw - pl
-                    inside = T.logical_and(ix >= 0, ix < wd)
-                    v = x[ni, c0 + ci, iy, T.minimum(T.maximum(ix, 0), wd - 1)]
-                    return T.Store(out, at(xo), out[at(xo)] + wv * T.cast(acc, T.select(inside, v, pad)))
+            def fill(kk: T.LoopVar) -> T.Stmt:
+                ci, r = kk // taps, kk % taps
+                iy = y * sh + (r // kw) * dh - pt
+                row_in = T.logical_and(iy >= 0, iy < h)
+                yc = T.minimum(T.maximum(iy, 0), h - 1)
 
-                inside_row = T.logical_and(iy >= 0, iy < h)
-                cols = T.loop(ow, col, f"{ctx.name}_x", "vectorized")
-                padded = T.loop(
-                    ow, lambda xo: T.Store(out, at(xo), out[at(xo)] + wv * T.cast(acc, pad)), f"{ctx.name}_p"
-                )
-                return T.IfThenElse(inside_row, cols, padded)
+                def pixel(j: T.LoopVar) -> T.Stmt:
+                    ix = (x0 + j) * sw + (r % kw) * dw - pl
+                    inside = T.logical_and(row_in, ix >= 0, ix < wd)
+                    v = x[ni, c0 + ci, yc, T.minimum(T.maximum(ix, 0), wd - 1)]
+                    return T.Store(col, (kk, j), T.select(inside, v, pad))
 
-            taps = T.loop(
-                cg,
-                lambda ci: T.loop(
-                    kh, lambda i: T.loop(kw, lambda j: tap(ci, i, j), f"{ctx.name}_j"), f"{ctx.name}_i"
-                ),
-                f"{ctx.name}_c",
+                return T.loop(cnt, pixel, f"{ctx.name}_cj", "vectorized")
+
+            def store(i: T.Expr, j: T.Expr, v: T.Expr) -> T.Stmt:
+                idx = (ni, o0 + i, y, x0 + j)
+                total = v + T.cast(acc, bias[o0 + i]) if bias is not None else v
+                return T.Store(out, idx, ctx.apply_epilogue(total, idx, None))
+
+            product = gemm_dynamic(
+                ctx.name,
+                ocg,
+                cnt,
+                kdim,
+                lambda i, kk: T.cast(acc, wf[o0 + i, kk]),
+                lambda kk, j: T.cast(acc, col[kk, j]),
+                store,
+                ctx.lanes,
+                acc,
+                schedule=sched.gemm if sched is not None else None,
             )
-            epi = T.loop(
-                ow,
-                lambda xo: T.Store(out, at(xo), ctx.apply_epilogue(out[at(xo)], at(xo), None)),
-                f"{ctx.name}_e",
-            )
-            return T.seq(init, taps, epi if ctx.epilogue is not None else None)
+            return T.seq(T.loop(kdim, fill, f"{ctx.name}_ck"), product)
 
-        return T.loop(oh, row, f"{ctx.name}_y")
+        return T.loop((ow + (chunk - 1)) // chunk, chunk_at, f"{ctx.name}_q")
 
-    kind = "parallel" if parallel_for(ctx.target) else "serial"
-    return T.loop(n, lambda ni: T.loop(oc, lambda o: channel(ni, o), f"{ctx.name}_o", kind), f"{ctx.name}_n")
+    rows = n * g * oh
+
+    def flat(f: T.LoopVar) -> T.Stmt:
+        return row(f // (g * oh), (f // oh) % g if g > 1 else T.IntImm(0), f % oh)
+
+    return T.Allocate(
+        col, T.loop(rows, flat, f"{ctx.name}_r", "parallel" if parallel_for(ctx.target) else "serial")
+    )
