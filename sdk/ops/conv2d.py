@@ -34,7 +34,7 @@ import numpy as np
 from ..ir import tensor as T
 from ..ir.types import TensorType
 from ..targets.schedule import Conv2dSchedule
-from .base import LowerContext, OpDef, OpError, register, static_dims
+from .base import LowerContext, OpDef, register, static_dims
 from .gemm_kernel import gemm, gemm_dynamic, parallel_for
 from .matmul import SMALL_INTS, acc_dtype
 from .schedule import schedule_for
