@@ -317,9 +317,24 @@ def gemm_dynamic(
     def part(
         m_count: T.ExprLike, rows: int, m_base: T.ExprLike, n_count: T.ExprLike, cols: int, n_base: T.ExprLike
     ) -> T.Stmt:
+        counts: Any = (m_count, m_base, n_count, n_base, k)  # run-time sizes where _tiles takes ints
         return _tiles(
-            name, m_count, rows, m_base, n_count, cols, n_base, k, a, b, store, dtype, None, False, no_pack
-        )  # type: ignore[arg-type]
+            name,
+            counts[0],
+            rows,
+            counts[1],
+            counts[2],
+            cols,
+            counts[3],
+            counts[4],
+            a,
+            b,
+            store,
+            dtype,
+            None,
+            False,
+            no_pack,
+        )
 
     m_full, m_tail = T.const(m) // mr, T.const(m) % mr
     n_full, n_tail = T.const(n) // nc, T.const(n) % nc
