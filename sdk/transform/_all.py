@@ -9,4 +9,5 @@ from . import (  # noqa: F401
     legalize,
     plan_memory,
     simplify,
+    widen_float16,
 )

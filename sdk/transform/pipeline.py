@@ -308,7 +308,7 @@ class Pipeline:
 # The standard flow, phase by phase. Target hooks run before or after a phase's own passes, as they declare;
 # in tensor_opt, memory planning must see the final tensor code and so runs after the hooks.
 DEFAULT_PHASES: dict[str, Sequence[str]] = {
-    "after_import": ("fuse-qdq", "fold-constants", "simplify"),
+    "after_import": ("fuse-qdq", "widen-float16", "fold-constants", "simplify"),
     "graph_opt": ("fold-batch-norm", "fold-constants", "eliminate-dead-code", "fuse-ops"),
     "legalize": ("legalize",),
     "tensor_opt": (),
