@@ -6,7 +6,8 @@ of two of the CNNs and of the encoder, quantized by onnxruntime.quantization. Ea
 compared with onnxruntime on the same model and inputs:
 
 * natively (x86-64) at full size; its light variant (tests/zoo_models.py) under qemu-user on AArch64 and RISC-V
-  (``qemu`` and ``slow``, like tests/e2e/test_models.py);
+  (``qemu`` and ``slow``, like tests/e2e/test_models.py), the int8 ones also on a Cortex-M4F board
+  (qemu-system-arm, mps2-an386);
 * float models within rtol 1e-3, atol 1e-4 (tests/e2e/test_models.py's tolerance: float32 sums accumulated in
   another order; the largest error seen is a few 1e-6 on outputs of magnitude 1-5);
 * int8 models within one quantization step of the output (tests/e2e/test_quantized_models.py), computed by
@@ -58,7 +59,7 @@ EMULATION_GAPS = {
 # (model, quantization format): two CNNs (per-channel weights with transposed convolutions; per-tensor with
 # hardswish and squeeze-excitation) and the encoder (static QDQ and dynamic, how encoders are usually quantized)
 INT8 = (("dbnet", "qdq-per-channel"), ("mobilenetv3", "qdq"), ("bert", "qdq"), ("bert", "dynamic"))
-INT8_EMULATED = ("aarch64-linux", SCALAR_RISCV)
+INT8_EMULATED = ("aarch64-linux", SCALAR_RISCV, "mps2-an386")  # and a microcontroller (Cortex-M4F board)
 
 
 def _param(*values: str, target: str) -> object:
