@@ -1592,7 +1592,11 @@ def _dataflow_order(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
     keep_io_types appends the casts of the graph inputs last); a sorted graph keeps its order, otherwise a
     stable topological sort (by position among the ready nodes). A value no node produces, or a cycle, is
     left for the import to report where it is used."""
-    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    producer: dict[str, int] = {}  # the first producer: a graph in order keeps it even if it reuses a name
+    for k, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                producer.setdefault(o, k)
     deps = [{producer[i] for i in _subgraph_reads(n) if i in producer} - {k} for k, n in enumerate(nodes)]
     if all(d < k for k, ds in enumerate(deps) for d in ds):
         return list(nodes)
