@@ -16,7 +16,7 @@ moves the transformer's output by several quantization steps; the CNNs are also 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +33,15 @@ from models import cache_dir, inputs_for, torch_onnx_path
 FORMATS = ("qdq", "qdq-per-channel", "qoperator", "dynamic")
 
 
-def _calibration(src: Path, count: int = 4):  # noqa: ANN202
+Feeds = Callable[[Path, int], dict[str, np.ndarray]]  # (model, seed) -> inputs
+
+
+def _calibration(src: Path, feeds: Feeds, count: int = 4):  # noqa: ANN202
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.feeds: Iterator[dict[str, np.ndarray]] = iter(
-                [inputs_for(src, 100 + s) for s in range(count)]
-            )
+            self.feeds: Iterator[dict[str, np.ndarray]] = iter([feeds(src, 100 + s) for s in range(count)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.feeds, None)
@@ -48,8 +49,9 @@ def _calibration(src: Path, count: int = 4):  # noqa: ANN202
     return Reader()
 
 
-def quantize(src: Path, fmt: str) -> Path:
-    """``src`` quantized by onnxruntime in format ``fmt`` (one of :data:`FORMATS`), cached."""
+def quantize(src: Path, fmt: str, feeds: Feeds = inputs_for) -> Path:
+    """``src`` quantized by onnxruntime in format ``fmt`` (one of :data:`FORMATS`), cached; static formats
+    are calibrated on ``feeds(src, seed)`` (random normal inputs by default) for a few seeds."""
     from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -67,7 +69,7 @@ def quantize(src: Path, fmt: str) -> Path:
         quantize_static(
             str(pre),
             str(out),
-            _calibration(src),
+            _calibration(src, feeds),
             quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
             per_channel=fmt == "qdq-per-channel",
             op_types_to_quantize=["Conv", "MatMul"] if fmt == "qoperator" else None,
@@ -113,7 +115,10 @@ def output_step(path: Path, name: str, value: np.ndarray) -> float:
     return (max(float(value.max()), 0.0) - min(float(value.min()), 0.0)) / 255
 
 
-def graph_kernels(model: Path | bytes | Module, target: str) -> list[tuple[str, tuple[str, ...], list[Node]]]:
+Kernel = tuple[str, tuple[str, ...], list[Node]]  # operator, operand dtypes, the fused group
+
+
+def graph_kernels(model: Path | bytes | Module, target: str) -> list[Kernel]:
     """The convolutions and matrix products the default pipeline hands to ``legalize`` for ``target``: per
     one, its operator, its operands' dtypes and the fused group (anchor plus epilogue) it is lowered with."""
     passes = default_pipeline(target).passes
@@ -126,6 +131,30 @@ def graph_kernels(model: Path | bytes | Module, target: str) -> list[tuple[str, 
             if m.op in ("conv2d", "matmul"):
                 out.append((m.op, tuple(v.type.dtype for v in m.inputs[:2]), group))
     return out
+
+
+def integer_kernels(kernels: list[Kernel], fmt: str) -> list[Kernel]:
+    """The kernels (of :func:`graph_kernels`) of a model quantized in format ``fmt`` that compute in integers:
+    8-bit operands and, for the static formats, the requantize to 8 bits in the kernel's epilogue (the others
+    are the row and column sums a product of two run-time operands takes its zero points out with)."""
+    from kiln.ops.matmul import SMALL_INTS
+
+    out = [k for k in kernels if all(d in SMALL_INTS for d in k[1])]
+    if fmt != "dynamic":  # dynamic quantization ends its products in float
+        out = [k for k in out if {"int8", "uint8"} & {n.attrs.get("to") for n in k[2] if n.op == "cast"}]
+    return out
+
+
+def check_against_onnxruntime(path: Path, got: dict, feed: dict, level: str) -> float:
+    """Asserts every output is within one quantization step of onnxruntime's (:func:`output_step`); returns
+    the largest error in steps."""
+    worst = 0.0
+    for name, want in onnxruntime_outputs(path, feed, level).items():
+        step = output_step(path, name, want)
+        err = float(np.abs(got[name].astype(np.float64) - want).max()) / step
+        assert err <= 1 + 1e-4, f"{name}: {err:.2f} steps from onnxruntime ({level})"
+        worst = max(worst, err)
+    return worst
 
 
 def quantized_products(path: Path) -> int:

@@ -41,7 +41,15 @@ from ..runtime_c import abi
 from ..targets import Target
 from .entry import emit_entry, layout_constants
 from .mathlib import MathLib
-from .target_machine import cache_get, cache_key, cache_put, compile_ir, compile_objects, emit_assembly
+from .target_machine import (
+    cache_get,
+    cache_key,
+    cache_put,
+    compile_ir,
+    compile_objects,
+    emit_assembly,
+    llvm_triple,
+)
 from .tensor_codegen import TensorCodegen
 
 
@@ -62,7 +70,7 @@ class ObjectCode:
 def build_llvm_ir(mod: Module, target: Target) -> tuple[str, bytes, list[str]]:
     """LLVM IR text for the whole module, the weights blob and the kernel names (profiling order)."""
     llmod = ir.Module(name=mod.main.name)
-    llmod.triple = target.triple
+    llmod.triple = llvm_triple(target)
     math = MathLib(llmod)
     threads = not target.is_bare_metal
     tcg = TensorCodegen(llmod, math, target.vector_bits, target.pointer_bits, threads=threads)

@@ -62,9 +62,22 @@ def _abi(t: Target) -> str:
     return ""
 
 
+def llvm_triple(t: Target) -> str:
+    """``t.triple`` with its vendor, as LLVM's code generator must get it (it does not normalize triples the
+    way clang and zig do): in ``thumbv7em-none-eabihf`` it takes ``none`` for the vendor and ``eabihf`` for
+    the OS, so the EABI environment is lost: floats are passed in integer registers, unlike the hard-float
+    runtime, and library calls get GNU names (``__floatdisf``) that the Arm compiler_rt lacks (it has the
+    ``__aeabi_*`` ones). A three-part triple whose last part LLVM's parser reads as an environment gets the
+    vendor ``unknown``: ``thumbv7em-unknown-none-eabihf``."""
+    parts = t.triple.split("-")
+    if len(parts) == 3 and llvm.get_triple_parts(t.triple).Env not in ("", "unknown"):
+        return "-".join((parts[0], "unknown", *parts[1:]))
+    return t.triple
+
+
 def target_machine(t: Target) -> llvm.TargetMachine:
     _init()
-    tgt = llvm.Target.from_triple(t.triple)
+    tgt = llvm.Target.from_triple(llvm_triple(t))
     return tgt.create_target_machine(
         cpu=t.cpu,
         features=t.features,
@@ -92,7 +105,7 @@ def compile_ir(llvm_ir: str, t: Target) -> tuple[bytes, str]:
         mod = llvm.parse_assembly(llvm_ir)
         mod.verify()
         tm = target_machine(t)
-        mod.triple = t.triple
+        mod.triple = llvm_triple(t)
         mod.data_layout = str(tm.target_data)
         optimize(mod, tm)
         return tm.emit_object(mod), str(mod)
@@ -104,7 +117,7 @@ def emit_assembly(llvm_ir: str, t: Target) -> str:
         _init()
         mod = llvm.parse_assembly(llvm_ir)
         tm = target_machine(t)
-        mod.triple = t.triple
+        mod.triple = llvm_triple(t)
         mod.data_layout = str(tm.target_data)
         optimize(mod, tm)
         return str(tm.emit_assembly(mod))
@@ -209,7 +222,7 @@ def cache_key(*parts: str) -> str:
 
 
 def _cache_key(text: str, t: Target) -> str:
-    return cache_key(t.triple, t.cpu, t.features, _abi(t), str(t.is_bare_metal), text)
+    return cache_key(llvm_triple(t), t.cpu, t.features, _abi(t), str(t.is_bare_metal), text)
 
 
 def cache_get(key: str, kind: str = "objects") -> bytes | None:

@@ -15,6 +15,7 @@ kiln does not produce (reported only if something uses it).
 
 from __future__ import annotations
 
+import heapq
 import importlib
 import importlib.util
 import itertools
@@ -1591,6 +1592,53 @@ def _recurrent(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], ou
 MAX_UNROLL = 4096  # loop iterations imported one by one at most
 
 
+def _subgraph_reads(n: onnx.NodeProto) -> set[str]:
+    """The values a node reads: its inputs and the enclosing-scope values its subgraphs (If branches, Loop and
+    Scan bodies) use."""
+    reads = {i for i in n.input if i}
+    for a in n.attribute:
+        subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+        for sub in subs:
+            inner = {vi.name for vi in sub.input} | {t.name for t in sub.initializer}
+            inner |= {o for m in sub.node for o in m.output}
+            used = {i for m in sub.node for i in _subgraph_reads(m)} | {o.name for o in sub.output}
+            reads |= used - inner
+    return reads
+
+
+def _dataflow_order(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The nodes with every one after the producers of what it reads. ONNX requires graphs in that order, but
+    onnxruntime accepts any and some tools write others (onnxconverter-common's float16 conversion with
+    keep_io_types appends the casts of the graph inputs last); a sorted graph keeps its order, otherwise a
+    stable topological sort (by position among the ready nodes). A value no node produces, or a cycle, is
+    left for the import to report where it is used."""
+    producer: dict[str, int] = {}  # the first producer: a graph in order keeps it even if it reuses a name
+    for k, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                producer.setdefault(o, k)
+    deps = [{producer[i] for i in _subgraph_reads(n) if i in producer} - {k} for k, n in enumerate(nodes)]
+    if all(d < k for k, ds in enumerate(deps) for d in ds):
+        return list(nodes)
+    users: dict[int, list[int]] = {}
+    for k, ds in enumerate(deps):
+        for d in ds:
+            users.setdefault(d, []).append(k)
+    waiting = [len(ds) for ds in deps]
+    ready = [k for k, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for u in users.get(k, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    placed = set(order)
+    return [nodes[k] for k in order] + [n for k, n in enumerate(nodes) if k not in placed]
+
+
 def _inline_graph(im: _Importer, graph: onnx.GraphProto, args: Sequence[Value], prefix: str) -> list[Value]:
     """Import the nodes of a subgraph (an If branch, a Loop or Scan body) with its inputs bound to ``args``;
     names of the enclosing graphs stay visible. Returns the values of the subgraph's outputs."""
@@ -1602,7 +1650,7 @@ def _inline_graph(im: _Importer, graph: onnx.GraphProto, args: Sequence[Value], 
         env[t.name] = Constant(prefix + t.name, numpy_helper.to_array(t))
     im.env = env
     try:
-        for n in graph.node:
+        for n in _dataflow_order(graph.node):
             im.node_name, im.op_type = prefix + (n.name or n.output[0]), n.op_type
             if n.domain not in ("", "ai.onnx") or n.op_type not in CONVERTERS:
                 raise im.fail(f"operator {n.op_type} (in a subgraph) is not supported")
@@ -2658,7 +2706,7 @@ def from_onnx(
         raise ValueError(
             f"shapes given for unknown inputs {unknown}; the model's inputs are {[p.name for p in params]}"
         )
-    for n in g.node:
+    for n in _dataflow_order(g.node):
         im.node_name = n.name or n.output[0]
         im.op_type = n.op_type
         ins: list[Value | None] = [im.lookup(i, f"node {im.node_name!r}") if i else None for i in n.input]

@@ -6,13 +6,12 @@ accumulation and, for the static formats, its requantize fused into the same ker
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import running
 from quant_models import (
+    check_against_onnxruntime,
     graph_kernels,
-    onnxruntime_outputs,
-    output_step,
+    integer_kernels,
     quantized_products,
     quantized_torch_model,
 )
@@ -34,28 +33,11 @@ def _cases() -> list[object]:
     return out
 
 
-def check_against_onnxruntime(path, got: dict, feed: dict, level: str) -> float:  # noqa: ANN001
-    """Asserts every output is within one quantization step of onnxruntime's (:func:`output_step`); returns
-    the largest error in steps."""
-    worst = 0.0
-    for name, want in onnxruntime_outputs(path, feed, level).items():
-        step = output_step(path, name, want)
-        err = float(np.abs(got[name].astype(np.float64) - want).max()) / step
-        assert err <= 1 + 1e-4, f"{name}: {err:.2f} steps from onnxruntime ({level})"
-        worst = max(worst, err)
-    return worst
-
-
 @pytest.mark.parametrize(("model", "fmt"), _cases())
 def test_quantized_model_matches_onnxruntime_with_integer_kernels(model: str, fmt: str) -> None:
     path = quantized_torch_model(model, fmt)
     kernels = graph_kernels(path, TARGET)
-    integer = [(op, dts, group) for op, dts, group in kernels if all(d in SMALL_INTS for d in dts)]
-    if fmt != "dynamic":  # the requantize is in the kernel's epilogue: its group rounds to 8 bits (the rest
-        # are the row and column sums a product of two run-time operands takes its zero points out with)
-        integer = [
-            k for k in integer if {"int8", "uint8"} & {n.attrs.get("to") for n in k[2] if n.op == "cast"}
-        ]
+    integer = integer_kernels(kernels, fmt)  # for the static formats, with the requantize in the epilogue
     assert len(integer) == quantized_products(path) > 0, [(op, dts) for op, dts, _ in kernels]
     if model != "transformer":  # every convolution of the CNNs is an integer one
         assert all(dts[0] in SMALL_INTS for op, dts, _ in kernels if op == "conv2d")

@@ -184,6 +184,43 @@ def test_dynamic_batch_pytorch_mlp() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- rewrites
+def test_nodes_out_of_dataflow_order_are_imported_in_it() -> None:
+    """ONNX wants nodes sorted, onnxruntime takes any order: a consumer listed before its producer, and an If
+    whose branch reads a value computed by a node listed after it, import as if sorted."""
+    branch = lambda name, op: helper.make_graph(  # noqa: E731
+        [helper.make_node(op, ["h"], [f"{name}_out"])], name, [], [_vi(f"{name}_out", (2, 3))]
+    )
+    nodes = [
+        helper.make_node("Add", ["r", "s"], ["y"]),
+        helper.make_node(
+            "If", ["c"], ["s"], then_branch=branch("pos", "Relu"), else_branch=branch("neg", "Neg")
+        ),
+        helper.make_node("Mul", ["x", "x"], ["h"]),
+        helper.make_node("Relu", ["x"], ["r"]),
+    ]
+    m = _model(nodes, [_vi("x", (2, 3)), _vi("c", (), TensorProto.BOOL)], [_vi("y", (2, 3))])
+    x = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
+    mod = from_onnx(m)
+    for c in (True, False):
+        got = interpret(mod, {"x": x, "c": np.array(c)})["y"]
+        np.testing.assert_array_equal(got, np.maximum(x, 0) + (x * x if c else -x * x))
+
+
+def test_float16_model_with_input_casts_appended_last() -> None:
+    """onnxruntime's float16 conversion (keep_io_types: float32 inputs and outputs) appends the inputs' casts
+    at the end of the graph, after the nodes that use them."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Tanh", ["m"], ["y"])]
+    m = _model(nodes, [_vi("x", (2, 4))], [_vi("y", (2, 3))], [_init("w", w)])
+    m = convert_float_to_float16(m, keep_io_types=True)
+    assert [n.op_type for n in m.graph.node][-1] == "Cast"  # the converter's order, not a sorted one
+    x = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    want = np.tanh(x.astype(np.float16).astype(np.float32) @ w.astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(interpret(from_onnx(m), {"x": x})["y"], want, rtol=2e-3, atol=2e-3)
+
+
 def test_identity_and_inference_dropout_are_removed() -> None:
     nodes = [
         helper.make_node("Identity", ["x"], ["a"]),

@@ -10,6 +10,7 @@ import mcu_models as M
 import numpy as np
 import pytest
 from boards import on_boards
+from onnx import TensorProto, helper
 
 import kiln
 from kiln.package import Package
@@ -55,3 +56,31 @@ def test_kws_and_mlp_match_onnxruntime_on_the_board(name: str, board: str) -> No
 @pytest.mark.parametrize("board", on_boards())
 def test_person_detector_matches_onnxruntime_on_the_board(board: str) -> None:
     check_on_board("person", board)
+
+
+@pytest.mark.parametrize("board", on_boards())
+def test_int64_inputs_convert_on_the_board(board: str) -> None:
+    """Token ids and masks come as int64: their conversions to and from float are library calls on 32-bit
+    cores, which must link against the board's compiler_rt (an encoder's mask once failed to link)."""
+    nodes = [
+        helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["f", "half"], ["y"]),
+        helper.make_node("Cast", ["y"], ["back"], to=TensorProto.INT64),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ids",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8]),
+            helper.make_tensor_value_info("back", TensorProto.INT64, [1, 8]),
+        ],
+        [helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    ids = np.array([[-(2**40) - 3, -7, -1, 0, 1, 5, 3**20, 2**50 + 2]], np.int64)
+    with kiln.compile(m.SerializeToString(), board, name="ids").open_session(timeout=None) as s:
+        out = s.run({"ids": ids})
+    want = ids.astype(np.float32) * np.float32(0.5)
+    np.testing.assert_array_equal(out["y"], want)
+    np.testing.assert_array_equal(out["back"], want.astype(np.int64))
