@@ -73,19 +73,47 @@ class _Importer:
         # ONNX outputs a converter does not produce (e.g. MaxPool's Indices): name -> why, reported if used
         self.missing: dict[str, str] = {}
         self._serial = itertools.count()  # temporary names: unique and the same on every import
+        # shapes with run-time dimensions, taken at import as constants of dimensions: Shape's input for each
+        self.shape_of: dict[int, tuple[Value, dict[str, int]]] = {}
 
     # ---- helpers for converters
     def emit(self, op: str, inputs: Sequence[Value], out_names: Sequence[str], **attrs: Any) -> list[Value]:
         """Apply kiln operator ``op``; folded right away (with its reference) when every input is constant."""
         if inputs and all(isinstance(v, Constant) for v in inputs) and not _has_sym(attrs):
-            values = get_op(op).reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
+            try:
+                values = get_op(op).reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
+            except (TypeError, ValueError) as e:
+                data = [np.asarray(v.data).reshape(-1) for v in inputs if isinstance(v, Constant)]
+                syms = sorted({str(d) for arr in data for d in arr if isinstance(d, Sym)})
+                if not syms:
+                    raise
+                raise self.fail(
+                    f"{op} needs its inputs' values at import, but they depend on the run-time dimensions "
+                    f"{', '.join(syms)}: give them sizes (shapes=)"
+                ) from e
             return [Constant(n, np.asarray(v)) for n, v in zip(out_names, values, strict=True)]
         return self.add_node(op, inputs, out_names, attrs)
+
+    def materialize(self, v: Value, name: str | None = None) -> Value:
+        """``v`` as a value the compiled model can hold: a constant of dimensions (shape arithmetic on run-time
+        sizes) becomes an int64 constant when it has no run-time dimension left, a run-time ``shape`` node when
+        it is the shape itself, and an error otherwise."""
+        if not isinstance(v, Constant) or v.data.dtype != object:
+            return v
+        if not any(isinstance(d, Sym) for d in v.data.reshape(-1)):
+            return Constant(v.name, v.data.astype(np.int64))
+        if v.uid in self.shape_of:
+            x, window = self.shape_of[v.uid]
+            return self.add_node("shape", [x], [name or self.tmp(v.name)], dict(window))[0]
+        raise self.fail(
+            f"a value computed from run-time dimensions ({v.name!r}) is used at run time; give them sizes"
+        )
 
     def add_node(
         self, op: str, inputs: Sequence[Value], out_names: Sequence[str], attrs: dict[str, Any]
     ) -> list[Value]:
         """A node of kiln operator ``op``, never folded (for a pass to see: a QDQ graph's weights)."""
+        inputs = [self.materialize(v) for v in inputs]
         types = get_op(op).infer([v.type for v in inputs], attrs)
         outs = tuple(Var(n, t) for n, t in zip(out_names, types, strict=True))
         self.nodes.append(Node(op, tuple(inputs), outs, attrs, self.node_name))
@@ -755,7 +783,7 @@ def _layer_norm(
 @converter("Shape")
 def _shape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    window = {k: int(attrs[k]) for k in ("start", "end") if k in attrs}
+    window: dict[str, int] = {k: int(attrs[k]) for k in ("start", "end") if k in attrs}
     if x.type.is_static:  # fold: the shape of a statically shaped tensor is a constant
         x = Constant(x.name, np.broadcast_to(np.zeros((), np_dtype(x.type.dtype)), x.type.static_shape))
         return im.emit("shape", [x], outs, **window)
@@ -764,7 +792,9 @@ def _shape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
     dims = np.empty(x.type.ndim, dtype=object)
     dims[:] = list(x.type.shape)
     sl = get_op("shape")._slice(x.type.ndim, window)  # type: ignore[attr-defined]
-    return [Constant(outs[0], dims[sl])]
+    c = Constant(outs[0], dims[sl])
+    im.shape_of[c.uid] = (x, window)
+    return [c]
 
 
 @converter("Size")
@@ -2727,7 +2757,7 @@ def from_onnx(
                 im.missing[out_name] = f"output {k} of {n.op_type} node {im.node_name!r} is not supported"
     outputs: list[Value] = []
     for o in g.output:
-        v = im.lookup(o.name, "graph output")
+        v = im.materialize(im.lookup(o.name, "graph output"), o.name)
         if isinstance(v, Var) and v.name != o.name or v in params:
             v = im.emit("identity", [v], [o.name])[0]
         outputs.append(v)

@@ -157,15 +157,7 @@ NOT_SUPPORTED = {
 
 # In-scope cases kiln fails today, with the reason (tests/frontend/test_onnx_node_compiled.py expects them to
 # fail, strictly). Regenerate the list from `scripts/onnx-node-report --out FILE` when it changes.
-KNOWN_FAILURES: dict[str, str] = {
-    **dict.fromkeys(
-        (
-            "test_attention_4d_gqa_with_past_and_present_fp16",
-            "test_attention_4d_gqa_with_past_and_present_fp16_expanded",
-        ),
-        "float16 rounding: ONNX's reference rounds each step to float16, kiln computes in float32 (2+ ulp apart)",
-    ),
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
