@@ -6,8 +6,9 @@ maps to kiln operators through one converter in :data:`CONVERTERS`; data-depende
 pads, starts...) must be constants and become attributes. Nodes whose inputs are all constants are folded
 right away with the operators' NumPy references, so shape arithmetic (Shape -> Gather -> Concat -> Reshape),
 ConstantOfShape and Range disappear at import. Identity and inference-mode Dropout disappear too.
+Weights stored as external data (beside the model file) are memory-mapped (:func:`_external_tensors`).
 
-Errors: :class:`ModelLoadError` for a file that is not an ONNX model; :class:`UnsupportedOperatorError` listing
+Errors: :class:`ModelLoadError` for a file that is not an ONNX model or whose external data is missing; :class:`UnsupportedOperatorError` listing
 every unsupported operator type with all its node names; :class:`ImportErrorInNode` (naming the node) for a
 supported operator used in a way kiln cannot import, e.g. a shape computed at run time, or an optional output
 kiln does not produce (reported only if something uses it).
@@ -19,12 +20,13 @@ import importlib
 import importlib.util
 import itertools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 import onnx.inliner
 from onnx import numpy_helper
 
@@ -2480,9 +2482,12 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
-def _load(model: onnx.ModelProto | str | Path | bytes) -> onnx.ModelProto:
+def _load(
+    model: onnx.ModelProto | str | Path | bytes, base_dir: str | Path | None
+) -> tuple[onnx.ModelProto, dict]:
+    """The model and its tensors stored outside it (:func:`_external_tensors`)."""
     if isinstance(model, onnx.ModelProto):
-        return model
+        return model, _external_tensors(model, base_dir, "the given model")
     try:
         if isinstance(model, bytes):
             m = onnx.load_from_string(model)
@@ -2490,16 +2495,90 @@ def _load(model: onnx.ModelProto | str | Path | bytes) -> onnx.ModelProto:
             path = Path(model)
             if not path.is_file():
                 raise ModelLoadError(f"{path}: no such file")
-            m = onnx.load(str(path))
+            m = onnx.load(str(path), load_external_data=False)
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - protobuf raises several types for truncated files
         where = "the given bytes" if isinstance(model, bytes) else str(model)
         raise ModelLoadError(f"{where} is not a valid ONNX model (truncated or corrupt file?): {e}") from None
+    where = "the given bytes" if isinstance(model, bytes) else str(model)
     if not m.graph.node and not m.graph.output:
-        where = "the given bytes" if isinstance(model, bytes) else str(model)
         raise ModelLoadError(f"{where} is not a valid ONNX model (it has no graph)")
-    return m
+    if base_dir is None and not isinstance(model, bytes):
+        base_dir = Path(model).parent
+    return m, _external_tensors(m, base_dir, where)
+
+
+def _all_tensors(g: onnx.GraphProto) -> Iterator[tuple[onnx.TensorProto, bool]]:
+    """Every tensor of graph ``g`` and its subgraphs, with whether it is an initializer of ``g`` itself."""
+    for t in g.initializer:
+        yield t, True
+    for n in g.node:
+        for a in n.attribute:
+            if a.HasField("t"):
+                yield a.t, False
+            yield from ((t, False) for t in a.tensors)
+            for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                yield from ((t, False) for t, _ in _all_tensors(sub))
+
+
+def _external_tensors(m: onnx.ModelProto, base_dir: str | Path | None, where: str) -> dict[str, np.ndarray]:
+    """The data of tensors stored in files beside the model (ONNX external data: ``location`` relative to
+    ``base_dir``, ``offset``, ``length``), checked against their files. The main graph's initializers of
+    plain element types are memory-mapped (read only; a model over 2 GB of weights imports without reading
+    them), returned by name; other external tensors are read into the model."""
+    mapped: dict[str, np.ndarray] = {}
+    for t, top in _all_tensors(m.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = onnx.external_data_helper.ExternalDataInfo(t)
+        what = f"tensor {t.name!r}"
+        if base_dir is None:
+            raise ModelLoadError(
+                f"{where}: {what} is stored in the external file {info.location!r}, relative to the model's "
+                "directory, which kiln was not told: pass the model's path, or base_dir= with the model"
+            )
+        root = Path(base_dir).resolve()
+        path = (root / info.location).resolve()
+        if not info.location or Path(info.location).is_absolute() or not path.is_relative_to(root):
+            raise ModelLoadError(
+                f"{where}: {what} has external data location {info.location!r}, which is not a file inside "
+                f"the model's directory {root} (ONNX locations are relative to it)"
+            )
+        if not path.is_file():
+            raise ModelLoadError(
+                f"{where}: the external data file of {what} is missing: {path} (keep the weights files "
+                "next to the model, as they were saved)"
+            )
+        np_dtype_ = onnx.helper.tensor_dtype_to_np_dtype(t.data_type) if t.data_type in ONNX_DTYPES else None
+        shape = tuple(int(d) for d in t.dims)
+        offset = int(info.offset or 0)
+        need = int(np.prod(shape, dtype=np.int64)) * np_dtype_.itemsize if np_dtype_ is not None else None
+        length = int(info.length) if info.length else need
+        size = path.stat().st_size
+        if (length is not None and offset + length > size) or (need is not None and length != need):
+            raise ModelLoadError(
+                f"{where}: the external data of {what} ({'x'.join(map(str, shape)) or 'scalar'} "
+                f"{ONNX_DTYPES.get(t.data_type, t.data_type)}, {need if need is not None else length} bytes"
+                f"{f', length {length}' if length != need else ''}) at offset {offset} of {path} does not fit "
+                f"the file ({size} bytes): the file is truncated or belongs to another model"
+            )
+        if top and np_dtype_ is not None:
+            if need == 0:
+                mapped[t.name] = np.zeros(shape, np_dtype_)
+            else:
+                arr = np.memmap(path, dtype=np_dtype_.newbyteorder("<"), mode="r", offset=offset, shape=shape)
+                mapped[t.name] = arr.view(np.ndarray)
+        else:
+            try:
+                onnx.external_data_helper.load_external_data_for_tensor(t, str(root))
+            except OSError as e:
+                raise ModelLoadError(
+                    f"{where}: cannot read the external data of {what} from {path}: {e}"
+                ) from e
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+    return mapped
 
 
 def _value_type(vi: onnx.ValueInfoProto, shapes: dict[str, tuple[int, ...]]) -> TensorType:
@@ -2556,12 +2635,18 @@ def from_onnx(
     shapes: dict[str, tuple[int, ...]] | None = None,
     name: str | None = None,
     custom_ops: dict[str, Any] | None = None,
+    base_dir: str | Path | None = None,
 ) -> Module:
     """Import an ONNX model (path, bytes or ModelProto) into a kiln Module with graph function ``main``.
 
     ``custom_ops`` maps custom-domain node types, ``"domain:OpType"``, to kiln operators (see
-    :func:`load_custom_op`); such a node becomes that operator, with the node's attributes."""
-    m = _load(model)
+    :func:`load_custom_op`); such a node becomes that operator, with the node's attributes.
+
+    Tensors stored as external data (in files beside the model; ``onnx.save(...,
+    save_as_external_data=True)``, and every model over protobuf's 2 GB) are read from ``base_dir``, by
+    default the model file's directory (a ModelProto or bytes with external tensors needs ``base_dir``); the
+    main graph's weights are memory-mapped, not read into memory."""
+    m, external = _load(model, base_dir)
     shapes = dict(shapes or {})
     custom = {k: load_custom_op(v) for k, v in (custom_ops or {}).items()}
     g = m.graph
@@ -2586,7 +2671,7 @@ def from_onnx(
     im = _Importer(g, opset)
     inits = {t.name for t in g.initializer}
     for t in g.initializer:
-        arr = numpy_helper.to_array(t)
+        arr = external[t.name] if t.name in external else numpy_helper.to_array(t)
         dtype_of(arr)  # rejects unsupported element types with a clear message
         im.env[t.name] = Constant(t.name, arr)
     params: list[Var] = []
