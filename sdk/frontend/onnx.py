@@ -8,10 +8,14 @@ right away with the operators' NumPy references, so shape arithmetic (Shape -> G
 ConstantOfShape and Range disappear at import. Identity and inference-mode Dropout disappear too.
 Weights stored as external data (beside the model file) are memory-mapped (:func:`_external_tensors`).
 
-Errors: :class:`ModelLoadError` for a file that is not an ONNX model or whose external data is missing; :class:`UnsupportedOperatorError` listing
-every unsupported operator type with all its node names; :class:`ImportErrorInNode` (naming the node) for a
-supported operator used in a way kiln cannot import, e.g. a shape computed at run time, or an optional output
-kiln does not produce (reported only if something uses it).
+Errors: :class:`ModelLoadError` for a file that is not an ONNX model or whose external data is missing;
+:class:`UnsupportedOperatorError` listing every unsupported operator type with all its node names;
+:class:`ImportErrorInNode` (naming the node) for a supported operator used in a way kiln cannot import, e.g. a
+shape computed at run time, or an optional output kiln does not produce (reported only if something uses it).
+
+onnxruntime's quantized contrib operators (domain ``com.microsoft``, written by ``quantize_static`` in
+QOperator format: QLinearAdd, QGemm, ...) are imported too (:data:`MS_CONVERTERS`), as dequantize -> float
+operator -> quantize.
 """
 
 from __future__ import annotations
@@ -1586,10 +1590,11 @@ def _inline_graph(im: _Importer, graph: onnx.GraphProto, args: Sequence[Value], 
     try:
         for n in graph.node:
             im.node_name, im.op_type = prefix + (n.name or n.output[0]), n.op_type
-            if n.domain not in ("", "ai.onnx") or n.op_type not in CONVERTERS:
+            convert = _converter_for(n)
+            if convert is None:
                 raise im.fail(f"operator {n.op_type} (in a subgraph) is not supported")
             ins = [im.lookup(i, f"node {im.node_name!r}") if i else None for i in n.input]
-            results = CONVERTERS[n.op_type](im, ins, _attrs(n), [prefix + o if o else "" for o in n.output])
+            results = convert(im, ins, _attrs(n), [prefix + o if o else "" for o in n.output])
             for k, o in enumerate(n.output):
                 if o and k < len(results):
                     env[o] = results[k]
@@ -2365,6 +2370,173 @@ def _qlinear_conv(
     return [_quantize(im, y, y_s, y_z, 1, y_z.type.dtype, outs)]
 
 
+# ---- onnxruntime's com.microsoft quantized operators (quantize_static in QOperator format), each imported as
+# dequantize -> the float operator -> quantize, the form fuse-qdq turns into integer kernels where it can
+MS_DOMAIN = "com.microsoft"
+MS_CONVERTERS: dict[str, Converter] = {}
+
+
+def ms_converter(*names: str) -> Callable[[Converter], Converter]:
+    def deco(fn: Converter) -> Converter:
+        for n in names:
+            MS_CONVERTERS[n] = fn
+        return fn
+
+    return deco
+
+
+def _converter_for(n: onnx.NodeProto) -> Converter | None:
+    """The converter of node ``n``: a standard operator's, or an onnxruntime contrib operator's."""
+    if n.domain in ("", "ai.onnx"):
+        return CONVERTERS.get(n.op_type)
+    if n.domain == MS_DOMAIN:
+        return MS_CONVERTERS.get(n.op_type)
+    return None
+
+
+def _as(
+    im: _Importer, op_type: str, ins: list[Value | None], attrs: dict[str, Any], outs: list[str], **kw: Any
+) -> list[Value]:
+    """Standard operator ``op_type``'s converter applied (``opset=`` the semantics of another opset)."""
+    saved = im.op_type, im.opset
+    im.op_type, im.opset = op_type, int(kw.get("opset", im.opset))
+    try:
+        return CONVERTERS[op_type](im, ins, attrs, outs)
+    finally:
+        im.op_type, im.opset = saved
+
+
+def _deq(im: _Importer, ins: list[Value | None], i: int, out: str, axis: int = 1) -> Value:
+    """Input ``i`` dequantized with the scale and zero point after it (``ins[i + 1]``, optional ``ins[i + 2]``)."""
+    zp = ins[i + 2] if len(ins) > i + 2 else None
+    return _dequantize(im, _a(ins, i), _a(ins, i + 1), zp, axis, [im.tmp(out)])
+
+
+def _q(im: _Importer, y: Value, ins: list[Value | None], i: int, outs: list[str]) -> list[Value]:
+    """``y`` quantized with the scale ``ins[i]`` and the optional zero point ``ins[i + 1]`` (uint8 without)."""
+    zp = ins[i + 1] if len(ins) > i + 1 else None
+    return [_quantize(im, y, _a(ins, i), zp, 0, _zp_dtype(im, zp, {}), outs)]
+
+
+def _channels_first(im: _Importer, x: Value, attrs: dict[str, Any], out: str) -> Value:
+    if not int(attrs.get("channels_last", 0)):
+        return x
+    nd = x.type.ndim
+    return im.emit("transpose", [x], [im.tmp(out)], perm=(0, nd - 1, *range(1, nd - 1)))[0]
+
+
+def _channels_back(im: _Importer, y: Value, attrs: dict[str, Any], out: str) -> Value:
+    if not int(attrs.get("channels_last", 0)):
+        return y
+    nd = y.type.ndim
+    return im.emit("transpose", [y], [im.tmp(out)], perm=(0, *range(2, nd), 1))[0]
+
+
+@ms_converter("QuantizeLinear", "DequantizeLinear")
+def _ms_qdq(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return _as(im, im.op_type, ins, attrs, outs)
+
+
+@ms_converter("QLinearAdd", "QLinearMul")
+def _ms_binary(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point``, broadcasting."""
+    a, b = _deq(im, ins, 0, outs[0]), _deq(im, ins, 3, outs[0])
+    y = im.emit("add" if im.op_type == "QLinearAdd" else "mul", [a, b], [im.tmp(outs[0])])[0]
+    return _q(im, y, ins, 6, outs)
+
+
+@ms_converter("QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax")
+def _ms_unary(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``X, X_scale, X_zero_point, Y_scale, Y_zero_point``; QLinearSoftmax's ``opset`` attribute says which
+    Softmax it computes (before 13: over the input flattened to 2-D at ``axis``)."""
+    x = _deq(im, ins, 0, outs[0])
+    op = im.op_type.removeprefix("QLinear")
+    kw = {"opset": int(attrs["opset"])} if "opset" in attrs else {}
+    keep = {k: v for k, v in attrs.items() if k in ("alpha", "axis")}
+    y = _as(im, op, [x], keep, [im.tmp(outs[0])], **kw)[0]
+    return _q(im, y, ins, 3, outs)
+
+
+@ms_converter("QLinearGlobalAveragePool", "QLinearAveragePool")
+def _ms_pool(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``X, x_scale, x_zero_point, y_scale, y_zero_point``; ``channels_last``: NHWC input and output."""
+    x = _channels_first(im, _deq(im, ins, 0, outs[0]), attrs, outs[0])
+    op = im.op_type.removeprefix("QLinear")
+    keep = {k: v for k, v in attrs.items() if k != "channels_last"}
+    y = _channels_back(im, _as(im, op, [x], keep, [im.tmp(outs[0])])[0], attrs, outs[0])
+    return _q(im, y, ins, 3, outs)
+
+
+@ms_converter("QLinearReduceMean")
+def _ms_reduce_mean(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    """``data, data_scale, data_zero_point, reduced_scale, reduced_zero_point``; ``axes``, ``keepdims``."""
+    y = _as(im, "ReduceMean", [_deq(im, ins, 0, outs[0])], attrs, [im.tmp(outs[0])], opset=13)[0]
+    return _q(im, y, ins, 3, outs)
+
+
+@ms_converter("QLinearConcat")
+def _ms_concat(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``Y_scale, Y_zero_point`` then ``(X, X_scale, X_zero_point)`` per input; ``axis``."""
+    if len(ins) < 5 or (len(ins) - 2) % 3:
+        raise im.fail(
+            f"QLinearConcat takes Y_scale, Y_zero_point and (X, scale, zero point) triples: {len(ins)} inputs"
+        )
+    xs = [_deq(im, ins, i, outs[0]) for i in range(2, len(ins), 3)]
+    y = _as(im, "Concat", list(xs), attrs, [im.tmp(outs[0])])[0]
+    return _q(im, y, ins, 0, outs)
+
+
+@ms_converter("QLinearWhere")
+def _ms_where(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``condition, X, x_scale, x_zero_point, Y, y_scale, y_zero_point, z_scale, z_zero_point``."""
+    x, y = _deq(im, ins, 1, outs[0]), _deq(im, ins, 4, outs[0])
+    z = im.emit("where", [_a(ins, 0), x, y], [im.tmp(outs[0])])[0]
+    return _q(im, z, ins, 7, outs)
+
+
+@ms_converter("QGemm")
+def _ms_qgemm(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale, y_zero_point``: ``alpha * (A' @ B' +
+    C * a_scale * b_scale)`` of the dequantized ``A'``, ``B'`` (``B`` per tensor or per output column; the
+    int32 bias ``C`` in accumulator units), quantized with ``y_scale`` and ``y_zero_point``, or float without a
+    ``y_scale``. ``alpha`` is folded into B's scale, so the layer keeps the Gemm form fuse-qdq makes an integer
+    kernel of."""
+    b = _a(ins, 3)
+    trans_b = int(attrs.get("transB", 0))
+    alpha = float(attrs.get("alpha", 1.0))
+    b_s = _a(ins, 4)
+    if alpha != 1.0:
+        b_s = im.emit("mul", [b_s, _scalar(im, alpha, b_s.type.dtype)], [im.tmp(outs[0])])[0]
+    a = _deq(im, ins, 0, outs[0])
+    bf = _dequantize(im, b, b_s, ins[5] if len(ins) > 5 else None, 0 if trans_b else -1, [im.tmp(outs[0])])
+    args: list[Value | None] = [a, bf]
+    c = ins[6] if len(ins) > 6 else None
+    if c is not None:
+        bias_scale = im.emit("mul", [_a(ins, 1), b_s], [im.tmp(outs[0])])[0]
+        args.append(_dequantize(im, c, bias_scale, None, -1, [im.tmp(outs[0])]))
+    gemm = {k: v for k, v in attrs.items() if k in ("transA", "transB")}
+    y_s = ins[7] if len(ins) > 7 else None
+    if y_s is None:
+        return _as(im, "Gemm", args, gemm, outs)
+    y = _as(im, "Gemm", args, gemm, [im.tmp(outs[0])])[0]
+    return _q(im, y, ins, 7, outs)
+
+
+@ms_converter("QLinearConv")
+def _ms_qlinear_conv(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    """The standard QLinearConv, with ``channels_last`` (NHWC input and output)."""
+    if not int(attrs.get("channels_last", 0)):
+        return _as(im, "QLinearConv", ins, attrs, outs)
+    x = _channels_first(im, _a(ins, 0), attrs, outs[0])
+    keep = {k: v for k, v in attrs.items() if k != "channels_last"}
+    y = _as(im, "QLinearConv", [x, *ins[1:]], keep, [im.tmp(outs[0])])[0]
+    return [im.emit("identity", [_channels_back(im, y, attrs, outs[0])], outs)[0]]
+
+
 # Operator categories kiln leaves out on purpose, with the reason the import error gives.
 _WHY_NOT_CATEGORIES = {
     "it is a training-only operator (kiln compiles inference graphs)": (
@@ -2383,6 +2555,11 @@ _WHY_NOT_CATEGORIES = {
     "it decodes image files (decode them before running the model)": "ImageDecoder",
 }
 _WHY_NOT = {op: why for why, ops in _WHY_NOT_CATEGORIES.items() for op in ops.split()}
+_WHY_NOT_MS = (
+    f"it is an onnxruntime contrib operator kiln does not import (of {MS_DOMAIN}, kiln imports "
+    f"{', '.join(sorted(MS_CONVERTERS))}); quantize the model with quant_format=QuantFormat.QDQ, which writes "
+    "standard ONNX operators only, or leave this operator type out of op_types_to_quantize"
+)
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -2657,7 +2834,7 @@ def from_onnx(
     for n in g.node:
         if f"{n.domain}:{n.op_type}" in custom:
             continue
-        if n.op_type not in CONVERTERS or n.domain not in ("", "ai.onnx"):
+        if _converter_for(n) is None:
             unsupported.setdefault(
                 n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}", []
             ).append(n.name or n.output[0])
@@ -2665,6 +2842,7 @@ def from_onnx(
         parts = [
             f"{op} (nodes: {', '.join(names)})"
             + (f": not supported, because {_WHY_NOT[op]}" if op in _WHY_NOT else "")
+            + (f": not supported, because {_WHY_NOT_MS}" if op.startswith(f"{MS_DOMAIN}.") else "")
             for op, names in sorted(unsupported.items())
         ]
         raise UnsupportedOperatorError(f"unsupported ONNX operators: {'; '.join(parts)}")
@@ -2695,7 +2873,7 @@ def from_onnx(
                 op = custom[f"{n.domain}:{n.op_type}"]
                 results = im.emit(op.name, [_a(ins, i) for i in range(len(ins))], list(n.output), **_attrs(n))
             else:
-                results = CONVERTERS[n.op_type](im, ins, _attrs(n), list(n.output))
+                results = _converter_for(n)(im, ins, _attrs(n), list(n.output))  # type: ignore[misc]
         except ImportErrorInNode:
             raise
         except (ValueError, KeyError, IndexError) as e:
