@@ -37,7 +37,7 @@ from onnx import numpy_helper
 from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorType, Value, Var
 from ..ir.types import Dim, dtype_of, np_dtype
 from ..ops import OpDef, get_op
-from ..ops.base import limit_value
+from ..ops.base import OpError, limit_value, normalize_axis
 from ..ops.selection import trim as trim_bounded
 
 
@@ -83,7 +83,15 @@ class _Importer:
     def emit(self, op: str, inputs: Sequence[Value], out_names: Sequence[str], **attrs: Any) -> list[Value]:
         """Apply kiln operator ``op``; folded right away (with its reference) when every input is constant."""
         if inputs and all(isinstance(v, Constant) for v in inputs):
-            values = get_op(op).reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
+            opdef = get_op(op)
+            try:
+                values = opdef.reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
+            except OpError:
+                raise
+            except Exception:
+                # the reference assumes what infer checks: its error says what is wrong, where it has one
+                opdef.infer([v.type for v in inputs], attrs)
+                raise
             return [Constant(n, np.asarray(v)) for n, v in zip(out_names, values, strict=True)]
         return self.add_node(op, inputs, out_names, attrs)
 
@@ -105,6 +113,13 @@ class _Importer:
         if not isinstance(v, Constant):
             raise self.fail(f"{what} must be a constant (it is computed at run time from {v.name!r})")
         return v.data
+
+    def const_scalar(self, v: Value | None, what: str) -> Any:
+        """The one value of constant input ``v`` (a scalar or a one-element tensor)."""
+        data = self.const_input(v, what)
+        if data.size != 1:
+            raise self.fail(f"{what} must hold one value, it has shape {list(data.shape)}")
+        return data.reshape(-1)[0]
 
     def lookup(self, name: str, where: str) -> Value:
         if name in self.env:
@@ -229,9 +244,9 @@ def _clip(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     lo = attrs.get("min", -np.inf)
     hi = attrs.get("max", np.inf)
     if len(ins) > 1 and ins[1] is not None:
-        lo = im.const_input(ins[1], "min").reshape(-1)[0]
+        lo = im.const_scalar(ins[1], "min")
     if len(ins) > 2 and ins[2] is not None:
-        hi = im.const_input(ins[2], "max").reshape(-1)[0]
+        hi = im.const_scalar(ins[2], "max")
     x = _a(ins, 0)
     if not x.type.dtype.startswith("float"):  # integer bounds: the type's limits stand for +-inf
         lo, hi = limit_value(float(lo), x.type.dtype), limit_value(float(hi), x.type.dtype)
@@ -274,6 +289,31 @@ def _conv_pads(
     return tuple(pads_b + pads_e)
 
 
+def _ints_attr(im: _Importer, attrs: dict[str, Any], key: str, n: int, default: int, lo: int) -> list[int]:
+    """List attribute ``key`` (``n`` times ``default`` when absent), checked: ``n`` values, each >= ``lo``."""
+    v = [int(x) for x in attrs.get(key, [default] * n)]
+    if len(v) != n:
+        raise im.fail(f"attribute {key!r} = {v} needs {n} values here, it has {len(v)}")
+    if any(x < lo for x in v):
+        raise im.fail(f"attribute {key!r} = {v}: every value must be at least {lo}")
+    return v
+
+
+def _window(im: _Importer, attrs: dict[str, Any], x: Value, k: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """A convolution's or pooling's strides and dilations, after checking the input's rank (N, C and one
+    axis per kernel axis), the kernel and the list attributes' lengths."""
+    nd = len(k)
+    if x.type.ndim != nd + 2:
+        raise im.fail(f"a {nd}-D kernel needs a {nd + 2}-D input (N, C and {nd} spatial axes), got {x.type}")
+    if any(not isinstance(v, int) or v < 1 for v in k):
+        raise im.fail(f"the kernel shape {list(k)} must be static and positive")
+    if int(attrs.get("group", 1)) < 1:
+        raise im.fail(f"group must be at least 1, got {attrs['group']}")
+    if str(attrs.get("auto_pad", "NOTSET")) in ("NOTSET", ""):
+        _ints_attr(im, attrs, "pads", 2 * nd, 0, 0)
+    return _ints_attr(im, attrs, "strides", nd, 1, 1), _ints_attr(im, attrs, "dilations", nd, 1, 1)
+
+
 def _to_2d(p: Sequence[int]) -> tuple[int, int, int, int]:
     return (p[0], p[1], p[2], p[3])
 
@@ -284,8 +324,9 @@ def _conv(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     b = ins[2] if len(ins) > 2 else None
     k = list(attrs.get("kernel_shape", w.type.shape[2:]))
     nd = len(k)
-    s = list(attrs.get("strides", [1] * nd))
-    d = list(attrs.get("dilations", [1] * nd))
+    if nd not in (1, 2):
+        raise im.fail(f"{nd}-D convolution is not supported (1-D and 2-D are)")
+    s, d = _window(im, attrs, x, k)
     pads = _conv_pads(im, attrs, x.type.shape[2:], k, s, d)
     args = [x, w] + ([b] if b is not None else [])
     pad = {"pad_value": attrs["pad_value"]} if "pad_value" in attrs else {}  # from ConvInteger (kiln's)
@@ -388,8 +429,7 @@ def _pool(
     k = list(attrs["kernel_shape"])
     if len(k) != 2:
         raise im.fail(f"{len(k)}-D pooling is not supported (2-D is)")
-    s = list(attrs.get("strides", [1, 1]))
-    d = list(attrs.get("dilations", [1, 1]))
+    s, d = _window(im, attrs, x, k)
     pads = _conv_pads(im, attrs, x.type.shape[2:], k, s, d)
     extra = {"count_include_pad": int(attrs.get("count_include_pad", 0))} if op == "avg_pool2d" else {}
     return im.emit(
@@ -460,6 +500,10 @@ def _resolve_shape(im: _Importer, x: Value, shape: Sequence[int], allowzero: boo
     """ONNX Reshape's target shape with 0 (copy the input dimension) and -1 (the rest) resolved. Symbolic
     dimensions work when they are copied with 0 (or when -1 stands for exactly one of them)."""
     src = x.type.shape
+    if not allowzero and any(d == 0 for d in shape[len(src) :]):
+        raise im.fail(
+            f"shape {list(shape)} has a 0 (copy the input's dimension) at a position {x.type} does not have"
+        )
     out: list[Dim] = [src[i] if (d == 0 and not allowzero) else int(d) for i, d in enumerate(shape)]
     if -1 in out:
         syms_in = [d for d in src if isinstance(d, Sym)]
@@ -611,11 +655,13 @@ def _pad(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
         pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
     else:
         pads = [int(p) for p in im.const_input(ins[1], "pads").reshape(-1)]
-        value = (
-            float(im.const_input(ins[2], "constant value").reshape(())) if len(ins) > 2 and ins[2] else 0.0
-        )
+        value = float(im.const_scalar(ins[2], "constant value")) if len(ins) > 2 and ins[2] else 0.0
         if len(ins) > 3 and ins[3] is not None:
-            axes = [int(a) % x.type.ndim for a in im.const_input(ins[3], "axes").reshape(-1)]
+            axes = [
+                normalize_axis(int(a), x.type.ndim, "Pad") for a in im.const_input(ins[3], "axes").reshape(-1)
+            ]
+            if len(pads) != 2 * len(axes):
+                raise im.fail(f"pads {list(pads)} need two values per axis of {axes}")
             full = [0] * (2 * x.type.ndim)
             for j, a in enumerate(axes):
                 full[a], full[a + x.type.ndim] = pads[j], pads[j + len(axes)]
@@ -870,6 +916,7 @@ def _reduce_more(
     x = _a(ins, 0)
     if not axes and attrs.get("noop_with_empty_axes", 0):
         return im.emit("identity", [x], outs)
+    axes = [normalize_axis(a, x.type.ndim, im.op_type) for a in axes or []]
     if x.type.is_static and any(x.type.shape[a] == 0 for a in (axes or range(x.type.ndim))):
         raise im.fail(f"reducing over an empty dimension of {x.type} is not supported")
     return im.emit(
@@ -895,7 +942,7 @@ def _arg(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
 
 @converter("TopK")
 def _topk(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    k = int(attrs["k"]) if im.opset < 10 else int(im.const_input(ins[1], "K").reshape(-1)[0])
+    k = int(attrs["k"]) if im.opset < 10 else int(im.const_scalar(ins[1], "K"))
     return im.emit(
         "top_k",
         [_a(ins, 0)],
@@ -908,7 +955,7 @@ def _topk(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
 
 @converter("CumSum", "CumProd")
 def _cumsum(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    axis = int(im.const_input(ins[1], "axis").reshape(-1)[0])
+    axis = int(im.const_scalar(ins[1], "axis"))
     return im.emit(
         "cumsum" if im.op_type == "CumSum" else "cumprod",
         [_a(ins, 0)],
@@ -938,6 +985,8 @@ def _lp_pool(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs
     size, between two powers."""
     x = _a(ins, 0)
     p = float(attrs.get("p", 2))
+    if p <= 0:
+        raise im.fail(f"needs p > 0, got {p}")
     k = list(attrs["kernel_shape"])
     dt = x.type.dtype
     t = im.emit("abs", [x], [im.tmp(outs[0])])[0]
@@ -999,14 +1048,14 @@ def _scatter_nd(
 
 @converter("OneHot")
 def _one_hot(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    depth = int(im.const_input(ins[1], "depth").reshape(-1)[0])
+    depth = int(im.const_scalar(ins[1], "depth"))
     return im.emit("one_hot", [_a(ins, 0), _a(ins, 2)], outs, depth=depth, axis=int(attrs.get("axis", -1)))
 
 
 @converter("Trilu")
 def _trilu(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    k = int(im.const_input(ins[1], "k").reshape(-1)[0]) if len(ins) > 1 and ins[1] is not None else 0
+    k = int(im.const_scalar(ins[1], "k")) if len(ins) > 1 and ins[1] is not None else 0
     n, m = x.type.shape[-2:]
     if not isinstance(n, int) or not isinstance(m, int):
         raise im.fail(f"Trilu needs static matrix dimensions, got {x.type}")
@@ -1025,6 +1074,8 @@ def _depth_space(
         raise im.fail(f"needs a static NCHW input, got {x.type}")
     n, c, h, w = x.type.static_shape
     b = int(attrs["blocksize"])
+    if b < 1 or (c % (b * b) if im.op_type == "DepthToSpace" else h % b or w % b):
+        raise im.fail(f"blocksize {b} does not divide the input {x.type} into blocks")
     if im.op_type == "DepthToSpace":
         if str(attrs.get("mode", "DCR")) == "CRD":
             shape6, perm = (n, c // (b * b), b, b, h, w), (0, 1, 4, 2, 5, 3)
@@ -1046,6 +1097,8 @@ def _scalar(im: _Importer, value: float, dtype: str) -> Constant:
 
 def _per_channel(im: _Importer, v: Value, nd: int, out: str) -> Value:
     """A (C,) tensor reshaped to broadcast along axis 1 of a rank-``nd`` tensor."""
+    if v.type.ndim != 1:
+        raise im.fail(f"a per-channel parameter must be 1-D, got {v.type}")
     return im.emit("reshape", [v], [im.tmp(out)], shape=(v.type.shape[0],) + (1,) * (nd - 2))[0]
 
 
@@ -1074,7 +1127,12 @@ def _group_norm(
     if not x.type.is_static:
         raise im.fail(f"needs a static input shape, got {x.type}")
     shape = x.type.static_shape
-    nd, c, g = len(shape), shape[1], int(attrs["num_groups"])
+    g = int(attrs["num_groups"])
+    if len(shape) < 2 or g < 1 or shape[1] % g:
+        raise im.fail(f"num_groups {g} does not divide the channels of {x.type} (N, C, ...)")
+    nd, c = len(shape), shape[1]
+    if scale.type.ndim != 1 or bias.type.ndim != 1:
+        raise im.fail(f"scale and bias must be 1-D, got {scale.type} and {bias.type}")
     flat = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(shape[0], g, int(np.prod(shape[1:])) // g))[0]
     y = _normalize_rows(im, flat, 2, float(attrs.get("epsilon", 1e-5)), im.tmp(outs[0]))
     y = im.emit("reshape", [y], [im.tmp(outs[0])], shape=shape)[0]
@@ -1184,9 +1242,10 @@ def _conv_transpose(
     nd = len(k)
     if nd not in (1, 2):
         raise im.fail(f"{nd}-D transposed convolution is not supported (1-D and 2-D are)")
-    s = [int(v) for v in attrs.get("strides", [1] * nd)]
-    d = [int(v) for v in attrs.get("dilations", [1] * nd)]
-    extra = [int(v) for v in attrs.get("output_padding", [0] * nd)]
+    s, d = _window(im, attrs, x, k)
+    extra = _ints_attr(im, attrs, "output_padding", nd, 0, 0)
+    if len(attrs.get("output_shape", [0] * nd)) < nd:
+        raise im.fail(f"output_shape {list(attrs['output_shape'])} needs at least {nd} values")
     pads = _conv_transpose_pads(im, attrs, x.type.shape[2:], k, s, d, extra)
     g = int(attrs.get("group", 1))
     tail = [b] if b is not None else []
@@ -1585,14 +1644,18 @@ def _inline_graph(im: _Importer, graph: onnx.GraphProto, args: Sequence[Value], 
     for vi, v in zip(graph.input, args, strict=False):
         env[vi.name] = v
     for t in graph.initializer:
-        env[t.name] = Constant(prefix + t.name, numpy_helper.to_array(t))
+        env[t.name] = Constant(prefix + t.name, _tensor_array(t, "initializer"))
     im.env = env
     try:
         for n in graph.node:
-            im.node_name, im.op_type = prefix + (n.name or n.output[0]), n.op_type
+            im.node_name, im.op_type = (
+                prefix + (n.name or (n.output[0] if n.output else n.op_type)),
+                n.op_type,
+            )
             convert = _converter_for(n)
             if convert is None:
                 raise im.fail(f"operator {n.op_type} (in a subgraph) is not supported")
+            _check_node(n, im.opset, im.node_name)
             ins = [im.lookup(i, f"node {im.node_name!r}") if i else None for i in n.input]
             results = convert(im, ins, _attrs(n), [prefix + o if o else "" for o in n.output])
             for k, o in enumerate(n.output):
@@ -1671,7 +1734,7 @@ def _unrolled_loop(
     m = ins[0] if ins else None
     cond = ins[1] if len(ins) > 1 else None
     carried: list[Value] = [_a(ins, i) for i in range(2, len(ins))]
-    trip = int(im.const_input(m, "the trip count").reshape(-1)[0]) if m is not None else None
+    trip = int(im.const_scalar(m, "the trip count")) if m is not None else None
     going = bool(np.asarray(cond.data).reshape(-1)[0]) if isinstance(cond, Constant) else True
     tag = im.tmp(outs[0] or "loop")
     scans: list[list[Value]] = []
@@ -1851,7 +1914,9 @@ def _scan_unrolled(
     directions); only the first ``length`` steps when given, the scan outputs zero after them."""
     in_axes, in_dirs, out_axes, out_dirs = axes
     n_out = len(body.output) - len(states)
-    lengths = {x.type.shape[a % x.type.ndim] for x, a in zip(xs, in_axes, strict=True)}
+    if any(x.type.ndim == 0 for x in xs):
+        raise im.fail(f"scan inputs need an axis to scan along, got {[str(x.type) for x in xs]}")
+    lengths = {x.type.shape[normalize_axis(a, x.type.ndim, "Scan")] for x, a in zip(xs, in_axes, strict=True)}
     if len(lengths) != 1 or not isinstance(next(iter(lengths)), int):
         raise im.fail(
             f"scan inputs need one static length along their scan axes, got {sorted(map(str, lengths))}"
@@ -1927,7 +1992,7 @@ def _nms(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
         v = ins[i] if i < len(ins) else None
         if v is None:
             return default
-        return float(im.const_input(v, what).reshape(-1)[0])
+        return float(im.const_scalar(v, what))
 
     keep = scalar(2, "max_output_boxes_per_class", 0)
     iou = scalar(3, "iou_threshold", 0.0)
@@ -2055,7 +2120,7 @@ def _deform_conv(
 def _stft(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     """Frames (a gather with constant positions), times the window, then a DFT along the frame axis."""
     x = _a(ins, 0)
-    step = int(im.const_input(ins[1] if len(ins) > 1 else None, "frame_step").reshape(-1)[0])
+    step = int(im.const_scalar(ins[1] if len(ins) > 1 else None, "frame_step"))
     window = ins[2] if len(ins) > 2 else None
     given = _optional_const(im, ins, 3, "frame_length")
     n = x.type.shape[1] if x.type.ndim == 3 else None
@@ -2130,6 +2195,8 @@ def _global_lp_pool(
     """``(sum over the spatial axes of |x|^p)^(1/p)``, kept as size 1."""
     x = _a(ins, 0)
     p, dt = float(attrs.get("p", 2)), x.type.dtype
+    if p <= 0 or x.type.ndim < 3:
+        raise im.fail(f"needs p > 0 (got {p}) and an input with spatial axes (N, C, ...), got {x.type}")
     t = im.emit("abs", [x], [im.tmp(outs[0])])[0]
     t = im.emit("pow", [t, _scalar(im, p, dt)], [im.tmp(outs[0])])[0]
     s = im.emit("reduce_sum", [t], [im.tmp(outs[0])], axes=tuple(range(2, x.type.ndim)), keepdims=1)[0]
@@ -2626,6 +2693,61 @@ def _expand_functions(m: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return m
 
 
+_ATTR_TYPE_NAMES = {
+    onnx.AttributeProto.FLOAT: "a float",
+    onnx.AttributeProto.INT: "an int",
+    onnx.AttributeProto.STRING: "a string",
+    onnx.AttributeProto.TENSOR: "a tensor",
+    onnx.AttributeProto.GRAPH: "a graph",
+    onnx.AttributeProto.FLOATS: "a list of floats",
+    onnx.AttributeProto.INTS: "a list of ints",
+    onnx.AttributeProto.STRINGS: "a list of strings",
+}
+
+
+def _check_node(n: onnx.NodeProto, opset: int, name: str) -> None:
+    """A standard node checked against its operator's ONNX schema at the model's opset, before its
+    converter reads it: the number of inputs and outputs, required inputs given, required attributes there
+    and every known attribute of the schema's type. Raises :class:`ImportErrorInNode` naming the node."""
+    if n.domain not in ("", "ai.onnx"):
+        return
+    try:
+        schema = onnx.defs.get_schema(n.op_type, max(opset, 1), "")
+    except onnx.defs.SchemaError:
+        try:  # not defined yet at this opset (kiln imports it anyway): checked against its latest version
+            schema = onnx.defs.get_schema(n.op_type)
+        except onnx.defs.SchemaError:
+            return
+    where = f"node {name!r} ({n.op_type}, opset {opset})"
+    given = len(n.input)
+    while given and not n.input[given - 1]:  # trailing optional inputs left out
+        given -= 1
+    if not schema.min_input <= given <= schema.max_input:
+        most = "any number of" if schema.max_input > 1 << 20 else f"at most {schema.max_input}"
+        raise ImportErrorInNode(
+            f"{where}: takes {schema.min_input} to {most} inputs (ONNX's definition), got {given}"
+        )
+    single = onnx.defs.OpSchema.FormalParameterOption.Single
+    for i, formal in enumerate(schema.inputs):
+        if formal.option == single and (i >= len(n.input) or not n.input[i]):
+            raise ImportErrorInNode(f"{where}: input {i} ({formal.name}) is required and not given")
+    if len(n.output) > schema.max_output or not any(n.output):
+        raise ImportErrorInNode(
+            f"{where}: has {len(n.output)} outputs, ONNX's definition {schema.min_output} to {schema.max_output}"
+        )
+    attrs = {a.name: a for a in n.attribute}
+    for key, spec in schema.attributes.items():
+        a = attrs.get(key)
+        if a is None:
+            if spec.required:
+                raise ImportErrorInNode(f"{where}: the required attribute {key!r} is missing")
+            continue
+        want = int(spec.type)
+        if want in _ATTR_TYPE_NAMES and a.type != want:
+            got = _ATTR_TYPE_NAMES.get(a.type, f"type {a.type}")
+            raise ImportErrorInNode(f"{where}: attribute {key!r} must be {_ATTR_TYPE_NAMES[want]}, got {got}")
+
+
 def _copy_model(m: onnx.ModelProto) -> onnx.ModelProto:
     c = onnx.ModelProto()
     c.CopyFrom(m)
@@ -2645,12 +2767,30 @@ def _value_types(m: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     return out
 
 
+def _tensor_array(t: onnx.TensorProto, what: str) -> np.ndarray:
+    """The values of tensor ``t``; a tensor whose stored values do not fill its dims is a
+    :class:`ModelLoadError`."""
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError) as e:
+        dims = "x".join(map(str, t.dims)) or "scalar"
+        elem = (
+            onnx.TensorProto.DataType.Name(t.data_type)
+            if t.data_type in onnx.TensorProto.DataType.values()
+            else t.data_type
+        )
+        raise ModelLoadError(
+            f"{what} {t.name!r} ({dims}, {elem}) does not hold the values its dims and type need ({e}); "
+            "the model is corrupt or was edited without its data"
+        ) from None
+
+
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for a in node.attribute:
         v = onnx.helper.get_attribute_value(a)
         if isinstance(v, onnx.TensorProto):
-            v = numpy_helper.to_array(v)
+            v = _tensor_array(v, f"attribute {a.name!r} of node {node.name or node.op_type!r}: tensor")
         elif isinstance(v, bytes):
             v = v.decode()
         elif isinstance(v, list) and v and isinstance(v[0], bytes):
@@ -2765,8 +2905,15 @@ def _value_type(vi: onnx.ValueInfoProto, shapes: dict[str, tuple[int, ...]]) -> 
         raise ImportErrorInNode(f"input {vi.name!r} has unsupported element type {tt.elem_type}")
     if vi.name in shapes:
         return TensorType(tuple(int(d) for d in shapes[vi.name]), dtype)
+    if not tt.HasField("shape"):
+        raise ImportErrorInNode(
+            f"input {vi.name!r} has no shape (not even a rank): give it one with shapes={{{vi.name!r}: ...}} "
+            f"(kiln compile --shape {vi.name}=...)"
+        )
     dims: list[int | Sym] = []
     for i, d in enumerate(tt.shape.dim):
+        if d.HasField("dim_value") and d.dim_value < 0:
+            raise ImportErrorInNode(f"input {vi.name!r} has a negative dimension {d.dim_value} (axis {i})")
         if d.HasField("dim_value"):
             dims.append(int(d.dim_value))
         else:
@@ -2837,7 +2984,7 @@ def from_onnx(
         if _converter_for(n) is None:
             unsupported.setdefault(
                 n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}", []
-            ).append(n.name or n.output[0])
+            ).append(n.name or (n.output[0] if n.output else n.op_type))
     if unsupported:
         parts = [
             f"{op} (nodes: {', '.join(names)})"
@@ -2849,7 +2996,7 @@ def from_onnx(
     im = _Importer(g, opset)
     inits = {t.name for t in g.initializer}
     for t in g.initializer:
-        arr = external[t.name] if t.name in external else numpy_helper.to_array(t)
+        arr = external[t.name] if t.name in external else _tensor_array(t, "initializer")
         dtype_of(arr)  # rejects unsupported element types with a clear message
         im.env[t.name] = Constant(t.name, arr)
     params: list[Var] = []
@@ -2865,8 +3012,10 @@ def from_onnx(
             f"shapes given for unknown inputs {unknown}; the model's inputs are {[p.name for p in params]}"
         )
     for n in g.node:
-        im.node_name = n.name or n.output[0]
+        im.node_name = n.name or (n.output[0] if n.output else n.op_type)
         im.op_type = n.op_type
+        if f"{n.domain}:{n.op_type}" not in custom:
+            _check_node(n, opset, im.node_name)
         ins: list[Value | None] = [im.lookup(i, f"node {im.node_name!r}") if i else None for i in n.input]
         try:
             if f"{n.domain}:{n.op_type}" in custom:

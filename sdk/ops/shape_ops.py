@@ -294,6 +294,8 @@ class Pad(OpDef):
                 if isinstance(size, int) and max(p[d], p[d + nd]) >= size:
                     raise self.error(f"reflect pads {p} must be smaller than the dimensions of {x}")
         shape = tuple(d + p[i] + p[i + nd] if isinstance(d, int) else d for i, d in enumerate(x.shape))
+        if any(isinstance(d, int) and d < 0 for d in shape):
+            raise self.error(f"pads {p} remove more than the dimensions of {x}")
         return [TensorType(shape, x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
