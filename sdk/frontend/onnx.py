@@ -2693,7 +2693,7 @@ def _expand_functions(m: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return m
 
 
-_ATTR_TYPE_NAMES = {
+_ATTR_TYPE_NAMES: dict[int, str] = {
     onnx.AttributeProto.FLOAT: "a float",
     onnx.AttributeProto.INT: "an int",
     onnx.AttributeProto.STRING: "a string",
@@ -2742,7 +2742,7 @@ def _check_node(n: onnx.NodeProto, opset: int, name: str) -> None:
             if spec.required:
                 raise ImportErrorInNode(f"{where}: the required attribute {key!r} is missing")
             continue
-        want = int(spec.type.value)
+        want = int(spec.type.value)  # type: ignore[attr-defined]
         if want in _ATTR_TYPE_NAMES and a.type != want:
             got = _ATTR_TYPE_NAMES.get(a.type, f"type {a.type}")
             raise ImportErrorInNode(f"{where}: attribute {key!r} must be {_ATTR_TYPE_NAMES[want]}, got {got}")
