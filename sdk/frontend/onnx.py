@@ -89,8 +89,10 @@ class _Importer:
             except OpError:
                 raise
             except Exception:
-                # the reference assumes what infer checks: its error says what is wrong, where it has one
-                opdef.infer([v.type for v in inputs], attrs)
+                try:  # the reference assumes what infer checks: its error says what is wrong, where it has one
+                    opdef.infer([v.type for v in inputs], attrs)
+                except OpError as clear:
+                    raise clear from None
                 raise
             return [Constant(n, np.asarray(v)) for n, v in zip(out_names, values, strict=True)]
         return self.add_node(op, inputs, out_names, attrs)
@@ -113,6 +115,13 @@ class _Importer:
         if not isinstance(v, Constant):
             raise self.fail(f"{what} must be a constant (it is computed at run time from {v.name!r})")
         return v.data
+
+    def const_ints(self, v: Value | None, what: str) -> list[int]:
+        """The values of constant integer input ``v`` (shapes, axes, starts...) as Python ints."""
+        data = self.const_input(v, what)
+        if data.dtype.kind not in "iu":
+            raise self.fail(f"{what} must be integers (int64), got {data.dtype}")
+        return [int(d) for d in data.reshape(-1)]
 
     def const_scalar(self, v: Value | None, what: str) -> Any:
         """The one value of constant input ``v`` (a scalar or a one-element tensor)."""
@@ -404,6 +413,8 @@ def _matmul_integer(
     ``- za * colsum(B)``, elementwise on the result (fused into the kernel's epilogue). A B computed at run
     time with a zero point is widened to int16 first (and A with it)."""
     a, b = _a(ins, 0), _a(ins, 1)
+    if a.type.ndim < 1 or b.type.ndim < 1:
+        raise im.fail(f"MatMulInteger multiplies matrices or vectors, got {a.type} and {b.type}")
     za, zb = (ins[i] if len(ins) > i and _live(ins[i]) else None for i in (2, 3))
     if zb is not None:
         b = _narrow_operand(im, b, zb, -1, outs[0])
@@ -525,7 +536,7 @@ def _resolve_shape(im: _Importer, x: Value, shape: Sequence[int], allowzero: boo
 @converter("Reshape")
 def _reshape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    shape = [int(d) for d in im.const_input(ins[1], "the target shape").reshape(-1)]
+    shape = im.const_ints(ins[1], "the target shape")
     return im.emit("reshape", [x], outs, shape=_resolve_shape(im, x, shape, bool(attrs.get("allowzero", 0))))
 
 
@@ -556,7 +567,7 @@ def _axes_attr_or_input(
     if "axes" in attrs:
         return [int(a) for a in attrs["axes"]]
     if len(ins) > i and ins[i] is not None:
-        return [int(a) for a in im.const_input(ins[i], "axes").reshape(-1)]
+        return im.const_ints(ins[i], "axes")
     return None
 
 
@@ -602,14 +613,10 @@ def _slice(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
         starts, ends = list(attrs["starts"]), list(attrs["ends"])
         axes, steps = attrs.get("axes"), None
     else:
-        starts = [int(v) for v in im.const_input(ins[1], "starts").reshape(-1)]
-        ends = [int(v) for v in im.const_input(ins[2], "ends").reshape(-1)]
-        axes = (
-            [int(v) for v in im.const_input(ins[3], "axes").reshape(-1)] if len(ins) > 3 and ins[3] else None
-        )
-        steps = (
-            [int(v) for v in im.const_input(ins[4], "steps").reshape(-1)] if len(ins) > 4 and ins[4] else None
-        )
+        starts = im.const_ints(ins[1], "starts")
+        ends = im.const_ints(ins[2], "ends")
+        axes = im.const_ints(ins[3], "axes") if len(ins) > 3 and ins[3] else None
+        steps = im.const_ints(ins[4], "steps") if len(ins) > 4 and ins[4] else None
     big = 2**62
     ends = [min(max(e, -big), big) for e in ends]
     return im.emit(
@@ -626,14 +633,16 @@ def _slice(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
 @converter("Split")
 def _split(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    axis = int(attrs.get("axis", 0))
+    axis = normalize_axis(int(attrs.get("axis", 0)), x.type.ndim, "Split")
     dim = x.type.shape[axis]
     if "split" in attrs:
         sizes = [int(s) for s in attrs["split"]]
     elif len(ins) > 1 and ins[1] is not None:
-        sizes = [int(s) for s in im.const_input(ins[1], "split sizes").reshape(-1)]
+        sizes = im.const_ints(ins[1], "split sizes")
     else:
         n = int(attrs.get("num_outputs", len(outs)))
+        if n < 1:
+            raise im.fail(f"num_outputs must be at least 1, got {n}")
         if not isinstance(dim, int):
             raise im.fail(f"splitting symbolic dimension {dim} of {x.type} into equal parts needs its size")
         chunk = -(-dim // n)
@@ -654,12 +663,10 @@ def _pad(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
     if im.opset < 11:
         pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
     else:
-        pads = [int(p) for p in im.const_input(ins[1], "pads").reshape(-1)]
+        pads = im.const_ints(ins[1], "pads")
         value = float(im.const_scalar(ins[2], "constant value")) if len(ins) > 2 and ins[2] else 0.0
         if len(ins) > 3 and ins[3] is not None:
-            axes = [
-                normalize_axis(int(a), x.type.ndim, "Pad") for a in im.const_input(ins[3], "axes").reshape(-1)
-            ]
+            axes = [normalize_axis(int(a), x.type.ndim, "Pad") for a in im.const_ints(ins[3], "axes")]
             if len(pads) != 2 * len(axes):
                 raise im.fail(f"pads {list(pads)} need two values per axis of {axes}")
             full = [0] * (2 * x.type.ndim)
@@ -671,13 +678,13 @@ def _pad(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
 
 @converter("Expand")
 def _expand(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    shape = tuple(int(d) for d in im.const_input(ins[1], "the target shape").reshape(-1))
+    shape = tuple(im.const_ints(ins[1], "the target shape"))
     return im.emit("expand", [_a(ins, 0)], outs, shape=shape)
 
 
 @converter("Tile")
 def _tile(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    repeats = tuple(int(r) for r in im.const_input(ins[1], "repeats").reshape(-1))
+    repeats = tuple(im.const_ints(ins[1], "repeats"))
     return im.emit("tile", [_a(ins, 0)], outs, repeats=repeats)
 
 
@@ -713,6 +720,8 @@ def _resize_hw(
     if given_s.get(0, 1.0) != 1.0 or given_s.get(1, 1.0) != 1.0:
         raise im.fail(f"only the spatial axes (H, W) of an NCHW tensor can be resized, got scales {scales}")
     sh, sw = given_s.get(2, 1.0), given_s.get(3, 1.0)
+    if not all(np.isfinite(v) and v > 0 for v in (sh, sw)):
+        raise im.fail(f"scales {list(scales.reshape(-1))} must be positive and finite")
     return (sh, sw), (int(np.float32(sh) * np.float32(h)), int(np.float32(sw) * np.float32(w)))
 
 
@@ -851,6 +860,8 @@ _UNARY_MORE = {
 def _unary_more(
     im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
 ) -> list[Value]:
+    if im.op_type == "Celu" and float(attrs.get("alpha", 1.0)) == 0:
+        raise im.fail("Celu's alpha must not be 0 (it divides by it)")
     return im.emit(_UNARY_MORE[im.op_type], [_a(ins, 0)], outs, **attrs)
 
 
@@ -1429,11 +1440,27 @@ class _Recurrent:
         self.clip = float(attrs["clip"]) if "clip" in attrs else None
         if int(attrs.get("input_forget", 0)):
             raise im.fail("LSTM with input_forget=1 is not supported")
-        if not self.x.type.is_static:
-            raise im.fail(f"needs a static input shape (the sequence is unrolled), got {self.x.type}")
+        if not self.x.type.is_static or self.x.type.ndim != 3:
+            raise im.fail(f"needs a static 3-D input (the sequence is unrolled), got {self.x.type}")
         if self.layout:
             self.x = self.emit("transpose", [self.x], perm=(1, 0, 2))
-        self.seq, self.batch, _ = self.x.type.static_shape
+        self.seq, self.batch, size = self.x.type.static_shape
+        gh, h, d = self.g * self.hidden, self.hidden, self.dirs
+        state = (self.batch, d, h) if self.layout else (d, self.batch, h)
+        expected = [
+            (self.w, (d, gh, size), "W"),
+            (self.r, (d, gh, h), "R"),
+            (self.b, (d, 2 * gh), "B"),
+            (self.lens, (self.batch,), "sequence_lens"),
+            (self.h0, state, "initial_h"),
+            (self.c0, state, "initial_c"),
+            (self.peep, (d, 3 * h), "P"),
+        ]
+        for v, shape, what in expected:
+            if v is not None and tuple(v.type.shape) != shape:
+                raise im.fail(
+                    f"{what} must have shape {shape} (hidden_size {h}, {d} direction(s)), got {v.type}"
+                )
         acts = [str(a) for a in attrs.get("activations", self.DEFAULT_ACTS[self.kind] * self.dirs)]
         alphas = list(attrs.get("activation_alpha", []))
         betas = list(attrs.get("activation_beta", []))
@@ -1735,7 +1762,7 @@ def _unrolled_loop(
     cond = ins[1] if len(ins) > 1 else None
     carried: list[Value] = [_a(ins, i) for i in range(2, len(ins))]
     trip = int(im.const_scalar(m, "the trip count")) if m is not None else None
-    going = bool(np.asarray(cond.data).reshape(-1)[0]) if isinstance(cond, Constant) else True
+    going = bool(im.const_scalar(cond, "the condition")) if isinstance(cond, Constant) else True
     tag = im.tmp(outs[0] or "loop")
     scans: list[list[Value]] = []
     i = 0
@@ -1876,7 +1903,7 @@ def _scan(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
             f"Scan (opset 8) needs one static batch size (axis 0 of every input), got {sorted(map(str, batch))}"
         )
     nb = int(next(iter(batch)))  # type: ignore[arg-type]
-    lengths = None if lens is None else [int(n) for n in im.const_input(lens, "sequence_lens").reshape(-1)]
+    lengths = None if lens is None else im.const_ints(lens, "sequence_lens")
     dirs = [int(a) for a in attrs.get("directions", [0] * n_in)]
     axes = ([0] * n_in, dirs, [0] * n_out, [0] * n_out)
     per_batch: list[list[Value]] = []
@@ -2071,8 +2098,8 @@ def _dft(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
 
 @converter("Col2Im")
 def _col2im(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    image = [int(d) for d in im.const_input(ins[1] if len(ins) > 1 else None, "image_shape")]
-    block = [int(d) for d in im.const_input(ins[2] if len(ins) > 2 else None, "block_shape")]
+    image = im.const_ints(ins[1] if len(ins) > 1 else None, "image_shape")
+    block = im.const_ints(ins[2] if len(ins) > 2 else None, "block_shape")
     keep = {k: [int(a) for a in attrs[k]] for k in ("dilations", "pads", "strides") if k in attrs}
     return im.emit("col2im", [_a(ins, 0)], outs, image_shape=image, block_shape=block, **keep)
 
@@ -2099,6 +2126,7 @@ def _deform_conv(
         raise im.fail(f"DeformConv on {x.type.ndim - 2}-D images is not supported (kiln has the 2-D form)")
     if not (w.type.is_static and offset.type.is_static):
         raise im.fail(f"DeformConv needs static weight and offset shapes, got {w.type} and {offset.type}")
+    _window(im, attrs, x, w.type.static_shape[2:])
     oc, off = w.type.static_shape[0], offset.type.static_shape
     bias = ins[3] if len(ins) > 3 and ins[3] is not None else None
     mask = ins[4] if len(ins) > 4 and ins[4] is not None else None
@@ -2128,7 +2156,7 @@ def _stft(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
         raise im.fail(f"STFT expects a signal [batch, length, 1 or 2] of static length, got {x.type}")
     if given is not None:
         length = int(given.reshape(-1)[0])
-    elif window is not None and isinstance(window.type.shape[0], int):
+    elif window is not None and window.type.ndim == 1 and isinstance(window.type.shape[0], int):
         length = int(window.type.shape[0])
     else:
         length = n
@@ -2210,6 +2238,8 @@ _Q_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16
 def _along(im: _Importer, v: Value, axis: int, nd: int, out: str) -> Value:
     """A per-axis (1-D) parameter reshaped to broadcast along ``axis`` of a rank-``nd`` tensor; scalars and
     one-element tensors as they are."""
+    if nd == 0 and v.type.numel != 1:
+        raise im.fail(f"a parameter per axis ({v.type}) given for a scalar")
     if v.type.ndim == 0 or (v.type.ndim == 1 and v.type.shape[0] == 1 and nd != 1):
         return v if v.type.ndim == 0 else im.emit("reshape", [v], [im.tmp(out)], shape=())[0]
     if v.type.ndim == nd:  # already full rank (an unblocked blocked parameter)

@@ -158,9 +158,12 @@ def positive_int(attrs: dict[str, Any], key: str, default: int, op: str) -> int:
 
 
 def normalize_axis(axis: int, ndim: int, op: str = "") -> int:
-    if not -ndim <= axis < max(ndim, 1):
-        raise OpError(f"{op}: axis {axis} out of range for rank {ndim}")
-    return axis % ndim if ndim else 0
+    if not -ndim <= axis < ndim:
+        raise OpError(
+            f"{op}: axis {axis} out of range for rank {ndim}"
+            + (" (a scalar has no axes)" if not ndim else "")
+        )
+    return axis % ndim
 
 
 def _plain_number(b: T.ExprLike) -> bool:

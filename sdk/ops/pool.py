@@ -283,6 +283,8 @@ class GlobalAvgPool2D(OpDef):
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
+        if x.ndim < 3 or any(d == 0 for d in x.shape[2:]):
+            raise self.error(f"expects an input with non-empty spatial axes (N, C, ...), got {x}")
         return [TensorType((*x.shape[:2], *([1] * (x.ndim - 2))), x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:

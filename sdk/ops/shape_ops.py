@@ -134,6 +134,8 @@ def _slice_params(shape: Sequence[Dim], attrs: dict[str, Any]) -> list[tuple[int
     """(start, step, count) per dimension, with ONNX clamping rules (negative steps included). Dimensions
     that are not sliced may be symbolic."""
     nd = len(shape)
+    if not nd:
+        raise OpError("slice: cannot slice a scalar")
     starts, ends = list(attrs["starts"]), list(attrs["ends"])
     axes = list(attrs.get("axes") or range(len(starts)))
     steps = list(attrs.get("steps") or [1] * len(starts))
@@ -242,6 +244,8 @@ class Gather(OpDef):
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, ind = inputs
+        if not x.ndim:
+            raise self.error(f"cannot gather from a scalar ({x})")
         axis = normalize_axis(int(attrs.get("axis", 0)), x.ndim, self.name)
         return [TensorType((*x.shape[:axis], *ind.shape, *x.shape[axis + 1 :]), x.dtype)]
 
@@ -352,6 +356,8 @@ class Expand(OpDef):
     flops_per_element = 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        if any(int(d) < 0 for d in attrs["shape"]):
+            raise self.error(f"shape {list(attrs['shape'])} has a negative dimension")
         return [TensorType(broadcast_shapes(inputs[0].shape, tuple(attrs["shape"])), inputs[0].dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:

@@ -9,7 +9,7 @@ is not a Python or NumPy error in disguise (an ``IndexError``/``KeyError``/``Typ
 ``ValueError`` caught and re-raised with the node's name). Anything else is a crash.
 
 Deterministic (``derandomize=True``, no example database) and bounded (``KILN_FUZZ_EXAMPLES`` examples,
-default 400, about 30 s); raise ``KILN_FUZZ_EXAMPLES`` to search longer."""
+default 1000, about 20 s); raise ``KILN_FUZZ_EXAMPLES`` to search longer."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from kiln.targets import get_target
 from kiln.transform import Pipeline, default_pipeline
 
 TARGET = "x86_64-linux"
-EXAMPLES = int(os.environ.get("KILN_FUZZ_EXAMPLES", "400"))
+EXAMPLES = int(os.environ.get("KILN_FUZZ_EXAMPLES", "1000"))
 KILN_ERRORS = (ModelLoadError, UnsupportedOperatorError, ImportErrorInNode, OpError)
 
 
@@ -295,8 +295,10 @@ def _mutate(draw: st.DrawFn, m: onnx.ModelProto) -> str:
 
 
 @st.composite
-def _mutated(draw: st.DrawFn) -> tuple[onnx.ModelProto, list[str]]:
-    name, seed = draw(st.sampled_from(SEEDS))
+def _mutated(
+    draw: st.DrawFn, seeds: list[tuple[str, onnx.ModelProto]] = SEEDS
+) -> tuple[onnx.ModelProto, list[str]]:
+    name, seed = draw(st.sampled_from(seeds))
     m = onnx.ModelProto()
     m.CopyFrom(seed)
     done = [name] + [draw(_mutate(m)) for _ in range(draw(st.integers(1, 3)))]
@@ -351,6 +353,23 @@ def test_mutated_models_compile_or_fail_clearly(case: tuple[onnx.ModelProto, lis
         if why is not None:
             tb = "".join(traceback.format_exception(e))
             pytest.fail(f"{' / '.join(what)}: {why}\n{tb}")
+
+
+@settings(
+    max_examples=6, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+)
+@given(_mutated(SEEDS[:2]))
+def test_a_few_mutated_models_compile_to_code(case: tuple[onnx.ModelProto, list[str]]) -> None:
+    """Mutations of the multi-node seeds compiled all the way to a package (too slow to fuzz at length)."""
+    import kiln
+
+    m, what = case
+    try:
+        kiln.compile(m, TARGET)
+    except Exception as e:  # noqa: BLE001 - every exception is judged
+        why = _crash(e)
+        if why is not None:
+            pytest.fail(f"{' / '.join(what)}: {why}\n{''.join(traceback.format_exception(e))}")
 
 
 def test_seed_models_import_and_legalize() -> None:
