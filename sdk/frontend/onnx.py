@@ -88,12 +88,15 @@ class _Importer:
                 values = opdef.reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
             except OpError:
                 raise
-            except Exception:
+            except Exception as e:
+                types = [str(v.type) for v in inputs]
                 try:  # the reference assumes what infer checks: its error says what is wrong, where it has one
                     opdef.infer([v.type for v in inputs], attrs)
                 except OpError as clear:
                     raise clear from None
-                raise
+                except Exception:  # noqa: BLE001, S110 - infer fails on these too: the message below says it
+                    pass
+                raise OpError(f"{op}: cannot compute it on the constant inputs {types} ({e})") from None
             return [Constant(n, np.asarray(v)) for n, v in zip(out_names, values, strict=True)]
         return self.add_node(op, inputs, out_names, attrs)
 
@@ -603,7 +606,7 @@ def _transpose(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], ou
 @converter("Concat")
 def _concat(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     vals = [v for v in ins if v is not None and (not v.type.is_static or v.type.numel > 0 or v.type.ndim > 1)]
-    return im.emit("concat", vals, outs, axis=int(attrs["axis"]))
+    return im.emit("concat", vals, outs, axis=int(attrs["axis"] if im.opset >= 4 else attrs.get("axis", 1)))
 
 
 @converter("Slice")
@@ -703,6 +706,8 @@ def _resize_hw(
     h, w = int(shape[2]), int(shape[3])  # type: ignore[arg-type]
     full = list(range(4)) if axes is None else [a % 4 for a in axes]
     if sizes is not None and sizes.size:
+        if sizes.dtype.kind not in "iu" or sizes.min() < 1 or sizes.max() >= 2**31:
+            raise im.fail(f"sizes {list(sizes.reshape(-1))} must be positive int64 sizes")
         given = dict(zip(full, (int(s) for s in sizes.reshape(-1)), strict=True))
         if any(given.get(a, shape[a]) != shape[a] for a in (0, 1)):
             raise im.fail("only the spatial axes (H, W) of an NCHW tensor can be resized")
@@ -1897,13 +1902,15 @@ def _scan(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     vals = [_a(ins, i) for i in range(1, len(ins))]
     states, xs = vals[: len(vals) - n_in], vals[len(vals) - n_in :]
     n_out = len(body.output) - len(states)
-    batch = {v.type.shape[0] for v in vals}
+    batch = {v.type.shape[0] if v.type.ndim else None for v in vals}
     if len(batch) != 1 or not isinstance(next(iter(batch)), int):
         raise im.fail(
             f"Scan (opset 8) needs one static batch size (axis 0 of every input), got {sorted(map(str, batch))}"
         )
     nb = int(next(iter(batch)))  # type: ignore[arg-type]
     lengths = None if lens is None else im.const_ints(lens, "sequence_lens")
+    if lengths is not None and len(lengths) != nb:
+        raise im.fail(f"sequence_lens has {len(lengths)} values for a batch of {nb}")
     dirs = [int(a) for a in attrs.get("directions", [0] * n_in)]
     axes = ([0] * n_in, dirs, [0] * n_out, [0] * n_out)
     per_batch: list[list[Value]] = []
@@ -2077,7 +2084,7 @@ def _dft(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
     x = _a(ins, 0)
     if im.opset >= 20:
         given = _optional_const(im, ins, 2, "the axis")
-        axis = int(given.reshape(-1)[0]) if given is not None else -2
+        axis = int(im.const_scalar(ins[2], "the axis")) if given is not None else -2
     else:
         axis = int(attrs.get("axis", 1))
     nd = x.type.ndim
@@ -2126,6 +2133,8 @@ def _deform_conv(
         raise im.fail(f"DeformConv on {x.type.ndim - 2}-D images is not supported (kiln has the 2-D form)")
     if not (w.type.is_static and offset.type.is_static):
         raise im.fail(f"DeformConv needs static weight and offset shapes, got {w.type} and {offset.type}")
+    if w.type.ndim != 4 or offset.type.ndim != 4:
+        raise im.fail(f"DeformConv needs 4-D weights and offsets, got {w.type} and {offset.type}")
     _window(im, attrs, x, w.type.static_shape[2:])
     oc, off = w.type.static_shape[0], offset.type.static_shape
     bias = ins[3] if len(ins) > 3 and ins[3] is not None else None
@@ -2445,7 +2454,7 @@ def _qlinear_matmul(
     af = _dequantize(im, a, a_s, a_z, -2, [im.tmp(outs[0])])
     bf = _dequantize(im, b, b_s, b_z, -1, [im.tmp(outs[0])])
     y = im.emit("matmul", [af, bf], [im.tmp(outs[0])])[0]
-    return [_quantize(im, y, y_s, y_z, 0, y_z.type.dtype, outs)]
+    return [_quantize(im, y, y_s, y_z, 0, _zp_dtype(im, y_z, {}), outs)]
 
 
 @converter("QLinearConv")
@@ -2464,7 +2473,7 @@ def _qlinear_conv(
         bs = im.emit("mul", [x_s, w_s], [im.tmp(outs[0])])[0]
         args.append(_dequantize(im, bias, bs, None, 0, [im.tmp(outs[0])]))
     y = CONVERTERS["Conv"](im, args, _conv_attrs(attrs), [im.tmp(outs[0])])[0]
-    return [_quantize(im, y, y_s, y_z, 1, y_z.type.dtype, outs)]
+    return [_quantize(im, y, y_s, y_z, 1, _zp_dtype(im, y_z, {}), outs)]
 
 
 # ---- onnxruntime's com.microsoft quantized operators (quantize_static in QOperator format), each imported as
@@ -3005,6 +3014,10 @@ def from_onnx(
     custom = {k: load_custom_op(v) for k, v in (custom_ops or {}).items()}
     g = m.graph
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 1:
+        raise ModelLoadError(
+            f"the model imports version {opset} of the ONNX operator set; versions start at 1"
+        )
     m = _expand_functions(m, opset)
     g = m.graph
     unsupported: dict[str, list[str]] = {}
