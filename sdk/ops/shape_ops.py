@@ -12,7 +12,7 @@ from typing import Any, cast
 import numpy as np
 
 from ..ir import tensor as T
-from ..ir.types import Dim, Sym, TensorType, is_float
+from ..ir.types import Dim, Sym, TensorType, dtype_of, is_float
 from .base import (
     LowerContext,
     OpDef,
@@ -246,11 +246,14 @@ class Gather(OpDef):
         x, ind = inputs
         if not x.ndim:
             raise self.error(f"cannot gather from a scalar ({x})")
+        if ind.dtype not in ("int64", "int32", "int16", "int8", "uint8"):
+            raise self.error(f"indices must be integers, got {ind}")
         axis = normalize_axis(int(attrs.get("axis", 0)), x.ndim, self.name)
         return [TensorType((*x.shape[:axis], *ind.shape, *x.shape[axis + 1 :]), x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x, ind = inputs
+        self.infer([TensorType(x.shape, dtype_of(x)), TensorType(ind.shape, dtype_of(ind))], attrs)
         axis = int(attrs.get("axis", 0))
         dim = x.shape[axis]
         return [np.take(x, np.where(ind < 0, ind + dim, ind).astype(np.int64), axis=axis)]
