@@ -52,8 +52,9 @@ def load_model(
         return from_exported_program(model, shapes=dict(shapes) if shapes else None, name=name)  # type: ignore[arg-type]
     from .frontend.onnx import from_onnx
 
-    kw = {"custom_ops": dict(custom_ops)} if custom_ops else {}
-    return from_onnx(model, shapes=dict(shapes) if shapes else None, name=name, **kw)
+    return from_onnx(
+        model, shapes=dict(shapes) if shapes else None, name=name, custom_ops=dict(custom_ops or {}) or None
+    )
 
 
 def compile_module(

@@ -4,8 +4,9 @@ Formats (``FORMATS``):
 
 * ``qdq`` / ``qdq-per-channel``: ``quantize_static`` in QDQ format (QuantizeLinear/DequantizeLinear around
   float operators), weights per tensor or per output channel, calibrated on a few random inputs;
-* ``qoperator``: ``quantize_static`` in QOperator format, the operators that have standard ONNX quantized
-  forms (Conv -> QLinearConv, MatMul -> QLinearMatMul; onnxruntime's com.microsoft operators are not ONNX);
+* ``qoperator``: ``quantize_static`` in QOperator format with onnxruntime's default operator types: the
+  standard QLinearConv and QLinearMatMul, and onnxruntime's com.microsoft contrib operators (QGemm,
+  QLinearAdd, QLinearMul, QLinearGlobalAveragePool, QLinearSoftmax, ...);
 * ``dynamic``: ``quantize_dynamic`` (DynamicQuantizeLinear + MatMulInteger / ConvInteger).
 
 The oracle is onnxruntime at ``ORT_ENABLE_BASIC``: the quantized model as written. Its extended fusions
@@ -72,7 +73,6 @@ def quantize(src: Path, fmt: str, feeds: Feeds = inputs_for) -> Path:
             _calibration(src, feeds),
             quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
             per_channel=fmt == "qdq-per-channel",
-            op_types_to_quantize=["Conv", "MatMul"] if fmt == "qoperator" else None,
         )
     return out
 
@@ -160,7 +160,7 @@ def check_against_onnxruntime(path: Path, got: dict, feed: dict, level: str) -> 
 def quantized_products(path: Path) -> int:
     """How many convolutions and matrix products of the ONNX model are quantized: QDQ Conv/Gemm with
     weights dequantized from an initializer and MatMul on two dequantized operands, QLinearConv,
-    QLinearMatMul, ConvInteger/MatMulInteger with constant weights."""
+    QLinearMatMul, QGemm with constant weights, ConvInteger/MatMulInteger with constant weights."""
     g = onnx.load(str(path)).graph
     inits = {t.name for t in g.initializer}
     dq = {n.output[0]: n.input[0] for n in g.node if n.op_type == "DequantizeLinear"}
@@ -171,6 +171,8 @@ def quantized_products(path: Path) -> int:
         elif n.op_type == "MatMul" and n.input[0] in dq and n.input[1] in dq:
             count += 1
         elif n.op_type in ("QLinearConv", "QLinearMatMul"):
+            count += 1
+        elif n.op_type == "QGemm" and n.input[3] in inits:
             count += 1
         elif n.op_type in ("ConvInteger", "MatMulInteger") and n.input[1] in inits:
             count += 1

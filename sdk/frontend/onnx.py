@@ -6,11 +6,16 @@ maps to kiln operators through one converter in :data:`CONVERTERS`; data-depende
 pads, starts...) must be constants and become attributes. Nodes whose inputs are all constants are folded
 right away with the operators' NumPy references, so shape arithmetic (Shape -> Gather -> Concat -> Reshape),
 ConstantOfShape and Range disappear at import. Identity and inference-mode Dropout disappear too.
+Weights stored as external data (beside the model file) are memory-mapped (:func:`_external_tensors`).
 
-Errors: :class:`ModelLoadError` for a file that is not an ONNX model; :class:`UnsupportedOperatorError` listing
-every unsupported operator type with all its node names; :class:`ImportErrorInNode` (naming the node) for a
-supported operator used in a way kiln cannot import, e.g. a shape computed at run time, or an optional output
-kiln does not produce (reported only if something uses it).
+Errors: :class:`ModelLoadError` for a file that is not an ONNX model or whose external data is missing;
+:class:`UnsupportedOperatorError` listing every unsupported operator type with all its node names;
+:class:`ImportErrorInNode` (naming the node) for a supported operator used in a way kiln cannot import, e.g. a
+shape computed at run time, or an optional output kiln does not produce (reported only if something uses it).
+
+onnxruntime's quantized contrib operators (domain ``com.microsoft``, written by ``quantize_static`` in
+QOperator format: QLinearAdd, QGemm, ...) are imported too (:data:`MS_CONVERTERS`), as dequantize -> float
+operator -> quantize.
 """
 
 from __future__ import annotations
@@ -20,19 +25,20 @@ import importlib
 import importlib.util
 import itertools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 import onnx.inliner
 from onnx import numpy_helper
 
 from ..ir import Constant, GraphFunction, Module, Node, Sym, TensorType, Value, Var
 from ..ir.types import Dim, dtype_of, np_dtype
 from ..ops import OpDef, get_op
-from ..ops.base import limit_value
+from ..ops.base import OpError, limit_value, normalize_axis
 from ..ops.selection import trim as trim_bounded
 
 
@@ -80,17 +86,27 @@ class _Importer:
     def emit(self, op: str, inputs: Sequence[Value], out_names: Sequence[str], **attrs: Any) -> list[Value]:
         """Apply kiln operator ``op``; folded right away (with its reference) when every input is constant."""
         if inputs and all(isinstance(v, Constant) for v in inputs) and not _has_sym(attrs):
+            opdef = get_op(op)
             try:
-                values = get_op(op).reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
-            except (TypeError, ValueError) as e:
+                values = opdef.reference([v.data for v in inputs], attrs)  # type: ignore[union-attr]
+            except OpError:
+                raise
+            except Exception as e:
                 data = [np.asarray(v.data).reshape(-1) for v in inputs if isinstance(v, Constant)]
                 syms = sorted({str(d) for arr in data for d in arr if isinstance(d, Sym)})
-                if not syms:
-                    raise
-                raise self.fail(
-                    f"{op} needs its inputs' values at import, but they depend on the run-time dimensions "
-                    f"{', '.join(syms)}: give them sizes (shapes=)"
-                ) from e
+                if syms:
+                    raise self.fail(
+                        f"{op} needs its inputs' values at import, but they depend on the run-time dimensions "
+                        f"{', '.join(syms)}: give them sizes (shapes=)"
+                    ) from e
+                types = [str(v.type) for v in inputs]
+                try:  # the reference assumes what infer checks: its error says what is wrong, where it has one
+                    opdef.infer([v.type for v in inputs], attrs)
+                except OpError as clear:
+                    raise clear from None
+                except Exception:  # noqa: BLE001, S110 - infer fails on these too: the message below says it
+                    pass
+                raise OpError(f"{op}: cannot compute it on the constant inputs {types} ({e})") from None
             return [Constant(n, np.asarray(v)) for n, v in zip(out_names, values, strict=True)]
         return self.add_node(op, inputs, out_names, attrs)
 
@@ -128,6 +144,35 @@ class _Importer:
         if not isinstance(v, Constant):
             raise self.fail(f"{what} must be a constant (it is computed at run time from {v.name!r})")
         return v.data
+
+    def const_ints(self, v: Value | None, what: str) -> list[int]:
+        """The values of constant integer input ``v`` (shapes, axes, starts...) as Python ints."""
+        data = self.const_input(v, what)
+        if data.dtype == object:
+            syms = sorted({str(d) for d in data.reshape(-1) if isinstance(d, Sym)})
+            if syms:
+                raise self.fail(
+                    f"{what} depends on the run-time dimensions {', '.join(syms)}: give them sizes"
+                )
+            data = data.astype(np.int64)
+        if data.dtype.kind not in "iu":
+            raise self.fail(f"{what} must be integers (int64), got {data.dtype}")
+        return [int(d) for d in data.reshape(-1)]
+
+    def const_dims(self, v: Value | None, what: str) -> list[Dim]:
+        """A shape-like constant input (a target shape, slice bounds): ints, and :class:`Sym` where it was
+        computed from run-time dimensions."""
+        data = self.const_input(v, what)
+        if data.dtype != object and data.dtype.kind not in "iu":
+            raise self.fail(f"{what} must be integers (int64), got {data.dtype}")
+        return list(_dims(data))
+
+    def const_scalar(self, v: Value | None, what: str) -> Any:
+        """The one value of constant input ``v`` (a scalar or a one-element tensor)."""
+        data = self.const_input(v, what)
+        if data.size != 1:
+            raise self.fail(f"{what} must hold one value, it has shape {list(data.shape)}")
+        return data.reshape(-1)[0]
 
     def lookup(self, name: str, where: str) -> Value:
         if name in self.env:
@@ -266,9 +311,9 @@ def _clip(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     lo = attrs.get("min", -np.inf)
     hi = attrs.get("max", np.inf)
     if len(ins) > 1 and ins[1] is not None:
-        lo = im.const_input(ins[1], "min").reshape(-1)[0]
+        lo = im.const_scalar(ins[1], "min")
     if len(ins) > 2 and ins[2] is not None:
-        hi = im.const_input(ins[2], "max").reshape(-1)[0]
+        hi = im.const_scalar(ins[2], "max")
     x = _a(ins, 0)
     if not x.type.dtype.startswith("float"):  # integer bounds: the type's limits stand for +-inf
         lo, hi = limit_value(float(lo), x.type.dtype), limit_value(float(hi), x.type.dtype)
@@ -311,6 +356,31 @@ def _conv_pads(
     return tuple(pads_b + pads_e)
 
 
+def _ints_attr(im: _Importer, attrs: dict[str, Any], key: str, n: int, default: int, lo: int) -> list[int]:
+    """List attribute ``key`` (``n`` times ``default`` when absent), checked: ``n`` values, each >= ``lo``."""
+    v = [int(x) for x in attrs.get(key, [default] * n)]
+    if len(v) != n:
+        raise im.fail(f"attribute {key!r} = {v} needs {n} values here, it has {len(v)}")
+    if any(x < lo for x in v):
+        raise im.fail(f"attribute {key!r} = {v}: every value must be at least {lo}")
+    return v
+
+
+def _window(im: _Importer, attrs: dict[str, Any], x: Value, k: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """A convolution's or pooling's strides and dilations, after checking the input's rank (N, C and one
+    axis per kernel axis), the kernel and the list attributes' lengths."""
+    nd = len(k)
+    if x.type.ndim != nd + 2:
+        raise im.fail(f"a {nd}-D kernel needs a {nd + 2}-D input (N, C and {nd} spatial axes), got {x.type}")
+    if any(not isinstance(v, int) or v < 1 for v in k):
+        raise im.fail(f"the kernel shape {list(k)} must be static and positive")
+    if int(attrs.get("group", 1)) < 1:
+        raise im.fail(f"group must be at least 1, got {attrs['group']}")
+    if str(attrs.get("auto_pad", "NOTSET")) in ("NOTSET", ""):
+        _ints_attr(im, attrs, "pads", 2 * nd, 0, 0)
+    return _ints_attr(im, attrs, "strides", nd, 1, 1), _ints_attr(im, attrs, "dilations", nd, 1, 1)
+
+
 def _to_2d(p: Sequence[int]) -> tuple[int, int, int, int]:
     return (p[0], p[1], p[2], p[3])
 
@@ -321,8 +391,9 @@ def _conv(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     b = ins[2] if len(ins) > 2 else None
     k = list(attrs.get("kernel_shape", w.type.shape[2:]))
     nd = len(k)
-    s = list(attrs.get("strides", [1] * nd))
-    d = list(attrs.get("dilations", [1] * nd))
+    if nd not in (1, 2):
+        raise im.fail(f"{nd}-D convolution is not supported (1-D and 2-D are)")
+    s, d = _window(im, attrs, x, k)
     pads = _conv_pads(im, attrs, x.type.shape[2:], k, s, d)
     args = [x, w] + ([b] if b is not None else [])
     pad = {"pad_value": attrs["pad_value"]} if "pad_value" in attrs else {}  # from ConvInteger (kiln's)
@@ -400,6 +471,8 @@ def _matmul_integer(
     ``- za * colsum(B)``, elementwise on the result (fused into the kernel's epilogue). A B computed at run
     time with a zero point is widened to int16 first (and A with it)."""
     a, b = _a(ins, 0), _a(ins, 1)
+    if a.type.ndim < 1 or b.type.ndim < 1:
+        raise im.fail(f"MatMulInteger multiplies matrices or vectors, got {a.type} and {b.type}")
     za, zb = (ins[i] if len(ins) > i and _live(ins[i]) else None for i in (2, 3))
     if zb is not None:
         b = _narrow_operand(im, b, zb, -1, outs[0])
@@ -425,8 +498,7 @@ def _pool(
     k = list(attrs["kernel_shape"])
     if len(k) != 2:
         raise im.fail(f"{len(k)}-D pooling is not supported (2-D is)")
-    s = list(attrs.get("strides", [1, 1]))
-    d = list(attrs.get("dilations", [1, 1]))
+    s, d = _window(im, attrs, x, k)
     pads = _conv_pads(im, attrs, x.type.shape[2:], k, s, d)
     extra = {"count_include_pad": int(attrs.get("count_include_pad", 0))} if op == "avg_pool2d" else {}
     return im.emit(
@@ -497,22 +569,32 @@ def _resolve_shape(im: _Importer, x: Value, shape: Sequence[Dim], allowzero: boo
     """ONNX Reshape's target shape with 0 (copy the input dimension) and -1 (the rest) resolved; symbolic
     dimensions are expressions (:class:`Sym`), so -1 is the input's size divided by the other sizes."""
     src = x.type.shape
+    if not allowzero and any(isinstance(d, int) and d == 0 for d in shape[len(src) :]):
+        raise im.fail(
+            f"shape {list(shape)} has a 0 (copy the input's dimension) at a position {x.type} does not have"
+        )
+    if sum(1 for d in shape if isinstance(d, int) and d == -1) > 1 or any(
+        isinstance(d, int) and d < -1 for d in shape
+    ):
+        raise im.fail(f"shape {list(shape)}: at most one -1, and no other negative size")
     out: list[Dim] = [
         src[i] if (isinstance(d, int) and d == 0 and not allowzero) else d for i, d in enumerate(shape)
     ]
+    total: Dim = 1
+    for d in src:
+        total = total * d
     if any(isinstance(d, int) and d == -1 for d in out):
         i = next(i for i, d in enumerate(out) if isinstance(d, int) and d == -1)
-        total: Dim = 1
-        for d in src:
-            total = total * d
         known: Dim = 1
         for j, d in enumerate(out):
             if j != i:
                 known = known * d
         try:
-            rest = total // known
+            rest = total // known if known != 0 else 0
         except TypeError:
-            raise im.fail(f"cannot reshape {x.type} to {tuple(shape)}: the sizes do not divide") from None
+            rest = None
+        if rest is None or rest * known != total:
+            raise im.fail(f"cannot reshape {x.type} to {tuple(shape)}: the sizes do not divide")
         out[i] = rest
     return tuple(int(d) if isinstance(d, np.integer) else d for d in out)
 
@@ -520,7 +602,7 @@ def _resolve_shape(im: _Importer, x: Value, shape: Sequence[Dim], allowzero: boo
 @converter("Reshape")
 def _reshape(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    shape = list(_dims(im.const_input(ins[1], "the target shape")))
+    shape = im.const_dims(ins[1], "the target shape")
     return im.emit("reshape", [x], outs, shape=_resolve_shape(im, x, shape, bool(attrs.get("allowzero", 0))))
 
 
@@ -549,7 +631,7 @@ def _axes_attr_or_input(
     if "axes" in attrs:
         return [int(a) for a in attrs["axes"]]
     if len(ins) > i and ins[i] is not None:
-        return [int(a) for a in im.const_input(ins[i], "axes").reshape(-1)]
+        return im.const_ints(ins[i], "axes")
     return None
 
 
@@ -585,7 +667,7 @@ def _transpose(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], ou
 @converter("Concat")
 def _concat(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     vals = [v for v in ins if v is not None and (not v.type.is_static or v.type.numel > 0 or v.type.ndim > 1)]
-    return im.emit("concat", vals, outs, axis=int(attrs["axis"]))
+    return im.emit("concat", vals, outs, axis=int(attrs["axis"] if im.opset >= 4 else attrs.get("axis", 1)))
 
 
 @converter("Slice")
@@ -595,14 +677,10 @@ def _slice(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
         starts, ends = list(attrs["starts"]), list(attrs["ends"])
         axes, steps = attrs.get("axes"), None
     else:
-        starts = list(_dims(im.const_input(ins[1], "starts")))
-        ends = list(_dims(im.const_input(ins[2], "ends")))
-        axes = (
-            [int(v) for v in im.const_input(ins[3], "axes").reshape(-1)] if len(ins) > 3 and ins[3] else None
-        )
-        steps = (
-            [int(v) for v in im.const_input(ins[4], "steps").reshape(-1)] if len(ins) > 4 and ins[4] else None
-        )
+        starts = im.const_dims(ins[1], "starts")
+        ends = im.const_dims(ins[2], "ends")
+        axes = im.const_ints(ins[3], "axes") if len(ins) > 3 and ins[3] else None
+        steps = im.const_ints(ins[4], "steps") if len(ins) > 4 and ins[4] else None
     big = 2**62
     ends = [min(max(e, -big), big) if isinstance(e, int) else e for e in ends]
     return im.emit(
@@ -619,14 +697,16 @@ def _slice(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: 
 @converter("Split")
 def _split(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    axis = int(attrs.get("axis", 0))
+    axis = normalize_axis(int(attrs.get("axis", 0)), x.type.ndim, "Split")
     dim = x.type.shape[axis]
     if "split" in attrs:
         sizes = [int(s) for s in attrs["split"]]
     elif len(ins) > 1 and ins[1] is not None:
-        sizes = [int(s) for s in im.const_input(ins[1], "split sizes").reshape(-1)]
+        sizes = im.const_ints(ins[1], "split sizes")
     else:
         n = int(attrs.get("num_outputs", len(outs)))
+        if n < 1:
+            raise im.fail(f"num_outputs must be at least 1, got {n}")
         if not isinstance(dim, int):
             raise im.fail(f"splitting symbolic dimension {dim} of {x.type} into equal parts needs its size")
         chunk = -(-dim // n)
@@ -647,12 +727,12 @@ def _pad(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
     if im.opset < 11:
         pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
     else:
-        pads = [int(p) for p in im.const_input(ins[1], "pads").reshape(-1)]
-        value = (
-            float(im.const_input(ins[2], "constant value").reshape(())) if len(ins) > 2 and ins[2] else 0.0
-        )
+        pads = im.const_ints(ins[1], "pads")
+        value = float(im.const_scalar(ins[2], "constant value")) if len(ins) > 2 and ins[2] else 0.0
         if len(ins) > 3 and ins[3] is not None:
-            axes = [int(a) % x.type.ndim for a in im.const_input(ins[3], "axes").reshape(-1)]
+            axes = [normalize_axis(int(a), x.type.ndim, "Pad") for a in im.const_ints(ins[3], "axes")]
+            if len(pads) != 2 * len(axes):
+                raise im.fail(f"pads {list(pads)} need two values per axis of {axes}")
             full = [0] * (2 * x.type.ndim)
             for j, a in enumerate(axes):
                 full[a], full[a + x.type.ndim] = pads[j], pads[j + len(axes)]
@@ -662,13 +742,13 @@ def _pad(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
 
 @converter("Expand")
 def _expand(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    shape = _dims(im.const_input(ins[1], "the target shape"))
+    shape = tuple(im.const_dims(ins[1], "the target shape"))
     return im.emit("expand", [_a(ins, 0)], outs, shape=shape)
 
 
 @converter("Tile")
 def _tile(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    repeats = tuple(int(r) for r in im.const_input(ins[1], "repeats").reshape(-1))
+    repeats = tuple(im.const_ints(ins[1], "repeats"))
     return im.emit("tile", [_a(ins, 0)], outs, repeats=repeats)
 
 
@@ -687,6 +767,8 @@ def _resize_hw(
     h, w = int(shape[2]), int(shape[3])  # type: ignore[arg-type]
     full = list(range(4)) if axes is None else [a % 4 for a in axes]
     if sizes is not None and sizes.size:
+        if sizes.dtype.kind not in "iu" or sizes.min() < 1 or sizes.max() >= 2**31:
+            raise im.fail(f"sizes {list(sizes.reshape(-1))} must be positive int64 sizes")
         given = dict(zip(full, (int(s) for s in sizes.reshape(-1)), strict=True))
         if any(given.get(a, shape[a]) != shape[a] for a in (0, 1)):
             raise im.fail("only the spatial axes (H, W) of an NCHW tensor can be resized")
@@ -704,6 +786,8 @@ def _resize_hw(
     if given_s.get(0, 1.0) != 1.0 or given_s.get(1, 1.0) != 1.0:
         raise im.fail(f"only the spatial axes (H, W) of an NCHW tensor can be resized, got scales {scales}")
     sh, sw = given_s.get(2, 1.0), given_s.get(3, 1.0)
+    if not all(np.isfinite(v) and v > 0 for v in (sh, sw)):
+        raise im.fail(f"scales {list(scales.reshape(-1))} must be positive and finite")
     return (sh, sw), (int(np.float32(sh) * np.float32(h)), int(np.float32(sw) * np.float32(w)))
 
 
@@ -850,6 +934,8 @@ _UNARY_MORE = {
 def _unary_more(
     im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
 ) -> list[Value]:
+    if im.op_type == "Celu" and float(attrs.get("alpha", 1.0)) == 0:
+        raise im.fail("Celu's alpha must not be 0 (it divides by it)")
     return im.emit(_UNARY_MORE[im.op_type], [_a(ins, 0)], outs, **attrs)
 
 
@@ -915,6 +1001,7 @@ def _reduce_more(
     x = _a(ins, 0)
     if not axes and attrs.get("noop_with_empty_axes", 0):
         return im.emit("identity", [x], outs)
+    axes = [normalize_axis(a, x.type.ndim, im.op_type) for a in axes or []]
     if x.type.is_static and any(x.type.shape[a] == 0 for a in (axes or range(x.type.ndim))):
         raise im.fail(f"reducing over an empty dimension of {x.type} is not supported")
     return im.emit(
@@ -940,7 +1027,7 @@ def _arg(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
 
 @converter("TopK")
 def _topk(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    k = int(attrs["k"]) if im.opset < 10 else int(im.const_input(ins[1], "K").reshape(-1)[0])
+    k = int(attrs["k"]) if im.opset < 10 else int(im.const_scalar(ins[1], "K"))
     return im.emit(
         "top_k",
         [_a(ins, 0)],
@@ -953,7 +1040,7 @@ def _topk(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
 
 @converter("CumSum", "CumProd")
 def _cumsum(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    axis = int(im.const_input(ins[1], "axis").reshape(-1)[0])
+    axis = int(im.const_scalar(ins[1], "axis"))
     return im.emit(
         "cumsum" if im.op_type == "CumSum" else "cumprod",
         [_a(ins, 0)],
@@ -983,6 +1070,8 @@ def _lp_pool(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs
     size, between two powers."""
     x = _a(ins, 0)
     p = float(attrs.get("p", 2))
+    if p <= 0:
+        raise im.fail(f"needs p > 0, got {p}")
     k = list(attrs["kernel_shape"])
     dt = x.type.dtype
     t = im.emit("abs", [x], [im.tmp(outs[0])])[0]
@@ -1044,14 +1133,14 @@ def _scatter_nd(
 
 @converter("OneHot")
 def _one_hot(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    depth = int(im.const_input(ins[1], "depth").reshape(-1)[0])
+    depth = int(im.const_scalar(ins[1], "depth"))
     return im.emit("one_hot", [_a(ins, 0), _a(ins, 2)], outs, depth=depth, axis=int(attrs.get("axis", -1)))
 
 
 @converter("Trilu")
 def _trilu(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     x = _a(ins, 0)
-    k = int(im.const_input(ins[1], "k").reshape(-1)[0]) if len(ins) > 1 and ins[1] is not None else 0
+    k = int(im.const_scalar(ins[1], "k")) if len(ins) > 1 and ins[1] is not None else 0
     n, m = x.type.shape[-2:]
     if not isinstance(n, int) or not isinstance(m, int):
         raise im.fail(f"Trilu needs static matrix dimensions, got {x.type}")
@@ -1070,6 +1159,8 @@ def _depth_space(
         raise im.fail(f"needs a static NCHW input, got {x.type}")
     n, c, h, w = x.type.static_shape
     b = int(attrs["blocksize"])
+    if b < 1 or (c % (b * b) if im.op_type == "DepthToSpace" else h % b or w % b):
+        raise im.fail(f"blocksize {b} does not divide the input {x.type} into blocks")
     if im.op_type == "DepthToSpace":
         if str(attrs.get("mode", "DCR")) == "CRD":
             shape6, perm = (n, c // (b * b), b, b, h, w), (0, 1, 4, 2, 5, 3)
@@ -1091,6 +1182,8 @@ def _scalar(im: _Importer, value: float, dtype: str) -> Constant:
 
 def _per_channel(im: _Importer, v: Value, nd: int, out: str) -> Value:
     """A (C,) tensor reshaped to broadcast along axis 1 of a rank-``nd`` tensor."""
+    if v.type.ndim != 1:
+        raise im.fail(f"a per-channel parameter must be 1-D, got {v.type}")
     return im.emit("reshape", [v], [im.tmp(out)], shape=(v.type.shape[0],) + (1,) * (nd - 2))[0]
 
 
@@ -1119,7 +1212,12 @@ def _group_norm(
     if not x.type.is_static:
         raise im.fail(f"needs a static input shape, got {x.type}")
     shape = x.type.static_shape
-    nd, c, g = len(shape), shape[1], int(attrs["num_groups"])
+    g = int(attrs["num_groups"])
+    if len(shape) < 2 or g < 1 or shape[1] % g:
+        raise im.fail(f"num_groups {g} does not divide the channels of {x.type} (N, C, ...)")
+    nd, c = len(shape), shape[1]
+    if scale.type.ndim != 1 or bias.type.ndim != 1:
+        raise im.fail(f"scale and bias must be 1-D, got {scale.type} and {bias.type}")
     flat = im.emit("reshape", [x], [im.tmp(outs[0])], shape=(shape[0], g, int(np.prod(shape[1:])) // g))[0]
     y = _normalize_rows(im, flat, 2, float(attrs.get("epsilon", 1e-5)), im.tmp(outs[0]))
     y = im.emit("reshape", [y], [im.tmp(outs[0])], shape=shape)[0]
@@ -1229,9 +1327,10 @@ def _conv_transpose(
     nd = len(k)
     if nd not in (1, 2):
         raise im.fail(f"{nd}-D transposed convolution is not supported (1-D and 2-D are)")
-    s = [int(v) for v in attrs.get("strides", [1] * nd)]
-    d = [int(v) for v in attrs.get("dilations", [1] * nd)]
-    extra = [int(v) for v in attrs.get("output_padding", [0] * nd)]
+    s, d = _window(im, attrs, x, k)
+    extra = _ints_attr(im, attrs, "output_padding", nd, 0, 0)
+    if len(attrs.get("output_shape", [0] * nd)) < nd:
+        raise im.fail(f"output_shape {list(attrs['output_shape'])} needs at least {nd} values")
     pads = _conv_transpose_pads(im, attrs, x.type.shape[2:], k, s, d, extra)
     g = int(attrs.get("group", 1))
     tail = [b] if b is not None else []
@@ -1415,11 +1514,27 @@ class _Recurrent:
         self.clip = float(attrs["clip"]) if "clip" in attrs else None
         if int(attrs.get("input_forget", 0)):
             raise im.fail("LSTM with input_forget=1 is not supported")
-        if not self.x.type.is_static:
-            raise im.fail(f"needs a static input shape (the sequence is unrolled), got {self.x.type}")
+        if not self.x.type.is_static or self.x.type.ndim != 3:
+            raise im.fail(f"needs a static 3-D input (the sequence is unrolled), got {self.x.type}")
         if self.layout:
             self.x = self.emit("transpose", [self.x], perm=(1, 0, 2))
-        self.seq, self.batch, _ = self.x.type.static_shape
+        self.seq, self.batch, size = self.x.type.static_shape
+        gh, h, d = self.g * self.hidden, self.hidden, self.dirs
+        state = (self.batch, d, h) if self.layout else (d, self.batch, h)
+        expected = [
+            (self.w, (d, gh, size), "W"),
+            (self.r, (d, gh, h), "R"),
+            (self.b, (d, 2 * gh), "B"),
+            (self.lens, (self.batch,), "sequence_lens"),
+            (self.h0, state, "initial_h"),
+            (self.c0, state, "initial_c"),
+            (self.peep, (d, 3 * h), "P"),
+        ]
+        for v, shape, what in expected:
+            if v is not None and tuple(v.type.shape) != shape:
+                raise im.fail(
+                    f"{what} must have shape {shape} (hidden_size {h}, {d} direction(s)), got {v.type}"
+                )
         acts = [str(a) for a in attrs.get("activations", self.DEFAULT_ACTS[self.kind] * self.dirs)]
         alphas = list(attrs.get("activation_alpha", []))
         betas = list(attrs.get("activation_beta", []))
@@ -1677,15 +1792,20 @@ def _inline_graph(im: _Importer, graph: onnx.GraphProto, args: Sequence[Value], 
     for vi, v in zip(graph.input, args, strict=False):
         env[vi.name] = v
     for t in graph.initializer:
-        env[t.name] = Constant(prefix + t.name, numpy_helper.to_array(t))
+        env[t.name] = Constant(prefix + t.name, _tensor_array(t, "initializer"))
     im.env = env
     try:
         for n in _dataflow_order(graph.node):
-            im.node_name, im.op_type = prefix + (n.name or n.output[0]), n.op_type
-            if n.domain not in ("", "ai.onnx") or n.op_type not in CONVERTERS:
+            im.node_name, im.op_type = (
+                prefix + (n.name or (n.output[0] if n.output else n.op_type)),
+                n.op_type,
+            )
+            convert = _converter_for(n)
+            if convert is None:
                 raise im.fail(f"operator {n.op_type} (in a subgraph) is not supported")
+            _check_node(n, im.opset, im.node_name)
             ins = [im.lookup(i, f"node {im.node_name!r}") if i else None for i in n.input]
-            results = CONVERTERS[n.op_type](im, ins, _attrs(n), [prefix + o if o else "" for o in n.output])
+            results = convert(im, ins, _attrs(n), [prefix + o if o else "" for o in n.output])
             for k, o in enumerate(n.output):
                 if o and k < len(results):
                     env[o] = results[k]
@@ -1762,8 +1882,8 @@ def _unrolled_loop(
     m = ins[0] if ins else None
     cond = ins[1] if len(ins) > 1 else None
     carried: list[Value] = [_a(ins, i) for i in range(2, len(ins))]
-    trip = int(im.const_input(m, "the trip count").reshape(-1)[0]) if m is not None else None
-    going = bool(np.asarray(cond.data).reshape(-1)[0]) if isinstance(cond, Constant) else True
+    trip = int(im.const_scalar(m, "the trip count")) if m is not None else None
+    going = bool(im.const_scalar(cond, "the condition")) if isinstance(cond, Constant) else True
     tag = im.tmp(outs[0] or "loop")
     scans: list[list[Value]] = []
     i = 0
@@ -1898,13 +2018,15 @@ def _scan(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
     vals = [_a(ins, i) for i in range(1, len(ins))]
     states, xs = vals[: len(vals) - n_in], vals[len(vals) - n_in :]
     n_out = len(body.output) - len(states)
-    batch = {v.type.shape[0] for v in vals}
+    batch = {v.type.shape[0] if v.type.ndim else None for v in vals}
     if len(batch) != 1 or not isinstance(next(iter(batch)), int):
         raise im.fail(
             f"Scan (opset 8) needs one static batch size (axis 0 of every input), got {sorted(map(str, batch))}"
         )
     nb = int(next(iter(batch)))  # type: ignore[arg-type]
-    lengths = None if lens is None else [int(n) for n in im.const_input(lens, "sequence_lens").reshape(-1)]
+    lengths = None if lens is None else im.const_ints(lens, "sequence_lens")
+    if lengths is not None and len(lengths) != nb:
+        raise im.fail(f"sequence_lens has {len(lengths)} values for a batch of {nb}")
     dirs = [int(a) for a in attrs.get("directions", [0] * n_in)]
     axes = ([0] * n_in, dirs, [0] * n_out, [0] * n_out)
     per_batch: list[list[Value]] = []
@@ -1942,7 +2064,9 @@ def _scan_unrolled(
     directions); only the first ``length`` steps when given, the scan outputs zero after them."""
     in_axes, in_dirs, out_axes, out_dirs = axes
     n_out = len(body.output) - len(states)
-    lengths = {x.type.shape[a % x.type.ndim] for x, a in zip(xs, in_axes, strict=True)}
+    if any(x.type.ndim == 0 for x in xs):
+        raise im.fail(f"scan inputs need an axis to scan along, got {[str(x.type) for x in xs]}")
+    lengths = {x.type.shape[normalize_axis(a, x.type.ndim, "Scan")] for x, a in zip(xs, in_axes, strict=True)}
     if len(lengths) != 1 or not isinstance(next(iter(lengths)), int):
         raise im.fail(
             f"scan inputs need one static length along their scan axes, got {sorted(map(str, lengths))}"
@@ -2018,7 +2142,7 @@ def _nms(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
         v = ins[i] if i < len(ins) else None
         if v is None:
             return default
-        return float(im.const_input(v, what).reshape(-1)[0])
+        return float(im.const_scalar(v, what))
 
     keep = scalar(2, "max_output_boxes_per_class", 0)
     iou = scalar(3, "iou_threshold", 0.0)
@@ -2076,7 +2200,7 @@ def _dft(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
     x = _a(ins, 0)
     if im.opset >= 20:
         given = _optional_const(im, ins, 2, "the axis")
-        axis = int(given.reshape(-1)[0]) if given is not None else -2
+        axis = int(im.const_scalar(ins[2], "the axis")) if given is not None else -2
     else:
         axis = int(attrs.get("axis", 1))
     nd = x.type.ndim
@@ -2097,8 +2221,8 @@ def _dft(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: li
 
 @converter("Col2Im")
 def _col2im(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
-    image = [int(d) for d in im.const_input(ins[1] if len(ins) > 1 else None, "image_shape")]
-    block = [int(d) for d in im.const_input(ins[2] if len(ins) > 2 else None, "block_shape")]
+    image = im.const_ints(ins[1] if len(ins) > 1 else None, "image_shape")
+    block = im.const_ints(ins[2] if len(ins) > 2 else None, "block_shape")
     keep = {k: [int(a) for a in attrs[k]] for k in ("dilations", "pads", "strides") if k in attrs}
     return im.emit("col2im", [_a(ins, 0)], outs, image_shape=image, block_shape=block, **keep)
 
@@ -2125,6 +2249,9 @@ def _deform_conv(
         raise im.fail(f"DeformConv on {x.type.ndim - 2}-D images is not supported (kiln has the 2-D form)")
     if not (w.type.is_static and offset.type.is_static):
         raise im.fail(f"DeformConv needs static weight and offset shapes, got {w.type} and {offset.type}")
+    if w.type.ndim != 4 or offset.type.ndim != 4:
+        raise im.fail(f"DeformConv needs 4-D weights and offsets, got {w.type} and {offset.type}")
+    _window(im, attrs, x, w.type.static_shape[2:])
     oc, off = w.type.static_shape[0], offset.type.static_shape
     bias = ins[3] if len(ins) > 3 and ins[3] is not None else None
     mask = ins[4] if len(ins) > 4 and ins[4] is not None else None
@@ -2146,7 +2273,7 @@ def _deform_conv(
 def _stft(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
     """Frames (a gather with constant positions), times the window, then a DFT along the frame axis."""
     x = _a(ins, 0)
-    step = int(im.const_input(ins[1] if len(ins) > 1 else None, "frame_step").reshape(-1)[0])
+    step = int(im.const_scalar(ins[1] if len(ins) > 1 else None, "frame_step"))
     window = ins[2] if len(ins) > 2 else None
     given = _optional_const(im, ins, 3, "frame_length")
     n = x.type.shape[1] if x.type.ndim == 3 else None
@@ -2154,7 +2281,7 @@ def _stft(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: l
         raise im.fail(f"STFT expects a signal [batch, length, 1 or 2] of static length, got {x.type}")
     if given is not None:
         length = int(given.reshape(-1)[0])
-    elif window is not None and isinstance(window.type.shape[0], int):
+    elif window is not None and window.type.ndim == 1 and isinstance(window.type.shape[0], int):
         length = int(window.type.shape[0])
     else:
         length = n
@@ -2221,6 +2348,8 @@ def _global_lp_pool(
     """``(sum over the spatial axes of |x|^p)^(1/p)``, kept as size 1."""
     x = _a(ins, 0)
     p, dt = float(attrs.get("p", 2)), x.type.dtype
+    if p <= 0 or x.type.ndim < 3:
+        raise im.fail(f"needs p > 0 (got {p}) and an input with spatial axes (N, C, ...), got {x.type}")
     t = im.emit("abs", [x], [im.tmp(outs[0])])[0]
     t = im.emit("pow", [t, _scalar(im, p, dt)], [im.tmp(outs[0])])[0]
     s = im.emit("reduce_sum", [t], [im.tmp(outs[0])], axes=tuple(range(2, x.type.ndim)), keepdims=1)[0]
@@ -2234,6 +2363,8 @@ _Q_RANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16
 def _along(im: _Importer, v: Value, axis: int, nd: int, out: str) -> Value:
     """A per-axis (1-D) parameter reshaped to broadcast along ``axis`` of a rank-``nd`` tensor; scalars and
     one-element tensors as they are."""
+    if nd == 0 and v.type.numel != 1:
+        raise im.fail(f"a parameter per axis ({v.type}) given for a scalar")
     if v.type.ndim == 0 or (v.type.ndim == 1 and v.type.shape[0] == 1 and nd != 1):
         return v if v.type.ndim == 0 else im.emit("reshape", [v], [im.tmp(out)], shape=())[0]
     if v.type.ndim == nd:  # already full rank (an unblocked blocked parameter)
@@ -2439,7 +2570,7 @@ def _qlinear_matmul(
     af = _dequantize(im, a, a_s, a_z, -2, [im.tmp(outs[0])])
     bf = _dequantize(im, b, b_s, b_z, -1, [im.tmp(outs[0])])
     y = im.emit("matmul", [af, bf], [im.tmp(outs[0])])[0]
-    return [_quantize(im, y, y_s, y_z, 0, y_z.type.dtype, outs)]
+    return [_quantize(im, y, y_s, y_z, 0, _zp_dtype(im, y_z, {}), outs)]
 
 
 @converter("QLinearConv")
@@ -2458,7 +2589,174 @@ def _qlinear_conv(
         bs = im.emit("mul", [x_s, w_s], [im.tmp(outs[0])])[0]
         args.append(_dequantize(im, bias, bs, None, 0, [im.tmp(outs[0])]))
     y = CONVERTERS["Conv"](im, args, _conv_attrs(attrs), [im.tmp(outs[0])])[0]
-    return [_quantize(im, y, y_s, y_z, 1, y_z.type.dtype, outs)]
+    return [_quantize(im, y, y_s, y_z, 1, _zp_dtype(im, y_z, {}), outs)]
+
+
+# ---- onnxruntime's com.microsoft quantized operators (quantize_static in QOperator format), each imported as
+# dequantize -> the float operator -> quantize, the form fuse-qdq turns into integer kernels where it can
+MS_DOMAIN = "com.microsoft"
+MS_CONVERTERS: dict[str, Converter] = {}
+
+
+def ms_converter(*names: str) -> Callable[[Converter], Converter]:
+    def deco(fn: Converter) -> Converter:
+        for n in names:
+            MS_CONVERTERS[n] = fn
+        return fn
+
+    return deco
+
+
+def _converter_for(n: onnx.NodeProto) -> Converter | None:
+    """The converter of node ``n``: a standard operator's, or an onnxruntime contrib operator's."""
+    if n.domain in ("", "ai.onnx"):
+        return CONVERTERS.get(n.op_type)
+    if n.domain == MS_DOMAIN:
+        return MS_CONVERTERS.get(n.op_type)
+    return None
+
+
+def _as(
+    im: _Importer, op_type: str, ins: list[Value | None], attrs: dict[str, Any], outs: list[str], **kw: Any
+) -> list[Value]:
+    """Standard operator ``op_type``'s converter applied (``opset=`` the semantics of another opset)."""
+    saved = im.op_type, im.opset
+    im.op_type, im.opset = op_type, int(kw.get("opset", im.opset))
+    try:
+        return CONVERTERS[op_type](im, ins, attrs, outs)
+    finally:
+        im.op_type, im.opset = saved
+
+
+def _deq(im: _Importer, ins: list[Value | None], i: int, out: str, axis: int = 1) -> Value:
+    """Input ``i`` dequantized with the scale and zero point after it (``ins[i + 1]``, optional ``ins[i + 2]``)."""
+    zp = ins[i + 2] if len(ins) > i + 2 else None
+    return _dequantize(im, _a(ins, i), _a(ins, i + 1), zp, axis, [im.tmp(out)])
+
+
+def _q(im: _Importer, y: Value, ins: list[Value | None], i: int, outs: list[str]) -> list[Value]:
+    """``y`` quantized with the scale ``ins[i]`` and the optional zero point ``ins[i + 1]`` (uint8 without)."""
+    zp = ins[i + 1] if len(ins) > i + 1 else None
+    return [_quantize(im, y, _a(ins, i), zp, 0, _zp_dtype(im, zp, {}), outs)]
+
+
+def _channels_first(im: _Importer, x: Value, attrs: dict[str, Any], out: str) -> Value:
+    if not int(attrs.get("channels_last", 0)):
+        return x
+    nd = x.type.ndim
+    return im.emit("transpose", [x], [im.tmp(out)], perm=(0, nd - 1, *range(1, nd - 1)))[0]
+
+
+def _channels_back(im: _Importer, y: Value, attrs: dict[str, Any], out: str) -> Value:
+    if not int(attrs.get("channels_last", 0)):
+        return y
+    nd = y.type.ndim
+    return im.emit("transpose", [y], [im.tmp(out)], perm=(0, *range(2, nd), 1))[0]
+
+
+@ms_converter("QuantizeLinear", "DequantizeLinear")
+def _ms_qdq(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    return _as(im, im.op_type, ins, attrs, outs)
+
+
+@ms_converter("QLinearAdd", "QLinearMul")
+def _ms_binary(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point``, broadcasting."""
+    a, b = _deq(im, ins, 0, outs[0]), _deq(im, ins, 3, outs[0])
+    y = im.emit("add" if im.op_type == "QLinearAdd" else "mul", [a, b], [im.tmp(outs[0])])[0]
+    return _q(im, y, ins, 6, outs)
+
+
+@ms_converter("QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax")
+def _ms_unary(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``X, X_scale, X_zero_point, Y_scale, Y_zero_point``; QLinearSoftmax's ``opset`` attribute says which
+    Softmax it computes (before 13: over the input flattened to 2-D at ``axis``)."""
+    x = _deq(im, ins, 0, outs[0])
+    op = im.op_type.removeprefix("QLinear")
+    kw = {"opset": int(attrs["opset"])} if "opset" in attrs else {}
+    keep = {k: v for k, v in attrs.items() if k in ("alpha", "axis")}
+    y = _as(im, op, [x], keep, [im.tmp(outs[0])], **kw)[0]
+    return _q(im, y, ins, 3, outs)
+
+
+@ms_converter("QLinearGlobalAveragePool", "QLinearAveragePool")
+def _ms_pool(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``X, x_scale, x_zero_point, y_scale, y_zero_point``; ``channels_last``: NHWC input and output."""
+    x = _channels_first(im, _deq(im, ins, 0, outs[0]), attrs, outs[0])
+    op = im.op_type.removeprefix("QLinear")
+    keep = {k: v for k, v in attrs.items() if k != "channels_last"}
+    y = _channels_back(im, _as(im, op, [x], keep, [im.tmp(outs[0])])[0], attrs, outs[0])
+    return _q(im, y, ins, 3, outs)
+
+
+@ms_converter("QLinearReduceMean")
+def _ms_reduce_mean(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    """``data, data_scale, data_zero_point, reduced_scale, reduced_zero_point``; ``axes``, ``keepdims``."""
+    y = _as(im, "ReduceMean", [_deq(im, ins, 0, outs[0])], attrs, [im.tmp(outs[0])], opset=13)[0]
+    return _q(im, y, ins, 3, outs)
+
+
+@ms_converter("QLinearConcat")
+def _ms_concat(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``Y_scale, Y_zero_point`` then ``(X, X_scale, X_zero_point)`` per input; ``axis``."""
+    if len(ins) < 5 or (len(ins) - 2) % 3:
+        raise im.fail(
+            f"QLinearConcat takes Y_scale, Y_zero_point and (X, scale, zero point) triples: {len(ins)} inputs"
+        )
+    xs = [_deq(im, ins, i, outs[0]) for i in range(2, len(ins), 3)]
+    y = _as(im, "Concat", list(xs), attrs, [im.tmp(outs[0])])[0]
+    return _q(im, y, ins, 0, outs)
+
+
+@ms_converter("QLinearWhere")
+def _ms_where(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``condition, X, x_scale, x_zero_point, Y, y_scale, y_zero_point, z_scale, z_zero_point``."""
+    x, y = _deq(im, ins, 1, outs[0]), _deq(im, ins, 4, outs[0])
+    z = im.emit("where", [_a(ins, 0), x, y], [im.tmp(outs[0])])[0]
+    return _q(im, z, ins, 7, outs)
+
+
+@ms_converter("QGemm")
+def _ms_qgemm(im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]) -> list[Value]:
+    """``A, a_scale, a_zero_point, B, b_scale, b_zero_point, C, y_scale, y_zero_point``: ``alpha * (A' @ B' +
+    C * a_scale * b_scale)`` of the dequantized ``A'``, ``B'`` (``B`` per tensor or per output column; the
+    int32 bias ``C`` in accumulator units), quantized with ``y_scale`` and ``y_zero_point``, or float without a
+    ``y_scale``. ``alpha`` is folded into B's scale, so the layer keeps the Gemm form fuse-qdq makes an integer
+    kernel of."""
+    b = _a(ins, 3)
+    trans_b = int(attrs.get("transB", 0))
+    alpha = float(attrs.get("alpha", 1.0))
+    b_s = _a(ins, 4)
+    if alpha != 1.0:
+        b_s = im.emit("mul", [b_s, _scalar(im, alpha, b_s.type.dtype)], [im.tmp(outs[0])])[0]
+    a = _deq(im, ins, 0, outs[0])
+    bf = _dequantize(im, b, b_s, ins[5] if len(ins) > 5 else None, 0 if trans_b else -1, [im.tmp(outs[0])])
+    args: list[Value | None] = [a, bf]
+    c = ins[6] if len(ins) > 6 else None
+    if c is not None:
+        bias_scale = im.emit("mul", [_a(ins, 1), b_s], [im.tmp(outs[0])])[0]
+        args.append(_dequantize(im, c, bias_scale, None, -1, [im.tmp(outs[0])]))
+    gemm = {k: v for k, v in attrs.items() if k in ("transA", "transB")}
+    y_s = ins[7] if len(ins) > 7 else None
+    if y_s is None:
+        return _as(im, "Gemm", args, gemm, outs)
+    y = _as(im, "Gemm", args, gemm, [im.tmp(outs[0])])[0]
+    return _q(im, y, ins, 7, outs)
+
+
+@ms_converter("QLinearConv")
+def _ms_qlinear_conv(
+    im: _Importer, ins: list[Value | None], attrs: dict[str, Any], outs: list[str]
+) -> list[Value]:
+    """The standard QLinearConv, with ``channels_last`` (NHWC input and output)."""
+    if not int(attrs.get("channels_last", 0)):
+        return _as(im, "QLinearConv", ins, attrs, outs)
+    x = _channels_first(im, _a(ins, 0), attrs, outs[0])
+    keep = {k: v for k, v in attrs.items() if k != "channels_last"}
+    y = _as(im, "QLinearConv", [x, *ins[1:]], keep, [im.tmp(outs[0])])[0]
+    return [im.emit("identity", [_channels_back(im, y, attrs, outs[0])], outs)[0]]
 
 
 # Operator categories kiln leaves out on purpose, with the reason the import error gives.
@@ -2479,6 +2777,11 @@ _WHY_NOT_CATEGORIES = {
     "it decodes image files (decode them before running the model)": "ImageDecoder",
 }
 _WHY_NOT = {op: why for why, ops in _WHY_NOT_CATEGORIES.items() for op in ops.split()}
+_WHY_NOT_MS = (
+    f"it is an onnxruntime contrib operator kiln does not import (of {MS_DOMAIN}, kiln imports "
+    f"{', '.join(sorted(MS_CONVERTERS))}); quantize the model with quant_format=QuantFormat.QDQ, which writes "
+    "standard ONNX operators only, or leave this operator type out of op_types_to_quantize"
+)
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -2545,6 +2848,61 @@ def _expand_functions(m: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return m
 
 
+_ATTR_TYPE_NAMES: dict[int, str] = {
+    onnx.AttributeProto.FLOAT: "a float",
+    onnx.AttributeProto.INT: "an int",
+    onnx.AttributeProto.STRING: "a string",
+    onnx.AttributeProto.TENSOR: "a tensor",
+    onnx.AttributeProto.GRAPH: "a graph",
+    onnx.AttributeProto.FLOATS: "a list of floats",
+    onnx.AttributeProto.INTS: "a list of ints",
+    onnx.AttributeProto.STRINGS: "a list of strings",
+}
+
+
+def _check_node(n: onnx.NodeProto, opset: int, name: str) -> None:
+    """A standard node checked against its operator's ONNX schema at the model's opset, before its
+    converter reads it: the number of inputs and outputs, required inputs given, required attributes there
+    and every known attribute of the schema's type. Raises :class:`ImportErrorInNode` naming the node."""
+    if n.domain not in ("", "ai.onnx"):
+        return
+    try:
+        schema = onnx.defs.get_schema(n.op_type, max(opset, 1), "")
+    except onnx.defs.SchemaError:
+        try:  # not defined yet at this opset (kiln imports it anyway): checked against its latest version
+            schema = onnx.defs.get_schema(n.op_type)
+        except onnx.defs.SchemaError:
+            return
+    where = f"node {name!r} ({n.op_type}, opset {opset})"
+    given = len(n.input)
+    while given and not n.input[given - 1]:  # trailing optional inputs left out
+        given -= 1
+    if not schema.min_input <= given <= schema.max_input:
+        most = "any number of" if schema.max_input > 1 << 20 else f"at most {schema.max_input}"
+        raise ImportErrorInNode(
+            f"{where}: takes {schema.min_input} to {most} inputs (ONNX's definition), got {given}"
+        )
+    single = onnx.defs.OpSchema.FormalParameterOption.Single
+    for i, formal in enumerate(schema.inputs):
+        if formal.option == single and (i >= len(n.input) or not n.input[i]):
+            raise ImportErrorInNode(f"{where}: input {i} ({formal.name}) is required and not given")
+    if len(n.output) > schema.max_output or not any(n.output):
+        raise ImportErrorInNode(
+            f"{where}: has {len(n.output)} outputs, ONNX's definition {schema.min_output} to {schema.max_output}"
+        )
+    attrs = {a.name: a for a in n.attribute}
+    for key, spec in schema.attributes.items():
+        a = attrs.get(key)
+        if a is None:
+            if spec.required:
+                raise ImportErrorInNode(f"{where}: the required attribute {key!r} is missing")
+            continue
+        want = int(spec.type.value)  # type: ignore[attr-defined]
+        if want in _ATTR_TYPE_NAMES and a.type != want:
+            got = _ATTR_TYPE_NAMES.get(a.type, f"type {a.type}")
+            raise ImportErrorInNode(f"{where}: attribute {key!r} must be {_ATTR_TYPE_NAMES[want]}, got {got}")
+
+
 def _copy_model(m: onnx.ModelProto) -> onnx.ModelProto:
     c = onnx.ModelProto()
     c.CopyFrom(m)
@@ -2564,12 +2922,30 @@ def _value_types(m: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     return out
 
 
+def _tensor_array(t: onnx.TensorProto, what: str) -> np.ndarray:
+    """The values of tensor ``t``; a tensor whose stored values do not fill its dims is a
+    :class:`ModelLoadError`."""
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError) as e:
+        dims = "x".join(map(str, t.dims)) or "scalar"
+        elem = (
+            onnx.TensorProto.DataType.Name(t.data_type)
+            if t.data_type in onnx.TensorProto.DataType.values()
+            else t.data_type
+        )
+        raise ModelLoadError(
+            f"{what} {t.name!r} ({dims}, {elem}) does not hold the values its dims and type need ({e}); "
+            "the model is corrupt or was edited without its data"
+        ) from None
+
+
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for a in node.attribute:
         v = onnx.helper.get_attribute_value(a)
         if isinstance(v, onnx.TensorProto):
-            v = numpy_helper.to_array(v)
+            v = _tensor_array(v, f"attribute {a.name!r} of node {node.name or node.op_type!r}: tensor")
         elif isinstance(v, bytes):
             v = v.decode()
         elif isinstance(v, list) and v and isinstance(v[0], bytes):
@@ -2578,9 +2954,12 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return out
 
 
-def _load(model: onnx.ModelProto | str | Path | bytes) -> onnx.ModelProto:
+def _load(
+    model: onnx.ModelProto | str | Path | bytes, base_dir: str | Path | None
+) -> tuple[onnx.ModelProto, dict]:
+    """The model and its tensors stored outside it (:func:`_external_tensors`)."""
     if isinstance(model, onnx.ModelProto):
-        return model
+        return model, _external_tensors(model, base_dir, "the given model")
     try:
         if isinstance(model, bytes):
             m = onnx.load_from_string(model)
@@ -2588,16 +2967,90 @@ def _load(model: onnx.ModelProto | str | Path | bytes) -> onnx.ModelProto:
             path = Path(model)
             if not path.is_file():
                 raise ModelLoadError(f"{path}: no such file")
-            m = onnx.load(str(path))
+            m = onnx.load(str(path), load_external_data=False)
     except ModelLoadError:
         raise
     except Exception as e:  # noqa: BLE001 - protobuf raises several types for truncated files
         where = "the given bytes" if isinstance(model, bytes) else str(model)
         raise ModelLoadError(f"{where} is not a valid ONNX model (truncated or corrupt file?): {e}") from None
+    where = "the given bytes" if isinstance(model, bytes) else str(model)
     if not m.graph.node and not m.graph.output:
-        where = "the given bytes" if isinstance(model, bytes) else str(model)
         raise ModelLoadError(f"{where} is not a valid ONNX model (it has no graph)")
-    return m
+    if base_dir is None and not isinstance(model, bytes):
+        base_dir = Path(model).parent
+    return m, _external_tensors(m, base_dir, where)
+
+
+def _all_tensors(g: onnx.GraphProto) -> Iterator[tuple[onnx.TensorProto, bool]]:
+    """Every tensor of graph ``g`` and its subgraphs, with whether it is an initializer of ``g`` itself."""
+    for t in g.initializer:
+        yield t, True
+    for n in g.node:
+        for a in n.attribute:
+            if a.HasField("t"):
+                yield a.t, False
+            yield from ((t, False) for t in a.tensors)
+            for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                yield from ((t, False) for t, _ in _all_tensors(sub))
+
+
+def _external_tensors(m: onnx.ModelProto, base_dir: str | Path | None, where: str) -> dict[str, np.ndarray]:
+    """The data of tensors stored in files beside the model (ONNX external data: ``location`` relative to
+    ``base_dir``, ``offset``, ``length``), checked against their files. The main graph's initializers of
+    plain element types are memory-mapped (read only; a model over 2 GB of weights imports without reading
+    them), returned by name; other external tensors are read into the model."""
+    mapped: dict[str, np.ndarray] = {}
+    for t, top in _all_tensors(m.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = onnx.external_data_helper.ExternalDataInfo(t)
+        what = f"tensor {t.name!r}"
+        if base_dir is None:
+            raise ModelLoadError(
+                f"{where}: {what} is stored in the external file {info.location!r}, relative to the model's "
+                "directory, which kiln was not told: pass the model's path, or base_dir= with the model"
+            )
+        root = Path(base_dir).resolve()
+        path = (root / info.location).resolve()
+        if not info.location or Path(info.location).is_absolute() or not path.is_relative_to(root):
+            raise ModelLoadError(
+                f"{where}: {what} has external data location {info.location!r}, which is not a file inside "
+                f"the model's directory {root} (ONNX locations are relative to it)"
+            )
+        if not path.is_file():
+            raise ModelLoadError(
+                f"{where}: the external data file of {what} is missing: {path} (keep the weights files "
+                "next to the model, as they were saved)"
+            )
+        np_dtype_ = onnx.helper.tensor_dtype_to_np_dtype(t.data_type) if t.data_type in ONNX_DTYPES else None
+        shape = tuple(int(d) for d in t.dims)
+        offset = int(info.offset or 0)
+        need = int(np.prod(shape, dtype=np.int64)) * np_dtype_.itemsize if np_dtype_ is not None else None
+        length = int(info.length) if info.length else need
+        size = path.stat().st_size
+        if (length is not None and offset + length > size) or (need is not None and length != need):
+            raise ModelLoadError(
+                f"{where}: the external data of {what} ({'x'.join(map(str, shape)) or 'scalar'} "
+                f"{ONNX_DTYPES.get(t.data_type, t.data_type)}, {need if need is not None else length} bytes"
+                f"{f', length {length}' if length != need else ''}) at offset {offset} of {path} does not fit "
+                f"the file ({size} bytes): the file is truncated or belongs to another model"
+            )
+        if top and np_dtype_ is not None:
+            if need == 0:
+                mapped[t.name] = np.zeros(shape, np_dtype_)
+            else:
+                arr = np.memmap(path, dtype=np_dtype_.newbyteorder("<"), mode="r", offset=offset, shape=shape)
+                mapped[t.name] = arr.view(np.ndarray)
+        else:
+            try:
+                onnx.external_data_helper.load_external_data_for_tensor(t, str(root))
+            except OSError as e:
+                raise ModelLoadError(
+                    f"{where}: cannot read the external data of {what} from {path}: {e}"
+                ) from e
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+    return mapped
 
 
 def _value_type(
@@ -2633,8 +3086,15 @@ def _value_type(
             else:
                 given.append(int(d))
         return TensorType(tuple(given), dtype)
+    if not tt.HasField("shape"):
+        raise ImportErrorInNode(
+            f"input {vi.name!r} has no shape (not even a rank): give it one with shapes={{{vi.name!r}: ...}} "
+            f"(kiln compile --shape {vi.name}=...)"
+        )
     dims: list[int | Sym] = []
     for i, md in enumerate(model_dims):
+        if md.HasField("dim_value") and md.dim_value < 0:
+            raise ImportErrorInNode(f"input {vi.name!r} has a negative dimension {md.dim_value} (axis {i})")
         dims.append(int(md.dim_value) if md.HasField("dim_value") else Sym(sym_name(i)))
     return TensorType(tuple(dims), dtype)
 
@@ -2690,37 +3150,48 @@ def from_onnx(
     shapes: dict[str, tuple[int | str, ...]] | None = None,
     name: str | None = None,
     custom_ops: dict[str, Any] | None = None,
+    base_dir: str | Path | None = None,
 ) -> Module:
     """Import an ONNX model (path, bytes or ModelProto) into a kiln Module with graph function ``main``.
 
     ``custom_ops`` maps custom-domain node types, ``"domain:OpType"``, to kiln operators (see
-    :func:`load_custom_op`); such a node becomes that operator, with the node's attributes."""
-    m = _load(model)
+    :func:`load_custom_op`); such a node becomes that operator, with the node's attributes.
+
+    Tensors stored as external data (in files beside the model; ``onnx.save(...,
+    save_as_external_data=True)``, and every model over protobuf's 2 GB) are read from ``base_dir``, by
+    default the model file's directory (a ModelProto or bytes with external tensors needs ``base_dir``); the
+    main graph's weights are memory-mapped, not read into memory."""
+    m, external = _load(model, base_dir)
     shapes = dict(shapes or {})
     custom = {k: load_custom_op(v) for k, v in (custom_ops or {}).items()}
     g = m.graph
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 1:
+        raise ModelLoadError(
+            f"the model imports version {opset} of the ONNX operator set; versions start at 1"
+        )
     m = _expand_functions(m, opset)
     g = m.graph
     unsupported: dict[str, list[str]] = {}
     for n in g.node:
         if f"{n.domain}:{n.op_type}" in custom:
             continue
-        if n.op_type not in CONVERTERS or n.domain not in ("", "ai.onnx"):
+        if _converter_for(n) is None:
             unsupported.setdefault(
                 n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}", []
-            ).append(n.name or n.output[0])
+            ).append(n.name or (n.output[0] if n.output else n.op_type))
     if unsupported:
         parts = [
             f"{op} (nodes: {', '.join(names)})"
             + (f": not supported, because {_WHY_NOT[op]}" if op in _WHY_NOT else "")
+            + (f": not supported, because {_WHY_NOT_MS}" if op.startswith(f"{MS_DOMAIN}.") else "")
             for op, names in sorted(unsupported.items())
         ]
         raise UnsupportedOperatorError(f"unsupported ONNX operators: {'; '.join(parts)}")
     im = _Importer(g, opset)
     inits = {t.name for t in g.initializer}
     for t in g.initializer:
-        arr = numpy_helper.to_array(t)
+        arr = external[t.name] if t.name in external else _tensor_array(t, "initializer")
         dtype_of(arr)  # rejects unsupported element types with a clear message
         im.env[t.name] = Constant(t.name, arr)
     params: list[Var] = []
@@ -2737,15 +3208,17 @@ def from_onnx(
             f"shapes given for unknown inputs {unknown}; the model's inputs are {[p.name for p in params]}"
         )
     for n in _dataflow_order(g.node):
-        im.node_name = n.name or n.output[0]
+        im.node_name = n.name or (n.output[0] if n.output else n.op_type)
         im.op_type = n.op_type
+        if f"{n.domain}:{n.op_type}" not in custom:
+            _check_node(n, opset, im.node_name)
         ins: list[Value | None] = [im.lookup(i, f"node {im.node_name!r}") if i else None for i in n.input]
         try:
             if f"{n.domain}:{n.op_type}" in custom:
                 op = custom[f"{n.domain}:{n.op_type}"]
                 results = im.emit(op.name, [_a(ins, i) for i in range(len(ins))], list(n.output), **_attrs(n))
             else:
-                results = CONVERTERS[n.op_type](im, ins, _attrs(n), list(n.output))
+                results = _converter_for(n)(im, ins, _attrs(n), list(n.output))  # type: ignore[misc]
         except ImportErrorInNode:
             raise
         except (ValueError, KeyError, IndexError) as e:

@@ -139,10 +139,35 @@ def broadcast_index(buf: T.Buffer, out_idx: Sequence[T.Expr], out_ndim: int) -> 
     return tuple(T.IntImm(0) if buf.shape[d] == 1 else out_idx[d + off] for d in range(buf.ndim))
 
 
+def int_tuple(
+    attrs: dict[str, Any], key: str, n: int, default: int, op: str, minimum: int
+) -> tuple[int, ...]:
+    """Attribute ``key`` as ``n`` ints (``default`` each when absent): a window's strides, dilations, pads;
+    another count of values, or a value below ``minimum``, is an :class:`OpError` naming ``op``."""
+    v = tuple(int(x) for x in attrs.get(key, (default,) * n))
+    if len(v) != n:
+        raise OpError(f"{op}: {key} needs {n} values, got {list(v)}")
+    if any(x < minimum for x in v):
+        raise OpError(f"{op}: {key} {list(v)} must be at least {minimum}")
+    return v
+
+
+def positive_int(attrs: dict[str, Any], key: str, default: int, op: str) -> int:
+    """Attribute ``key`` (``default`` when absent) as an int of at least 1 (groups, block sizes), else an
+    :class:`OpError` naming ``op``."""
+    v = int(attrs.get(key, default))
+    if v < 1:
+        raise OpError(f"{op}: {key} must be at least 1, got {v}")
+    return v
+
+
 def normalize_axis(axis: int, ndim: int, op: str = "") -> int:
-    if not -ndim <= axis < max(ndim, 1):
-        raise OpError(f"{op}: axis {axis} out of range for rank {ndim}")
-    return axis % ndim if ndim else 0
+    if not -ndim <= axis < ndim:
+        raise OpError(
+            f"{op}: axis {axis} out of range for rank {ndim}"
+            + (" (a scalar has no axes)" if not ndim else "")
+        )
+    return axis % ndim
 
 
 def _plain_number(b: T.ExprLike) -> bool:

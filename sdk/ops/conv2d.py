@@ -34,7 +34,7 @@ import numpy as np
 from ..ir import tensor as T
 from ..ir.types import TensorType
 from ..targets.schedule import Conv2dSchedule
-from .base import LowerContext, OpDef, register, static_dims
+from .base import LowerContext, OpDef, int_tuple, positive_int, register, static_dims
 from .gemm_kernel import gemm, gemm_dynamic, parallel_for
 from .matmul import SMALL_INTS, acc_dtype
 from .schedule import schedule_for
@@ -60,10 +60,10 @@ def conv_out_size(size: Any, k: int, stride: int, pad_total: int, dilation: int)
 
 
 def _attrs(attrs: dict[str, Any]) -> tuple[tuple[int, int], tuple[int, int, int, int], tuple[int, int], int]:
-    s = tuple(attrs.get("strides", (1, 1)))
-    p = tuple(attrs.get("pads", (0, 0, 0, 0)))
-    d = tuple(attrs.get("dilations", (1, 1)))
-    return (s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1]), int(attrs.get("groups", 1))
+    s = int_tuple(attrs, "strides", 2, 1, "conv2d", 1)
+    p = int_tuple(attrs, "pads", 4, 0, "conv2d", 0)
+    d = int_tuple(attrs, "dilations", 2, 1, "conv2d", 1)
+    return (s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1]), positive_int(attrs, "groups", 1, "conv2d")
 
 
 class Conv2D(OpDef):

@@ -21,17 +21,18 @@ import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import TensorType
-from .base import LowerContext, OpDef, register, static_dims
+from .base import LowerContext, OpDef, int_tuple, positive_int, register, static_dims
 
 
 def _attrs(
     attrs: dict[str, Any],
 ) -> tuple[tuple[int, int], tuple[int, ...], tuple[int, int], int, tuple[int, int]]:
-    s = tuple(int(v) for v in attrs.get("strides", (1, 1)))
-    p = tuple(int(v) for v in attrs.get("pads", (0, 0, 0, 0)))
-    d = tuple(int(v) for v in attrs.get("dilations", (1, 1)))
-    op = tuple(int(v) for v in attrs.get("output_padding", (0, 0)))
-    return (s[0], s[1]), p, (d[0], d[1]), int(attrs.get("groups", 1)), (op[0], op[1])
+    name = "conv_transpose2d"
+    s = int_tuple(attrs, "strides", 2, 1, name, 1)
+    p = int_tuple(attrs, "pads", 4, 0, name, -(2**62))  # negative: output_shape asks for more
+    d = int_tuple(attrs, "dilations", 2, 1, name, 1)
+    op = int_tuple(attrs, "output_padding", 2, 0, name, 0)
+    return (s[0], s[1]), p, (d[0], d[1]), positive_int(attrs, "groups", 1, name), (op[0], op[1])
 
 
 def out_size(size: int, k: int, stride: int, pad_b: int, pad_e: int, dilation: int, extra: int) -> int:

@@ -42,7 +42,7 @@ def _infer(
     oc, icg, kh, kw = static_dims(w, "deform_conv")
     oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
     ow = (wd + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
-    if icg * group != c or oc % group or c % offset_group:
+    if group < 1 or offset_group < 1 or icg * group != c or oc % group or c % offset_group:
         raise OpError(
             f"deform_conv: x {x} and w {w} do not fit group {group} and offset_group {offset_group}"
         )

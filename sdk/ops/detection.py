@@ -225,6 +225,8 @@ def _roi_infer(
         raise OpError(f"roi_align: mode {mode!r} is not one of {_ROI_MODES}")
     if not x.dtype.startswith("float"):
         raise OpError(f"roi_align: expects a float input, got {x.dtype}")
+    if int(output_height) < 1 or int(output_width) < 1:
+        raise OpError(f"roi_align: the output size {output_height} x {output_width} must be positive")
     return TensorType((rois.shape[0], x.shape[1], int(output_height), int(output_width)), x.dtype)
 
 

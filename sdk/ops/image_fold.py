@@ -52,6 +52,10 @@ class Col2Im(OpDef):
                 f"image_shape {image}, block_shape {block}, dilations {dil}, strides {strides} and pads {pads} "
                 "disagree on the number of spatial axes"
             )
+        if min(*block, *dil, *strides, 1) < 1 or min(*image, 1) < 1:
+            raise self.error(
+                f"image_shape {image}, block_shape {block}, dilations {dil} and strides {strides} must be positive"
+            )
         counts = tuple(
             (image[d] + pads[d] + pads[nd + d] - dil[d] * (block[d] - 1) - 1) // strides[d] + 1
             for d in range(nd)
@@ -136,7 +140,13 @@ class MaxUnpool(OpDef):
         kernel = tuple(int(k) for k in attrs["kernel_shape"])
         strides = _spatial(attrs, "strides", nd, 1)
         pads = _spatial(attrs, "pads", 2 * nd, 0)
-        if nd < 1 or len(kernel) != nd or len(strides) != nd or len(pads) != 2 * nd:
+        if (
+            nd < 1
+            or len(kernel) != nd
+            or len(strides) != nd
+            or len(pads) != 2 * nd
+            or min(*kernel, *strides) < 1
+        ):
             raise self.error(f"kernel_shape {kernel}, strides {strides} and pads {pads} do not fit input {x}")
         inferred = (
             *xs[:2],

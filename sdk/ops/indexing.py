@@ -135,6 +135,8 @@ def _gather_nd_shape(data: TensorType, ind: TensorType, b: int, op: OpDef) -> tu
     if ind.ndim < 1 or not isinstance(ind.shape[-1], int):
         raise op.error(f"indices {ind} need a static last dimension")
     r = int(ind.shape[-1])
+    if b < 0 or b >= ind.ndim or data.shape[:b] != ind.shape[:b]:
+        raise op.error(f"batch_dims {b} must count leading dimensions data {data} and indices {ind} share")
     if b + r > data.ndim:
         raise op.error(f"batch_dims {b} + index length {r} exceed the rank of data {data}")
     return (*ind.shape[:-1], *data.shape[b + r :])
@@ -299,6 +301,10 @@ class OneHot(OpDef):
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         ind, values = inputs
         axis = self._axis(ind.ndim, attrs)
+        if values.numel != 2 or int(attrs["depth"]) < 1:
+            raise self.error(
+                f"needs [off_value, on_value] and a positive depth, got {values} and {attrs['depth']}"
+            )
         shape = list(ind.shape)
         shape.insert(axis, int(attrs["depth"]))
         return [TensorType(tuple(shape), values.dtype)]
@@ -341,6 +347,13 @@ class ReverseSequence(OpDef):
     flops_per_element = 0
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        x, lens = inputs
+        bax, tax = int(attrs.get("batch_axis", 1)), int(attrs.get("time_axis", 0))
+        if not (0 <= bax < x.ndim and 0 <= tax < x.ndim and bax != tax and lens.shape == (x.shape[bax],)):
+            raise self.error(
+                f"expects two different axes of the input (batch_axis, time_axis) and one length per batch "
+                f"entry, got {x}, lengths {lens}, batch_axis {bax}, time_axis {tax}"
+            )
         return [inputs[0]]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:

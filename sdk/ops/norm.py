@@ -29,7 +29,9 @@ class BatchNorm(OpDef):
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
-        c = x.shape[1] if x.ndim > 1 else x.shape[0]
+        if x.ndim < 2:
+            raise self.error(f"expects an input with channels on axis 1 (N, C, ...), got {x}")
+        c = x.shape[1]
         for p in inputs[1:]:
             if p.shape != (c,):
                 raise self.error(f"parameters must have shape ({c},), got {p}")
@@ -71,6 +73,10 @@ class LRN(OpDef):
         )  # window of squares, then scale, pow and divide
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        if int(attrs["size"]) < 1 or inputs[0].ndim < 2:
+            raise self.error(
+                f"needs a size of at least 1 and an input with channels (N, C, ...), got {inputs[0]}"
+            )
         return [inputs[0]]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:

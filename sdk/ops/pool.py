@@ -18,7 +18,7 @@ import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import TensorType, is_float
-from .base import LowerContext, OpDef, limit_value, nan_max, register
+from .base import LowerContext, OpDef, OpError, int_tuple, limit_value, nan_max, register
 from .reduce import vector_reduce
 from .schedule import schedule_for
 
@@ -26,10 +26,12 @@ from .schedule import schedule_for
 def _params(
     attrs: dict[str, Any],
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int], tuple[int, int]]:
-    k = tuple(attrs["kernel"])
-    s = tuple(attrs.get("strides", (1, 1)))
-    p = tuple(attrs.get("pads", (0, 0, 0, 0)))
-    d = tuple(attrs.get("dilations", (1, 1)))
+    if "kernel" not in attrs:
+        raise OpError("pooling: needs a kernel (its height and width)")
+    k = int_tuple(attrs, "kernel", 2, 1, "pooling", 1)
+    s = int_tuple(attrs, "strides", 2, 1, "pooling", 1)
+    p = int_tuple(attrs, "pads", 4, 0, "pooling", 0)
+    d = int_tuple(attrs, "dilations", 2, 1, "pooling", 1)
     return (k[0], k[1]), (s[0], s[1]), (p[0], p[1], p[2], p[3]), (d[0], d[1])
 
 
@@ -294,6 +296,8 @@ class GlobalAvgPool2D(OpDef):
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
+        if x.ndim < 3 or any(d == 0 for d in x.shape[2:]):
+            raise self.error(f"expects an input with non-empty spatial axes (N, C, ...), got {x}")
         return [TensorType((*x.shape[:2], *([1] * (x.ndim - 2))), x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:

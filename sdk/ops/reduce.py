@@ -405,8 +405,11 @@ class LayerNorm(OpDef):
         return 8 * inputs[0].numel if inputs[0].is_static else 0  # mean, variance, normalize, scale, shift
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-        normalize_axis(int(attrs.get("axis", -1)), inputs[0].ndim, self.name)
-        return [inputs[0]]
+        x = inputs[0]
+        axis = normalize_axis(int(attrs.get("axis", -1)), x.ndim, self.name)
+        if any(d == 0 for d in x.shape[axis:]):
+            raise self.error(f"cannot normalize over an empty axis of {x}")
+        return [x]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x = inputs[0].astype(np.float64)

@@ -12,7 +12,7 @@ from typing import Any, cast
 import numpy as np
 
 from ..ir import tensor as T
-from ..ir.types import Dim, Sym, TensorType, is_float
+from ..ir.types import Dim, Sym, TensorType, dtype_of, is_float
 from .base import (
     LowerContext,
     OpDef,
@@ -135,6 +135,8 @@ def _slice_params(shape: Sequence[Dim], attrs: dict[str, Any]) -> list[tuple[int
     """(start, step, count) per dimension, with ONNX clamping rules (negative steps included). Dimensions
     that are not sliced may be symbolic."""
     nd = len(shape)
+    if not nd:
+        raise OpError("slice: cannot slice a scalar")
     starts, ends = list(attrs["starts"]), list(attrs["ends"])
     axes = list(attrs.get("axes") or range(len(starts)))
     steps = list(attrs.get("steps") or [1] * len(starts))
@@ -261,11 +263,16 @@ class Gather(OpDef):
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x, ind = inputs
+        if not x.ndim:
+            raise self.error(f"cannot gather from a scalar ({x})")
+        if ind.dtype not in ("int64", "int32", "int16", "int8", "uint8"):
+            raise self.error(f"indices must be integers, got {ind}")
         axis = normalize_axis(int(attrs.get("axis", 0)), x.ndim, self.name)
         return [TensorType((*x.shape[:axis], *ind.shape, *x.shape[axis + 1 :]), x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
         x, ind = inputs
+        self.infer([TensorType(x.shape, dtype_of(x)), TensorType(ind.shape, dtype_of(ind))], attrs)
         axis = int(attrs.get("axis", 0))
         dim = x.shape[axis]
         return [np.take(x, np.where(ind < 0, ind + dim, ind).astype(np.int64), axis=axis)]
@@ -313,6 +320,8 @@ class Pad(OpDef):
                 if isinstance(size, int) and max(p[d], p[d + nd]) >= size:
                     raise self.error(f"reflect pads {p} must be smaller than the dimensions of {x}")
         shape = tuple(d + p[i] + p[i + nd] if isinstance(d, int) else d for i, d in enumerate(x.shape))
+        if any(isinstance(d, int) and d < 0 for d in shape):
+            raise self.error(f"pads {p} remove more than the dimensions of {x}")
         return [TensorType(shape, x.dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:
@@ -369,6 +378,8 @@ class Expand(OpDef):
     flops_per_element = 0  # moves data only
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        if any(int(d) < 0 for d in attrs["shape"]):
+            raise self.error(f"shape {list(attrs['shape'])} has a negative dimension")
         return [TensorType(broadcast_shapes(inputs[0].shape, tuple(attrs["shape"])), inputs[0].dtype)]
 
     def reference(self, inputs: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:

@@ -19,7 +19,9 @@ def _infer(
     cache: TensorType, update: TensorType, write: TensorType, *, axis: int, circular: int = 0
 ) -> TensorType:
     a = normalize_axis(axis, cache.ndim, "tensor_scatter")
-    same = all(cache.shape[d] == update.shape[d] for d in range(cache.ndim) if d != a)
+    same = update.ndim == cache.ndim and all(
+        cache.shape[d] == update.shape[d] for d in range(cache.ndim) if d != a
+    )
     if a == 0 or update.ndim != cache.ndim or not same or tuple(write.shape) != (cache.shape[0],):
         raise OpError(
             f"tensor_scatter: expects a cache, an update that differs only along axis {a} (not the batch axis 0) "
