@@ -12,7 +12,8 @@ target's vector bits over the widest element the loop touches), when:
 - a buffer the loop stores to (or a view of it: views share its uid) is loaded only at the indices, in the
   same view, that it is stored at (lanes never depend on each other);
 - the values use operations that have a vector form: arithmetic, comparisons, min/max, select, casts, neg,
-  abs, sqrt (math functions like exp are left to LLVM, which vectorizes their inlined bodies).
+  abs, sqrt, and the float32 math functions of :mod:`kiln.codegen.mathlib` (exp, sigmoid, erf, tanh, ...),
+  whose vector forms compute lane-wise exactly what their scalar forms do.
 
 It then runs ``extent // lanes`` vector steps (unrolled when there are few) and the remaining iterations as
 scalar code. :func:`emit_vector_loop` returns False for any other loop, which the caller emits as a scalar
@@ -30,6 +31,7 @@ import llvmlite.ir as ir
 
 from ..ir import tensor as T
 from ..ir.types import is_float, itemsize
+from . import mathlib
 from .scalar import FunctionContext, ScalarCodegen
 
 I1 = ir.IntType(1)
@@ -155,7 +157,10 @@ def _vector_value(e: T.Expr, v: T.LoopVar) -> bool:
     if isinstance(e, T.Cast):
         return _vector_value(e.value, v)
     if isinstance(e, T.Call):
-        return e.fn in _VECTOR_CALLS and all(_vector_value(a, v) for a in e.args)
+        vector_form = e.fn in _VECTOR_CALLS or (
+            e.fn in mathlib.NAMES and all(x.dtype == "float32" for x in (e, *e.args))
+        )
+        return vector_form and all(_vector_value(a, v) for a in e.args)
     return False
 
 
@@ -222,6 +227,8 @@ def _vexpr(
     if isinstance(e, T.Cast):
         return cg.convert(c, vec(e.value), e.value.dtype, e.dtype)
     if isinstance(e, T.Call):
+        if e.fn not in _VECTOR_CALLS:  # a float32 math function (_vector_value checked)
+            return cg.math.call(b, e.fn, [vec(a) for a in e.args])
         x = vec(e.args[0])
         if e.fn == "neg":
             return b.fneg(x) if is_float(e.dtype) else b.neg(x)
