@@ -146,8 +146,12 @@ class _Legalizer:
                     f"dimensions yet (shapes {', '.join(str(v.type) for v in (*call_inputs, *outputs))}); "
                     "compile with fixed sizes (--shape NAME=1x3x224x224)"
                 )
+        read = sorted({a for _, _, args in chain_sig for a in args if isinstance(a, int)})
         ctx = LowerContext(
-            self.target, self._epilogue(chain_sig, in_bufs, out_bufs[0]) if rest else None, fname
+            self.target,
+            self._epilogue(chain_sig, in_bufs, out_bufs[0]) if rest else None,
+            fname,
+            tuple(in_bufs[a] for a in read),
         )
         try:
             body = op.lower(ctx, [in_bufs[s] for s in anchor_slots], out_bufs, anchor.attrs)
