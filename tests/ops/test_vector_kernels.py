@@ -210,3 +210,28 @@ def test_batched_matmul_with_shared_weights(target: str, batch: tuple[int, ...],
     got = _run(target, build, x=x, r=r, s=s)
     want = ((x.astype(np.float64) @ w + bias) + r) * s
     np.testing.assert_allclose(got, want.astype("f4"), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(("m", "k"), [(7, 37), (50, 200), (3, 16)])
+def test_one_column_products_are_dot_products(target: str, m: int, k: int) -> None:
+    """A product with one output column (a matrix-vector product, a 1x1 convolution of a 1x1 map in a
+    squeeze-excitation block) sums each row along ``k`` in vectors, with its epilogue."""
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((m, k)).astype("f4")
+    v = rng.standard_normal(k).astype("f4")
+    w = rng.standard_normal((m, k, 1, 1)).astype("f4")
+    b = rng.standard_normal(m).astype("f4")
+    img = rng.standard_normal((1, k, 1, 1)).astype("f4")
+
+    def build(g, x, img):  # type: ignore[no-untyped-def]
+        return g.matmul(x, g.const(v)), g.sigmoid(g.conv2d(img, g.const(w), g.const(b)))
+
+    gb = GraphBuilder("dots")
+    y1, y2 = build(gb, gb.input("x", x.shape), gb.input("img", img.shape))
+    gb.output(y1, name="y1")
+    gb.output(y2, name="y2")
+    got = running.run(kiln.compile(gb.build(), target), {"x": x, "img": img})
+    np.testing.assert_allclose(got["y1"], x.astype(np.float64) @ v, rtol=1e-4, atol=1e-4)
+    conv = w[:, :, 0, 0].astype(np.float64) @ img[0, :, 0, 0] + b
+    np.testing.assert_allclose(got["y2"][0, :, 0, 0], 1 / (1 + np.exp(-conv)), rtol=1e-5, atol=1e-6)
