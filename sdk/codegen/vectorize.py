@@ -89,7 +89,7 @@ def emit_vector_loop(cg: ScalarCodegen, c: FunctionContext, s: T.For, body: Call
 
 def _maskable(stores: list[T.Store], loads: list[T.Load]) -> bool:
     """Whether the loop may end in a masked step (module docstring)."""
-    if any(x.buffer.scope == "local" for x in (*stores, *loads)):
+    if any(b.scope == "local" for b in [*(st.buffer for st in stores), *(ld.buffer for ld in loads)]):
         return False
     return not any(
         isinstance(e, T.BinOp) and e.op in ("/", "//", "%") and not is_float(e.a.dtype)
