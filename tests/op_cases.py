@@ -536,6 +536,15 @@ case(
     rtol=1e-4,
     atol=1e-5,
 )
+case(  # depthwise with stride 2: the padded plane split into column phases
+    "conv-depthwise-stride2",
+    "Conv",
+    [("x", _x(1, 6, 11, 13)), C("w", _x(6, 1, 5, 5)), C("b", _x(6))],
+    "conv2d",
+    attrs={"group": 6, "strides": [2, 2], "pads": [2, 1, 2, 2]},
+    rtol=1e-4,
+    atol=1e-5,
+)
 case(
     "conv-group-dilated",
     "Conv",

@@ -74,6 +74,9 @@ def build_llvm_ir(mod: Module, target: Target) -> tuple[str, bytes, list[str]]:
     math = MathLib(llmod)
     threads = not target.is_bare_metal
     tcg = TensorCodegen(llmod, math, target.vector_bits, target.pointer_bits, threads=threads)
+    # x86 (AVX2 vmaskmov, AVX-512 mask registers) loads and stores part of a vector natively: vector loops
+    # end in one masked step instead of a scalar remainder (kiln.codegen.vectorize)
+    tcg.masked_tails = target.triple.startswith("x86_64") and target.vector_bits >= 256
     funcs = {
         name: _declare(llmod, f) if "extern_symbol" in f.attrs else tcg.emit(f)
         for name, f in sorted(mod.tensor_functions().items())

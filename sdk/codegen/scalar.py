@@ -73,6 +73,9 @@ class ScalarCodegen:
         self.vector_bits = vector_bits
         self.index_bits = index_bits
         self.index = ir.IntType(index_bits)
+        #: vector loops may end in a masked vector step (kiln.codegen.vectorize); set for targets that
+        #: load and store parts of vectors natively
+        self.masked_tails = False
 
     def fit(self, c: FunctionContext, v: ir.Value, ty: ir.Type) -> ir.Value:
         """Integer ``v`` (scalar or vector) at the width of ``ty`` (sign-extended or truncated)."""

@@ -12,12 +12,18 @@ target's vector bits over the widest element the loop touches), when:
 - a buffer the loop stores to (or a view of it: views share its uid) is loaded only at the indices, in the
   same view, that it is stored at (lanes never depend on each other);
 - the values use operations that have a vector form: arithmetic, comparisons, min/max, select, casts, neg,
-  abs, sqrt (math functions like exp are left to LLVM, which vectorizes their inlined bodies).
+  abs, sqrt, and the float32 math functions of :mod:`kiln.codegen.mathlib` (exp, sigmoid, erf, tanh, ...),
+  whose vector forms compute lane-wise exactly what their scalar forms do.
 
 It then runs ``extent // lanes`` vector steps (unrolled when there are few) and the remaining iterations as
-scalar code. :func:`emit_vector_loop` returns False for any other loop, which the caller emits as a scalar
-loop for LLVM's loop and SLP vectorizers. Doing this here rather than leaving it to LLVM keeps register-tiled
-kernels (the GEMM micro-kernel's ``MR x NC`` accumulator tile) exactly as the schedule wrote them.
+scalar code; on targets that load and store parts of vectors natively (``masked_tails``: x86 with AVX2 or
+AVX-512), as one more vector step whose loads and stores are masked to the remaining lanes (LLVM's
+``llvm.masked.load``/``store``), also for loops shorter than one vector (a 7-pixel row of a 7x7 map), unless
+the loop touches a ``local`` buffer (register tiles, which LLVM keeps in registers only when every access is
+plain) or divides integers (masked-off lanes must not trap). :func:`emit_vector_loop` returns False for
+any other loop, which the caller emits as a scalar loop for LLVM's loop and SLP vectorizers. Doing this
+here rather than leaving it to LLVM keeps register-tiled kernels (the GEMM micro-kernel's ``MR x NC``
+accumulator tile) exactly as the schedule wrote them.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import llvmlite.ir as ir
 
 from ..ir import tensor as T
 from ..ir.types import is_float, itemsize
+from . import mathlib
 from .scalar import FunctionContext, ScalarCodegen
 
 I1 = ir.IntType(1)
@@ -53,12 +60,13 @@ def emit_vector_loop(cg: ScalarCodegen, c: FunctionContext, s: T.For, body: Call
     width = max(itemsize(b.dtype) for b in [*(st.buffer for st in stores), *(ld.buffer for ld in loads)])
     lanes = cg.vector_bits // (8 * width)
     steps, rest = divmod(s.extent.value, lanes) if lanes >= 2 else (0, 0)
-    if steps == 0 or not _qualifies(stores, loads, v):
+    masked = rest > 0 and cg.masked_tails and _maskable(stores, loads)
+    if (steps == 0 and not masked) or not _qualifies(stores, loads, v):
         return False
 
-    def step(base: ir.Value) -> None:
+    def step(base: ir.Value, mask: ir.Value | None = None) -> None:
         for st in stores:
-            _store(cg, c, st, v, base, lanes)
+            _store(cg, c, st, v, base, lanes, mask)
 
     start = s.start.value
     if steps <= MAX_UNROLLED_STEPS:
@@ -68,10 +76,26 @@ def emit_vector_loop(cg: ScalarCodegen, c: FunctionContext, s: T.For, body: Call
         cg.counted_loop(
             c, v, cg.index_const(start), T.IntImm(steps * lanes), lambda: step(c.vars[v.uid]), step=lanes
         )
-    if rest:
+    if rest and masked:
+        step(
+            cg.index_const(start + steps * lanes),
+            ir.Constant(ir.VectorType(I1, lanes), [int(k < rest) for k in range(lanes)]),
+        )
+    elif rest:
         tail = cg.index_const(start + steps * lanes)
         cg.counted_loop(c, v, tail, T.IntImm(rest), body)
     return True
+
+
+def _maskable(stores: list[T.Store], loads: list[T.Load]) -> bool:
+    """Whether the loop may end in a masked step (module docstring)."""
+    if any(b.scope == "local" for b in [*(st.buffer for st in stores), *(ld.buffer for ld in loads)]):
+        return False
+    return not any(
+        isinstance(e, T.BinOp) and e.op in ("/", "//", "%") and not is_float(e.a.dtype)
+        for st in stores
+        for e in T.walk_exprs(st.value)
+    )
 
 
 # ------------------------------------------------------------------------------------------------- analysis
@@ -155,7 +179,10 @@ def _vector_value(e: T.Expr, v: T.LoopVar) -> bool:
     if isinstance(e, T.Cast):
         return _vector_value(e.value, v)
     if isinstance(e, T.Call):
-        return e.fn in _VECTOR_CALLS and all(_vector_value(a, v) for a in e.args)
+        vector_form = e.fn in _VECTOR_CALLS or (
+            e.fn in mathlib.NAMES and all(x.dtype == "float32" for x in (e, *e.args))
+        )
+        return vector_form and all(_vector_value(a, v) for a in e.args)
     return False
 
 
@@ -182,29 +209,62 @@ def _broadcast(c: FunctionContext, x: ir.Value, lanes: int) -> ir.Value:
     return c.b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), zeros)
 
 
+def _masked(cg: ScalarCodegen, op: str, vt: ir.VectorType) -> ir.Function:
+    """``llvm.masked.load`` or ``llvm.masked.store`` for vectors of type ``vt`` (llvmlite does not name vector
+    overloads)."""
+    name = f"llvm.masked.{op}.v{vt.count}{vt.element.intrinsic_name}.p0"
+    fn = cg.module.globals.get(name)
+    if fn is None:
+        mt = ir.VectorType(I1, vt.count)
+        ptr = ir.PointerType()
+        ty = (
+            ir.FunctionType(vt, [ptr, I32, mt, vt])
+            if op == "load"
+            else ir.FunctionType(ir.VoidType(), [vt, ptr, I32, mt])
+        )
+        fn = ir.Function(cg.module, ty, name)
+    return fn
+
+
 def _store(
-    cg: ScalarCodegen, c: FunctionContext, st: T.Store, v: T.LoopVar, base: ir.Value, lanes: int
+    cg: ScalarCodegen,
+    c: FunctionContext,
+    st: T.Store,
+    v: T.LoopVar,
+    base: ir.Value,
+    lanes: int,
+    mask: ir.Value | None = None,
 ) -> None:
     c.vars[v.uid] = base  # addresses are computed for lane 0
-    val = _broadcast(c, _vexpr(cg, c, st.value, v, base, lanes), lanes)
+    val = _broadcast(c, _vexpr(cg, c, st.value, v, base, lanes, mask), lanes)
     if st.buffer.dtype == "bool":
         val = c.b.zext(val, ir.VectorType(I8, lanes))
     elif st.value.dtype != st.buffer.dtype:
         val = cg.convert(c, val, st.value.dtype, st.buffer.dtype)
     val = cg.fit(c, val, ir.VectorType(cg.mem_type(st.buffer.dtype), lanes))
     ptr = cg.addr(c, st.buffer, st.indices)
-    c.b.store(val, ptr, align=itemsize(st.buffer.dtype))
+    if mask is not None:
+        align = ir.Constant(I32, itemsize(st.buffer.dtype))
+        c.b.call(_masked(cg, "store", val.type), [val, ptr, align, mask])
+    else:
+        c.b.store(val, ptr, align=itemsize(st.buffer.dtype))
 
 
 def _vexpr(
-    cg: ScalarCodegen, c: FunctionContext, e: T.Expr, v: T.LoopVar, base: ir.Value, lanes: int
+    cg: ScalarCodegen,
+    c: FunctionContext,
+    e: T.Expr,
+    v: T.LoopVar,
+    base: ir.Value,
+    lanes: int,
+    mask: ir.Value | None = None,
 ) -> ir.Value:
     if not _depends(e, v):
         return cg.expr(c, e)
     b = c.b
 
     def vec(x: T.Expr) -> ir.Value:
-        return _broadcast(c, _vexpr(cg, c, x, v, base, lanes), lanes)
+        return _broadcast(c, _vexpr(cg, c, x, v, base, lanes, mask), lanes)
 
     if isinstance(e, T.LoopVar):
         return b.add(
@@ -212,16 +272,23 @@ def _vexpr(
         )
     if isinstance(e, T.Load):
         vt = ir.VectorType(cg.mem_type(e.buffer.dtype), lanes)
-        x = b.load(cg.addr(c, e.buffer, e.indices), typ=vt, align=itemsize(e.buffer.dtype))
+        ptr = cg.addr(c, e.buffer, e.indices)
+        if mask is not None:  # masked-off lanes read nothing and are zero
+            align = ir.Constant(I32, itemsize(e.buffer.dtype))
+            x = b.call(_masked(cg, "load", vt), [ptr, align, mask, ir.Constant(vt, None)])
+        else:
+            x = b.load(ptr, typ=vt, align=itemsize(e.buffer.dtype))
         return b.trunc(x, ir.VectorType(I1, lanes)) if e.buffer.dtype == "bool" else x
     if isinstance(e, T.BinOp):
         return cg.binop_values(c, e.op, vec(e.a), vec(e.b), e.a.dtype, e.b.dtype)
     if isinstance(e, T.Select):
         t, f = cg.widen(c, vec(e.t), vec(e.f))
-        return b.select(_vexpr(cg, c, e.cond, v, base, lanes), t, f)
+        return b.select(_vexpr(cg, c, e.cond, v, base, lanes, mask), t, f)
     if isinstance(e, T.Cast):
         return cg.convert(c, vec(e.value), e.value.dtype, e.dtype)
     if isinstance(e, T.Call):
+        if e.fn not in _VECTOR_CALLS:  # a float32 math function (_vector_value checked)
+            return cg.math.call(b, e.fn, [vec(a) for a in e.args])
         x = vec(e.args[0])
         if e.fn == "neg":
             return b.fneg(x) if is_float(e.dtype) else b.neg(x)

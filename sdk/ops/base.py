@@ -42,12 +42,13 @@ class OpError(ValueError):
 
 @dataclass
 class LowerContext:
-    """What a lowering may read: the target (vector width), the epilogue to apply to stored values, and a
-    name prefix for buffers it allocates."""
+    """What a lowering may read: the target (vector width), the epilogue to apply to stored values, a name
+    prefix for buffers it allocates, and the tensors the epilogue reads (``None``: not known)."""
 
     target: Target | None = None
     epilogue: Epilogue | None = None
     name: str = "k"
+    epilogue_inputs: tuple[T.Buffer, ...] | None = None
 
     def apply_epilogue(self, value: T.Expr, idx: tuple[T.Expr, ...], flat: T.Expr | None = None) -> T.Expr:
         return self.epilogue(value, idx, flat) if self.epilogue is not None else value
@@ -248,11 +249,56 @@ class Elementwise(OpDef):
     ) -> T.Stmt:
         out = outs[0]
 
-        def body(idx: tuple[T.LoopVar, ...]) -> T.Stmt:
+        def at(idx: tuple[T.Expr, ...]) -> T.Stmt:
             args = [b[broadcast_index(b, idx, out.ndim)] for b in ins]
             return T.Store(out, idx, ctx.apply_epilogue(self.scalar(attrs, *args), idx))
 
-        return T.loop_nest(out.shape, body, prefix=ctx.name + "_i", innermost="vectorized")
+        operands = (*ins, *ctx.epilogue_inputs) if ctx.epilogue_inputs is not None else None
+        if (ctx.epilogue is not None and operands is None) or any(
+            b.is_dynamic for b in (out, *(operands or ins))
+        ):
+            return T.loop_nest(out.shape, at, prefix=ctx.name + "_i", innermost="vectorized")
+        shape = [int(d) for d in out.shape]
+        groups = merged_dims(shape, [[int(d) for d in b.shape] for b in (operands or ins)])
+        extents = [int(np.prod([shape[d] for d in g])) for g in groups]
+
+        def body(gidx: tuple[T.LoopVar, ...]) -> T.Stmt:
+            idx: list[T.Expr] = [T.IntImm(0)] * out.ndim
+            for g, v in zip(groups, gidx, strict=True):  # the run's flat index on its innermost dimension
+                idx[max((d for d in g if shape[d] > 1), default=g[-1])] = v  # of size > 1 (merged_dims)
+            return at(tuple(idx))
+
+        return T.loop_nest(extents, body, prefix=ctx.name + "_i", innermost="vectorized")
+
+
+def merged_dims(shape: Sequence[int], operands: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Runs of adjacent dimensions of an output of ``shape`` that one loop can cover: each operand
+    (right-aligned, NumPy broadcasting) is either full along all of a run or broadcast along all of it.
+
+    Dense row-major operands then need no per-dimension indices inside a run: the element at flat position
+    ``g`` of the run is at ``g`` times the stride of the run's innermost dimension of size > 1 for a full
+    operand (and at 0 for a broadcast one), so a lowering indexes that dimension with ``g`` and the run's
+    others with 0, which keeps every access affine (unit stride for the vectorizer). Output dimensions of
+    size 1 join any run. An elementwise ``[1, 1152, 7, 7]`` map is one loop of 56448 elements, not
+    1152 x 7 loops too short for a vector."""
+    ndim = len(shape)
+
+    def full(op: Sequence[int], d: int) -> bool:
+        k = d - (ndim - len(op))
+        return k >= 0 and op[k] == shape[d]
+
+    groups: list[list[int]] = []
+    sigs: list[tuple[bool, ...] | None] = []
+    for d in range(ndim):
+        sig = None if shape[d] == 1 else tuple(full(op, d) for op in operands)
+        if groups and (sig is None or sigs[-1] is None or sigs[-1] == sig):
+            groups[-1].append(d)
+            if sig is not None:
+                sigs[-1] = sig
+        else:
+            groups.append([d])
+            sigs.append(sig)
+    return groups
 
 
 def elementwise_copy(ctx: LowerContext, src: T.Buffer, dst: T.Buffer) -> T.Stmt:

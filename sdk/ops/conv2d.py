@@ -240,20 +240,27 @@ class Conv2D(OpDef):
     ) -> T.Stmt:
         """One filter per channel (groups = channels = output channels): each channel plane is copied into a
         zero-padded plane in scratch, so the taps need no bounds checks, and every output pixel is the sum of
-        ``KH x KW`` products (unit-stride vectors along the row when the stride is 1)."""
+        ``KH x KW`` products, unit-stride vectors along the output row. With a column stride ``SW`` above 1 the
+        padded plane is stored as ``SW`` planes of its columns ``p, p + SW, p + 2 SW, ...`` (``p < SW``), so
+        tap ``j`` of neighbouring output pixels are neighbouring elements of plane ``(j * DW) % SW``."""
         (sh, sw), (pt, pl, pb, pr), (dh, dw), _ = _attrs(attrs)
         n, c, h, wd = x.shape
         _, _, kh, kw = w.shape
         _, _, oh, ow = out.shape
         hp, wp = h + pt + pb, wd + pl + pr
-        plane = T.Buffer(f"{ctx.name}_plane", (hp, wp), x.dtype, scope="workspace")
+        wq = -(-wp // sw)  # columns per phase plane
+        plane = T.Buffer(f"{ctx.name}_plane", (sw, hp, wq), x.dtype, scope="workspace")
         zero = T.const(attrs.get("pad_value", 0), x.dtype)  # IntImm for integer convolutions
         acc = acc_dtype(x.dtype, w.dtype)
+        # padded column q * sw + p is x's column q * sw + p - pl; every phase is inside x for q in [q_lo, q_hi)
+        q_lo, q_hi = -(-pl // sw), (wd + pl - sw) // sw + 1
+        edges = [pc for pc in range(pl, pl + wd) if not q_lo * sw <= pc < q_hi * sw]
 
         def channel(ni: T.LoopVar, ch: T.LoopVar) -> T.Stmt:
             def pixel(y: T.LoopVar, z: T.LoopVar) -> T.Stmt:
                 taps = [
-                    T.cast(acc, plane[y * sh + i * dh, z * sw + j * dw]) * T.cast(acc, w[ch, 0, i, j])
+                    T.cast(acc, plane[T.IntImm((j * dw) % sw), y * sh + i * dh, z + (j * dw) // sw])
+                    * T.cast(acc, w[ch, 0, i, j])
                     for i in range(kh)
                     for j in range(kw)
                 ]
@@ -262,21 +269,39 @@ class Conv2D(OpDef):
                 flat = ((ni * c + ch) * oh + y) * ow + z
                 return T.Store(out, (ni, ch, y, z), ctx.apply_epilogue(v, (ni, ch, y, z), flat))
 
-            return T.seq(
-                T.loop_nest(
-                    (hp, wp),
-                    lambda i: T.Store(plane, i, zero),
-                    prefix=f"{ctx.name}_z",
-                    innermost="vectorized",
+            def copy_row(r: T.LoopVar) -> T.Stmt:
+                inner = T.loop(  # all phases of columns q_lo..q_hi: x read once, in order
+                    q_hi - q_lo,
+                    lambda q: T.seq(
+                        *(
+                            T.Store(plane, (T.IntImm(p), r + pt, q), x[ni, ch, r, q * sw + p - pl])
+                            for p in range(sw)
+                        )
+                    ),
+                    name=f"{ctx.name}_p1",
+                    kind="vectorized",
+                    start=q_lo,
                 )
-                if pt or pl or pb or pr
+                rest = [
+                    T.Store(
+                        plane,
+                        (T.IntImm(pc % sw), r + pt, T.IntImm(pc // sw)),
+                        x[ni, ch, r, T.IntImm(pc - pl)],
+                    )
+                    for pc in edges
+                ]
+                return T.seq(inner if q_hi > q_lo else None, *rest)
+
+            return T.seq(
+                T.loop(
+                    sw * hp * wq,
+                    lambda i: T.Store(plane.with_(shape=(sw * hp * wq,)), (i,), zero),
+                    name=f"{ctx.name}_z",
+                    kind="vectorized",
+                )
+                if pt or pl or pb or pr or sw * wq != wp
                 else None,
-                T.loop_nest(
-                    (h, wd),
-                    lambda i: T.Store(plane, (i[0] + pt, i[1] + pl), x[ni, ch, i[0], i[1]]),
-                    prefix=f"{ctx.name}_p",
-                    innermost="vectorized",
-                ),
+                T.loop(h, copy_row, name=f"{ctx.name}_p0"),
                 T.loop_nest((oh, ow), lambda i: pixel(*i), prefix=f"{ctx.name}_o", innermost="vectorized"),
             )
 

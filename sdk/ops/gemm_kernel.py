@@ -38,6 +38,7 @@ from typing import Any
 from ..ir import tensor as T
 from ..targets import Target
 from ..targets.schedule import GemmSchedule, default_schedule
+from .reduce import vector_reduce
 
 Load2 = Callable[[T.Expr, T.Expr], T.Expr]
 Store2 = Callable[[T.Expr, T.Expr, T.Expr], T.Stmt]
@@ -81,6 +82,8 @@ def gemm(
     ``parallel`` (module docstring)."""
     s = schedule if schedule is not None else default_schedule(32 * lanes).gemm
     mr, nc = tile_sizes(lanes, n, s)
+    if n == 1 and k >= 2 * lanes and lanes >= 2 and dtype.startswith("float"):
+        return _dots(name, m, k, a, b, store, lanes, dtype, init, parallel)
     if m < mr and n >= s.stream_min_tiles * nc:
         return _streaming(name, m, n, k, a, b, store, dtype, init, s, parallel)
     m_full, m_tail = divmod(m, mr)
@@ -220,6 +223,40 @@ def _tiles(
         per_column(column) if column is not None else T.loop_or_once(n_count, per_column, name=f"{name}_no")
     )
     return T.Allocate(panel, body) if packed else body
+
+
+def _dots(
+    name: str,
+    m: int,
+    k: int,
+    a: Load2,
+    b: Load2,
+    store: Store2,
+    lanes: int,
+    dtype: str,
+    init: Load2 | None,
+    parallel: bool,
+) -> T.Stmt:
+    """One column (a matrix-vector product, e.g. a 1x1 convolution of a 1x1 map in a squeeze-excitation
+    block): each row is a dot product along ``k``, summed in vector registers (rows of ``a`` and the column
+    of ``b`` are contiguous in ``k``), instead of a tile loop one column wide."""
+
+    def row(i: T.LoopVar) -> T.Stmt:
+        def then(acc: T.Buffer) -> T.Stmt:
+            return store(i, T.IntImm(0), acc[0] + init(i, T.IntImm(0)) if init is not None else acc[0])
+
+        return vector_reduce(
+            f"{name}_dot",
+            k,
+            dtype,
+            lanes,
+            0.0,
+            lambda x, y: x + y,
+            lambda kk: a(i, kk) * b(kk, T.IntImm(0)),
+            then,
+        )
+
+    return T.loop(m, row, name=f"{name}_r", kind="parallel" if parallel and m >= 2 else "serial")
 
 
 def _streaming(

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..ir import tensor as T
 from ..ir.types import Dim, TensorType
-from .base import LowerContext, OpDef, OpError, broadcast_shapes, flat_index, register
+from ..targets.schedule import GemmSchedule
+from .base import LowerContext, OpDef, OpError, broadcast_shapes, flat_index, register, unflatten
 from .gemm_kernel import gemm, gemm_dynamic, parallel_for
 from .schedule import schedule_for
 
@@ -127,6 +128,8 @@ class MatMul(OpDef):
 
         if nb == 0:
             return for_batch(())
+        if count > 1 and all(d == 1 for d in b.shape[:-2]) and a.shape[:-2] == batch:
+            return _folded(ctx, a, b, out, a0.ndim > 1, b0.ndim > 1, acc, sched.gemm)
         if by_batch:  # one loop over every batch index, its coordinates recovered from the flat one
 
             def flat(f: T.LoopVar) -> T.Stmt:
@@ -135,6 +138,45 @@ class MatMul(OpDef):
 
             return T.loop(count, flat, name=f"{ctx.name}_pb", kind="parallel")
         return T.loop_nest(batch, for_batch, prefix=f"{ctx.name}_b")
+
+
+def _folded(
+    ctx: LowerContext,
+    a: T.Buffer,
+    b: T.Buffer,
+    out: T.Buffer,
+    a_rows: bool,
+    b_cols: bool,
+    acc: str,
+    sched: GemmSchedule,
+) -> T.Stmt:
+    """A batch of products sharing one ``b`` (no batch dimensions of its own, or all 1), with ``a`` holding
+    every batch index (e.g. ``[197, 1, 768] @ [768, 2304]``): one GEMM of ``batch * m`` rows, so ``b`` is
+    read once per row tile instead of once per batch index. The epilogue sees the real output index."""
+    batch, m, k, n = out.shape[:-2], a.shape[-2], a.shape[-1], b.shape[-1]
+    rows = int(np.prod(batch)) * m
+    a2 = a.with_(shape=(rows, k), strides=())
+    b2 = b.with_(shape=(k, n), strides=())
+    out2 = out.with_(shape=(rows, n), strides=())
+
+    def store(r: T.Expr, j: T.Expr, value: T.Expr) -> T.Stmt:
+        bi = unflatten(r // m if m > 1 else r, batch)
+        real = (*bi, *((r % m if m > 1 else T.IntImm(0),) if a_rows else ()), *((j,) if b_cols else ()))
+        return T.Store(out2, (r, j), ctx.apply_epilogue(value, real, r * n + j))
+
+    return gemm(
+        ctx.name,
+        rows,
+        n,
+        k,
+        lambda i, kk: T.cast(acc, a2[i, kk]),
+        lambda kk, j: T.cast(acc, b2[kk, j]),
+        store,
+        ctx.lanes,
+        acc,
+        schedule=sched,
+        parallel=parallel_for(ctx.target),
+    )
 
 
 def _lower_dynamic(ctx: LowerContext, a: T.Buffer, b: T.Buffer, out: T.Buffer) -> T.Stmt:

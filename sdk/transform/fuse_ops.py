@@ -1,10 +1,12 @@
 """fuse-ops: fuse chains of elementwise operators into the operator that produces their input.
 
-A group is an anchor (any single-result operator that is not a view) followed by elementwise operators, each
-the only user of the previous result and producing a result of the anchor's shape (other operands may
-broadcast). The group becomes one ``fused`` node whose ``attrs["body"]`` is a graph function holding the
-original nodes; legalize lowers the anchor with the rest as its epilogue, so for example
-``conv2d -> add(bias) -> add(residual) -> relu`` is one loop nest that stores each output element once.
+A group is an anchor (any single-result operator that is not a view) followed by elementwise operators
+producing results of the anchor's shape (other operands may broadcast), each using an earlier result of the
+group, where every result but the last is used only inside the group (and is not a graph output). The group
+becomes one ``fused`` node whose ``attrs["body"]`` is a graph function holding the original nodes; legalize
+lowers the anchor with the rest as its epilogue, so for example ``conv2d -> add(bias) -> add(residual) ->
+relu`` is one loop nest that stores each output element once, and so is SiLU after a convolution,
+``y = conv2d(x); y * sigmoid(y)``, whose ``mul`` reads the convolution's result a second time.
 
 Expects: graph-level operators. Guarantees: results unchanged; a graph output is never fused away.
 """
@@ -27,23 +29,30 @@ def fuse_ops(mod: Module) -> Module:
     graph_outputs = {id(v) for v in main.outputs}
     groups: list[list[Node]] = []
     member: set[int] = set()
+    order = {id(n): i for i, n in enumerate(main.nodes)}
     for n in main.nodes:
         if id(n) in member or len(n.outputs) != 1 or _kind(n) in ("view", "special"):
             continue
         chain = [n]
-        while True:
-            y = chain[-1].outputs[0]
-            us = users.get(y, [])
-            if len(us) != 1 or id(y) in graph_outputs:
+        inside = {id(n)}
+        closed = 1  # the longest prefix of the chain whose inner results are used only inside it
+        while id(chain[-1].outputs[0]) not in graph_outputs:
+            pending = [u for c in chain for u in users.get(c.outputs[0], []) if id(u) not in inside]
+            if not pending:
                 break
-            u = us[0]
+            u = min(pending, key=lambda x: order[id(x)])  # the next user of any result of the chain
             if (
                 id(u) in member
                 or _kind(u) != "elementwise"
+                or len(u.outputs) != 1
                 or u.outputs[0].type.shape != n.outputs[0].type.shape
             ):
                 break
             chain.append(u)
+            inside.add(id(u))
+            if all(id(x) in inside for c in chain[:-1] for x in users.get(c.outputs[0], [])):
+                closed = len(chain)
+        chain = chain[:closed]
         if len(chain) > 1:
             groups.append(chain)
             member.update(id(x) for x in chain)

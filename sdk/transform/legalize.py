@@ -106,17 +106,21 @@ class _Legalizer:
 
         anchor_slots = [slot(v) for v in anchor.inputs]
         prev: Value = anchor.outputs[0]
+        earlier: list[Value] = []  # results of the chain before ``prev`` (fuse-ops: used again, as in SiLU)
         chain_sig = []
         for n in rest:
             args: list[Any] = []
             for v in n.inputs:
                 if v is prev:
                     args.append("acc")
+                elif any(v is e for e in earlier):
+                    args.append(("val", next(k for k, e in enumerate(earlier) if e is v)))
                 elif _is_scalar_const(v):
                     args.append(("imm", v.type.dtype, v.data.reshape(()).item()))  # type: ignore[union-attr]
                 else:
                     args.append(slot(v))
             chain_sig.append((n.op, _key_attr(n.attrs), tuple(args)))
+            earlier.append(prev)
             prev = n.outputs[0]
         key = (
             anchor.op,
@@ -146,8 +150,12 @@ class _Legalizer:
                     f"dimensions yet (shapes {', '.join(str(v.type) for v in (*call_inputs, *outputs))}); "
                     "compile with fixed sizes (--shape NAME=1x3x224x224)"
                 )
+        read = sorted({a for _, _, args in chain_sig for a in args if isinstance(a, int)})
         ctx = LowerContext(
-            self.target, self._epilogue(chain_sig, in_bufs, out_bufs[0]) if rest else None, fname
+            self.target,
+            self._epilogue(chain_sig, in_bufs, out_bufs[0]) if rest else None,
+            fname,
+            tuple(in_bufs[a] for a in read),
         )
         try:
             body = op.lower(ctx, [in_bufs[s] for s in anchor_slots], out_bufs, anchor.attrs)
@@ -171,11 +179,14 @@ class _Legalizer:
     def _epilogue(self, chain_sig: list[Any], in_bufs: list[T.Buffer], out: T.Buffer) -> Any:
         def apply(value: T.Expr, idx: tuple[T.Expr, ...], flat: T.Expr | None) -> T.Expr:
             v = value
+            earlier: list[T.Expr] = []
             for op_name, attrs_key, args in chain_sig:
                 exprs = []
                 for a in args:
                     if a == "acc":
                         exprs.append(v)
+                    elif isinstance(a, tuple) and a[0] == "val":
+                        exprs.append(earlier[a[1]])
                     elif isinstance(a, tuple):
                         _, dtype, val = a
                         exprs.append(T.const(float(val) if dtype.startswith("float") else int(val), dtype))
@@ -185,6 +196,7 @@ class _Legalizer:
                             exprs.append(b.with_(shape=(b.numel,), strides=())[flat])
                         else:
                             exprs.append(b[broadcast_index(b, idx, out.ndim)])
+                earlier.append(v)
                 v = get_op(op_name).scalar(dict(attrs_key) if attrs_key else {}, *exprs)  # type: ignore[attr-defined]
             return v
 

@@ -29,34 +29,37 @@ CASES = {
 }
 
 
-def _run(op: str, x: np.ndarray, **attrs: object) -> np.ndarray:
+def _run(op: str, x: np.ndarray, target: str = "x86_64-linux", **attrs: object) -> np.ndarray:
     g = GraphBuilder()
     v = g.input("x", x.shape)
     g.output(g.op(op, v, **attrs), "y")
     return jit_run(
-        compile_module(g.build(), "x86_64-linux"),
-        __import__("kiln").targets.get_target("x86_64-linux"),
-        {"x": x},
+        compile_module(g.build(), target), __import__("kiln").targets.get_target(target), {"x": x}
     )[0]
 
 
+# vectors of 8 and 16 lanes (the vector forms), with a scalar tail of 2 elements
+@pytest.mark.parametrize("target", ["x86_64-linux", "x86_64-linux-avx512"])
 @pytest.mark.parametrize("op", sorted(CASES))
-def test_math_function_accuracy(op: str) -> None:
+def test_math_function_accuracy(op: str, target: str) -> None:
     (lo, hi), ref, rtol, atol = CASES[op]
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(lo, hi, 4000), np.linspace(lo, hi, 997), [0.0, 1e-3, -1e-3, 0.5, -0.5]])
     x = x[(x >= lo) & (x <= hi)].astype("f4")
-    got = _run(op, x)
+    got = _run(op, x, target)
     want = ref(x.astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol + 1e-30)
 
 
-def test_exp_saturates_without_overflow_or_nan() -> None:
-    x = np.array([-1000, -88, -87, 88, 88.7, 89, 1000], "f4")
-    got = _run("exp", x)
-    assert np.all(np.isfinite(got[:5])) and got[0] == 0
-    np.testing.assert_allclose(got[2:5], np.exp(x[2:5].astype(np.float64)), rtol=2e-6)
-    assert got[1] < 1e-37  # below the smallest normal float: flushed to zero
+@pytest.mark.parametrize("copies", [1, 5], ids=["scalar", "vector"])  # 8 elements, or 40 (vectors of 16)
+def test_exp_saturates_without_overflow_or_nan(copies: int) -> None:
+    x = np.tile(np.array([-1000, -88, -87, 88, 88.7, 89, 1000, np.nan], "f4"), copies)
+    got = _run("exp", x, "x86_64-linux-avx512").reshape(copies, 8)
+    assert np.all(np.isfinite(got[:, :5])) and np.all(got[:, 0] == 0) and np.all(np.isnan(got[:, 7]))
+    np.testing.assert_allclose(
+        got[:, 2:5], np.exp(x[2:5].astype(np.float64))[None].repeat(copies, 0), rtol=2e-6
+    )
+    assert np.all(got[:, 1] < 1e-37)  # below the smallest normal float: flushed to zero
 
 
 def test_integer_casts_truncate_like_numpy() -> None:

@@ -45,13 +45,22 @@ def test_scalar_target_gets_no_vector_code() -> None:
     assert "x float>" not in _ir(conv_bn_relu(channels=16, size=16), "riscv64-linux")
 
 
-def test_strided_and_math_loops_are_left_to_llvm() -> None:
+def test_strided_loops_are_left_to_llvm() -> None:
     g = GraphBuilder()
     x = g.input("x", (16, 32))
     g.output(g.transpose(x, perm=(1, 0)), "t")  # a strided load in the vectorized loop: a gather
-    g.output(g.op("exp", x), "e")  # a math call: LLVM vectorizes its inlined body
     text = _ir(g.build(), HOST)
     assert _vector_loads(text, 16) == 0 and "store <16 x float>" not in text
+
+
+@pytest.mark.parametrize("op", ["exp", "sigmoid", "erf", "tanh", "gelu", "swish", "log", "sin"])
+def test_math_loops_call_the_vector_math_functions(op: str) -> None:
+    g = GraphBuilder()
+    x = g.input("x", (16, 40))
+    g.output(g.op(op, x), "y")
+    text = _ir(g.build(), HOST)
+    assert _vector_loads(text, 16) > 0 and "store <16 x float>" in text
+    assert re.search(r"call <16 x float> @\"?kiln_math_\w+_v16", text)
 
 
 def _jit(mod: Module, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -71,11 +80,28 @@ def test_elementwise_with_broadcast_and_tail_matches_numpy(n: int) -> None:
     g.output(g.op("sqrt", g.op("abs", xa)), "s")
     g.output(g.op("where", g.op("greater", xa, xb), xa, g.op("neg", xc)), "w")
     mod = g.build()
-    assert (_vector_loads(_ir(mod, HOST), 16) > 0) == (n >= 16)  # the vector path is the one under test
+    # the vector path is the one under test (full steps, and a masked last step: x86 has no scalar tails):
+    # rows of n with broadcasts; sqrt(abs(a)) is one loop of 3 n
+    assert (_vector_loads(_ir(mod, HOST), 16) > 0) == (3 * n >= 16)
     y, s, w = _jit(mod, {"a": a, "b": b, "c": c})
     np.testing.assert_allclose(y, np.maximum(a * b + c, 0), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(s, np.sqrt(np.abs(a)), rtol=1e-6)
     np.testing.assert_array_equal(w, np.where(a > b, a, np.broadcast_to(-c, a.shape)))
+
+
+@pytest.mark.parametrize(
+    ("target", "masked"), [(HOST, True), ("x86_64-linux", True), ("aarch64-linux", False)]
+)
+def test_vector_loops_end_in_a_masked_step_on_x86(target: str, masked: bool) -> None:
+    g = GraphBuilder()
+    x = g.input("x", (2, 37))  # 37 = 2 x 16 + 5 (AVX-512), 4 x 8 + 5 (AVX2), 9 x 4 + 1 (NEON)
+    g.output(g.op("sigmoid", x), "y")
+    text = _ir(g.build(), target)
+    assert ("llvm.masked.store" in text) == masked and ("llvm.masked.load" in text) == masked
+    g = GraphBuilder()
+    x = g.input("x", (4, 7))
+    g.output(g.op("div", g.cast(x, to="int32"), g.const(np.full((4, 7), 3, "int32"))), "y")
+    assert "llvm.masked" not in _ir(g.build(), target)  # integer division: masked-off lanes must not trap
 
 
 def test_casts_and_integer_lanes_match_numpy() -> None:

@@ -48,6 +48,11 @@ def test_blocked_im2col_matches_reference(cin: int, size: int, k: int, stride: i
         (21, 3, 2, (1, 1, 1, 1), 1),
         (17, 5, 1, (2, 1, 2, 3), 1),
         (19, 3, 1, (0,) * 4, 2),
+        # strides above 1: the padded plane split into column phases
+        (28, 5, 2, (2, 2, 2, 2), 1),  # EfficientNet's 5x5 stride 2
+        (24, 3, 2, (0, 0, 0, 0), 1),  # no padding, even width
+        (23, 3, 2, (0, 1, 1, 0), 2),  # dilation 2: every tap in one phase
+        (26, 4, 3, (1, 2, 0, 1), 1),  # stride 3, asymmetric padding
     ],
 )
 def test_depthwise_matches_reference(size: int, k: int, stride: int, pads: tuple, dilation: int) -> None:

@@ -189,3 +189,49 @@ def test_avg_pool_rows(
     count = sum(weight[a : a + s * oh : s, b : b + s * ow : s] for a in range(k) for b in range(k))
     assert got.shape == (*shape[:2], oh, ow)
     np.testing.assert_allclose(got, total / count, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(("batch", "m"), [((9, 1), 1), ((3,), 13), ((2, 3), 7)])
+def test_batched_matmul_with_shared_weights(target: str, batch: tuple[int, ...], m: int) -> None:
+    """``x[..., m, k] @ w[k, n]`` (ViT's ``[197, 1, 768] @ [768, 2304]``) is one GEMM over every batch row;
+    its fused epilogue (a bias, a same-shape residual, a factor per batch index) sees the real indices."""
+    rng = np.random.default_rng(m)
+    k, n = 40, 70
+    x = rng.standard_normal((*batch, m, k)).astype("f4")
+    r = rng.standard_normal((*batch, m, n)).astype("f4")
+    s = rng.standard_normal((*batch, 1, 1)).astype("f4")
+    w = rng.standard_normal((k, n)).astype("f4")
+    bias = rng.standard_normal(n).astype("f4")
+
+    def build(g, x, r, s):  # type: ignore[no-untyped-def]
+        return g.mul(g.add(g.add(g.matmul(x, g.const(w)), g.const(bias)), r), s)
+
+    got = _run(target, build, x=x, r=r, s=s)
+    want = ((x.astype(np.float64) @ w + bias) + r) * s
+    np.testing.assert_allclose(got, want.astype("f4"), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(("m", "k"), [(7, 37), (50, 200), (3, 16)])
+def test_one_column_products_are_dot_products(target: str, m: int, k: int) -> None:
+    """A product with one output column (a matrix-vector product, a 1x1 convolution of a 1x1 map in a
+    squeeze-excitation block) sums each row along ``k`` in vectors, with its epilogue."""
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((m, k)).astype("f4")
+    v = rng.standard_normal(k).astype("f4")
+    w = rng.standard_normal((m, k, 1, 1)).astype("f4")
+    b = rng.standard_normal(m).astype("f4")
+    img = rng.standard_normal((1, k, 1, 1)).astype("f4")
+
+    def build(g, x, img):  # type: ignore[no-untyped-def]
+        return g.matmul(x, g.const(v)), g.sigmoid(g.conv2d(img, g.const(w), g.const(b)))
+
+    gb = GraphBuilder("dots")
+    y1, y2 = build(gb, gb.input("x", x.shape), gb.input("img", img.shape))
+    gb.output(y1, name="y1")
+    gb.output(y2, name="y2")
+    got = running.run(kiln.compile(gb.build(), target), {"x": x, "img": img})
+    np.testing.assert_allclose(got["y1"], x.astype(np.float64) @ v, rtol=1e-4, atol=1e-4)
+    conv = w[:, :, 0, 0].astype(np.float64) @ img[0, :, 0, 0] + b
+    np.testing.assert_allclose(got["y2"][0, :, 0, 0], 1 / (1 + np.exp(-conv)), rtol=1e-5, atol=1e-6)
