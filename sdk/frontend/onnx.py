@@ -65,6 +65,7 @@ ONNX_DTYPES = {
     9: "bool",
     10: "float16",
     11: "float64",
+    16: "float32",  # bfloat16: computed in float32, and float32 at the package's interface (NumPy has none)
 }
 
 
@@ -2924,9 +2925,10 @@ def _value_types(m: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
 
 def _tensor_array(t: onnx.TensorProto, what: str) -> np.ndarray:
     """The values of tensor ``t``; a tensor whose stored values do not fill its dims is a
-    :class:`ModelLoadError`."""
+    :class:`ModelLoadError`. bfloat16 values are widened to float32 (exactly: the model computes in float32)."""
     try:
-        return numpy_helper.to_array(t)
+        arr = numpy_helper.to_array(t)
+        return arr.astype(np.float32) if arr.dtype.name == "bfloat16" else arr
     except (ValueError, TypeError) as e:
         dims = "x".join(map(str, t.dims)) or "scalar"
         elem = (
@@ -3192,6 +3194,8 @@ def from_onnx(
     inits = {t.name for t in g.initializer}
     for t in g.initializer:
         arr = external[t.name] if t.name in external else _tensor_array(t, "initializer")
+        if arr.dtype.name == "bfloat16":  # external bfloat16 weights: widened like the others
+            arr = arr.astype(np.float32)
         dtype_of(arr)  # rejects unsupported element types with a clear message
         im.env[t.name] = Constant(t.name, arr)
     params: list[Var] = []

@@ -331,3 +331,32 @@ def test_importing_twice_gives_the_same_module_text() -> None:
     texts = [str(from_onnx(model)) for _ in range(3)]
     assert "__" in texts[0]  # the converter does use temporary names
     assert texts[0] == texts[1] == texts[2]
+
+
+def test_bfloat16_weights_and_casts_compute_in_float32() -> None:
+    """A model with bfloat16 weights (Cast to float before use, a Cast to bfloat16 on the way): the weights'
+    exact bfloat16 values, widened, in float32 arithmetic; NumPy in float64 is the oracle."""
+    import ml_dtypes
+
+    import kiln
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3)).astype(ml_dtypes.bfloat16)
+    nodes = [
+        helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["x", "wf"], ["m"]),
+        helper.make_node("Cast", ["m"], ["y"], to=TensorProto.BFLOAT16),
+    ]
+    init = helper.make_tensor("w", TensorProto.BFLOAT16, [4, 3], w.astype(np.float32).reshape(-1).tolist())
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2, 3])],
+        [init],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    got = kiln.compile(model.SerializeToString(), "x86_64-linux").run({"x": x})["y"]
+    assert got.dtype == np.float32  # bfloat16 at the interface becomes float32 (NumPy has no bfloat16)
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w.astype(np.float64), rtol=1e-6, atol=1e-6)
