@@ -392,6 +392,11 @@ def model_header(info: ModelInfo, target: Target, weight_bytes: int) -> str:
     ]
     for kind, tensors in (("INPUT", info.inputs), ("OUTPUT", info.outputs)):
         macros += [f"#define {up}_{kind}_{i}_NBYTES {ModelInfo.nbytes(t)}ull" for i, t in enumerate(tensors)]
+    if info.dim_bounds:  # dynamic shapes: sizes above are at the bounds; run with kiln_model_run_dims
+        macros += [
+            f"#define {up}_NUM_DIMS {len(info.dim_bounds)}u",
+            f"#define {up}_NUM_NAMED_DIMS {info.named_dims}u",
+        ]
     decls = [
         f"extern const kiln_model_t {abi.model_symbol(prefix)};",
         f"extern const uint8_t {abi.weights_symbol(prefix)}[];",
