@@ -259,6 +259,10 @@ class Elementwise(OpDef):
         ):
             return T.loop_nest(out.shape, at, prefix=ctx.name + "_i", innermost="vectorized")
         shape = [int(d) for d in out.shape]
+        if (
+            0 in shape
+        ):  # nothing to compute (and a run's fixed index 0 would be outside a dimension of size 0)
+            return T.seq()
         groups = merged_dims(shape, [[int(d) for d in b.shape] for b in (operands or ins)])
         extents = [int(np.prod([shape[d] for d in g])) for g in groups]
 

@@ -69,7 +69,8 @@ class Transpose(OpDef):
 
     def infer(self, inputs: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         x = inputs[0]
-        perm = list(attrs.get("perm") or reversed(range(x.ndim)))
+        given = attrs.get("perm")  # absent: reverse the axes; given (even empty): a permutation of them
+        perm = list(reversed(range(x.ndim))) if given is None else list(given)
         if sorted(perm) != list(range(x.ndim)):
             raise self.error(f"perm {perm} is not a permutation of the {x.ndim} axes of {x}")
         return [TensorType(tuple(x.shape[p] for p in perm), x.dtype)]

@@ -159,13 +159,16 @@ def _big_value(i: int, flat: np.ndarray) -> np.ndarray:
 # run in its own process: imports the model, saves the process's peak memory after the import and samples of
 # every constant
 _IMPORT_AND_SAMPLE = textwrap.dedent(
-    """
-    import resource, sys
+    r"""
+    import re, sys
     import numpy as np
     from kiln.frontend import from_onnx
 
     consts = {c.name: c.data for c in from_onnx(sys.argv[1]).main.constants()}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # before sampling maps pages in
+    # before sampling maps pages in. VmHWM is this process's own high-water mark (ru_maxrss would include
+    # the memory of the parent it was forked from: Linux keeps the larger of the two across exec)
+    status = open("/proc/self/status").read()
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
     rng = np.random.default_rng(0)
     samples = {}
     for name, w in consts.items():
